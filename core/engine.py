@@ -1,0 +1,123 @@
+"""The device decision and the two loops: train_one_epoch and evaluate. Each returns a metrics dict."""
+
+import contextlib
+import random
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from model.metrics import EpochMetrics
+
+
+@dataclass
+class Runtime:
+    """Decided once per run, then used everywhere: where tensors live and how the forward pass runs."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None  # autocast dtype, None for full precision
+    channels_last: bool
+
+    @property
+    def pin_memory(self):
+        return self.device.type == "cuda"
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def to_device(self, x, y):
+        # non_blocking overlaps the copy with compute when the batch sits in pinned memory
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        return x.to(self.device, non_blocking=True, memory_format=fmt), y.to(self.device, non_blocking=True)
+
+    def prepare(self, model):
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+
+def pick_runtime(use_cuda):
+    if use_cuda and torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels once
+        bf16 = torch.cuda.is_bf16_supported()
+        return Runtime(torch.device("cuda"), torch.bfloat16 if bf16 else None, channels_last=True)
+    return Runtime(torch.device("cpu"), None, channels_last=False)
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def rng_state():
+    """All global RNG states, as tensors and plain lists so checkpoints load with weights_only=True."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in state["python"]))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def progress(loader, desc):
+    # disable=None: a bar on a terminal, nothing in a redirected log (search cells)
+    return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None)
+
+
+def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, rt, n_clas, summary_steps, desc="train"):
+    """One pass over `loader`. `scheduler` is stepped per batch when given (one_cycle, cosine)."""
+    model.train()
+    metrics = EpochMetrics(n_clas, rt.device)
+    n_seen, data_time = 0, 0.0
+    start = tick = time.perf_counter()
+    bar = progress(loader, desc)
+    for step, (x, y) in enumerate(bar):
+        data_time += time.perf_counter() - tick
+        x, y = rt.to_device(x, y)
+        with rt.autocast():
+            logits = model(x)
+            loss = loss_fn(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        metrics.update(logits, y, loss)
+        n_seen += y.numel()
+        if step % summary_steps == 0 and not bar.disable:
+            bar.set_postfix(loss=f"{loss.item():.4f}")  # .item() waits for the GPU: only every summary_steps
+        tick = time.perf_counter()
+    out = metrics.compute()  # syncs once
+    elapsed = time.perf_counter() - start
+    out.update(time_s=elapsed, data_time_s=data_time, images_per_s=n_seen / max(elapsed, 1e-9))
+    return out
+
+
+@torch.inference_mode()
+def evaluate(model, loader, loss_fn, rt, n_clas, desc="eval"):
+    """Metrics over the whole of `loader`, and its confusion matrix (rows: true class, columns: predicted)."""
+    model.eval()
+    metrics = EpochMetrics(n_clas, rt.device)
+    for x, y in progress(loader, desc):
+        x, y = rt.to_device(x, y)
+        with rt.autocast():
+            logits = model(x)
+            loss = loss_fn(logits, y)
+        metrics.update(logits.float(), y, loss)
+    return metrics.compute(), metrics.confusion.cpu()

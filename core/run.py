@@ -1,0 +1,146 @@
+"""Bookkeeping of one experiment folder: status record, history, best/early stopping, checkpoints, resume.
+
+File names follow CS230's template (train.log, last/best.pth.tar, metrics_val_*_weights.json) plus
+history.json, status.json, params_effective.json and augmentation.json.
+"""
+
+import math
+import os
+import shutil
+import socket
+import time
+from dataclasses import asdict, dataclass
+
+from utils import UserError, atomic_write, read_json, save_checkpoint, write_json
+
+STATUS, HISTORY, EFFECTIVE = "status.json", "history.json", "params_effective.json"
+FINISHED = ("completed",)  # statuses a rerun leaves alone
+
+
+def now():
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def check_model_dir(model_dir):
+    if not os.path.exists(model_dir):
+        raise UserError(f"--model_dir {model_dir}: not found (create it with a params.json)")
+    if not os.path.isdir(model_dir):
+        raise UserError(f"--model_dir {model_dir}: is a file, expected a folder")
+    return os.path.join(model_dir, "params.json")
+
+
+def read_status(model_dir):
+    """The status record, or {} when absent or unreadable (a missing record must never stop a run)."""
+    path = os.path.join(model_dir, STATUS)
+    try:
+        return read_json(path) if os.path.exists(path) else {}
+    except UserError:
+        return {}
+
+
+def write_status(model_dir, status, **fields):
+    record = read_status(model_dir)
+    record.update(fields, status=status, updated_at=now(), host=socket.gethostname(), pid=os.getpid())
+    if status == "running":
+        record.setdefault("started_at", now())
+        record.pop("ended_at", None)
+        record.pop("reason", None)
+    else:
+        record["ended_at"] = now()
+    write_json(os.path.join(model_dir, STATUS), record)
+
+
+def checkpoint_to_resume(model_dir, restore_file):
+    """Path of the checkpoint to continue from, or None for a fresh run.
+
+    Never silently overwrites a run: a folder that already holds a checkpoint must be resumed explicitly.
+    """
+    if restore_file:
+        path = os.path.join(model_dir, f"{restore_file}.pth.tar")
+        if not os.path.isfile(path):
+            raise UserError(f"--restore_file {restore_file}: {path} not found")
+        return path
+    if os.path.exists(os.path.join(model_dir, "last.pth.tar")):
+        status = read_status(model_dir)
+        done = f"status '{status['status']}', " if status.get("status") else ""
+        raise UserError(f"--model_dir {model_dir}: already holds a run ({done}epoch {status.get('epoch', '?')}); "
+                        f"continue it with --restore_file last, or move its outputs away to start over")
+    return None
+
+
+@dataclass
+class BestTracker:
+    """Best value of the monitored validation metric, and the early-stopping count since it improved."""
+
+    metric: str
+    minimize: bool
+    min_delta: float
+    patience: int
+    best: float | None = None
+    best_epoch: int = 0
+    bad_epochs: int = 0
+
+    @classmethod
+    def from_params(cls, es):
+        return cls(es.monitor_metric, bool(es.minimize), es.min_delta, es.patience)
+
+    def update(self, value, epoch):
+        """Record this epoch's value; True when it is a new best."""
+        sign = -1 if self.minimize else 1
+        if self.best is None or sign * (value - self.best) > self.min_delta:
+            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def should_stop(self):
+        return self.patience > 0 and self.bad_epochs >= self.patience
+
+    def state(self):
+        return asdict(self)
+
+
+def is_finite(metrics):
+    return all(math.isfinite(v) for v in metrics.values())
+
+
+def copy_atomic(src, dst):
+    with open(src, "rb") as source:
+        atomic_write(dst, lambda f: shutil.copyfileobj(source, f), mode="wb")
+
+
+class RunFolder:
+    """Writes one epoch's outputs in an order that survives a kill at any point.
+
+    history.json and the metrics files go first and last.pth.tar last: the checkpoint is the commit point,
+    and a resume truncates history to the checkpoint's epoch.
+    """
+
+    def __init__(self, model_dir):
+        self.dir = model_dir
+
+    def path(self, name):
+        return os.path.join(self.dir, name)
+
+    def load_history(self, up_to_epoch):
+        path = self.path(HISTORY)
+        if not os.path.exists(path):
+            return []
+        try:
+            rows = read_json(path).get("epochs", [])
+        except (UserError, AttributeError):
+            return []
+        return [r for r in rows if r["epoch"] <= up_to_epoch]
+
+    def record_epoch(self, history, classes, improved, state, plot):
+        row = history[-1]
+        write_json(self.path(HISTORY), {"classes": classes, "epochs": history})
+        val = dict(row["val"], epoch=row["epoch"])
+        write_json(self.path("metrics_val_last_weights.json"), val)
+        if improved:
+            write_json(self.path("metrics_val_best_weights.json"), val)
+        plot(history, self.path("train_history.png"))
+        save_checkpoint(state, self.path("last.pth.tar"))
+        if improved:
+            copy_atomic(self.path("last.pth.tar"), self.path("best.pth.tar"))

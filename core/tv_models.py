@@ -1,0 +1,66 @@
+"""torchvision classifiers with a new head, offline-safe pretrained weights, and weight transfer between runs."""
+
+import difflib
+import os
+
+import torch
+import torch.nn as nn
+import torchvision.models as tvm
+
+from utils import UserError, load_checkpoint
+
+
+def torchvision_model(arch, n_clas, ps, pretrain, pretrained_path=""):
+    names = tvm.list_models(module=tvm)
+    if arch not in names:
+        close = difflib.get_close_matches(arch, names + ["small_cnn"], n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else " (small_cnn or a torchvision classifier name)"
+        raise UserError(f"params key 'arch': unknown architecture '{arch}'{hint}")
+    model = tvm.get_model(arch, weights=None)
+    if pretrain:
+        model.load_state_dict(pretrained_state(arch, pretrained_path))
+    replace_head(model, arch, n_clas, ps)
+    return model
+
+
+def pretrained_state(arch, pretrained_path):
+    """ImageNet weights from `pretrained_path`, else torch's cache, else a download; offline, a clear error."""
+    weights = tvm.get_model_weights(arch).DEFAULT
+    cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
+    path = pretrained_path or cached
+    if os.path.isfile(path):
+        return torch.load(path, map_location="cpu", weights_only=True)
+    if pretrained_path:
+        raise UserError(f"params key 'pretrained_path': {pretrained_path} not found")
+    try:
+        return weights.get_state_dict(progress=False)
+    except Exception:
+        raise UserError(f"pretrain=1: {arch} weights are not in {cached} and could not be downloaded; "
+                        f"fetch {weights.url} to that path, or set pretrained_path") from None
+
+
+def replace_head(model, arch, n_clas, ps):
+    """Swap the last Linear layer for Dropout(ps) + Linear(n_clas)."""
+    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise UserError(f"params key 'arch': '{arch}' has no Linear classifier head to replace")
+    *parents, last = linears[-1].split(".")
+    owner = model
+    for p in parents:
+        owner = getattr(owner, p)
+    old = getattr(owner, last)
+    setattr(owner, last, nn.Sequential(nn.Dropout(ps), nn.Linear(old.in_features, n_clas)))
+
+
+def load_init_weights(model, path):
+    """Copy every tensor whose name and shape match from another run's checkpoint; report what was skipped."""
+    ckpt = load_checkpoint(path)
+    source = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(source, dict):
+        raise UserError(f"params key 'init_weights_path': {path} holds no model weights")
+    own = model.state_dict()
+    matched = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
+    if not matched:
+        raise UserError(f"params key 'init_weights_path': no tensor in {path} matches this model")
+    model.load_state_dict(matched, strict=False)
+    return sorted(set(own) - set(matched))

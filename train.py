@@ -1,0 +1,154 @@
+"""Train the model of one experiment folder.
+
+    python train.py --model_dir experiments/base_model [--data_dir data/digits] [--restore_file last] [KEY=VALUE ...]
+
+Reads MODEL_DIR/params.json (KEY=VALUE overrides it: `num_epochs=3 early_stopping.patience=2`), trains on
+DATA_DIR/train, validates on DATA_DIR/valid each epoch and writes everything into MODEL_DIR.
+"""
+
+import argparse
+import logging
+import os
+
+import torch.nn as nn
+
+from core.config import load_params
+from core.engine import evaluate, pick_runtime, rng_state, seed_everything, set_rng_state, train_one_epoch
+from core.optim import PER_BATCH, build_optimizer, build_scheduler, step_per_epoch
+from core.plots import plot_history
+from core.run import EFFECTIVE, BestTracker, RunFolder, check_model_dir, checkpoint_to_resume, is_finite, write_status
+from core.tv_models import load_init_weights
+from data.build_dataset import DEFAULT_DST, ensure_data
+from model.data_loader import fetch_dataloader, transforms_record
+from model.net import build_model
+from utils import UserError, load_checkpoint, one_line, run_cli, set_logger, write_json
+
+log = logging.getLogger(__name__)
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model_dir", default="experiments/base_model", help="experiment folder with params.json")
+    ap.add_argument("--data_dir", default=DEFAULT_DST, help="data set with train/ and valid/ (default: built on first use)")
+    ap.add_argument("--restore_file", choices=["last", "best"], help="continue from MODEL_DIR/<name>.pth.tar")
+    ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override params.json (dotted keys for nested)")
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    params_path = check_model_dir(args.model_dir)
+    params = load_params(params_path, args.overrides)
+    resume_path = checkpoint_to_resume(args.model_dir, args.restore_file)
+    ckpt = load_checkpoint(resume_path) if resume_path else None
+    if ckpt and ckpt.get("stop_reason"):
+        print(f"{args.model_dir}: already completed ({ckpt['stop_reason']} at epoch {ckpt['epoch']}); nothing to do")
+        return 0
+
+    # Everything below up to start_run() only reads: bad input fails here, before a single file is written.
+    rt = pick_runtime(params.cuda)
+    seed_everything(params.seed)
+    loaders, classes = fetch_dataloader(["train", "valid"], ensure_data(args.data_dir), params, rt.pin_memory)
+    n_clas = check_n_clas(params, classes, params_path, args.data_dir)
+    model = build_model(params, n_clas)
+    if params.init_weights_path and not ckpt:
+        skipped = load_init_weights(model, params.init_weights_path)
+    model = rt.prepare(model)
+    optimizer = build_optimizer(params, model)
+    scheduler = build_scheduler(params, optimizer, len(loaders["train"]))
+    tracker = BestTracker.from_params(params.early_stopping)
+    start_epoch = restore(ckpt, resume_path, model, optimizer, scheduler, tracker) if ckpt else 1
+
+    start_run(args, params, loaders, classes, rt, start_epoch)
+    if params.init_weights_path and not ckpt:
+        log.info(f"initial weights from {params.init_weights_path}; not matched: {skipped or 'none'}")
+    try:
+        status, reason = fit(args.model_dir, params, model, loaders, classes, optimizer, scheduler, tracker, rt,
+                             start_epoch)
+    except BaseException as e:
+        interrupted = isinstance(e, KeyboardInterrupt)
+        write_status(args.model_dir, "interrupted" if interrupted else "failed", reason=one_line(e) or "interrupted")
+        raise
+    write_status(args.model_dir, status, reason=reason)
+    log.info(f"{status}: {reason}; best val {tracker.metric} {tracker.best:.4f} at epoch {tracker.best_epoch}")
+    return 0 if status == "completed" else 1
+
+
+def check_n_clas(params, classes, params_path, data_dir):
+    if params.n_clas is not None and params.n_clas != len(classes):
+        raise UserError(f"{params_path}: key 'n_clas' is {params.n_clas} but {data_dir}/train has "
+                        f"{len(classes)} class folders")
+    return len(classes)
+
+
+def restore(ckpt, path, model, optimizer, scheduler, tracker):
+    """Load a checkpoint's full training state; return the epoch to start from."""
+    try:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scheduler is not None and ckpt.get("scheduler"):
+            scheduler.load_state_dict(ckpt["scheduler"])
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise UserError(f"{path}: does not match params.json (arch or learning_rate changed?): "
+                        f"{one_line(e)[:200]}") from None
+    vars(tracker).update(ckpt["tracker"])
+    set_rng_state(ckpt["rng"])
+    return ckpt["epoch"] + 1
+
+
+def start_run(args, params, loaders, classes, rt, start_epoch):
+    """First writes: the log, the effective params, the augmentation pipelines and a 'running' status."""
+    set_logger(os.path.join(args.model_dir, "train.log"))
+    what = f"resuming at epoch {start_epoch}" if start_epoch > 1 else "starting"
+    log.info(f"{args.model_dir}: {what} on {rt.device} ({len(loaders['train'].dataset)} train, "
+             f"{len(loaders['valid'].dataset)} valid images, {len(classes)} classes)")
+    write_json(os.path.join(args.model_dir, EFFECTIVE), params.to_dict())
+    tf = transforms_record(loaders["train"].dataset.transform, loaders["valid"].dataset.transform)
+    write_json(os.path.join(args.model_dir, "augmentation.json"), tf)
+    write_status(args.model_dir, "running", epoch=start_epoch - 1, num_epochs=params.num_epochs)
+
+
+def fit(model_dir, params, model, loaders, classes, optimizer, scheduler, tracker, rt, start_epoch):
+    """The epoch loop. Returns (status, reason)."""
+    folder = RunFolder(model_dir)
+    history = folder.load_history(start_epoch - 1)
+    loss_fn = nn.CrossEntropyLoss()
+    batch_scheduler = scheduler if params.scheduler in PER_BATCH else None
+    n_clas = len(classes)
+    for epoch in range(start_epoch, params.num_epochs + 1):
+        loaders["train"].generator.manual_seed(params.seed + epoch)  # same data order whether resumed or not
+        train_m = train_one_epoch(model, loaders["train"], loss_fn, optimizer, batch_scheduler, rt, n_clas,
+                                  params.save_summary_steps, desc=f"epoch {epoch}/{params.num_epochs}")
+        val_m, _ = evaluate(model, loaders["valid"], loss_fn, rt, n_clas, desc="valid")
+        timing = {k: train_m.pop(k) for k in ("time_s", "data_time_s", "images_per_s")}
+        if not (is_finite(train_m) and is_finite(val_m)):
+            log.info(f"epoch {epoch}: non-finite loss (train {train_m['loss']}, valid {val_m['loss']})")
+            return "diverged", f"non-finite loss at epoch {epoch}"
+        improved = tracker.update(val_m[tracker.metric], epoch)
+        step_per_epoch(scheduler, params, val_m[tracker.metric])
+        lrs = [g["lr"] for g in optimizer.param_groups]
+        history.append({"epoch": epoch, "lr": lrs, **timing, "train": train_m, "val": val_m})
+        log.info(epoch_line(epoch, params.num_epochs, train_m, val_m, timing, improved))
+        last = epoch == params.num_epochs or tracker.should_stop
+        reason = None
+        if last:
+            reason = "early stopping" if tracker.should_stop and epoch < params.num_epochs else "all epochs done"
+        state = {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict() if scheduler else None, "tracker": tracker.state(),
+                 "rng": rng_state(), "params": params.to_dict(), "classes": classes, "stop_reason": reason}
+        folder.record_epoch(history, classes, improved, state, plot_history)
+        write_status(model_dir, "running", epoch=epoch)
+        if last:
+            return "completed", reason
+    return "completed", "all epochs done"
+
+
+def epoch_line(epoch, n, train_m, val_m, timing, improved):
+    show = lambda m: " ".join(f"{k} {v:.4f}" for k, v in m.items())  # noqa: E731
+    star = "  * best" if improved else ""
+    return (f"epoch {epoch}/{n}  train: {show(train_m)}  |  valid: {show(val_m)}  |  "
+            f"{timing['time_s']:.1f}s {timing['images_per_s']:.0f} img/s{star}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
