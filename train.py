@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model_dir", default="experiments/base_model", help="experiment folder with params.json")
-    ap.add_argument("--data_dir", default=DEFAULT_DST, help="data set with train/ and valid/ (default: built on first use)")
+    ap.add_argument("--data_dir", default=DEFAULT_DST,
+                    help="data set with train/ and valid/ (the default is built on first use)")
     ap.add_argument("--restore_file", choices=["last", "best"], help="continue from MODEL_DIR/<name>.pth.tar")
     ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override params.json (dotted keys for nested)")
     return ap.parse_args(argv)
@@ -70,7 +71,8 @@ def main(argv=None):
         write_status(args.model_dir, "interrupted" if interrupted else "failed", reason=one_line(e) or "interrupted")
         raise
     write_status(args.model_dir, status, reason=reason)
-    log.info(f"{status}: {reason}; best val {tracker.metric} {tracker.best:.4f} at epoch {tracker.best_epoch}")
+    best = f"best val {tracker.metric} {tracker.best:.4f} at epoch {tracker.best_epoch}" if tracker.best_epoch else ""
+    log.info(f"{status}: {reason}; {best}")
     return 0 if status == "completed" else 1
 
 
@@ -116,7 +118,9 @@ def fit(model_dir, params, model, loaders, classes, optimizer, scheduler, tracke
     batch_scheduler = scheduler if params.scheduler in PER_BATCH else None
     n_clas = len(classes)
     for epoch in range(start_epoch, params.num_epochs + 1):
-        loaders["train"].generator.manual_seed(params.seed + epoch)  # same data order whether resumed or not
+        # reseed data order and augmentation per epoch: a resumed run sees what an uninterrupted one would
+        loaders["train"].generator.manual_seed(params.seed + epoch)
+        loaders["train"].dataset.transform.set_random_seed(params.seed + epoch)
         train_m = train_one_epoch(model, loaders["train"], loss_fn, optimizer, batch_scheduler, rt, n_clas,
                                   params.save_summary_steps, desc=f"epoch {epoch}/{params.num_epochs}")
         val_m, _ = evaluate(model, loaders["valid"], loss_fn, rt, n_clas, desc="valid")

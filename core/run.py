@@ -60,8 +60,11 @@ def checkpoint_to_resume(model_dir, restore_file):
         if not os.path.isfile(path):
             raise UserError(f"--restore_file {restore_file}: {path} not found")
         return path
-    if os.path.exists(os.path.join(model_dir, "last.pth.tar")):
+    last = os.path.join(model_dir, "last.pth.tar")
+    if os.path.exists(last):
         status = read_status(model_dir)
+        if status.get("status") in FINISHED:
+            return last  # train.py reports it finished and does nothing
         done = f"status '{status['status']}', " if status.get("status") else ""
         raise UserError(f"--model_dir {model_dir}: already holds a run ({done}epoch {status.get('epoch', '?')}); "
                         f"continue it with --restore_file last, or move its outputs away to start over")

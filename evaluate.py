@@ -1,0 +1,75 @@
+"""Evaluate trained experiment folders on one split of the data.
+
+    python evaluate.py --model_dir experiments/base_model [MORE_DIRS ...] [--split test] [--restore_file best]
+
+Writes MODEL_DIR/metrics_<split>_<restore>_weights.json (e.g. metrics_test_best_weights.json) and
+confusion_<split>_<restore>.png in each folder, and prints one table over all folders.
+"""
+
+import argparse
+import os
+
+import torch.nn as nn
+from tabulate import tabulate
+
+from core.config import Params, resolve
+from core.engine import evaluate, pick_runtime
+from core.plots import plot_confusion
+from core.run import check_model_dir
+from data.build_dataset import DEFAULT_DST, ensure_data
+from model.data_loader import fetch_dataloader
+from model.metrics import METRIC_NAMES
+from model.net import build_model
+from utils import UserError, load_checkpoint, run_cli, write_json
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model_dir", nargs="+", default=["experiments/base_model"], help="one or more run folders")
+    ap.add_argument("--data_dir", default=DEFAULT_DST, help="data set folder (default: built on first use)")
+    ap.add_argument("--split", default="test", choices=["test", "valid", "train"])
+    ap.add_argument("--restore_file", default="best", choices=["best", "last"], help="which checkpoint to evaluate")
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    ckpt_paths = [checkpoint_path(d, args.restore_file) for d in args.model_dir]  # all checked before any write
+    data_dir = ensure_data(args.data_dir)
+    rows = []
+    for model_dir, path in zip(args.model_dir, ckpt_paths):
+        metrics, confusion, classes = evaluate_checkpoint(path, data_dir, args.split)
+        tag = f"{args.split}_{args.restore_file}"
+        write_json(os.path.join(model_dir, f"metrics_{tag}_weights.json"), metrics)
+        plot_confusion(confusion.numpy(), classes, os.path.join(model_dir, f"confusion_{tag}.png"),
+                       title=f"{model_dir} ({tag}, epoch {metrics['epoch']})")
+        rows.append([model_dir, metrics["epoch"]] + [metrics.get(k) for k in METRIC_NAMES])
+    print(tabulate(rows, headers=["model_dir", "epoch", *METRIC_NAMES], floatfmt=".4f", tablefmt="github"))
+    return 0
+
+
+def checkpoint_path(model_dir, restore_file):
+    check_model_dir(model_dir)
+    path = os.path.join(model_dir, f"{restore_file}.pth.tar")
+    if not os.path.isfile(path):
+        raise UserError(f"--model_dir {model_dir}: no {restore_file}.pth.tar (train it first: "
+                        f"python train.py --model_dir {model_dir})")
+    return path
+
+
+def evaluate_checkpoint(path, data_dir, split):
+    """Metrics, confusion matrix and class names of one checkpoint on `split`, with the params it was trained with."""
+    ckpt = load_checkpoint(path)
+    params = Params(resolve(ckpt["params"], f"{path} (params)", ["train_subset=0", "valid_subset=0"]))
+    rt = pick_runtime(params.cuda)
+    loaders, classes = fetch_dataloader([split], data_dir, params, rt.pin_memory)
+    if classes != ckpt["classes"]:
+        raise UserError(f"{data_dir}: classes {classes} differ from those {path} was trained on {ckpt['classes']}")
+    model = build_model(Params({**params.to_dict(), "pretrain": 0}), len(classes))  # weights come from ckpt
+    model.load_state_dict(ckpt["model"])
+    metrics, confusion = evaluate(rt.prepare(model), loaders[split], nn.CrossEntropyLoss(), rt, len(classes), split)
+    return dict(metrics, epoch=ckpt["epoch"]), confusion, classes
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,50 @@
+"""Shared fixtures: the real default data set (built once per session) and tiny, fast experiment folders."""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+# small enough for seconds per run on 2 CPU cores, large enough to learn digits clearly above chance
+FAST_PARAMS = {
+    "arch": "small_cnn",
+    "batch_size": 32,
+    "bs_test": 128,
+    "learning_rate": 0.005,
+    "num_epochs": 2,
+    "train_subset": 400,
+    "valid_subset": 150,
+    "cache_images": 1,
+    "im_sz": 24,
+    "save_summary_steps": 5,
+}
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory):
+    from data.build_dataset import build_digits
+
+    return build_digits(str(tmp_path_factory.mktemp("data") / "digits"))
+
+
+@pytest.fixture
+def make_experiment(tmp_path):
+    """make_experiment(name, **overrides) -> path of a folder holding params.json."""
+
+    def make(name="exp", **overrides):
+        folder = tmp_path / name
+        folder.mkdir(parents=True)
+        (folder / "params.json").write_text(json.dumps({**FAST_PARAMS, **overrides}, indent=2))
+        return str(folder)
+
+    return make
+
+
+def read(path):
+    return json.loads(Path(path).read_text())

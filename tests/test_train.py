@@ -1,0 +1,167 @@
+"""End to end on the real digits data: train -> outputs -> resume -> evaluate, and the run-level features."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import evaluate
+import train
+from conftest import ROOT, read
+from core import run as core_run
+from utils import load_checkpoint
+
+RUN_FILES = ["train.log", "history.json", "metrics_val_best_weights.json", "metrics_val_last_weights.json",
+             "best.pth.tar", "last.pth.tar", "train_history.png", "augmentation.json", "status.json",
+             "params_effective.json"]
+
+
+def run_train(model_dir, data_dir, *extra):
+    return train.main(["--model_dir", model_dir, "--data_dir", data_dir, *extra])
+
+
+def test_cli_trains_two_epochs_with_every_output(make_experiment, digits_dir):
+    exp = make_experiment()
+    proc = subprocess.run([sys.executable, "train.py", "--model_dir", exp, "--data_dir", digits_dir],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    for name in RUN_FILES:
+        assert os.path.getsize(os.path.join(exp, name)) > 0, name
+    history = read(os.path.join(exp, "history.json"))
+    assert [r["epoch"] for r in history["epochs"]] == [1, 2]
+    assert history["classes"] == [str(d) for d in range(10)]
+    best = read(os.path.join(exp, "metrics_val_best_weights.json"))
+    assert best["accuracy"] > 0.5  # chance is 0.1
+    assert set(best) >= {"loss", "accuracy", "top5", "f1", "epoch"}
+    status = read(os.path.join(exp, "status.json"))
+    assert status["status"] == "completed" and status["epoch"] == 2
+    ckpt = load_checkpoint(os.path.join(exp, "last.pth.tar"))
+    assert {"model", "optimizer", "scheduler", "epoch", "tracker", "rng", "params", "classes"} <= set(ckpt)
+    assert ckpt["epoch"] == 2 and ckpt["params"]["train_subset"] == 400
+    assert "epoch 2/2" in open(os.path.join(exp, "train.log")).read()
+    assert read(os.path.join(exp, "augmentation.json"))["train"]["transform"]["transforms"]
+
+
+class StopAfter:
+    """Interrupt a run right after epoch `n` is fully recorded, as a kill between epochs would."""
+
+    def __init__(self, monkeypatch, n):
+        original = core_run.RunFolder.record_epoch
+
+        def record(folder, history, *args):
+            original(folder, history, *args)
+            if history[-1]["epoch"] == n:
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(core_run.RunFolder, "record_epoch", record)
+
+
+def test_resume_continues_at_next_epoch_and_matches_uninterrupted(make_experiment, digits_dir, monkeypatch):
+    whole = make_experiment("whole", num_epochs=3)
+    assert run_train(whole, digits_dir) == 0
+
+    resumed = make_experiment("resumed", num_epochs=3)
+    with monkeypatch.context() as m:
+        StopAfter(m, 2)
+        with pytest.raises(KeyboardInterrupt):
+            run_train(resumed, digits_dir)
+    assert read(os.path.join(resumed, "status.json"))["status"] == "interrupted"
+    assert run_train(resumed, digits_dir, "--restore_file", "last") == 0
+
+    assert "resuming at epoch 3" in open(os.path.join(resumed, "train.log")).read()
+    assert [r["epoch"] for r in read(os.path.join(resumed, "history.json"))["epochs"]] == [1, 2, 3]
+    a, b = (load_checkpoint(os.path.join(d, "last.pth.tar")) for d in (whole, resumed))
+    assert b["epoch"] == 3 and b["stop_reason"] == "all epochs done"
+    for k in a["model"]:  # same data order, augmentation, dropout and optimizer state: the same weights
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_rerun_of_completed_run_does_nothing(make_experiment, digits_dir, capsys):
+    exp = make_experiment(num_epochs=1)
+    assert run_train(exp, digits_dir) == 0
+    before = os.path.getmtime(os.path.join(exp, "last.pth.tar"))
+    assert run_train(exp, digits_dir, "--restore_file", "last") == 0
+    assert run_train(exp, digits_dir) == 0
+    assert "already completed" in capsys.readouterr().out
+    assert os.path.getmtime(os.path.join(exp, "last.pth.tar")) == before
+
+
+def test_unfinished_run_is_not_restarted_without_restore_file(make_experiment, digits_dir, monkeypatch):
+    from utils import UserError
+
+    exp = make_experiment()
+    with monkeypatch.context() as m:
+        StopAfter(m, 1)
+        with pytest.raises(KeyboardInterrupt):
+            run_train(exp, digits_dir)
+    with pytest.raises(UserError, match="--restore_file last"):
+        run_train(exp, digits_dir)
+
+
+def test_overrides_apply_and_are_recorded_without_touching_params_json(make_experiment, digits_dir):
+    exp = make_experiment()
+    original = open(os.path.join(exp, "params.json")).read()
+    assert run_train(exp, digits_dir, "num_epochs=1", "early_stopping.patience=4", "learning_rate=[0.001,0.004]") == 0
+    effective = read(os.path.join(exp, "params_effective.json"))
+    assert effective["num_epochs"] == 1 and effective["early_stopping"]["patience"] == 4
+    assert effective["learning_rate"] == [0.001, 0.004]
+    assert open(os.path.join(exp, "params.json")).read() == original
+    history = read(os.path.join(exp, "history.json"))["epochs"]
+    assert len(history) == 1 and len(history[0]["lr"]) == 2  # one rate per layer group
+
+
+def test_early_stopping_stops_before_num_epochs(make_experiment, digits_dir):
+    # lr 0 after warm-up cannot improve the loss by min_delta: stops after `patience` epochs without improvement
+    exp = make_experiment(num_epochs=8, scheduler="none", learning_rate=1e-9,
+                          early_stopping={"patience": 2, "monitor_metric": "loss", "minimize": 1, "min_delta": 0.5})
+    assert run_train(exp, digits_dir) == 0
+    history = read(os.path.join(exp, "history.json"))["epochs"]
+    assert len(history) == 3
+    status = read(os.path.join(exp, "status.json"))
+    assert status["status"] == "completed" and status["reason"] == "early stopping"
+
+
+def test_non_finite_loss_marks_run_diverged(make_experiment, digits_dir):
+    exp = make_experiment(num_epochs=3, optimizer="sgd", scheduler="none", learning_rate=1e6, momentum=0.0)
+    assert run_train(exp, digits_dir) == 1
+    status = read(os.path.join(exp, "status.json"))
+    assert status["status"] == "diverged" and "non-finite" in status["reason"]
+
+
+def test_evaluate_writes_test_metrics_for_several_folders(make_experiment, digits_dir, capsys):
+    dirs = [make_experiment("a", num_epochs=1), make_experiment("b", num_epochs=1, arch="small_cnn", ps=0.5)]
+    for d in dirs:
+        assert run_train(d, digits_dir) == 0
+    capsys.readouterr()
+    assert evaluate.main(["--model_dir", *dirs, "--data_dir", digits_dir]) == 0
+    table = capsys.readouterr().out
+    for d in dirs:
+        metrics = read(os.path.join(d, "metrics_test_best_weights.json"))
+        assert metrics["accuracy"] > 0.3 and metrics["epoch"] == 1
+        assert os.path.getsize(os.path.join(d, "confusion_test_best.png")) > 1000
+        assert d in table
+
+
+def test_init_weights_from_another_run(make_experiment, digits_dir):
+    first = make_experiment("first", num_epochs=1)
+    assert run_train(first, digits_dir) == 0
+    second = make_experiment("second", num_epochs=1, learning_rate=1e-9, scheduler="none",
+                             init_weights_path=os.path.join(first, "best.pth.tar"))
+    assert run_train(second, digits_dir) == 0
+    # with a ~zero learning rate the copied weights stay where the first run left them (a failed copy would
+    # leave the seed's initial weights, which one epoch of training moved well beyond atol)
+    a = load_checkpoint(os.path.join(first, "best.pth.tar"))["model"]
+    b = load_checkpoint(os.path.join(second, "last.pth.tar"))["model"]
+    for k, v in a.items():
+        if v.is_floating_point() and "running" not in k:
+            assert torch.allclose(v, b[k], atol=1e-5), k
+
+
+@pytest.mark.parametrize("arch", ["resnet18"])
+def test_torchvision_arch_trains(make_experiment, digits_dir, arch):
+    exp = make_experiment(arch=arch, num_epochs=1, train_subset=64, valid_subset=32, im_sz=32,
+                          learning_rate=[0.001, 0.001, 0.01])
+    assert run_train(exp, digits_dir) == 0
+    assert len(read(os.path.join(exp, "history.json"))["epochs"][0]["lr"]) == 3
