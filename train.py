@@ -16,7 +16,16 @@ from core.config import load_params
 from core.engine import evaluate, pick_runtime, rng_state, seed_everything, set_rng_state, train_one_epoch
 from core.optim import PER_BATCH, build_optimizer, build_scheduler, step_per_epoch
 from core.plots import plot_history
-from core.run import EFFECTIVE, BestTracker, RunFolder, check_model_dir, checkpoint_to_resume, is_finite, write_status
+from core.run import (
+    EFFECTIVE,
+    BestTracker,
+    RunFolder,
+    check_model_dir,
+    checkpoint_to_resume,
+    folder_lock,
+    is_finite,
+    write_status,
+)
 from core.tv_models import load_init_weights
 from data.build_dataset import DEFAULT_DST, ensure_data
 from model.data_loader import fetch_dataloader, transforms_record
@@ -60,17 +69,19 @@ def main(argv=None):
     tracker = BestTracker.from_params(params.early_stopping)
     start_epoch = restore(ckpt, resume_path, model, optimizer, scheduler, tracker) if ckpt else 1
 
-    start_run(args, params, loaders, classes, rt, start_epoch)
-    if params.init_weights_path and not ckpt:
-        log.info(f"initial weights from {params.init_weights_path}; not matched: {skipped or 'none'}")
-    try:
-        status, reason = fit(args.model_dir, params, model, loaders, classes, optimizer, scheduler, tracker, rt,
-                             start_epoch)
-    except BaseException as e:
-        interrupted = isinstance(e, KeyboardInterrupt)
-        write_status(args.model_dir, "interrupted" if interrupted else "failed", reason=one_line(e) or "interrupted")
-        raise
-    write_status(args.model_dir, status, reason=reason)
+    with folder_lock(args.model_dir):
+        start_run(args, params, loaders, classes, rt, start_epoch)
+        if params.init_weights_path and not ckpt:
+            log.info(f"initial weights from {params.init_weights_path}; not matched: {skipped or 'none'}")
+        try:
+            status, reason = fit(args.model_dir, params, model, loaders, classes, optimizer, scheduler, tracker,
+                                 rt, start_epoch)
+        except BaseException as e:
+            interrupted = isinstance(e, KeyboardInterrupt)
+            write_status(args.model_dir, "interrupted" if interrupted else "failed",
+                         reason=one_line(e) or "interrupted")
+            raise
+        write_status(args.model_dir, status, reason=reason)
     best = f"best val {tracker.metric} {tracker.best:.4f} at epoch {tracker.best_epoch}" if tracker.best_epoch else ""
     log.info(f"{status}: {reason}; {best}")
     return 0 if status == "completed" else 1

@@ -77,7 +77,7 @@ def set_logger(log_path=None):
     for h in list(logger.handlers):
         logger.removeHandler(h)
         h.close()
-    console = logging.StreamHandler()
+    console = logging.StreamHandler(sys.stdout)  # stdout: a search sends stderr (errors) to the cell log
     console.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(console)
     if log_path:

@@ -4,6 +4,8 @@ File names follow CS230's template (train.log, last/best.pth.tar, metrics_val_*_
 history.json, status.json, params_effective.json and augmentation.json.
 """
 
+import contextlib
+import fcntl
 import math
 import os
 import shutil
@@ -13,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 from utils import UserError, atomic_write, read_json, save_checkpoint, write_json
 
-STATUS, HISTORY, EFFECTIVE = "status.json", "history.json", "params_effective.json"
+STATUS, HISTORY, EFFECTIVE, LOCK = "status.json", "history.json", "params_effective.json", ".lock"
 FINISHED = ("completed",)  # statuses a rerun leaves alone
 
 
@@ -48,6 +50,33 @@ def write_status(model_dir, status, **fields):
     else:
         record["ended_at"] = now()
     write_json(os.path.join(model_dir, STATUS), record)
+
+
+@contextlib.contextmanager
+def folder_lock(model_dir):
+    """An exclusive lock on the folder while the block runs; the OS drops it if the process dies.
+
+    Keeps two trainings (two searches, or a search and a hand-run train.py) out of one folder.
+    """
+    fd = os.open(os.path.join(model_dir, LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"--model_dir {model_dir}: another process is training this folder") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def is_locked(model_dir):
+    try:
+        with folder_lock(model_dir):
+            return False
+    except UserError:
+        return True
+    except OSError:  # no folder yet, or read-only: nobody trains there
+        return False
 
 
 def checkpoint_to_resume(model_dir, restore_file):
