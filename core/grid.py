@@ -1,0 +1,135 @@
+"""The hyper_search block -> a list of cells -> one child folder and params.json per cell.
+
+    "hyper_search": {"learning_rate": [1e-4, 1e-3], "ps": [0.5, 0.75]}          # product: 4 cells
+    "hyper_search": {"zip": {"batch_size": [32, 64], "learning_rate": [1e-3, 2e-3]}, "ps": [0.5, 0.75]}
+    "hyper_search": [{"arch": ["small_cnn"], "learning_rate": [1e-3]}, {"arch": ["resnet18"], ...}]  # union
+
+Everything is validated before anything is written: keys against core/config.py, every cell's full params.
+"""
+
+import copy
+import hashlib
+import itertools
+import json
+import os
+import re
+
+from core.config import FLAT_SPEC, resolve, set_dotted, suggest, type_name
+from utils import UserError
+
+MAX_NAME = 100
+SAFE = re.compile(r"[^A-Za-z0-9._,=+-]")
+NOT_SEARCHABLE = ("hyper_search", "n_repetitions")
+
+
+def expand_block(block, where):
+    """One block -> list of cells, each an ordered {dotted_key: value}."""
+    if not isinstance(block, dict) or not block:
+        raise UserError(f"{where}: expected a non-empty object of KEY: [values], got {type_name(block)}")
+    axes = []  # each axis: list of partial cells; the block is their product
+    for key, values in block.items():
+        if key == "zip":
+            axes.append(zip_axis(values, where))
+        else:
+            check_key(key, where)
+            check_values(key, values, where)
+            axes.append([{key: v} for v in values])
+    return [dict(kv for part in combo for kv in part.items()) for combo in itertools.product(*axes)]
+
+
+def zip_axis(group, where):
+    if not isinstance(group, dict) or not group:
+        raise UserError(f"{where}: 'zip' expects an object of KEY: [values] walked in lock-step")
+    lengths = {}
+    for key, values in group.items():
+        check_key(key, where)
+        check_values(key, values, where)
+        lengths[key] = len(values)
+    if len(set(lengths.values())) > 1:
+        sizes = ", ".join(f"{k}: {n}" for k, n in lengths.items())
+        raise UserError(f"{where}: 'zip' lists must have equal lengths ({sizes})")
+    n = next(iter(lengths.values()))
+    return [{key: group[key][i] for key in group} for i in range(n)]
+
+
+def check_key(key, where):
+    if key not in FLAT_SPEC or key in NOT_SEARCHABLE:
+        raise UserError(f"{where}: unknown key '{key}'{suggest(key)}")
+
+
+def check_values(key, values, where):
+    if not isinstance(values, list) or not values:
+        raise UserError(f"{where}: key '{key}' needs a non-empty list of values, got {json.dumps(values)}")
+
+
+def expand(hyper_search, where):
+    """The whole hyper_search value (a block or a list of blocks) -> list of distinct cells."""
+    blocks = hyper_search if isinstance(hyper_search, list) else [hyper_search]
+    if not blocks:
+        raise UserError(f"{where}: 'hyper_search' is an empty list")
+    cells = []
+    for i, block in enumerate(blocks):
+        cells += expand_block(block, f"{where}: hyper_search" + (f"[{i}]" if len(blocks) > 1 else ""))
+    seen = {}
+    for cell in cells:
+        sig = json.dumps(cell, sort_keys=True)
+        if sig in seen:
+            raise UserError(f"{where}: duplicate cell {sig} in hyper_search")
+        seen[sig] = True
+    return cells
+
+
+def format_value(v):
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, list):
+        return ",".join(format_value(x) for x in v)
+    if isinstance(v, dict):
+        return short_hash(v)
+    return str(v)
+
+
+def short_hash(obj):
+    return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def folder_name(cell, rep=None):
+    """Deterministic, filesystem-safe folder name: 'learning_rate_0.001', 'lr_0.001__ps_0.5', '..._rep1'.
+
+    Unsafe characters become '_', runs of dots collapse, and long or altered names get a hash of the cell, so
+    two cells never share a folder and no name can leave its parent.
+    """
+    raw = "__".join(f"{k}_{format_value(v)}" for k, v in cell.items())
+    name = re.sub(r"\.{2,}", ".", SAFE.sub("_", raw)).strip(".") or "cell"
+    if name != raw or len(name) > MAX_NAME:
+        name = f"{name[:MAX_NAME - 9]}_{short_hash(cell)}"
+    return name + (f"__rep{rep}" if rep is not None else "")
+
+
+def child_path(parent, name):
+    path = os.path.join(parent, name)
+    if os.path.dirname(os.path.abspath(path)) != os.path.abspath(parent):  # belt and braces after folder_name
+        raise UserError(f"hyper_search: folder name {name!r} would leave {parent}")
+    return path
+
+
+def plan(parent_params, where):
+    """[(folder name, child params dict)] for every cell and repetition, each validated as train.py would."""
+    base = {k: v for k, v in parent_params.items() if k not in NOT_SEARCHABLE}
+    reps = parent_params.get("n_repetitions", 1)
+    resolve(dict(base, n_repetitions=reps), where)  # the parent's own keys first: clearer errors
+    cells = expand(parent_params["hyper_search"], where)
+    out = []
+    for cell in cells:
+        for rep in range(reps):
+            child = copy.deepcopy(base)
+            for key, value in cell.items():
+                set_dotted(child, key, copy.deepcopy(value))
+            if reps > 1:
+                child["seed"] = base.get("seed", FLAT_SPEC["seed"][0]) + rep  # distinct, reproducible seeds
+            resolve(child, f"{where}: cell {json.dumps(cell)}")
+            out.append((folder_name(cell, rep if reps > 1 else None), child))
+    names = [n for n, _ in out]
+    if len(set(names)) != len(names):
+        raise UserError(f"{where}: two cells map to the same folder name; make the values distinguishable")
+    return out

@@ -1,0 +1,124 @@
+"""Gather run folders under a parent into rows: varied hyperparameters, status and metrics.
+
+Only JSON files are read (never logs, never torch), so thousands of cells take well under a second. A missing or
+corrupt file is reported on its row, never raised.
+"""
+
+import json
+import os
+import statistics
+
+from utils import UserError, read_json
+
+MINIMIZED = ("loss",)
+NOT_HYPERPARAMS = ("hyper_search", "n_repetitions")
+
+
+def find_runs(parent):
+    """Every folder under `parent` (itself included) holding a params.json that is not a search parent's."""
+    runs = []
+    for folder, dirs, files in os.walk(parent):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        if "params.json" in files:
+            runs.append(folder)
+    return runs
+
+
+def flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "augmentation":
+            out.update(flatten(v, f"{prefix}{k}."))
+        elif k not in NOT_HYPERPARAMS:
+            out[prefix + k] = v
+    return out
+
+
+def read_optional(path, notes):
+    """JSON content, or None when absent; a corrupt file adds a note instead of raising."""
+    if not os.path.exists(path):
+        return None
+    try:
+        data = read_json(path)
+        if not isinstance(data, dict):
+            raise UserError(f"{path}: not a JSON object")
+        return data
+    except UserError:
+        notes.append(f"unreadable {os.path.basename(path)}")
+        return None
+
+
+def load_run(folder, split="val"):
+    notes = []
+    params = read_optional(os.path.join(folder, "params.json"), notes)
+    if params is not None and "hyper_search" in params:
+        return None  # a search parent: its cells are rows, it is not
+    status = read_optional(os.path.join(folder, "status.json"), notes) or {}
+    best = read_optional(os.path.join(folder, f"metrics_{split}_best_weights.json"), notes)
+    test = read_optional(os.path.join(folder, "metrics_test_best_weights.json"), notes) if split != "test" else None
+    state = status.get("status") or ("not started" if best is None else "unknown")
+    return {"folder": folder, "params": flatten(params or {}), "status": state, "epoch": status.get("epoch"),
+            "best": best or {}, "test": test or {}, "note": "; ".join(notes)}
+
+
+def gather(parent, split="val"):
+    return [r for r in (load_run(f, split) for f in find_runs(parent)) if r is not None]
+
+
+def varied_keys(runs):
+    """Hyperparameters that differ between runs (the table's columns), in first-seen order; seed excluded."""
+    keys = []
+    for r in runs:
+        keys += [k for k in r["params"] if k not in keys]
+    def distinct(k):
+        return len({json.dumps(r["params"].get(k), sort_keys=True) for r in runs})
+    return [k for k in keys if k != "seed" and distinct(k) > 1]
+
+
+def group_repetitions(runs, keys):
+    """Runs with the same varied values (differing only in seed) form one group."""
+    groups = {}
+    for r in runs:
+        sig = json.dumps([r["params"].get(k) for k in keys], sort_keys=True)
+        groups.setdefault(sig, []).append(r)
+    return list(groups.values())
+
+
+def summarize(values):
+    """(mean, std, n) of the numbers in `values`."""
+    nums = [v for v in values if isinstance(v, (int, float))]
+    if not nums:
+        return None, None, 0
+    return statistics.fmean(nums), (statistics.stdev(nums) if len(nums) > 1 else 0.0), len(nums)
+
+
+def group_row(group, keys, metrics, metric):
+    """One table row: the varied values, status, n, and mean/std of each metric."""
+    first = group[0]
+    statuses = sorted({r["status"] for r in group})
+    row = {"folder": first["folder"] if len(group) == 1 else os.path.commonpath([r["folder"] for r in group]),
+           "values": {k: first["params"].get(k) for k in keys},
+           "status": statuses[0] if len(statuses) == 1 else "/".join(statuses),
+           "n": len(group), "note": "; ".join(r["note"] for r in group if r["note"]),
+           "stats": {}}
+    for source, name in metrics:
+        row["stats"][f"{source}_{name}"] = summarize(r[source].get(name) for r in group)
+    row["sort"] = row["stats"].get(f"best_{metric}", (None,))[0]
+    return row
+
+
+def build_rows(runs, metric):
+    keys = varied_keys(runs)
+    metrics = [("best", m) for m in metric_names(runs, "best")] + [("test", m) for m in metric_names(runs, "test")]
+    rows = [group_row(g, keys, metrics, metric) for g in group_repetitions(runs, keys)]
+    sign = 1 if metric in MINIMIZED else -1
+    # finished rows first, best first; rows without the metric (failed, not started) last
+    rows.sort(key=lambda r: (r["sort"] is None, r["status"] != "completed", sign * (r["sort"] or 0)))
+    return keys, metrics, rows
+
+
+def metric_names(runs, source):
+    names = []
+    for r in runs:
+        names += [k for k, v in r[source].items() if k != "epoch" and isinstance(v, (int, float)) and k not in names]
+    return names

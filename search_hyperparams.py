@@ -1,0 +1,125 @@
+"""Train one child folder per cell of PARENT_DIR/params.json's "hyper_search" block, then tabulate and plot.
+
+    python search_hyperparams.py --parent_dir experiments/learning_rate [--workers 2] [--gpus 0,1] [--dry_run]
+
+Rerunning is always safe and cheap: finished cells are skipped, interrupted cells resume from last.pth.tar,
+failed cells rerun only with --retry_failed, and new grid values run only the new cells.
+"""
+
+import argparse
+import os
+import shlex
+import sys
+
+from tabulate import tabulate
+
+from core.grid import child_path, plan
+from core.search import TODO, Cell, cell_state, run_pool, train_command
+from data.build_dataset import DEFAULT_DST, ensure_data
+from utils import UserError, read_json, run_cli, write_json
+
+ACTIONS = {
+    "new": "run",
+    "resume": "resume",
+    "retry": "retry (failed before)",
+    "done": "skip (done)",
+    "failed": "skip (failed; --retry_failed)",
+    "locked": "skip (running elsewhere)",
+    "mismatch": "skip (params.json differs from the grid)",
+}
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--parent_dir", required=True, help="folder with a params.json holding 'hyper_search'")
+    ap.add_argument("--data_dir", default=DEFAULT_DST)
+    ap.add_argument("--workers", type=int, help="cells trained at once (default: one per --gpus entry, else 1)")
+    ap.add_argument("--gpus", default="", help="comma-separated GPU ids; each running cell gets one")
+    ap.add_argument("--fail_fast", action="store_true", help="stop at the first failed cell")
+    ap.add_argument("--retry_failed", action="store_true", help="run failed and diverged cells again")
+    ap.add_argument("--dry_run", action="store_true", help="print the plan; write nothing")
+    ap.add_argument("--print_commands", action="store_true",
+                    help="prepare the cell folders and print one train.py command per cell to run")
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    gpus = parse_gpus(args.gpus)
+    workers = args.workers or max(1, len(gpus))
+    if workers < 1:
+        raise UserError(f"--workers {workers}: must be >= 1")
+    cells = load_cells(args.parent_dir)
+    for cell in cells:
+        cell.state = cell_state(cell.folder, cell.params)
+    todo = [c for c in cells if c.state in TODO or (args.retry_failed and c.state == "failed")]
+
+    if args.dry_run:
+        print_plan(cells, todo)
+        return 0
+    if args.print_commands:
+        for cell in todo:
+            os.makedirs(cell.folder, exist_ok=True)
+            if not os.path.exists(os.path.join(cell.folder, "params.json")):
+                write_json(os.path.join(cell.folder, "params.json"), cell.params)
+            print(shlex.join(train_command(cell, args.data_dir)))
+        return 0
+
+    report_skipped(cells, todo)
+    ensure_data(args.data_dir)  # once here, not raced by parallel cells
+    print(f"{len(todo)} of {len(cells)} cells to train with {workers} worker(s)" + (f" on GPUs {gpus}" if gpus else ""))
+    failed = run_pool(todo, args.data_dir, workers, gpus, args.fail_fast)
+    print_summary(todo)
+    summarize(args.parent_dir)
+    return 1 if failed else 0
+
+
+def parse_gpus(text):
+    try:
+        return [int(g) for g in text.split(",") if g.strip()]
+    except ValueError:
+        raise UserError(f"--gpus {text}: expected comma-separated integers, e.g. 0,1") from None
+
+
+def load_cells(parent_dir):
+    path = os.path.join(parent_dir, "params.json")
+    if not os.path.isdir(parent_dir):
+        raise UserError(f"--parent_dir {parent_dir}: not a folder")
+    params = read_json(path)
+    if not isinstance(params, dict) or "hyper_search" not in params:
+        raise UserError(f"{path}: no 'hyper_search' block (e.g. \"hyper_search\": {{\"learning_rate\": [1e-3, 1e-2]}})")
+    return [Cell(name, child_path(parent_dir, name), child) for name, child in plan(params, path)]
+
+
+def print_plan(cells, todo):
+    rows = [[c.name, ACTIONS["retry" if c.state == "failed" and c in todo else c.state]] for c in cells]
+    print(tabulate(rows, headers=["cell folder", "action"], tablefmt="github"))
+    counts = {a: sum(r[1] == a for r in rows) for a in dict.fromkeys(r[1] for r in rows)}
+    print(f"{len(cells)} cells: " + ", ".join(f"{n} {a}" for a, n in counts.items()))
+
+
+def report_skipped(cells, todo):
+    for c in cells:
+        if c.state in ("mismatch", "locked") or (c.state == "failed" and c not in todo):
+            print(f"{c.folder}: {ACTIONS[c.state]}", file=sys.stderr)
+
+
+def print_summary(todo):
+    failed = [c for c in todo if c.result not in ("completed", "locked")]
+    done = sum(c.result == "completed" for c in todo)
+    print(f"search finished: {done} completed, {len(failed)} not completed")
+    for c in failed:
+        print(f"  {c.result}: {os.path.join(c.folder, 'train.log')}")
+
+
+def summarize(parent_dir):
+    """Tables and plots, as synthesize_results.py and plot_results.py would make them."""
+    import plot_results
+    import synthesize_results
+
+    print(synthesize_results.synthesize(parent_dir))
+    plot_results.plot(parent_dir)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,90 @@
+"""One table over every run folder under a parent: varied hyperparameters, status and metrics, best first.
+
+    python synthesize_results.py --parent_dir experiments/learning_rate [--metric accuracy] [--split val|test]
+
+Writes PARENT/results.md (GitHub markdown, repetitions as mean ± std) and PARENT/results.csv (one row per run
+folder), and prints the table.
+"""
+
+import argparse
+import csv
+import io
+import json
+import os
+
+from tabulate import tabulate
+
+from core.results import build_rows, gather
+from utils import UserError, atomic_write, run_cli
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--parent_dir", default="experiments", help="folder searched recursively for runs")
+    ap.add_argument("--metric", default="accuracy", help="sort by this metric (loss sorts ascending)")
+    ap.add_argument("--split", default="val", choices=["val", "test"], help="metrics file the rows are ranked by")
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    markdown = synthesize(args.parent_dir, args.metric, args.split)
+    print(markdown)
+    return 0
+
+
+def synthesize(parent_dir, metric="accuracy", split="val"):
+    """Write results.md and results.csv in `parent_dir`; return the markdown table."""
+    if not os.path.isdir(parent_dir):
+        raise UserError(f"--parent_dir {parent_dir}: not a folder")
+    runs = gather(parent_dir, split)
+    if not runs:
+        raise UserError(f"--parent_dir {parent_dir}: no run folders (folders with a params.json) found")
+    keys, metrics, rows = build_rows(runs, metric)
+    markdown = markdown_table(rows, keys, metrics, parent_dir, split)
+    atomic_write(os.path.join(parent_dir, "results.md"), lambda f: f.write(markdown + "\n"))
+    atomic_write(os.path.join(parent_dir, "results.csv"), lambda f: f.write(csv_text(runs, keys)), mode="w")
+    return markdown
+
+
+def cell_text(value):
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def stat_text(mean, std, n):
+    if mean is None:
+        return ""
+    return f"{mean:.4f}" if n <= 1 else f"{mean:.4f} ± {std:.4f}"
+
+
+def markdown_table(rows, keys, metrics, parent_dir, split):
+    with_n = any(r["n"] > 1 for r in rows)
+    prefix = {"best": split, "test": "test"}
+    headers = ["folder", *keys, "status"] + (["n"] if with_n else []) + [f"{prefix[s]}_{m}" for s, m in metrics]
+    if any(r["note"] for r in rows):
+        headers.append("note")
+    table = []
+    for r in rows:
+        line = [os.path.relpath(r["folder"], parent_dir), *(cell_text(r["values"][k]) for k in keys), r["status"]]
+        line += [r["n"]] if with_n else []
+        line += [stat_text(*r["stats"][f"{s}_{m}"]) for s, m in metrics]
+        line += [r["note"]] if "note" in headers else []
+        table.append(line)
+    return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def csv_text(runs, keys):
+    buf = io.StringIO()
+    names = sorted({f"{src}_{k}" for r in runs for src in ("best", "test") for k in r[src]})
+    writer = csv.writer(buf)
+    writer.writerow(["folder", *keys, "status", "epoch", *names, "note"])
+    for r in runs:
+        values = [json.dumps(r["params"].get(k)) if not isinstance(r["params"].get(k), (int, float, str))
+                  else r["params"].get(k) for k in keys]
+        flat = {f"{src}_{k}": v for src in ("best", "test") for k, v in r[src].items()}
+        writer.writerow([r["folder"], *values, r["status"], r["epoch"], *(flat.get(n, "") for n in names), r["note"]])
+    return buf.getvalue()
+
+
+if __name__ == "__main__":
+    run_cli(main)
