@@ -12,6 +12,7 @@ import pytest
 import search_hyperparams
 from conftest import FAST_PARAMS, ROOT, read
 from core.grid import expand, folder_name, plan
+from core.run import read_status
 from utils import UserError
 
 TINY = {**FAST_PARAMS, "train_subset": 200, "valid_subset": 100, "num_epochs": 2}
@@ -65,8 +66,7 @@ def test_sigkill_mid_search_then_rerun_resumes_only_the_interrupted_cell(tmp_pat
     deadline = time.time() + 240
     # kill once the first cell is done and the second has a checkpoint but is unfinished
     while time.time() < deadline:
-        status = read(os.path.join(second, "status.json")) if os.path.exists(os.path.join(second, "status.json")) else {}
-        if os.path.exists(os.path.join(second, "last.pth.tar")) and status.get("epoch", 0) >= 1:
+        if os.path.exists(os.path.join(second, "last.pth.tar")) and read_status(second).get("epoch", 0) >= 1:
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
