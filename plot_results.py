@@ -12,8 +12,8 @@ import json
 import os
 
 from core.plots import plt, save_figure
-from core.results import MINIMIZED, gather, group_repetitions, varied_keys
-from utils import UserError, read_json, run_cli
+from core.results import MINIMIZED, gather, group_repetitions, load_history, varied_keys
+from utils import UserError, run_cli
 
 CURVES = ("loss", "accuracy")
 
@@ -30,14 +30,6 @@ def main(argv=None):
     args = parse_args(argv)
     print(f"wrote {plot(args.parent_dir, args.metric, args.top_k)}")
     return 0
-
-
-def load_history(folder):
-    """history.json's rows, or [] when absent or unreadable (a running or broken cell)."""
-    try:
-        return read_json(os.path.join(folder, "history.json")).get("epochs", [])
-    except (UserError, AttributeError):
-        return []
 
 
 def curve(histories, source, name):

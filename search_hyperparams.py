@@ -13,10 +13,11 @@ import sys
 
 from tabulate import tabulate
 
+from core import cluster
 from core.grid import child_path, plan
-from core.search import TODO, Cell, cell_state, run_pool, train_command
+from core.search import TODO, Cell, cell_state, estimate_hours, prepare, run_pool, train_command
 from data.build_dataset import DEFAULT_DST, ensure_data
-from utils import UserError, read_json, run_cli, write_json
+from utils import UserError, read_json, run_cli
 
 ACTIONS = {
     "new": "run",
@@ -33,45 +34,73 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parent_dir", required=True, help="folder with a params.json holding 'hyper_search'")
     ap.add_argument("--data_dir", default=DEFAULT_DST)
-    ap.add_argument("--workers", type=int, help="cells trained at once (default: one per --gpus entry, else 1)")
-    ap.add_argument("--gpus", default="", help="comma-separated GPU ids; each running cell gets one")
-    ap.add_argument("--fail_fast", action="store_true", help="stop at the first failed cell")
+    ap.add_argument("--launcher", default="local", choices=["local", "slurm", "ray"])
+    ap.add_argument("--fail_fast", action="store_true", help="local: stop at the first failed cell")
     ap.add_argument("--retry_failed", action="store_true", help="run failed and diverged cells again")
-    ap.add_argument("--dry_run", action="store_true", help="print the plan; write nothing")
+    ap.add_argument("--dry_run", action="store_true", help="print the plan and a cost estimate; write nothing")
     ap.add_argument("--print_commands", action="store_true",
                     help="prepare the cell folders and print one train.py command per cell to run")
-    return ap.parse_args(argv)
+    local = ap.add_argument_group("local launcher")
+    local.add_argument("--workers", type=int, help="cells trained at once (default: one per --gpus entry, else 1)")
+    local.add_argument("--gpus", default="", help="comma-separated GPU ids; each running cell gets one")
+    cluster = ap.add_argument_group("slurm and ray launchers")
+    cluster.add_argument("--gpus_per_cell", type=int, default=0)
+    cluster.add_argument("--cpus_per_cell", type=int, default=1)
+    cluster.add_argument("--partition", help="slurm partition (default: the cluster's default)")
+    cluster.add_argument("--time_min", type=int, default=60, help="slurm time limit per task, minutes")
+    cluster.add_argument("--mem_gb", type=float, help="slurm memory per task")
+    cluster.add_argument("--array_parallelism", type=int, default=32, help="slurm: tasks running at once")
+    cluster.add_argument("--max_requeues", type=int, default=3, help="slurm: requeues allowed per cell")
+    cluster.add_argument("--no_wait", action="store_true", help="slurm: submit and return; rerun later to collect")
+    cluster.add_argument("--ray_address", help="ray: 'auto' or HOST:PORT of a running cluster (default: start one)")
+    args = ap.parse_args(argv)
+    for name in ("workers", "cpus_per_cell", "time_min", "array_parallelism"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UserError(f"--{name} {value}: must be >= 1")
+    for name in ("gpus_per_cell", "max_requeues"):
+        if getattr(args, name) < 0:
+            raise UserError(f"--{name} {getattr(args, name)}: must be >= 0")
+    return args
 
 
 def main(argv=None):
     args = parse_args(argv)
-    gpus = parse_gpus(args.gpus)
-    workers = args.workers or max(1, len(gpus))
-    if workers < 1:
-        raise UserError(f"--workers {workers}: must be >= 1")
     cells = load_cells(args.parent_dir)
     for cell in cells:
         cell.state = cell_state(cell.folder, cell.params)
     todo = [c for c in cells if c.state in TODO or (args.retry_failed and c.state == "failed")]
 
     if args.dry_run:
-        print_plan(cells, todo)
+        print_plan(cells, todo, args)
         return 0
     if args.print_commands:
         for cell in todo:
-            os.makedirs(cell.folder, exist_ok=True)
-            if not os.path.exists(os.path.join(cell.folder, "params.json")):
-                write_json(os.path.join(cell.folder, "params.json"), cell.params)
+            prepare(cell)
             print(shlex.join(train_command(cell, args.data_dir)))
         return 0
 
     report_skipped(cells, todo)
+    if args.launcher != "local":
+        cluster.need(cluster.PACKAGE[args.launcher])  # before any work: a missing extra is a one-line error
     ensure_data(args.data_dir)  # once here, not raced by parallel cells
-    print(f"{len(todo)} of {len(cells)} cells to train with {workers} worker(s)" + (f" on GPUs {gpus}" if gpus else ""))
-    failed = run_pool(todo, args.data_dir, workers, gpus, args.fail_fast)
+    print(f"{len(todo)} of {len(cells)} cells to train ({args.launcher})")
+    failed = launch_cells(todo, args)
+    if args.launcher == "slurm" and args.no_wait:
+        return 0
     print_summary(todo)
     summarize(args.parent_dir)
     return 1 if failed else 0
+
+
+def launch_cells(todo, args):
+    """Train the cells on the chosen engine; every launcher returns the number of cells that did not complete."""
+    if args.launcher == "slurm":
+        return cluster.run_slurm(todo, args.data_dir, args.parent_dir, args)
+    if args.launcher == "ray":
+        return cluster.run_ray(todo, args.data_dir, args)
+    gpus = parse_gpus(args.gpus)
+    return run_pool(todo, args.data_dir, args.workers or max(1, len(gpus)), gpus, args.fail_fast)
 
 
 def parse_gpus(text):
@@ -91,11 +120,18 @@ def load_cells(parent_dir):
     return [Cell(name, child_path(parent_dir, name), child) for name, child in plan(params, path)]
 
 
-def print_plan(cells, todo):
+def print_plan(cells, todo, args):
     rows = [[c.name, ACTIONS["retry" if c.state == "failed" and c in todo else c.state]] for c in cells]
     print(tabulate(rows, headers=["cell folder", "action"], tablefmt="github"))
     counts = {a: sum(r[1] == a for r in rows) for a in dict.fromkeys(r[1] for r in rows)}
     print(f"{len(cells)} cells: " + ", ".join(f"{n} {a}" for a, n in counts.items()))
+    hours, basis = estimate_hours(cells, todo)
+    per_cell = max(1, args.gpus_per_cell) if args.launcher != "local" else 1
+    unit = "GPU" if args.gpus_per_cell or args.gpus else "CPU-worker"
+    print(f"estimated compute: {hours * per_cell:.2f} {unit} hours ({basis})" if hours is not None
+          else f"estimated compute: unknown ({basis})")
+    if args.launcher == "slurm":
+        print(cluster.describe_slurm(todo, args))
 
 
 def report_skipped(cells, todo):

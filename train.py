@@ -9,6 +9,8 @@ DATA_DIR/train, validates on DATA_DIR/valid each epoch and writes everything int
 import argparse
 import logging
 import os
+import signal
+import time
 
 import torch.nn as nn
 
@@ -69,6 +71,7 @@ def main(argv=None):
     tracker = BestTracker.from_params(params.early_stopping)
     start_epoch = restore(ckpt, resume_path, model, optimizer, scheduler, tracker) if ckpt else 1
 
+    stop_on_signals()
     with folder_lock(args.model_dir):
         start_run(args, params, loaders, classes, rt, start_epoch)
         if params.init_weights_path and not ckpt:
@@ -85,6 +88,17 @@ def main(argv=None):
     best = f"best val {tracker.metric} {tracker.best:.4f} at epoch {tracker.best_epoch}" if tracker.best_epoch else ""
     log.info(f"{status}: {reason}; {best}")
     return 0 if status == "completed" else 1
+
+
+def stop_on_signals():
+    """SIGTERM (a scheduler's kill or requeue) and SIGUSR2 (Slurm's time-limit warning) stop the run like Ctrl-C:
+    status 'interrupted', and the last checkpoint to resume from."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for sig in (signal.SIGTERM, signal.SIGUSR2):
+        signal.signal(sig, interrupt)
 
 
 def check_n_clas(params, classes, params_path, data_dir):
@@ -129,6 +143,7 @@ def fit(model_dir, params, model, loaders, classes, optimizer, scheduler, tracke
     batch_scheduler = scheduler if params.scheduler in PER_BATCH else None
     n_clas = len(classes)
     for epoch in range(start_epoch, params.num_epochs + 1):
+        epoch_start = time.perf_counter()
         # reseed data order and augmentation per epoch: a resumed run sees what an uninterrupted one would
         loaders["train"].generator.manual_seed(params.seed + epoch)
         loaders["train"].dataset.transform.set_random_seed(params.seed + epoch)
@@ -136,6 +151,7 @@ def fit(model_dir, params, model, loaders, classes, optimizer, scheduler, tracke
                                   params.save_summary_steps, desc=f"epoch {epoch}/{params.num_epochs}")
         val_m, _ = evaluate(model, loaders["valid"], loss_fn, rt, n_clas, desc="valid")
         timing = {k: train_m.pop(k) for k in ("time_s", "data_time_s", "images_per_s")}
+        timing["epoch_s"] = time.perf_counter() - epoch_start  # train + valid: what a cost estimate needs
         if not (is_finite(train_m) and is_finite(val_m)):
             log.info(f"epoch {epoch}: non-finite loss (train {train_m['loss']}, valid {val_m['loss']})")
             return "diverged", f"non-finite loss at epoch {epoch}"

@@ -7,6 +7,7 @@ and the key, raised before anything is written.
 
 import difflib
 import json
+import math
 
 from utils import UserError, read_json
 
@@ -175,8 +176,10 @@ def type_ok(value, expected):
 def check_value(key, value, where):
     expected = FLAT_SPEC[key][1]
     if not type_ok(value, expected):
-        want = expected if isinstance(expected, str) else expected.__name__
+        want = expected if isinstance(expected, str) else type_name(expected())
         raise UserError(f"{where}: key '{key}' expects {want}, got {type_name(value)} {json.dumps(value)}")
+    if any(isinstance(x, float) and not math.isfinite(x) for x in (value if isinstance(value, list) else [value])):
+        raise UserError(f"{where}: key '{key}' must be a finite number, got {json.dumps(value)}")
     if key in CHOICES and value not in CHOICES[key]:
         raise UserError(f"{where}: key '{key}' must be one of {', '.join(CHOICES[key])}, got {json.dumps(value)}")
     for rkey, test, what in RANGES:
@@ -211,10 +214,16 @@ def resolve(user, where, overrides=()):
     flat = validate(user, where)
     for text in overrides:
         key, value = parse_override(text)
-        if key not in FLAT_SPEC:
-            raise UserError(f"override '{text}': unknown key '{key}'{suggest(key)}")
-        check_value(key, value, f"override '{text}'")
-        flat[key] = value
+        where = f"override '{text}'"
+        if key in NESTED:  # a whole block: early_stopping={"patience": 3} sets only the keys it names
+            items = flatten_user({key: value}, where)
+        elif key in FLAT_SPEC:
+            items = {key: value}
+        else:
+            raise UserError(f"{where}: unknown key '{key}'{suggest(key)}")
+        for k, v in items.items():
+            check_value(k, v, where)
+        flat.update(items)
     out = defaults()
     for key, value in flat.items():
         set_dotted(out, key, value)

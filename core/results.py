@@ -61,6 +61,14 @@ def load_run(folder, split="val"):
             "best": best or {}, "test": test or {}, "note": "; ".join(notes)}
 
 
+def load_history(folder):
+    """history.json's rows, or [] when absent or unreadable (a running or broken cell)."""
+    try:
+        return read_json(os.path.join(folder, "history.json")).get("epochs", [])
+    except (UserError, AttributeError):
+        return []
+
+
 def gather(parent, split="val"):
     return [r for r in (load_run(f, split) for f in find_runs(parent)) if r is not None]
 

@@ -8,6 +8,7 @@ the grid is reported and left untouched.
 import ctypes
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
+from core.config import FLAT_SPEC
+from core.results import load_history
 from core.run import is_locked, read_status, write_status
 from utils import UserError, read_json, write_json
 
@@ -48,11 +51,42 @@ def cell_state(folder, params):
     status = read_status(folder).get("status")
     if status == "completed":
         return "done"
-    if is_locked(folder):
+    if is_locked(folder) or queued_elsewhere(folder):
         return "locked"
     if status in ("failed", "diverged"):
         return "failed"
     return "resume" if os.path.exists(os.path.join(folder, "last.pth.tar")) else "new"
+
+
+def slurm_alive(job_ids):
+    """The subset of `job_ids` that squeue still lists (pending, running or requeued); None if squeue failed."""
+    proc = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True)
+    return set(job_ids) & set(proc.stdout.split()) if proc.returncode == 0 else None
+
+
+def queued_elsewhere(folder):
+    """True when the folder's last Slurm submission is still in the queue (so a rerun must not resubmit it)."""
+    status = read_status(folder)
+    job_id = status.get("slurm_job_id")
+    if status.get("status") not in ("queued", "running") or not job_id:
+        return False
+    try:
+        return bool(slurm_alive([job_id]) or False)
+    except OSError:  # no squeue here: this machine is not the cluster that ran it
+        return False
+
+
+def estimate_hours(cells, todo):
+    """Compute hours for the cells still to run: finished cells' mean epoch time x epochs left. None if unmeasured."""
+    times = [r.get("epoch_s", r.get("time_s")) for c in cells if c.state == "done" for r in load_history(c.folder)]
+    times = [t for t in times if isinstance(t, (int, float))]
+    if not times:
+        return None, "no finished cell to measure an epoch yet"
+    default_epochs = FLAT_SPEC["num_epochs"][0]
+    epochs = sum(max(0, c.params.get("num_epochs", default_epochs) - read_status(c.folder).get("epoch", 0))
+                 for c in todo)
+    mean = statistics.fmean(times)
+    return mean * epochs / 3600, f"mean epoch {mean:.1f} s over {len(times)} measured epochs, {epochs} epochs to run"
 
 
 def train_command(cell, data_dir):
@@ -70,13 +104,13 @@ def die_with_parent():
         pass
 
 
-def cell_env(slot, workers, gpus):
+def cell_env(gpu=None, threads=None):
+    """Environment of one cell: the GPU it may see, or how many CPU threads it may use."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if gpus:
-        env["CUDA_VISIBLE_DEVICES"] = str(gpus[slot % len(gpus)])  # each running cell sees exactly one GPU
-    else:
-        threads = str(max(1, (os.cpu_count() or 1) // workers))  # split the cores, not oversubscribe them
-        env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, CUDA_VISIBLE_DEVICES="")
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = str(gpu)  # the cell sees exactly this GPU, as device 0
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     return env
 
 
@@ -88,14 +122,25 @@ def log_tail(folder, n=15):
         return []
 
 
-def launch(cell, data_dir, slot, workers, gpus):
+def prepare(cell):
+    """Create the cell folder and its params.json (never rewriting an existing one)."""
     os.makedirs(cell.folder, exist_ok=True)
     if not os.path.exists(os.path.join(cell.folder, "params.json")):
         write_json(os.path.join(cell.folder, "params.json"), cell.params)
+
+
+def launch(cell, data_dir, env):
+    prepare(cell)
     # train.py logs to train.log itself; its stderr (errors, tracebacks) is appended there too
     with open(os.path.join(cell.folder, "train.log"), "a") as err:
-        return subprocess.Popen(train_command(cell, data_dir), stdout=subprocess.DEVNULL, stderr=err,
-                                env=cell_env(slot, workers, gpus), preexec_fn=die_with_parent, cwd=ROOT)
+        return subprocess.Popen(train_command(cell, data_dir), stdout=subprocess.DEVNULL, stderr=err, env=env,
+                                preexec_fn=die_with_parent, cwd=ROOT)
+
+
+def train_cell(cell, data_dir, env):
+    """Train one cell to the end and return its result (what a Slurm task or a Ray task runs)."""
+    proc = launch(cell, data_dir, env)
+    return collect(cell, proc.wait())
 
 
 def collect(cell, returncode):
@@ -111,32 +156,51 @@ def collect(cell, returncode):
     return "failed"
 
 
+class Progress:
+    """A bar over cells (a line per finished cell where there is no terminal), shared by every launcher."""
+
+    def __init__(self, total):
+        self.total, self.done, self.failed = total, 0, 0
+        self.bar = tqdm(total=total, desc="cells", unit="cell", dynamic_ncols=True, disable=None)
+
+    def update(self, running):
+        self.bar.set_postfix(running=running, failed=self.failed)
+
+    def finished(self, cell, running):
+        self.done += 1
+        self.failed += cell.result not in ("completed", "locked")
+        self.bar.update()
+        self.update(running)
+        tqdm.write(f"[{self.done}/{self.total}] {cell.name}: {cell.result}")
+
+    def close(self):
+        self.bar.close()
+
+
 def run_pool(cells, data_dir, workers, gpus, fail_fast):
     """Train `cells` with at most `workers` at a time; the next starts as soon as one ends."""
     pending, running, free = deque(cells), {}, list(range(workers))
-    bar = tqdm(total=len(cells), desc="cells", unit="cell", dynamic_ncols=True, disable=None)
-    failed, stop = 0, False
+    threads = None if gpus else max(1, (os.cpu_count() or 1) // workers)  # split the cores, not oversubscribe
+    progress, stop = Progress(len(cells)), False
     try:
         while pending or running:
             while pending and free and not stop:
                 cell = pending.popleft()
                 if is_locked(cell.folder):
                     cell.result = "locked"
-                    bar.update()
+                    progress.finished(cell, len(running))
                     continue
                 slot = free.pop(0)
-                running[launch(cell, data_dir, slot, workers, gpus)] = (cell, slot)
-                bar.set_postfix(running=len(running), failed=failed)
+                env = cell_env(gpus[slot % len(gpus)] if gpus else None, threads)
+                running[launch(cell, data_dir, env)] = (cell, slot)
+                progress.update(len(running))
             time.sleep(0.2)
             for proc in [p for p in running if p.poll() is not None]:
                 cell, slot = running.pop(proc)
                 free.append(slot)
                 cell.result = collect(cell, proc.returncode)
-                failed += cell.result != "completed"
-                bar.update()
-                bar.set_postfix(running=len(running), failed=failed)
-                tqdm.write(f"[{bar.n}/{len(cells)}] {cell.name}: {cell.result}")
-                if failed and fail_fast and not stop:
+                progress.finished(cell, len(running))
+                if progress.failed and fail_fast and not stop:
                     stop = True
                     for p in running:
                         p.send_signal(signal.SIGINT)  # train.py records 'interrupted' and exits
@@ -147,7 +211,7 @@ def run_pool(cells, data_dir, workers, gpus, fail_fast):
             p.wait()
         raise
     finally:
-        bar.close()
+        progress.close()
     for cell in pending:
         cell.result = "not started"
-    return failed
+    return progress.failed

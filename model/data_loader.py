@@ -73,10 +73,11 @@ def scan_split(split_dir, classes=None):
 
 
 def check_readable(path):
-    """Open the header only (cheap), so a broken file is reported before training starts."""
+    """Check the file's structure without decoding pixels (cheap), so a broken or truncated file is reported
+    before training starts."""
     try:
         with Image.open(path) as im:
-            im.size  # noqa: B018
+            im.verify()
     except (OSError, UnidentifiedImageError):
         raise UserError(f"{path}: cannot read image") from None
 
@@ -135,6 +136,9 @@ def fetch_dataloader(splits, data_dir, params, pin_memory=False):
     for split in splits:
         _, items = scan_split(os.path.join(data_dir, split), classes)
         items = subset(items, limits.get(split, 0), params.seed)
+        if split == "train" and len(items) < 2:
+            raise UserError(f"{data_dir}/train: {len(items)} image(s) to train on (train_subset "
+                            f"{params.train_subset}); need at least 2")
         for path, _ in items:
             check_readable(path)
         is_train = split == "train"

@@ -1,0 +1,149 @@
+"""Cells beyond one machine, on engines users already have: a Slurm job array (submitit) or Ray tasks.
+
+Both train each cell with train.py in its folder (on a shared filesystem), exactly as the local pool does, so
+rerun-is-resume holds everywhere: the folders are the state, not the scheduler.
+"""
+
+import os
+import time
+
+from core.run import read_status, write_status
+from core.search import ROOT, Progress, cell_env, prepare, slurm_alive, train_cell
+from utils import UserError
+
+EXTRA = "pip install -r requirements-cluster.txt"
+PACKAGE = {"slurm": "submitit", "ray": "ray"}
+
+
+def need(module):
+    try:
+        return __import__(module)
+    except ImportError:
+        raise UserError(f"--launcher needs the '{module}' package: {EXTRA}") from None
+
+
+# ------------------------------------------------------------------ Slurm
+
+
+class SlurmCell:
+    """The callable each array task runs. Checkpointable: on preemption or time limit submitit requeues it, and the
+    requeued task resumes from last.pth.tar because train_cell passes --restore_file last when a checkpoint exists."""
+
+    def __init__(self, data_dir, threads, max_requeues):
+        self.data_dir, self.threads, self.max_requeues = data_dir, threads, max_requeues
+
+    def __call__(self, cell):
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+        job = os.environ.get("SLURM_ARRAY_JOB_ID", os.environ.get("SLURM_JOB_ID", "?"))
+        task = os.environ.get("SLURM_ARRAY_TASK_ID")
+        write_status(cell.folder, "running", slurm_job_id=f"{job}_{task}" if task else job, restarts=restarts)
+        if restarts > self.max_requeues:
+            write_status(cell.folder, "failed", reason=f"requeued {restarts} times (limit {self.max_requeues})")
+            return "failed"
+        return train_cell(cell, self.data_dir, cell_env(threads=self.threads))
+
+    def checkpoint(self, cell):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, cell)
+
+
+def slurm_executor(parent_dir, opts):
+    submitit = need("submitit")
+    executor = submitit.AutoExecutor(folder=os.path.join(parent_dir, ".slurm", "%j"), cluster="slurm")
+    params = {"timeout_min": opts.time_min, "cpus_per_task": opts.cpus_per_cell, "tasks_per_node": 1,
+              "name": f"search-{os.path.basename(os.path.abspath(parent_dir))}",
+              "slurm_array_parallelism": opts.array_parallelism,
+              "slurm_additional_parameters": {"chdir": ROOT}}  # tasks import core/ from the repository root
+    if opts.gpus_per_cell:
+        params["gpus_per_node"] = opts.gpus_per_cell
+    if opts.mem_gb:
+        params["mem_gb"] = opts.mem_gb
+    if opts.partition:
+        params["slurm_partition"] = opts.partition
+    executor.update_parameters(**params)
+    return executor
+
+
+def describe_slurm(cells, opts):
+    gpus = f", {opts.gpus_per_cell} GPU(s)" if opts.gpus_per_cell else ""
+    mem = f", {opts.mem_gb} GB" if opts.mem_gb else ""
+    part = f"partition {opts.partition}, " if opts.partition else ""
+    return (f"slurm: one job array of {len(cells)} task(s) ({part}{opts.time_min} min, {opts.cpus_per_cell} CPU(s)"
+            f"{gpus}{mem} per task, at most {opts.array_parallelism} at once)")
+
+
+def run_slurm(cells, data_dir, parent_dir, opts):
+    """Submit one array (one task per cell); wait and show progress unless opts.no_wait. Returns failures."""
+    if not cells:
+        return 0
+    executor = slurm_executor(parent_dir, opts)
+    for cell in cells:
+        prepare(cell)
+    jobs = executor.map_array(SlurmCell(data_dir, opts.cpus_per_cell, opts.max_requeues), cells)
+    for cell, job in zip(cells, jobs):
+        write_status(cell.folder, "queued", slurm_job_id=job.job_id)  # a rerun sees it queued, not lost
+    print(f"submitted Slurm array {jobs[0].job_id.split('_')[0]}; logs in {os.path.join(parent_dir, '.slurm')}")
+    if opts.no_wait:
+        print("not waiting: rerun the same command later to collect results (finished cells are skipped)")
+        return 0
+    return wait_slurm(cells, jobs)
+
+
+def wait_slurm(cells, jobs):
+    progress = Progress(len(cells))
+    waiting = dict(zip([j.job_id for j in jobs], cells))
+    try:
+        while waiting:
+            time.sleep(2)
+            alive = slurm_alive(waiting)
+            if alive is None:  # squeue hiccup (controller busy): ask again, do not declare cells lost
+                continue
+            for job_id in [j for j in waiting if j not in alive]:
+                cell = waiting.pop(job_id)
+                status = read_status(cell.folder).get("status")
+                cell.result = status if status in ("completed", "diverged", "failed") else "failed"
+                if cell.result == "failed" and status != "failed":
+                    write_status(cell.folder, "failed", reason=f"Slurm task {job_id} ended with status '{status}'")
+                progress.finished(cell, len(waiting))
+            progress.update(len(waiting))
+    finally:
+        progress.close()
+    return progress.failed
+
+
+# ------------------------------------------------------------------ Ray
+
+
+def run_ray(cells, data_dir, opts):
+    """One Ray task per cell with its CPU/GPU needs; Ray places them wherever resources are free."""
+    if not cells:
+        return 0
+    ray = need("ray")
+    for cell in cells:
+        prepare(cell)
+    address = opts.ray_address or None
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        remote = ray.remote(num_cpus=opts.cpus_per_cell, num_gpus=opts.gpus_per_cell or 0)(ray_train_cell)
+        pending = {remote.remote(cell, data_dir, opts.cpus_per_cell): cell for cell in cells}
+        progress = Progress(len(cells))
+        progress.update(len(pending))
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            cell = pending.pop(done[0])
+            try:
+                cell.result = ray.get(done[0])
+            except Exception as e:  # a lost node or a crashed worker: the folder says how far it got
+                cell.result = "failed"
+                write_status(cell.folder, "failed", reason=f"ray task failed: {type(e).__name__}")
+            progress.finished(cell, len(pending))
+        progress.close()
+        return progress.failed
+    finally:
+        ray.shutdown()
+
+
+def ray_train_cell(cell, data_dir, threads):
+    # Ray sets CUDA_VISIBLE_DEVICES for the GPUs it assigned; the child inherits it through os.environ
+    return train_cell(cell, data_dir, cell_env(threads=threads))

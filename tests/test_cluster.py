@@ -1,0 +1,139 @@
+"""The Slurm (submitit) and Ray launchers against real engines started on this machine.
+
+Slurm: tests/cluster/start_slurm.sh starts a one-node cluster (root, Debian's slurm-wlm and munge); Ray starts a
+local instance. Where an engine cannot start, the tests skip and say why, unless REQUIRE_CLUSTER_TESTS=1 (CI), where
+they fail instead.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import FAST_PARAMS, ROOT, read
+from core.run import read_status
+
+REQUIRED = os.environ.get("REQUIRE_CLUSTER_TESTS") == "1"
+CELLS = ["learning_rate_0.002", "learning_rate_0.004"]
+
+
+def unavailable(reason):
+    if REQUIRED:
+        pytest.fail(f"REQUIRE_CLUSTER_TESTS=1 but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    script = ROOT / "tests" / "cluster" / "start_slurm.sh"
+    if shutil.which("sinfo") is None and os.geteuid() != 0:
+        unavailable("Slurm is not installed and installing it needs root")
+    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        unavailable(f"Slurm did not start: {proc.stderr.strip()[-300:]}")
+    try:
+        import submitit  # noqa: F401
+    except ImportError:
+        unavailable("submitit is not installed (pip install -r requirements-cluster.txt)")
+
+
+@pytest.fixture(scope="session")
+def ray_installed():
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        unavailable("ray is not installed (pip install -r requirements-cluster.txt)")
+
+
+def make_parent(tmp_path, num_epochs):
+    parent = tmp_path / "search"
+    parent.mkdir()
+    params = {**FAST_PARAMS, "train_subset": 300, "valid_subset": 100, "num_epochs": num_epochs,
+              "hyper_search": {"learning_rate": [0.002, 0.004]}}
+    (parent / "params.json").write_text(json.dumps(params))
+    return str(parent)
+
+
+def search(parent, digits_dir, *flags, **kw):
+    cmd = [sys.executable, "search_hyperparams.py", "--parent_dir", parent, "--data_dir", digits_dir, *flags]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, **kw)
+
+
+def epochs(parent, cell):
+    return [r["epoch"] for r in read(os.path.join(parent, cell, "history.json"))["epochs"]]
+
+
+def test_slurm_array_runs_both_cells_and_a_requeued_cell_resumes(slurm, tmp_path, digits_dir):
+    parent = make_parent(tmp_path, num_epochs=5)
+    cmd = [sys.executable, "search_hyperparams.py", "--parent_dir", parent, "--data_dir", digits_dir,
+           "--launcher", "slurm", "--time_min", "10"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = os.path.join(parent, CELLS[0])
+    deadline = time.time() + 300
+    while read_status(first).get("epoch", 0) < 2 or read_status(first).get("status") != "running":
+        assert time.time() < deadline and proc.poll() is None, "cell never reached epoch 2"
+        time.sleep(0.1)
+    job = read_status(first)["slurm_job_id"]
+    subprocess.run(["scontrol", "requeue", job], check=True)
+    # Slurm holds a requeued job for a while before it may start again; let it start now
+    time.sleep(1)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+    out, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 0, out[-3000:]
+
+    status = read_status(first)
+    assert status["status"] == "completed" and status["restarts"] >= 1
+    assert "resuming at epoch" in open(os.path.join(first, "train.log")).read()
+    for cell in CELLS:
+        assert epochs(parent, cell) == [1, 2, 3, 4, 5]  # all epochs, each exactly once
+    assert os.path.isdir(os.path.join(parent, ".slurm")) and "results.md" in os.listdir(parent)
+
+    rerun = search(parent, digits_dir, "--launcher", "slurm")
+    assert rerun.returncode == 0 and "0 of 2 cells to train" in rerun.stdout
+
+
+def test_slurm_no_wait_then_rerun_collects(slurm, tmp_path, digits_dir):
+    parent = make_parent(tmp_path, num_epochs=1)
+    dry = search(parent, digits_dir, "--launcher", "slurm", "--dry_run", "--cpus_per_cell", "1", "--mem_gb", "1")
+    assert "one job array of 2 task(s)" in dry.stdout and os.listdir(parent) == ["params.json"]
+    submitted = search(parent, digits_dir, "--launcher", "slurm", "--no_wait")
+    assert submitted.returncode == 0 and "submitted Slurm array" in submitted.stdout
+    # while the array is queued or running, a rerun must not submit the cells again
+    assert "running elsewhere" in search(parent, digits_dir, "--launcher", "slurm", "--dry_run").stdout
+    deadline = time.time() + 300
+    while not all(read_status(os.path.join(parent, c)).get("status") == "completed" for c in CELLS):
+        assert time.time() < deadline
+        time.sleep(0.5)
+    time.sleep(3)  # let the tasks leave the queue
+    dry = search(parent, digits_dir, "--launcher", "slurm", "--dry_run")
+    assert "2 skip (done)" in dry.stdout and "estimated compute" in dry.stdout
+
+
+def test_ray_runs_both_cells_and_rerun_skips(ray_installed, tmp_path, digits_dir):
+    parent = make_parent(tmp_path, num_epochs=2)
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    proc = search(parent, digits_dir, "--launcher", "ray", "--cpus_per_cell", "1", env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    for cell in CELLS:
+        assert read_status(os.path.join(parent, cell))["status"] == "completed"
+        assert epochs(parent, cell) == [1, 2]
+    before = [os.path.getmtime(os.path.join(parent, c, "last.pth.tar")) for c in CELLS]
+    again = search(parent, digits_dir, "--launcher", "ray", env=env)
+    assert again.returncode == 0 and "0 of 2 cells to train" in again.stdout
+    assert [os.path.getmtime(os.path.join(parent, c, "last.pth.tar")) for c in CELLS] == before
+
+
+def test_missing_extra_gives_one_line(tmp_path, digits_dir):
+    parent = make_parent(tmp_path, num_epochs=1)
+    # a python that cannot import ray: hide it behind a module that fails to import
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "ray.py").write_text("raise ImportError('no ray here')\n")
+    env = dict(os.environ, PYTHONPATH=str(fake))
+    proc = search(parent, digits_dir, "--launcher", "ray", env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: --launcher needs the 'ray' package: pip install -r requirements-cluster.txt"
