@@ -15,6 +15,7 @@ from tabulate import tabulate
 from core.config import Params, resolve
 from core.engine import evaluate, pick_runtime
 from core.plots import plot_confusion
+from core.record import provenance
 from core.run import check_model_dir
 from data.build_dataset import DEFAULT_DST, ensure_data
 from model.data_loader import fetch_dataloader
@@ -43,8 +44,9 @@ def main(argv=None):
         write_json(os.path.join(model_dir, f"metrics_{tag}_weights.json"), metrics)
         plot_confusion(confusion.numpy(), classes, os.path.join(model_dir, f"confusion_{tag}.png"),
                        title=f"{model_dir} ({tag}, epoch {metrics['epoch']})")
-        rows.append([model_dir, metrics["epoch"]] + [metrics.get(k) for k in METRIC_NAMES])
-    print(tabulate(rows, headers=["model_dir", "epoch", *METRIC_NAMES], floatfmt=".4f", tablefmt="github"))
+        rows.append([model_dir, metrics["epoch"]] + [metrics.get(k) for k in METRIC_NAMES] + [provenance(model_dir)])
+    headers = ["model_dir", "epoch", *METRIC_NAMES, "code (commit, model/ snapshot)"]
+    print(tabulate(rows, headers=headers, floatfmt=".4f", tablefmt="github"))
     return 0
 
 
@@ -67,8 +69,8 @@ def evaluate_checkpoint(path, data_dir, split):
         raise UserError(f"{data_dir}: classes {classes} differ from those {path} was trained on {ckpt['classes']}")
     model = build_model(Params({**params.to_dict(), "pretrain": 0}), len(classes))  # weights come from ckpt
     model.load_state_dict(ckpt["model"])
-    metrics, confusion = evaluate(rt.prepare(model), loaders[split], nn.CrossEntropyLoss(), rt, len(classes), split)
-    return dict(metrics, epoch=ckpt["epoch"]), confusion, classes
+    metrics, details = evaluate(rt.prepare(model), loaders[split], nn.CrossEntropyLoss(), rt, len(classes), split)
+    return dict(metrics, epoch=ckpt["epoch"]), details["confusion"], classes
 
 
 if __name__ == "__main__":

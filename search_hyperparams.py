@@ -16,6 +16,7 @@ from tabulate import tabulate
 from core import cluster
 from core.grid import child_path, plan
 from core.search import TODO, Cell, cell_state, estimate_hours, prepare, run_pool, train_command
+from core.smoke import smoke_cells
 from data.build_dataset import DEFAULT_DST, ensure_data
 from utils import UserError, read_json, run_cli
 
@@ -38,6 +39,8 @@ def parse_args(argv=None):
     ap.add_argument("--fail_fast", action="store_true", help="local: stop at the first failed cell")
     ap.add_argument("--retry_failed", action="store_true", help="run failed and diverged cells again")
     ap.add_argument("--dry_run", action="store_true", help="print the plan and a cost estimate; write nothing")
+    ap.add_argument("--smoke", action="store_true",
+                    help="first train and validate one batch of every cell (in seconds); stop if any fails")
     ap.add_argument("--print_commands", action="store_true",
                     help="prepare the cell folders and print one train.py command per cell to run")
     local = ap.add_argument_group("local launcher")
@@ -84,6 +87,9 @@ def main(argv=None):
     if args.launcher != "local":
         cluster.need(cluster.PACKAGE[args.launcher])  # before any work: a missing extra is a one-line error
     ensure_data(args.data_dir)  # once here, not raced by parallel cells
+    if args.smoke and smoke_cells(todo, args.data_dir):
+        print("smoke test failed: nothing trained; fix the cells above and rerun")
+        return 1
     print(f"{len(todo)} of {len(cells)} cells to train ({args.launcher})")
     failed = launch_cells(todo, args)
     if args.launcher == "slurm" and args.no_wait:

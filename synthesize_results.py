@@ -61,6 +61,8 @@ def markdown_table(rows, keys, metrics, parent_dir, split):
     with_n = any(r["n"] > 1 for r in rows)
     prefix = {"best": split, "test": "test"}
     headers = ["folder", *keys, "status"] + (["n"] if with_n else []) + [f"{prefix[s]}_{m}" for s, m in metrics]
+    if any(r["code"] for r in rows):
+        headers.append("code")
     if any(r["note"] for r in rows):
         headers.append("note")
     table = []
@@ -68,6 +70,7 @@ def markdown_table(rows, keys, metrics, parent_dir, split):
         line = [os.path.relpath(r["folder"], parent_dir), *(cell_text(r["values"][k]) for k in keys), r["status"]]
         line += [r["n"]] if with_n else []
         line += [stat_text(*r["stats"][f"{s}_{m}"]) for s, m in metrics]
+        line += [r["code"]] if "code" in headers else []
         line += [r["note"]] if "note" in headers else []
         table.append(line)
     return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
@@ -77,12 +80,13 @@ def csv_text(runs, keys):
     buf = io.StringIO()
     names = sorted({f"{src}_{k}" for r in runs for src in ("best", "test") for k in r[src]})
     writer = csv.writer(buf)
-    writer.writerow(["folder", *keys, "status", "epoch", *names, "note"])
+    writer.writerow(["folder", *keys, "status", "epoch", *names, "code", "note"])
     for r in runs:
         values = [json.dumps(r["params"].get(k)) if not isinstance(r["params"].get(k), (int, float, str))
                   else r["params"].get(k) for k in keys]
         flat = {f"{src}_{k}": v for src in ("best", "test") for k, v in r[src].items()}
-        writer.writerow([r["folder"], *values, r["status"], r["epoch"], *(flat.get(n, "") for n in names), r["note"]])
+        writer.writerow([r["folder"], *values, r["status"], r["epoch"], *(flat.get(n, "") for n in names), r["code"],
+                         r["note"]])
     return buf.getvalue()
 
 

@@ -10,24 +10,18 @@ import argparse
 import logging
 import os
 import signal
+import sys
 import time
 
 import torch.nn as nn
 
+from core import record
 from core.config import load_params
 from core.engine import evaluate, pick_runtime, rng_state, seed_everything, set_rng_state, train_one_epoch
+from core.monitor import GradMonitor, gradient_warnings
 from core.optim import PER_BATCH, build_optimizer, build_scheduler, step_per_epoch
-from core.plots import plot_history
-from core.run import (
-    EFFECTIVE,
-    BestTracker,
-    RunFolder,
-    check_model_dir,
-    checkpoint_to_resume,
-    folder_lock,
-    is_finite,
-    write_status,
-)
+from core.outputs import RunFolder, tensorboard_writer
+from core.run import EFFECTIVE, BestTracker, check_model_dir, checkpoint_to_resume, folder_lock, is_finite, write_status
 from core.tv_models import load_init_weights
 from data.build_dataset import DEFAULT_DST, ensure_data
 from model.data_loader import fetch_dataloader, transforms_record
@@ -35,6 +29,7 @@ from model.net import build_model
 from utils import UserError, load_checkpoint, one_line, run_cli, set_logger, write_json
 
 log = logging.getLogger(__name__)
+OVERFIT_TARGET = 0.99
 
 
 def parse_args(argv=None):
@@ -61,33 +56,47 @@ def main(argv=None):
     rt = pick_runtime(params.cuda)
     seed_everything(params.seed)
     loaders, classes = fetch_dataloader(["train", "valid"], ensure_data(args.data_dir), params, rt.pin_memory)
-    n_clas = check_n_clas(params, classes, params_path, args.data_dir)
-    model = build_model(params, n_clas)
-    if params.init_weights_path and not ckpt:
-        skipped = load_init_weights(model, params.init_weights_path)
-    model = rt.prepare(model)
-    optimizer = build_optimizer(params, model)
-    scheduler = build_scheduler(params, optimizer, len(loaders["train"]))
+    model, optimizer, scheduler, notes = build(params, classes, rt, len(loaders["train"]), params_path, not ckpt)
     tracker = BestTracker.from_params(params.early_stopping)
     start_epoch = restore(ckpt, resume_path, model, optimizer, scheduler, tracker) if ckpt else 1
+    tensorboard = tensorboard_writer(args.model_dir, params.tensorboard)
 
     stop_on_signals()
     with folder_lock(args.model_dir):
-        start_run(args, params, loaders, classes, rt, start_epoch)
-        if params.init_weights_path and not ckpt:
-            log.info(f"initial weights from {params.init_weights_path}; not matched: {skipped or 'none'}")
+        start_run(args, argv, params, loaders, classes, rt, start_epoch)
+        for note in notes:
+            log.info(note)
+        folder = RunFolder(args.model_dir, params, classes, tensorboard)
+        started = time.perf_counter()
         try:
-            status, reason = fit(args.model_dir, params, model, loaders, classes, optimizer, scheduler, tracker,
-                                 rt, start_epoch)
+            status, reason, history = fit(folder, params, model, loaders, optimizer, scheduler, tracker, rt,
+                                          start_epoch)
         except BaseException as e:
             interrupted = isinstance(e, KeyboardInterrupt)
             write_status(args.model_dir, "interrupted" if interrupted else "failed",
                          reason=one_line(e) or "interrupted")
+            record.end_session(args.model_dir, time.perf_counter() - started, None, "interrupted" if interrupted
+                               else "failed")
             raise
-        write_status(args.model_dir, status, reason=reason)
+        finally:
+            folder.close()
+        finish(args.model_dir, params, status, reason, history, start_epoch, time.perf_counter() - started)
     best = f"best val {tracker.metric} {tracker.best:.4f} at epoch {tracker.best_epoch}" if tracker.best_epoch else ""
     log.info(f"{status}: {reason}; {best}")
     return 0 if status == "completed" else 1
+
+
+def build(params, classes, rt, steps_per_epoch, where, fresh=True):
+    """Model (on the device), optimizer, schedule, and notes to log; shared with the search's smoke test."""
+    if params.n_clas is not None and params.n_clas != len(classes):
+        raise UserError(f"{where}: key 'n_clas' is {params.n_clas} but the data has {len(classes)} class folders")
+    model, notes = build_model(params, len(classes)), []
+    if params.init_weights_path and fresh:
+        skipped = load_init_weights(model, params.init_weights_path)
+        notes.append(f"initial weights from {params.init_weights_path}; not matched: {skipped or 'none'}")
+    model = rt.prepare(model)
+    optimizer = build_optimizer(params, model)
+    return model, optimizer, build_scheduler(params, optimizer, steps_per_epoch), notes
 
 
 def stop_on_signals():
@@ -99,13 +108,6 @@ def stop_on_signals():
 
     for sig in (signal.SIGTERM, signal.SIGUSR2):
         signal.signal(sig, interrupt)
-
-
-def check_n_clas(params, classes, params_path, data_dir):
-    if params.n_clas is not None and params.n_clas != len(classes):
-        raise UserError(f"{params_path}: key 'n_clas' is {params.n_clas} but {data_dir}/train has "
-                        f"{len(classes)} class folders")
-    return len(classes)
 
 
 def restore(ckpt, path, model, optimizer, scheduler, tracker):
@@ -123,62 +125,85 @@ def restore(ckpt, path, model, optimizer, scheduler, tracker):
     return ckpt["epoch"] + 1
 
 
-def start_run(args, params, loaders, classes, rt, start_epoch):
-    """First writes: the log, the effective params, the augmentation pipelines and a 'running' status."""
+def start_run(args, argv, params, loaders, classes, rt, start_epoch):
+    """First writes: the log, the effective params, the augmentation pipelines, the record and a 'running' status."""
     set_logger(os.path.join(args.model_dir, "train.log"))
     what = f"resuming at epoch {start_epoch}" if start_epoch > 1 else "starting"
+    mode = f" [overfit check: {params.overfit_batches} batch(es)]" if params.overfit_batches else ""
     log.info(f"{args.model_dir}: {what} on {rt.device} ({len(loaders['train'].dataset)} train, "
-             f"{len(loaders['valid'].dataset)} valid images, {len(classes)} classes)")
+             f"{len(loaders['valid'].dataset)} valid images, {len(classes)} classes){mode}")
     write_json(os.path.join(args.model_dir, EFFECTIVE), params.to_dict())
     tf = transforms_record(loaders["train"].dataset.transform, loaders["valid"].dataset.transform)
     write_json(os.path.join(args.model_dir, "augmentation.json"), tf)
+    record.start_session(args.model_dir, params, [sys.argv[0], *(argv if argv is not None else sys.argv[1:])], rt,
+                         start_epoch)
     write_status(args.model_dir, "running", epoch=start_epoch - 1, num_epochs=params.num_epochs)
 
 
-def fit(model_dir, params, model, loaders, classes, optimizer, scheduler, tracker, rt, start_epoch):
-    """The epoch loop. Returns (status, reason)."""
-    folder = RunFolder(model_dir)
+def fit(folder, params, model, loaders, optimizer, scheduler, tracker, rt, start_epoch):
+    """The epoch loop. Returns (status, reason, history)."""
     history = folder.load_history(start_epoch - 1)
     loss_fn = nn.CrossEntropyLoss()
     batch_scheduler = scheduler if params.scheduler in PER_BATCH else None
-    n_clas = len(classes)
+    monitor = GradMonitor(model, params.save_summary_steps) if params.monitor_gradients else None
+    n_clas = len(folder.classes)
     for epoch in range(start_epoch, params.num_epochs + 1):
         epoch_start = time.perf_counter()
         # reseed data order and augmentation per epoch: a resumed run sees what an uninterrupted one would
         loaders["train"].generator.manual_seed(params.seed + epoch)
         loaders["train"].dataset.transform.set_random_seed(params.seed + epoch)
+        if monitor:
+            monitor.start_epoch()
         train_m = train_one_epoch(model, loaders["train"], loss_fn, optimizer, batch_scheduler, rt, n_clas,
-                                  params.save_summary_steps, desc=f"epoch {epoch}/{params.num_epochs}")
-        val_m, _ = evaluate(model, loaders["valid"], loss_fn, rt, n_clas, desc="valid")
-        timing = {k: train_m.pop(k) for k in ("time_s", "data_time_s", "images_per_s")}
-        timing["epoch_s"] = time.perf_counter() - epoch_start  # train + valid: what a cost estimate needs
+                                  params.save_summary_steps, desc=f"epoch {epoch}/{params.num_epochs}",
+                                  monitor=monitor)
+        val_m, details = evaluate(model, loaders["valid"], loss_fn, rt, n_clas, desc="valid")
+        row = {"epoch": epoch, "lr": [g["lr"] for g in optimizer.param_groups],
+               **{k: train_m.pop(k) for k in ("time_s", "data_time_s", "images_per_s")},
+               "epoch_s": time.perf_counter() - epoch_start,  # train + valid: what a cost estimate needs
+               "train": train_m, "val": val_m}
+        if monitor:
+            row["grad_norm"], row["update_ratio"] = monitor.end_epoch()
+            row["grad_warnings"] = gradient_warnings(row["grad_norm"])
         if not (is_finite(train_m) and is_finite(val_m)):
             log.info(f"epoch {epoch}: non-finite loss (train {train_m['loss']}, valid {val_m['loss']})")
-            return "diverged", f"non-finite loss at epoch {epoch}"
+            return "diverged", f"non-finite loss at epoch {epoch}", history
         improved = tracker.update(val_m[tracker.metric], epoch)
         step_per_epoch(scheduler, params, val_m[tracker.metric])
-        lrs = [g["lr"] for g in optimizer.param_groups]
-        history.append({"epoch": epoch, "lr": lrs, **timing, "train": train_m, "val": val_m})
-        log.info(epoch_line(epoch, params.num_epochs, train_m, val_m, timing, improved))
+        history.append(row)
+        log.info(epoch_line(row, params.num_epochs, improved))
         last = epoch == params.num_epochs or tracker.should_stop
-        reason = None
-        if last:
-            reason = "early stopping" if tracker.should_stop and epoch < params.num_epochs else "all epochs done"
+        reason = ("early stopping" if epoch < params.num_epochs else "all epochs done") if last else None
         state = {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict() if scheduler else None, "tracker": tracker.state(),
-                 "rng": rng_state(), "params": params.to_dict(), "classes": classes, "stop_reason": reason}
-        folder.record_epoch(history, classes, improved, state, plot_history)
-        write_status(model_dir, "running", epoch=epoch)
+                 "rng": rng_state(), "params": params.to_dict(), "classes": folder.classes, "stop_reason": reason}
+        folder.record_epoch(history, improved, state, details, loaders["valid"].dataset)
+        write_status(folder.dir, "running", epoch=epoch)
         if last:
-            return "completed", reason
-    return "completed", "all epochs done"
+            return "completed", reason, history
+    return "completed", "all epochs done", history
 
 
-def epoch_line(epoch, n, train_m, val_m, timing, improved):
+def finish(model_dir, params, status, reason, history, start_epoch, wall_time):
+    """The final status, the session's record and, in overfit mode, the verdict of the sanity check."""
+    session = [r for r in history if r["epoch"] >= start_epoch]
+    images_per_s = sum(r["images_per_s"] for r in session) / len(session) if session else None
+    extra = {}
+    if params.overfit_batches and history:
+        acc = history[-1]["val"]["accuracy"]
+        passed = acc >= OVERFIT_TARGET
+        extra["overfit_check"] = {"train_accuracy": acc, "passed": passed, "target": OVERFIT_TARGET}
+        log.info(f"overfit check: accuracy {acc:.4f} on the {params.overfit_batches} training batch(es) - "
+                 + ("passed" if passed else f"FAILED (want >= {OVERFIT_TARGET}): the model or its training is broken"))
+    write_status(model_dir, status, reason=reason, **extra)
+    record.end_session(model_dir, wall_time, images_per_s, status)
+
+
+def epoch_line(row, n, improved):
     show = lambda m: " ".join(f"{k} {v:.4f}" for k, v in m.items())  # noqa: E731
     star = "  * best" if improved else ""
-    return (f"epoch {epoch}/{n}  train: {show(train_m)}  |  valid: {show(val_m)}  |  "
-            f"{timing['time_s']:.1f}s {timing['images_per_s']:.0f} img/s{star}")
+    return (f"epoch {row['epoch']}/{n}  train: {show(row['train'])}  |  valid: {show(row['val'])}  |  "
+            f"{row['time_s']:.1f}s {row['images_per_s']:.0f} img/s{star}")
 
 
 if __name__ == "__main__":

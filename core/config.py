@@ -12,6 +12,7 @@ import math
 from utils import UserError, read_json
 
 FLAG, LR, OPT_INT, AUG, ANY = "0/1", "float or list of floats", "int or null", "preset name or dict", "any"
+INT_LIST = "list of ints"
 
 SPEC = {
     # model
@@ -51,6 +52,12 @@ SPEC = {
     "seed": (230, int, "seed for torch, numpy, random, data order and augmentation"),
     "cuda": (1, FLAG, "use a GPU when one is available"),
     "save_summary_steps": (10, int, "refresh the progress bar every N batches (each refresh waits for the GPU)"),
+    # insight and debugging
+    "monitor_gradients": (1, FLAG, "per-layer gradient norms and update/weight ratios in history and gradients.png"),
+    "tensorboard": (0, FLAG, "1: also write TensorBoard scalars to MODEL_DIR/tensorboard (pip install tensorboard)"),
+    "gallery_indices": ([], INT_LIST, "valid examples shown in predictions.png ([]: a seeded choice)"),
+    "gallery_size": (16, int, "how many valid examples predictions.png shows when gallery_indices is empty"),
+    "overfit_batches": (0, int, "debug: train on N fixed batches without augmentation and validate on them"),
     "n_repetitions": (1, int, "search_hyperparams.py: train every cell this many times with distinct seeds"),
     "hyper_search": (None, ANY, "read by search_hyperparams.py; ignored by train.py"),
 }
@@ -81,6 +88,9 @@ RANGES = [
     ("n_clas", lambda v: v is None or v >= 2, ">= 2"),
     ("save_summary_steps", lambda v: v >= 1, ">= 1"),
     ("n_repetitions", lambda v: v >= 1, ">= 1"),
+    ("gallery_size", lambda v: v >= 0, ">= 0"),
+    ("gallery_indices", lambda v: all(i >= 0 for i in v), "a list of indices >= 0"),
+    ("overfit_batches", lambda v: v >= 0, ">= 0"),
     ("early_stopping.patience", lambda v: v >= 0, ">= 0"),
     ("early_stopping.min_delta", lambda v: v >= 0, ">= 0"),
 ]
@@ -170,6 +180,8 @@ def type_ok(value, expected):
         return is_num or (isinstance(value, list) and len(value) > 0 and all(type_ok(x, float) for x in value))
     if expected is AUG:
         return isinstance(value, (str, dict))
+    if expected is INT_LIST:
+        return isinstance(value, list) and all(type_ok(x, int) for x in value)
     raise AssertionError(expected)
 
 

@@ -80,8 +80,10 @@ def progress(loader, desc):
     return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None)
 
 
-def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, rt, n_clas, summary_steps, desc="train"):
-    """One pass over `loader`. `scheduler` is stepped per batch when given (one_cycle, cosine)."""
+def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, rt, n_clas, summary_steps, desc="train",
+                    monitor=None):
+    """One pass over `loader`. `scheduler` is stepped per batch when given (one_cycle, cosine); `monitor` (a
+    core.monitor.GradMonitor) samples gradient norms between backward and step."""
     model.train()
     metrics = EpochMetrics(n_clas, rt.device)
     n_seen, data_time = 0, 0.0
@@ -95,6 +97,8 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, rt, n_clas, su
             loss = loss_fn(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if monitor is not None:
+            monitor.after_backward(step)
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
@@ -111,13 +115,20 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, rt, n_clas, su
 
 @torch.inference_mode()
 def evaluate(model, loader, loss_fn, rt, n_clas, desc="eval"):
-    """Metrics over the whole of `loader`, and its confusion matrix (rows: true class, columns: predicted)."""
+    """Metrics over the whole of `loader`, and details: the confusion matrix (rows: true class, columns:
+    predicted) and each sample's predicted class and confidence, in loader order."""
     model.eval()
     metrics = EpochMetrics(n_clas, rt.device)
+    preds, confs = [], []
     for x, y in progress(loader, desc):
         x, y = rt.to_device(x, y)
         with rt.autocast():
             logits = model(x)
             loss = loss_fn(logits, y)
         metrics.update(logits.float(), y, loss)
-    return metrics.compute(), metrics.confusion.cpu()
+        conf, pred = logits.float().softmax(1).max(1)
+        preds.append(pred)
+        confs.append(conf)
+    details = {"confusion": metrics.confusion.cpu(), "prediction": torch.cat(preds).cpu(),
+               "confidence": torch.cat(confs).cpu()}
+    return metrics.compute(), details

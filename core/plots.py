@@ -8,9 +8,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from utils import atomic_write  # noqa: E402
 
+DPI = 100
 
-def save_figure(fig, path):
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight"), mode="wb")
+
+def save_figure(fig, path, tight=True):
+    """tight=False keeps the pixel size fixed by figsize (galleries and matrices whose size is part of the contract)."""
+    if not tight:
+        fig.tight_layout()
+    bbox = "tight" if tight else None
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=DPI, bbox_inches=bbox), mode="wb")
     plt.close(fig)
 
 
@@ -53,4 +59,41 @@ def plot_confusion(cm, classes, path, title=""):
                 ax.text(j, i, int(cm[i][j]), ha="center", va="center", fontsize=8,
                         color="white" if cm[i][j] > top / 2 else "black")
     ax.set_title(title)
+    save_figure(fig, path, tight=False)
+
+
+def plot_gradients(rows, path):
+    """Per-layer gradient norm and update/weight ratio over epochs (log scale), from history.json rows."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    layers = list(rows[-1]["grad_norm"])
+    epochs = [r["epoch"] for r in rows if r.get("grad_norm")]
+    colours = plt.get_cmap("viridis")
+    for ax, kind, title in ((axes[0], "grad_norm", "gradient norm"), (axes[1], "update_ratio", "update / weight")):
+        for i, name in enumerate(layers):
+            values = [r[kind].get(name) for r in rows if r.get(kind)]
+            ax.plot(epochs, values, color=colours(i / max(1, len(layers) - 1)), lw=1,
+                    label=name if len(layers) <= 12 else None)
+        ax.set_yscale("log")
+        ax.set_title(f"{title} per layer (first: dark, last: light)")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    if len(layers) <= 12:
+        axes[0].legend(fontsize=6)
     save_figure(fig, path)
+
+
+def plot_gallery(items, slots, path, title="", cols=8):
+    """A grid of `slots` cells (the items, then blanks) titled 'true → predicted (confidence)', green when right and
+    red when wrong. Its size depends only on `slots`: (1.7 x cols) x (1.9 x rows) inches at DPI."""
+    from PIL import Image
+
+    rows = max(1, -(-slots // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.7 * cols, 1.9 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (image_path, text, correct) in zip(axes.flat, items):
+        with Image.open(image_path) as im:
+            ax.imshow(im.convert("RGB"))
+        ax.set_title(text, fontsize=7, color="green" if correct else "red")
+    fig.suptitle(title, fontsize=9)
+    save_figure(fig, path, tight=False)

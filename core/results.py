@@ -8,6 +8,7 @@ import json
 import os
 import statistics
 
+from core.record import provenance
 from utils import UserError, read_json
 
 MINIMIZED = ("loss",)
@@ -58,7 +59,7 @@ def load_run(folder, split="val"):
     test = read_optional(os.path.join(folder, "metrics_test_best_weights.json"), notes) if split != "test" else None
     state = status.get("status") or ("not started" if best is None else "unknown")
     return {"folder": folder, "params": flatten(params or {}), "status": state, "epoch": status.get("epoch"),
-            "best": best or {}, "test": test or {}, "note": "; ".join(notes)}
+            "best": best or {}, "test": test or {}, "note": "; ".join(notes), "code": provenance(folder)}
 
 
 def load_history(folder):
@@ -108,6 +109,7 @@ def group_row(group, keys, metrics, metric):
            "values": {k: first["params"].get(k) for k in keys},
            "status": statuses[0] if len(statuses) == 1 else "/".join(statuses),
            "n": len(group), "note": "; ".join(r["note"] for r in group if r["note"]),
+           "code": ", ".join(sorted({r["code"] for r in group if r["code"]})),
            "stats": {}}
     for source, name in metrics:
         row["stats"][f"{source}_{name}"] = summarize(r[source].get(name) for r in group)

@@ -1,21 +1,19 @@
-"""Bookkeeping of one experiment folder: status record, history, best/early stopping, checkpoints, resume.
+"""Light bookkeeping of one experiment folder: status record, folder lock, resume decision, best tracking.
 
-File names follow CS230's template (train.log, last/best.pth.tar, metrics_val_*_weights.json) plus
-history.json, status.json, params_effective.json and augmentation.json.
+No torch or matplotlib here: search_hyperparams.py reads cell folders through this module and starts fast.
 """
 
 import contextlib
 import fcntl
 import math
 import os
-import shutil
 import socket
 import time
 from dataclasses import asdict, dataclass
 
-from utils import UserError, atomic_write, read_json, save_checkpoint, write_json
+from utils import UserError, read_json, write_json
 
-STATUS, HISTORY, EFFECTIVE, LOCK = "status.json", "history.json", "params_effective.json", ".lock"
+STATUS, EFFECTIVE, LOCK = "status.json", "params_effective.json", ".lock"
 FINISHED = ("completed",)  # statuses a rerun leaves alone
 
 
@@ -135,44 +133,3 @@ class BestTracker:
 
 def is_finite(metrics):
     return all(math.isfinite(v) for v in metrics.values())
-
-
-def copy_atomic(src, dst):
-    with open(src, "rb") as source:
-        atomic_write(dst, lambda f: shutil.copyfileobj(source, f), mode="wb")
-
-
-class RunFolder:
-    """Writes one epoch's outputs in an order that survives a kill at any point.
-
-    history.json and the metrics files go first and last.pth.tar last: the checkpoint is the commit point,
-    and a resume truncates history to the checkpoint's epoch.
-    """
-
-    def __init__(self, model_dir):
-        self.dir = model_dir
-
-    def path(self, name):
-        return os.path.join(self.dir, name)
-
-    def load_history(self, up_to_epoch):
-        path = self.path(HISTORY)
-        if not os.path.exists(path):
-            return []
-        try:
-            rows = read_json(path).get("epochs", [])
-        except (UserError, AttributeError):
-            return []
-        return [r for r in rows if r["epoch"] <= up_to_epoch]
-
-    def record_epoch(self, history, classes, improved, state, plot):
-        row = history[-1]
-        write_json(self.path(HISTORY), {"classes": classes, "epochs": history})
-        val = dict(row["val"], epoch=row["epoch"])
-        write_json(self.path("metrics_val_last_weights.json"), val)
-        if improved:
-            write_json(self.path("metrics_val_best_weights.json"), val)
-        plot(history, self.path("train_history.png"))
-        save_checkpoint(state, self.path("last.pth.tar"))
-        if improved:
-            copy_atomic(self.path("last.pth.tar"), self.path("best.pth.tar"))

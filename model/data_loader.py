@@ -132,10 +132,15 @@ def fetch_dataloader(splits, data_dir, params, pin_memory=False):
     classes, _ = scan_split(os.path.join(data_dir, "train"))
     train_tf, eval_tf = build_transforms(params)
     limits = {"train": params.train_subset, "valid": params.valid_subset}
+    sources = {split: split for split in splits}
+    if params.overfit_batches:  # debug mode: a few fixed training batches, not augmented, validated on themselves
+        limits = {"train": params.overfit_batches * params.batch_size}
+        sources["valid"] = "train"
+        train_tf = eval_tf
     loaders = {}
     for split in splits:
-        _, items = scan_split(os.path.join(data_dir, split), classes)
-        items = subset(items, limits.get(split, 0), params.seed)
+        _, items = scan_split(os.path.join(data_dir, sources[split]), classes)
+        items = subset(items, limits.get(sources[split], 0), params.seed)
         if split == "train" and len(items) < 2:
             raise UserError(f"{data_dir}/train: {len(items)} image(s) to train on (train_subset "
                             f"{params.train_subset}); need at least 2")

@@ -10,7 +10,7 @@ import torch
 import evaluate
 import train
 from conftest import ROOT, read
-from core import run as core_run
+from core import outputs as core_outputs
 from utils import load_checkpoint
 
 RUN_FILES = ["train.log", "history.json", "metrics_val_best_weights.json", "metrics_val_last_weights.json",
@@ -48,14 +48,14 @@ class StopAfter:
     """Interrupt a run right after epoch `n` is fully recorded, as a kill between epochs would."""
 
     def __init__(self, monkeypatch, n):
-        original = core_run.RunFolder.record_epoch
+        original = core_outputs.RunFolder.record_epoch
 
         def record(folder, history, *args):
             original(folder, history, *args)
             if history[-1]["epoch"] == n:
                 raise KeyboardInterrupt
 
-        monkeypatch.setattr(core_run.RunFolder, "record_epoch", record)
+        monkeypatch.setattr(core_outputs.RunFolder, "record_epoch", record)
 
 
 def test_resume_continues_at_next_epoch_and_matches_uninterrupted(make_experiment, digits_dir, monkeypatch):

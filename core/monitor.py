@@ -1,0 +1,84 @@
+"""What training does inside: per-layer gradient norms and update-to-weight ratios, and what the model predicts."""
+
+import logging
+import math
+
+import torch
+
+log = logging.getLogger(__name__)
+
+VANISHING, EXPLODING = 1e-7, 1e3  # gradient-norm thresholds for a warning
+
+
+class GradMonitor:
+    """Per layer (every weight tensor of 2+ dimensions: conv and linear kernels), per epoch:
+
+    - grad_norm: mean L2 norm of the gradient, sampled every `every` steps (norms stay on the device, no sync);
+    - update_ratio: ||w_end - w_start|| / ||w_start|| over the epoch, how far the optimizer moved the layer.
+    """
+
+    def __init__(self, model, every):
+        self.named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and p.dim() > 1]
+        self.every = max(1, every)
+
+    def start_epoch(self):
+        params = [p for _, p in self.named]
+        self.start = [p.detach().clone() for p in params]
+        self.sums = torch.zeros(len(params), device=params[0].device) if params else None
+        self.samples = 0
+
+    def after_backward(self, step):
+        if step % self.every or self.sums is None:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for _, p in self.named]
+        self.sums += torch.stack(torch._foreach_norm(grads)).float()
+        self.samples += 1
+
+    def end_epoch(self):
+        if self.sums is None:
+            return {}, {}
+        grad = (self.sums / max(self.samples, 1)).tolist()
+        ratios = [((p.detach() - w0).norm() / w0.norm().clamp(min=1e-12)).item()
+                  for (_, p), w0 in zip(self.named, self.start)]
+        names = [n for n, _ in self.named]
+        self.start = None
+        return dict(zip(names, grad)), dict(zip(names, ratios))
+
+
+def gradient_warnings(grad_norm):
+    """Human-readable warnings for layers whose gradients vanish or explode."""
+    out = []
+    for name, g in grad_norm.items():
+        if not math.isfinite(g) or g > EXPLODING:
+            out.append(f"exploding gradient in {name} (norm {g:.3g})")
+        elif g < VANISHING:
+            out.append(f"vanishing gradient in {name} (norm {g:.3g})")
+    for w in out:
+        log.warning(f"warning: {w}")
+    return out
+
+
+def gallery_indices(params, n_valid):
+    """Fixed validation examples for the gallery: params.gallery_indices, else a seeded choice."""
+    if params.gallery_indices:
+        return [i for i in params.gallery_indices if 0 <= i < n_valid]
+    g = torch.Generator().manual_seed(params.seed)
+    return sorted(torch.randperm(n_valid, generator=g)[: min(params.gallery_size, n_valid)].tolist())
+
+
+def confidently_wrong(details, labels, k):
+    """Indices of the k wrong predictions made with the highest confidence."""
+    wrong = [i for i, (p, y) in enumerate(zip(details["prediction"].tolist(), labels)) if p != y]
+    conf = details["confidence"]
+    return sorted(wrong, key=lambda i: -conf[i].item())[:k]
+
+
+def gallery_items(dataset, details, fixed, wrong, classes):
+    """(image path, title, correct?) for the fixed examples, then the confidently wrong ones."""
+    items = []
+    for group, indices in (("", fixed), ("wrong: ", wrong)):
+        for i in indices:
+            pred, conf, true = details["prediction"][i].item(), details["confidence"][i].item(), dataset.labels[i]
+            title = f"{group}{classes[true]} → {classes[pred]} ({conf:.2f})"
+            items.append((dataset.paths[i], title, pred == true))
+    return items

@@ -1,0 +1,128 @@
+"""The reproducibility record of a run folder: what produced it, on what, from which code.
+
+record.json holds one entry per session (a first run, then each resume): command line, git commit and dirty flag
+(the diff saved beside it), a hash of model/ (snapshotted into code/), library versions, hardware, seed, and at the
+end wall time and images/s. Only this module knows the layout, so evaluate.py and synthesize read it through here.
+"""
+
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+
+from utils import UserError, atomic_write, read_json, write_json
+
+RECORD = "record.json"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODEL_CODE = os.path.join(ROOT, "model")
+
+
+def git(*args):
+    try:
+        proc = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def code_files():
+    return sorted(f for f in os.listdir(MODEL_CODE) if f.endswith(".py"))
+
+
+def code_hash():
+    h = hashlib.sha1()
+    for name in code_files():
+        with open(os.path.join(MODEL_CODE, name), "rb") as f:
+            h.update(name.encode() + b"\0" + f.read())
+    return h.hexdigest()
+
+
+def snapshot_code(model_dir, digest):
+    """Copy model/*.py into MODEL_DIR/code/<hash8>/ once per distinct version of the code."""
+    dst = os.path.join(model_dir, "code", digest[:8])
+    if not os.path.isdir(dst):
+        tmp = dst + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        for name in code_files():
+            shutil.copy2(os.path.join(MODEL_CODE, name), tmp)
+        os.replace(tmp, dst)
+    return os.path.relpath(dst, model_dir)
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(rt):
+    import albumentations
+    import torch
+    import torchvision
+
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if rt.device.type == "cuda" else []
+    return {
+        "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "albumentations": albumentations.__version__, "platform": platform.platform(),
+        "hardware": {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "gpus": gpus, "gpu_count": len(gpus),
+                     "device": str(rt.device), "amp": str(rt.amp_dtype) if rt.amp_dtype else None},
+    }
+
+
+def start_session(model_dir, params, argv, rt, start_epoch):
+    """Append this session to record.json and save the diff and code snapshot it refers to."""
+    commit = (git("rev-parse", "HEAD") or "").strip() or None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    dirty = bool(status and status.strip())
+    session = {"started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": [sys.executable, *argv],
+               "cwd": os.getcwd(), "start_epoch": start_epoch, "seed": params.seed,
+               "git": {"commit": commit, "dirty": dirty if commit else None,
+                       "untracked": (git("ls-files", "--others", "--exclude-standard") or "").split()},
+               **environment(rt)}
+    digest = code_hash()
+    session["model_code"] = {"sha1": digest, "snapshot": snapshot_code(model_dir, digest)}
+    if dirty:
+        diff = git("diff", "HEAD") or ""
+        name = f"git_diff_{len(sessions(model_dir)) + 1}.patch"
+        atomic_write(os.path.join(model_dir, name), lambda f: f.write(diff))
+        session["git"]["diff"] = name
+    write_json(os.path.join(model_dir, RECORD), {"sessions": sessions(model_dir) + [session]})
+
+
+def end_session(model_dir, wall_time_s, images_per_s, outcome):
+    record = sessions(model_dir)
+    if record:
+        record[-1].update(ended_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), wall_time_s=round(wall_time_s, 2),
+                          images_per_s=round(images_per_s, 1) if images_per_s else None, outcome=outcome)
+        write_json(os.path.join(model_dir, RECORD), {"sessions": record})
+
+
+def sessions(model_dir):
+    path = os.path.join(model_dir, RECORD)
+    if not os.path.exists(path):
+        return []
+    try:
+        return read_json(path).get("sessions", [])
+    except (UserError, AttributeError):
+        return []
+
+
+def provenance(model_dir):
+    """'abc1234', 'abc1234+dirty' or '' for a folder's first session: where to look for the code that made it."""
+    record = sessions(model_dir)
+    if not record:
+        return ""
+    g = record[0].get("git", {})
+    commit = (g.get("commit") or "")[:7]
+    snap = record[0].get("model_code", {}).get("snapshot", "")
+    label = commit + ("+dirty" if g.get("dirty") else "") if commit else "no git"
+    return f"{label} ({snap})" if snap else label

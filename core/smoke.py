@@ -1,0 +1,49 @@
+"""search_hyperparams.py --smoke: one training batch and one validation batch of every cell, in this process,
+before any real training. A bug common to all cells costs seconds instead of hours; nothing is written."""
+
+import time
+
+from utils import one_line
+
+
+def smoke_cell(cell, data_dir):
+    """None if one batch of `cell` trains and validates to a finite loss, else a one-line reason."""
+    import torch.nn as nn
+
+    from core.config import Params, resolve
+    from core.engine import evaluate, pick_runtime, seed_everything, train_one_epoch
+    from core.run import is_finite
+    from model.data_loader import fetch_dataloader
+    from train import build
+
+    try:
+        raw = resolve(cell.params, cell.name)
+        one_batch = [f"train_subset={max(2, raw['batch_size'])}", f"valid_subset={max(2, raw['bs_test'])}",
+                     "num_workers=0", "cache_images=0", "overfit_batches=0"]
+        params = Params(resolve(cell.params, cell.name, one_batch))
+        rt = pick_runtime(params.cuda)
+        seed_everything(params.seed)
+        loaders, classes = fetch_dataloader(["train", "valid"], data_dir, params, rt.pin_memory)
+        model, optimizer, scheduler, _ = build(params, classes, rt, len(loaders["train"]), cell.name)
+        loss_fn = nn.CrossEntropyLoss()
+        train_m = train_one_epoch(model, loaders["train"], loss_fn, optimizer, None, rt, len(classes), 1, "smoke")
+        val_m, _ = evaluate(model, loaders["valid"], loss_fn, rt, len(classes), "smoke")
+        if not (is_finite({"loss": train_m["loss"]}) and is_finite(val_m)):
+            return f"non-finite loss on the first batch (train {train_m['loss']}, valid {val_m['loss']})"
+    except Exception as e:  # any failure is the finding; report it in one line and go on to the next cell
+        return f"{type(e).__name__}: {one_line(e)}"
+    return None
+
+
+def smoke_cells(cells, data_dir):
+    """[(cell, reason)] for the cells that fail, after trying every one; prints a line per failure."""
+    start = time.perf_counter()
+    failures = []
+    for cell in cells:
+        reason = smoke_cell(cell, data_dir)
+        if reason:
+            failures.append((cell, reason))
+            print(f"smoke: {cell.name}: {reason}")
+    verdict = f"{len(failures)} failed" if failures else "all passed"
+    print(f"smoke test of {len(cells)} cell(s): {verdict} ({time.perf_counter() - start:.1f} s)")
+    return failures
