@@ -15,12 +15,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-
-import train  # noqa: E402
-from utils import run_cli  # noqa: E402
+import train
+from conftest import ROOT
+from utils import run_cli
 
 # tiny and fast: if validation wrongly lets a case through, the run ends in seconds (and the test fails)
 TINY = {
@@ -41,12 +38,9 @@ PER_CLASS = 3
 # ---------------------------------------------------------------- fixtures and helpers
 
 
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    """The real default data set, built once for this module."""
-    from data.build_dataset import build_digits
-
-    return Path(build_digits(str(tmp_path_factory.mktemp("d") / "digits")))
+@pytest.fixture
+def digits(digits_dir):
+    return Path(digits_dir)
 
 
 @pytest.fixture
