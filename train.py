@@ -21,7 +21,16 @@ from core.engine import evaluate, pick_runtime, rng_state, seed_everything, set_
 from core.monitor import GradMonitor, gradient_warnings
 from core.optim import PER_BATCH, build_optimizer, build_scheduler, step_per_epoch
 from core.outputs import RunFolder, tensorboard_writer
-from core.run import EFFECTIVE, BestTracker, check_model_dir, checkpoint_to_resume, folder_lock, is_finite, write_status
+from core.run import (
+    EFFECTIVE,
+    BestTracker,
+    check_model_dir,
+    checkpoint_to_resume,
+    folder_lock,
+    is_finite,
+    read_status,
+    write_status,
+)
 from core.tv_models import load_init_weights
 from data.build_dataset import DEFAULT_DST, ensure_data
 from model.data_loader import fetch_dataloader, transforms_record
@@ -48,8 +57,9 @@ def main(argv=None):
     params = load_params(params_path, args.overrides)
     resume_path = checkpoint_to_resume(args.model_dir, args.restore_file)
     ckpt = load_checkpoint(resume_path) if resume_path else None
-    if ckpt and ckpt.get("stop_reason"):
-        print(f"{args.model_dir}: already completed ({ckpt['stop_reason']} at epoch {ckpt['epoch']}); nothing to do")
+    if ckpt and (ckpt.get("stop_reason") or read_status(args.model_dir).get("status") == "completed"):
+        print(f"{args.model_dir}: already completed (checkpoint at epoch {ckpt['epoch']}); nothing to do "
+              f"(to train further, start a new folder with init_weights_path)")
         return 0
 
     # Everything below up to start_run() only reads: bad input fails here, before a single file is written.

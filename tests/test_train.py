@@ -83,8 +83,9 @@ def test_rerun_of_completed_run_does_nothing(make_experiment, digits_dir, capsys
     assert run_train(exp, digits_dir) == 0
     before = os.path.getmtime(os.path.join(exp, "last.pth.tar"))
     assert run_train(exp, digits_dir, "--restore_file", "last") == 0
+    assert run_train(exp, digits_dir, "--restore_file", "best") == 0
     assert run_train(exp, digits_dir) == 0
-    assert "already completed" in capsys.readouterr().out
+    assert capsys.readouterr().out.count("already completed") == 3
     assert os.path.getmtime(os.path.join(exp, "last.pth.tar")) == before
 
 
