@@ -67,6 +67,20 @@ def epochs(parent, cell):
     return [r["epoch"] for r in read(os.path.join(parent, cell, "history.json"))["epochs"]]
 
 
+def release_requeued(job, timeout=120):
+    """Slurm holds a requeued job (reason BeginTime) for ~2 minutes before it may start again; start it now.
+    The hold is set only once the killed task has finished completing, so keep asking until the job runs."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        state = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T %r"], capture_output=True, text=True).stdout
+        if state.startswith("RUNNING") or not state:
+            return
+        if "BeginTime" in state:
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
+        time.sleep(0.5)
+    raise AssertionError(f"requeued job {job} did not start again")
+
+
 def test_slurm_array_runs_both_cells_and_a_requeued_cell_resumes(slurm, tmp_path, digits_dir):
     parent = make_parent(tmp_path, num_epochs=5)
     cmd = [sys.executable, "search_hyperparams.py", "--parent_dir", parent, "--data_dir", digits_dir,
@@ -79,9 +93,7 @@ def test_slurm_array_runs_both_cells_and_a_requeued_cell_resumes(slurm, tmp_path
         time.sleep(0.1)
     job = read_status(first)["slurm_job_id"]
     subprocess.run(["scontrol", "requeue", job], check=True)
-    # Slurm holds a requeued job for a while before it may start again; let it start now
-    time.sleep(1)
-    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+    release_requeued(job)
     out, _ = proc.communicate(timeout=400)
     assert proc.returncode == 0, out[-3000:]
 
