@@ -70,12 +70,13 @@ def epochs(parent, cell):
 def release_requeued(job, timeout=120):
     """Slurm holds a requeued job (reason BeginTime) for ~2 minutes before it may start again; start it now.
     The hold is set only once the killed task has finished completing, so keep asking until the job runs."""
-    deadline = time.time() + timeout
+    deadline, held = time.time() + timeout, False
     while time.time() < deadline:
         state = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T %r"], capture_output=True, text=True).stdout
-        if state.startswith("RUNNING") or not state:
+        if held and (state.startswith("RUNNING") or not state):
             return
         if "BeginTime" in state:
+            held = True
             subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
         time.sleep(0.5)
     raise AssertionError(f"requeued job {job} did not start again")
