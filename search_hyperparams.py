@@ -159,8 +159,11 @@ def summarize(parent_dir):
     import plot_results
     import synthesize_results
 
-    print(synthesize_results.synthesize(parent_dir))
-    plot_results.plot(parent_dir)
+    try:
+        print(synthesize_results.synthesize(parent_dir))
+        plot_results.plot(parent_dir)
+    except UserError as e:  # e.g. every cell failed before its first epoch: nothing to plot, still a summary
+        print(f"no plots: {e}")
 
 
 if __name__ == "__main__":
