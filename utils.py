@@ -13,6 +13,14 @@ import tempfile
 class UserError(Exception):
     """Bad input from the user: reported as one line, exit code 2, no traceback."""
 
+    exit_code = 2
+
+
+class FolderBusy(UserError):
+    """Another process holds the folder's lock; a search treats the cell as running elsewhere, not as failed."""
+
+    exit_code = 75  # EX_TEMPFAIL
+
 
 def run_cli(main):
     """Run `main()`; turn a UserError into a one-line message and a non-zero exit."""
@@ -20,7 +28,7 @@ def run_cli(main):
         code = main()
     except UserError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(e.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

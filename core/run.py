@@ -11,7 +11,7 @@ import socket
 import time
 from dataclasses import asdict, dataclass
 
-from utils import UserError, read_json, write_json
+from utils import FolderBusy, UserError, read_json, write_json
 
 STATUS, EFFECTIVE, LOCK = "status.json", "params_effective.json", ".lock"
 FINISHED = ("completed",)  # statuses a rerun leaves alone
@@ -61,7 +61,7 @@ def folder_lock(model_dir):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UserError(f"--model_dir {model_dir}: another process is training this folder") from None
+            raise FolderBusy(f"--model_dir {model_dir}: another process is training this folder") from None
         yield
     finally:
         os.close(fd)
@@ -71,7 +71,7 @@ def is_locked(model_dir):
     try:
         with folder_lock(model_dir):
             return False
-    except UserError:
+    except FolderBusy:
         return True
     except OSError:  # no folder yet, or read-only: nobody trains there
         return False

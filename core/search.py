@@ -20,7 +20,7 @@ from tqdm import tqdm
 from core.config import FLAT_SPEC
 from core.results import load_history
 from core.run import is_locked, read_status, write_status
-from utils import UserError, read_json, write_json
+from utils import FolderBusy, UserError, read_json, write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "train.py")
@@ -145,6 +145,8 @@ def train_cell(cell, data_dir, env):
 
 def collect(cell, returncode):
     """Read the outcome from the folder; record a failure train.py could not record itself."""
+    if returncode == FolderBusy.exit_code:  # another process trains it: its status is not ours to touch
+        return "locked"
     status = read_status(cell.folder).get("status")
     if returncode == 0 and status == "completed":
         return "completed"

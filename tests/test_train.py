@@ -166,3 +166,17 @@ def test_torchvision_arch_trains(make_experiment, digits_dir, arch):
                           learning_rate=[0.001, 0.001, 0.01])
     assert run_train(exp, digits_dir) == 0
     assert len(read(os.path.join(exp, "history.json"))["epochs"][0]["lr"]) == 3
+
+
+def test_a_folder_being_trained_is_refused_with_its_own_exit_code(make_experiment, digits_dir):
+    from core.run import folder_lock, is_locked
+
+    exp = make_experiment(num_epochs=1)
+    with folder_lock(exp):
+        assert is_locked(exp)
+        proc = subprocess.run([sys.executable, "train.py", "--model_dir", exp, "--data_dir", digits_dir],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 75  # a search reads this as "running elsewhere", not as a failure
+    assert proc.stderr.strip() == f"error: --model_dir {exp}: another process is training this folder"
+    assert sorted(os.listdir(exp)) == [".lock", "params.json"]
+    assert not is_locked(exp)
