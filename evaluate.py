@@ -21,7 +21,7 @@ from data.build_dataset import DEFAULT_DST, ensure_data
 from model.data_loader import fetch_dataloader
 from model.metrics import METRIC_NAMES
 from model.net import build_model
-from utils import UserError, load_checkpoint, run_cli, write_json
+from utils import UserError, load_checkpoint, one_line, run_cli, write_json
 
 
 def parse_args(argv=None):
@@ -35,12 +35,13 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    ckpt_paths = [checkpoint_path(d, args.restore_file) for d in args.model_dir]  # all checked before any write
+    ckpt_paths = [checkpoint_path(d, args.restore_file) for d in args.model_dir]
     data_dir = ensure_data(args.data_dir)
+    # evaluate every folder first, write after: one bad folder leaves no folder half done
+    results = [evaluate_checkpoint(path, data_dir, args.split) for path in ckpt_paths]
+    tag = f"{args.split}_{args.restore_file}"
     rows = []
-    for model_dir, path in zip(args.model_dir, ckpt_paths):
-        metrics, confusion, classes = evaluate_checkpoint(path, data_dir, args.split)
-        tag = f"{args.split}_{args.restore_file}"
+    for model_dir, (metrics, confusion, classes) in zip(args.model_dir, results):
         write_json(os.path.join(model_dir, f"metrics_{tag}_weights.json"), metrics)
         plot_confusion(confusion.numpy(), classes, os.path.join(model_dir, f"confusion_{tag}.png"),
                        title=f"{model_dir} ({tag}, epoch {metrics['epoch']})")
@@ -62,13 +63,21 @@ def checkpoint_path(model_dir, restore_file):
 def evaluate_checkpoint(path, data_dir, split):
     """Metrics, confusion matrix and class names of one checkpoint on `split`, with the params it was trained with."""
     ckpt = load_checkpoint(path)
-    params = Params(resolve(ckpt["params"], f"{path} (params)", ["train_subset=0", "valid_subset=0"]))
+    if not isinstance(ckpt, dict) or not {"params", "classes", "model", "epoch"} <= set(ckpt):
+        raise UserError(f"{path}: not a checkpoint written by train.py (needs params, classes, model, epoch)")
+    # the whole split, and the model as trained (weights come from the checkpoint, not from pretraining)
+    params = Params(resolve(ckpt["params"], f"{path} (params)",
+                            ["train_subset=0", "valid_subset=0", "overfit_batches=0", "pretrain=0"]))
     rt = pick_runtime(params.cuda)
-    loaders, classes = fetch_dataloader([split], data_dir, params, rt.pin_memory)
+    loaders, classes = fetch_dataloader([split], data_dir, params, rt.pin_memory, training=False)
     if classes != ckpt["classes"]:
         raise UserError(f"{data_dir}: classes {classes} differ from those {path} was trained on {ckpt['classes']}")
-    model = build_model(Params({**params.to_dict(), "pretrain": 0}), len(classes))  # weights come from ckpt
-    model.load_state_dict(ckpt["model"])
+    model = build_model(params, len(classes))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise UserError(f"{path}: does not fit model/net.py as it is now (edited since?): "
+                        f"{one_line(e)[:200]}") from None
     metrics, details = evaluate(rt.prepare(model), loaders[split], nn.CrossEntropyLoss(), rt, len(classes), split)
     return dict(metrics, epoch=ckpt["epoch"]), details["confusion"], classes
 

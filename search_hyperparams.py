@@ -123,7 +123,9 @@ def load_cells(parent_dir):
     params = read_json(path)
     if not isinstance(params, dict) or "hyper_search" not in params:
         raise UserError(f"{path}: no 'hyper_search' block (e.g. \"hyper_search\": {{\"learning_rate\": [1e-3, 1e-2]}})")
-    return [Cell(name, child_path(parent_dir, name), child) for name, child in plan(params, path)]
+    # absolute paths: children run from the repository root, Ray and Slurm tasks from wherever they land
+    parent = os.path.abspath(parent_dir)
+    return [Cell(name, child_path(parent, name), child) for name, child in plan(params, path)]
 
 
 def print_plan(cells, todo, args):

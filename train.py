@@ -13,11 +13,20 @@ import signal
 import sys
 import time
 
+import torch
 import torch.nn as nn
 
 from core import record
 from core.config import load_params
-from core.engine import evaluate, pick_runtime, rng_state, seed_everything, set_rng_state, train_one_epoch
+from core.engine import (
+    epoch_seed,
+    evaluate,
+    pick_runtime,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    train_one_epoch,
+)
 from core.monitor import GradMonitor, gradient_warnings
 from core.optim import PER_BATCH, build_optimizer, build_scheduler, step_per_epoch
 from core.outputs import RunFolder, tensorboard_writer
@@ -25,6 +34,7 @@ from core.run import (
     EFFECTIVE,
     BestTracker,
     check_model_dir,
+    check_resume,
     checkpoint_to_resume,
     folder_lock,
     is_finite,
@@ -35,7 +45,7 @@ from core.tv_models import load_init_weights
 from data.build_dataset import DEFAULT_DST, ensure_data
 from model.data_loader import fetch_dataloader, transforms_record
 from model.net import build_model
-from utils import UserError, load_checkpoint, one_line, run_cli, set_logger, write_json
+from utils import FolderBusy, UserError, load_checkpoint, one_line, run_cli, set_logger, write_json
 
 log = logging.getLogger(__name__)
 OVERFIT_TARGET = 0.99
@@ -57,22 +67,26 @@ def main(argv=None):
     params = load_params(params_path, args.overrides)
     resume_path = checkpoint_to_resume(args.model_dir, args.restore_file)
     ckpt = load_checkpoint(resume_path) if resume_path else None
-    if ckpt and (ckpt.get("stop_reason") or read_status(args.model_dir).get("status") == "completed"):
+    if ckpt and is_finished(args.model_dir, ckpt):
         print(f"{args.model_dir}: already completed (checkpoint at epoch {ckpt['epoch']}); nothing to do "
               f"(to train further, start a new folder with init_weights_path)")
         return 0
+    if ckpt:
+        check_resume(ckpt, params, read_status(args.model_dir), resume_path)
 
     # Everything below up to start_run() only reads: bad input fails here, before a single file is written.
     rt = pick_runtime(params.cuda)
     seed_everything(params.seed)
     loaders, classes = fetch_dataloader(["train", "valid"], ensure_data(args.data_dir), params, rt.pin_memory)
     model, optimizer, scheduler, notes = build(params, classes, rt, len(loaders["train"]), params_path, not ckpt)
+    preflight(model, loaders, rt, params_path)
     tracker = BestTracker.from_params(params.early_stopping)
     start_epoch = restore(ckpt, resume_path, model, optimizer, scheduler, tracker) if ckpt else 1
     tensorboard = tensorboard_writer(args.model_dir, params.tensorboard)
 
     stop_on_signals()
     with folder_lock(args.model_dir):
+        check_unchanged(args.model_dir, resume_path, ckpt)
         start_run(args, argv, params, loaders, classes, rt, start_epoch)
         for note in notes:
             log.info(note)
@@ -100,6 +114,9 @@ def build(params, classes, rt, steps_per_epoch, where, fresh=True):
     """Model (on the device), optimizer, schedule, and notes to log; shared with the search's smoke test."""
     if params.n_clas is not None and params.n_clas != len(classes):
         raise UserError(f"{where}: key 'n_clas' is {params.n_clas} but the data has {len(classes)} class folders")
+    if params.early_stopping.monitor_metric == "top5" and len(classes) < 5:
+        raise UserError(f"{where}: key 'early_stopping.monitor_metric' is top5 but the data has only "
+                        f"{len(classes)} classes")
     model, notes = build_model(params, len(classes)), []
     if params.init_weights_path and fresh:
         skipped = load_init_weights(model, params.init_weights_path)
@@ -120,6 +137,41 @@ def stop_on_signals():
         signal.signal(sig, interrupt)
 
 
+def preflight(model, loaders, rt, where):
+    """Augment one image and push one validation batch through the model, so an augmentation or an architecture
+    that cannot work on this data (e.g. a 224-px ViT on 32-px images) fails here, before anything is written."""
+    try:
+        loaders["train"].dataset[0]
+        x, _ = next(iter(loaders["valid"]))
+        model.eval()
+        with torch.inference_mode(), rt.autocast():
+            model(rt.to_device(x[:2], torch.zeros(1))[0])
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"{where}: the model or augmentation fails on this data ({type(e).__name__}: "
+                        f"{one_line(e)[:300]})") from None
+
+
+def is_finished(model_dir, ckpt):
+    """A run is finished when its checkpoint says so; repair a status record its end did not get to write."""
+    if not ckpt.get("stop_reason") and read_status(model_dir).get("status") != "completed":
+        return False
+    if read_status(model_dir).get("status") != "completed":
+        write_status(model_dir, "completed", reason=ckpt.get("stop_reason") or "all epochs done", epoch=ckpt["epoch"])
+    return True
+
+
+def check_unchanged(model_dir, resume_path, ckpt):
+    """Under the lock: the folder must still be as it was when this run decided to start or resume."""
+    last = os.path.join(model_dir, "last.pth.tar")
+    expected = ckpt["epoch"] if ckpt and resume_path == last else None
+    now = load_checkpoint(last)["epoch"] if os.path.exists(last) else None
+    if now != expected and not (ckpt and resume_path != last):
+        raise FolderBusy(f"--model_dir {model_dir}: another process trained this folder while this run was starting; "
+                         f"run the command again")
+
+
 def restore(ckpt, path, model, optimizer, scheduler, tracker):
     """Load a checkpoint's full training state; return the epoch to start from."""
     try:
@@ -130,7 +182,9 @@ def restore(ckpt, path, model, optimizer, scheduler, tracker):
     except (KeyError, ValueError, RuntimeError) as e:
         raise UserError(f"{path}: does not match params.json (arch or learning_rate changed?): "
                         f"{one_line(e)[:200]}") from None
-    vars(tracker).update(ckpt["tracker"])
+    # only the tracker's progress: its settings (patience, metric) are checked equal by check_resume
+    for key in ("best", "best_epoch", "bad_epochs"):
+        setattr(tracker, key, ckpt["tracker"][key])
     set_rng_state(ckpt["rng"])
     return ckpt["epoch"] + 1
 
@@ -160,8 +214,8 @@ def fit(folder, params, model, loaders, optimizer, scheduler, tracker, rt, start
     for epoch in range(start_epoch, params.num_epochs + 1):
         epoch_start = time.perf_counter()
         # reseed data order and augmentation per epoch: a resumed run sees what an uninterrupted one would
-        loaders["train"].generator.manual_seed(params.seed + epoch)
-        loaders["train"].dataset.transform.set_random_seed(params.seed + epoch)
+        loaders["train"].generator.manual_seed(epoch_seed(params.seed, epoch))
+        loaders["train"].dataset.transform.set_random_seed(epoch_seed(params.seed, epoch))
         if monitor:
             monitor.start_epoch()
         train_m = train_one_epoch(model, loaders["train"], loss_fn, optimizer, batch_scheduler, rt, n_clas,

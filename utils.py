@@ -9,6 +9,9 @@ import os
 import sys
 import tempfile
 
+UMASK = os.umask(0)
+os.umask(UMASK)
+
 
 class UserError(Exception):
     """Bad input from the user: reported as one line, exit code 2, no traceback."""
@@ -47,9 +50,12 @@ def atomic_write(path, write_fn, mode="w"):
     """Write via a temp file in the same folder then os.replace, so readers never see half a file."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp makes 0600; results on a shared filesystem must stay readable
     try:
         with os.fdopen(fd, mode) as f:
             write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())  # the data reaches the disk before the name does
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -74,6 +80,8 @@ def read_json(path):
         raise UserError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a text file") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
 
 
 # ---------------------------------------------------------------- logging

@@ -82,7 +82,8 @@ def run_slurm(cells, data_dir, parent_dir, opts):
         prepare(cell)
     jobs = executor.map_array(SlurmCell(data_dir, opts.cpus_per_cell, opts.max_requeues), cells)
     for cell, job in zip(cells, jobs):
-        write_status(cell.folder, "queued", slurm_job_id=job.job_id)  # a rerun sees it queued, not lost
+        if read_status(cell.folder).get("status") not in ("running", "completed"):  # a fast task may be ahead
+            write_status(cell.folder, "queued", slurm_job_id=job.job_id)  # a rerun sees it queued, not lost
     print(f"submitted Slurm array {jobs[0].job_id.split('_')[0]}; logs in {os.path.join(parent_dir, '.slurm')}")
     if opts.no_wait:
         print("not waiting: rerun the same command later to collect results (finished cells are skipped)")

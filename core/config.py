@@ -41,6 +41,7 @@ SPEC = {
     "pct_start": (0.3, float, "one_cycle: fraction of steps spent warming up"),
     "step_size": (5, int, "step: epochs between decays"),
     "gamma": (0.1, float, "step and plateau: factor applied to the lr at each decay"),
+    "plateau_patience": (2, int, "plateau: epochs without improvement before the lr decays"),
     "num_epochs": (10, int, "number of epochs"),
     "early_stopping": {
         "patience": (10, int, "stop after this many epochs without improvement (0: never)"),
@@ -85,6 +86,7 @@ RANGES = [
     ("pct_start", lambda v: 0 < v < 1, "in (0, 1)"),
     ("step_size", lambda v: v >= 1, ">= 1"),
     ("gamma", lambda v: v > 0, "> 0"),
+    ("plateau_patience", lambda v: v >= 0, ">= 0"),
     ("n_clas", lambda v: v is None or v >= 2, ">= 2"),
     ("save_summary_steps", lambda v: v >= 1, ">= 1"),
     ("n_repetitions", lambda v: v >= 1, ">= 1"),

@@ -53,6 +53,12 @@ def seed_everything(seed):
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
+def epoch_seed(seed, epoch):
+    """A seed for one epoch of one run. Hashing (seed, epoch) keeps repetitions (seed, seed + 1000) from
+    sharing data orders the way seed + epoch would (repetition 1's epoch 1 = repetition 0's epoch 1001...)."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
 def rng_state():
     """All global RNG states, as tensors and plain lists so checkpoints load with weights_only=True."""
     np_state = np.random.get_state()

@@ -20,6 +20,7 @@ from utils import UserError
 MAX_NAME = 100
 SAFE = re.compile(r"[^A-Za-z0-9._,=+-]")
 NOT_SEARCHABLE = ("hyper_search", "n_repetitions")
+REP_SEED_STRIDE = 1000  # repetition r trains with seed + 1000 r: distinct even when the grid itself varies seed
 
 
 def expand_block(block, where):
@@ -126,7 +127,7 @@ def plan(parent_params, where):
             for key, value in cell.items():
                 set_dotted(child, key, copy.deepcopy(value))
             if reps > 1:
-                child["seed"] = base.get("seed", FLAT_SPEC["seed"][0]) + rep  # distinct, reproducible seeds
+                child["seed"] = child.get("seed", FLAT_SPEC["seed"][0]) + REP_SEED_STRIDE * rep
             resolve(child, f"{where}: cell {json.dumps(cell)}")
             out.append((folder_name(cell, rep if reps > 1 else None), child))
     names = [n for n, _ in out]

@@ -51,14 +51,16 @@ def build_scheduler(params, optimizer, steps_per_epoch):
     if s == "one_cycle":
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=learning_rates(params), total_steps=total,
-            div_factor=params.div_factor, pct_start=params.pct_start)
+            div_factor=params.div_factor, pct_start=params.pct_start,
+            cycle_momentum=False)  # keep params.momentum as given (cycling would silently replace it)
     if s == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
     if s == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=params.step_size, gamma=params.gamma)
     if s == "plateau":
         mode = "min" if params.early_stopping.minimize else "max"
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=params.gamma, patience=2)
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=params.gamma,
+                                                          patience=params.plateau_patience)
     return None
 
 

@@ -5,18 +5,12 @@ point, and a resume truncates history to the checkpoint's epoch.
 """
 
 import os
-import shutil
 
 from core.monitor import confidently_wrong, gallery_indices, gallery_items
 from core.plots import plot_confusion, plot_gallery, plot_gradients, plot_history
-from utils import UserError, atomic_write, read_json, save_checkpoint, write_json
+from utils import UserError, read_json, save_checkpoint, write_json
 
 HISTORY = "history.json"
-
-
-def copy_atomic(src, dst):
-    with open(src, "rb") as source:
-        atomic_write(dst, lambda f: shutil.copyfileobj(source, f), mode="wb")
 
 
 def tensorboard_writer(model_dir, enabled):
@@ -60,9 +54,9 @@ class RunFolder:
         if row.get("grad_norm"):
             plot_gradients(history, self.path("gradients.png"))
         self.log_tensorboard(row)
+        if improved:  # best before last: a kill in between must not leave best.pth.tar an epoch behind for good
+            save_checkpoint(state, self.path("best.pth.tar"))
         save_checkpoint(state, self.path("last.pth.tar"))
-        if improved:
-            copy_atomic(self.path("last.pth.tar"), self.path("best.pth.tar"))
 
     def draw_predictions(self, epoch, details, valid_set):
         """At each new best: a gallery of fixed and most confidently wrong valid examples, and the confusion matrix."""

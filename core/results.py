@@ -8,6 +8,7 @@ import json
 import os
 import statistics
 
+from core.config import resolve
 from core.record import provenance
 from utils import UserError, read_json
 
@@ -35,6 +36,14 @@ def flatten(d, prefix=""):
     return out
 
 
+def resolved(params, folder):
+    """Flattened params with defaults filled in, so a key left out and the same key set to its default agree."""
+    try:
+        return flatten(resolve(params, folder))
+    except UserError:  # a params.json train.py would reject: show what it says
+        return flatten(params)
+
+
 def read_optional(path, notes):
     """JSON content, or None when absent; a corrupt file adds a note instead of raising."""
     if not os.path.exists(path):
@@ -58,7 +67,7 @@ def load_run(folder, split="val"):
     best = read_optional(os.path.join(folder, f"metrics_{split}_best_weights.json"), notes)
     test = read_optional(os.path.join(folder, "metrics_test_best_weights.json"), notes) if split != "test" else None
     state = status.get("status") or ("not started" if best is None else "unknown")
-    return {"folder": folder, "params": flatten(params or {}), "status": state, "epoch": status.get("epoch"),
+    return {"folder": folder, "params": resolved(params or {}, folder), "status": state, "epoch": status.get("epoch"),
             "best": best or {}, "test": test or {}, "note": "; ".join(notes), "code": provenance(folder)}
 
 
@@ -101,11 +110,17 @@ def summarize(values):
     return statistics.fmean(nums), (statistics.stdev(nums) if len(nums) > 1 else 0.0), len(nums)
 
 
+def common_name(folders):
+    """'ps_0.5__rep0', 'ps_0.5__rep1' -> 'ps_0.5__rep*': a name that says which folders a row stands for."""
+    names = [os.path.basename(f) for f in folders]
+    return os.path.join(os.path.dirname(folders[0]), os.path.commonprefix(names) + "*")
+
+
 def group_row(group, keys, metrics, metric):
     """One table row: the varied values, status, n, and mean/std of each metric."""
     first = group[0]
     statuses = sorted({r["status"] for r in group})
-    row = {"folder": first["folder"] if len(group) == 1 else os.path.commonpath([r["folder"] for r in group]),
+    row = {"folder": first["folder"] if len(group) == 1 else common_name([r["folder"] for r in group]),
            "values": {k: first["params"].get(k) for k in keys},
            "status": statuses[0] if len(statuses) == 1 else "/".join(statuses),
            "n": len(group), "note": "; ".join(r["note"] for r in group if r["note"]),

@@ -5,6 +5,7 @@ No torch or matplotlib here: search_hyperparams.py reads cell folders through th
 
 import contextlib
 import fcntl
+import json
 import math
 import os
 import socket
@@ -43,8 +44,8 @@ def write_status(model_dir, status, **fields):
     record.update(fields, status=status, updated_at=now(), host=socket.gethostname(), pid=os.getpid())
     if status == "running":
         record.setdefault("started_at", now())
-        record.pop("ended_at", None)
-        record.pop("reason", None)
+        for stale in ("ended_at", "reason", "exit_code", "log_tail"):  # what an earlier session's end recorded
+            record.pop(stale, None)
     else:
         record["ended_at"] = now()
     write_json(os.path.join(model_dir, STATUS), record)
@@ -68,13 +69,19 @@ def folder_lock(model_dir):
 
 
 def is_locked(model_dir):
+    """Whether a process holds the folder's lock. Probes with a shared lock on an existing lock file only, so it
+    creates nothing (--dry_run writes nothing) and never blocks a train.py taking the lock."""
     try:
-        with folder_lock(model_dir):
-            return False
-    except FolderBusy:
-        return True
-    except OSError:  # no folder yet, or read-only: nobody trains there
+        fd = os.open(os.path.join(model_dir, LOCK), os.O_RDONLY)
+    except OSError:  # no lock file: nobody has ever trained here
         return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def checkpoint_to_resume(model_dir, restore_file):
@@ -96,6 +103,27 @@ def checkpoint_to_resume(model_dir, restore_file):
         raise UserError(f"--model_dir {model_dir}: already holds a run ({done}epoch {status.get('epoch', '?')}); "
                         f"continue it with --restore_file last, or move its outputs away to start over")
     return None
+
+
+# params a resume may change: they alter how a run is executed or shown, not what it computes
+RESUMABLE = ("num_workers", "cuda", "save_summary_steps", "tensorboard", "monitor_gradients", "gallery_indices",
+             "gallery_size", "bs_test", "cache_images")
+
+
+def check_resume(ckpt, params, status, path):
+    """A resume continues the same run: same params (but RESUMABLE ones), and no later epochs thrown away."""
+    from core.results import flatten
+
+    if status.get("epoch", 0) > ckpt["epoch"]:
+        raise UserError(f"--restore_file: {path} is from epoch {ckpt['epoch']} but the run reached epoch "
+                        f"{status['epoch']}; resuming would discard those epochs (start a new folder with "
+                        f"init_weights_path instead)")
+    old, new = flatten(ckpt.get("params", {})), flatten(params.to_dict())
+    changed = [f"{k}: {json.dumps(old.get(k))} -> {json.dumps(new.get(k))}" for k in sorted(set(old) | set(new))
+               if k not in RESUMABLE and old.get(k) != new.get(k)]
+    if changed:
+        raise UserError(f"{path}: params changed since this checkpoint ({'; '.join(changed)}); resume with the "
+                        f"same params, or start a new folder with init_weights_path")
 
 
 @dataclass

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from tqdm import tqdm
 
@@ -36,7 +36,6 @@ class Cell:
     params: dict
     state: str = "new"  # new, resume, done, failed, locked, mismatch
     result: str = ""  # after running: completed, failed, diverged, interrupted, locked
-    extra: dict = field(default_factory=dict)
 
 
 def cell_state(folder, params):
@@ -90,7 +89,7 @@ def estimate_hours(cells, todo):
 
 
 def train_command(cell, data_dir):
-    cmd = [sys.executable, TRAIN, "--model_dir", cell.folder, "--data_dir", data_dir]
+    cmd = [sys.executable, TRAIN, "--model_dir", cell.folder, "--data_dir", os.path.abspath(data_dir)]
     if os.path.exists(os.path.join(cell.folder, "last.pth.tar")):
         cmd += ["--restore_file", "last"]
     return cmd
@@ -147,10 +146,10 @@ def collect(cell, returncode):
     """Read the outcome from the folder; record a failure train.py could not record itself."""
     if returncode == FolderBusy.exit_code:  # another process trains it: its status is not ours to touch
         return "locked"
+    # the exit code decides, the status confirms: a stale status from an earlier session must not
     status = read_status(cell.folder).get("status")
-    if returncode == 0 and status == "completed":
-        return "completed"
-    if status in ("diverged", "interrupted"):
+    expected = {0: "completed", 1: "diverged", 130: "interrupted", -signal.SIGINT: "interrupted"}
+    if expected.get(returncode) == status:
         return status
     tail = log_tail(cell.folder)
     reason = tail[-1] if tail else f"exit code {returncode}"
@@ -182,7 +181,7 @@ class Progress:
 def run_pool(cells, data_dir, workers, gpus, fail_fast):
     """Train `cells` with at most `workers` at a time; the next starts as soon as one ends."""
     pending, running, free = deque(cells), {}, list(range(workers))
-    threads = None if gpus else max(1, (os.cpu_count() or 1) // workers)  # split the cores, not oversubscribe
+    threads = None if gpus else max(1, len(os.sched_getaffinity(0)) // workers)  # split our cores, not oversubscribe
     progress, stop = Progress(len(cells)), False
     try:
         while pending or running:

@@ -17,10 +17,8 @@ def smoke_cell(cell, data_dir):
     from train import build
 
     try:
-        raw = resolve(cell.params, cell.name)
-        one_batch = [f"train_subset={max(2, raw['batch_size'])}", f"valid_subset={max(2, raw['bs_test'])}",
-                     "num_workers=0", "cache_images=0", "overfit_batches=0"]
-        params = Params(resolve(cell.params, cell.name, one_batch))
+        params = Params(resolve(cell.params, cell.name, ["num_workers=0", "cache_images=0", "overfit_batches=0"]))
+        params.train_subset, params.valid_subset = max(2, params.batch_size), max(2, params.bs_test)  # one batch
         rt = pick_runtime(params.cuda)
         seed_everything(params.seed)
         loaders, classes = fetch_dataloader(["train", "valid"], data_dir, params, rt.pin_memory)

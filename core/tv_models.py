@@ -29,7 +29,10 @@ def pretrained_state(arch, pretrained_path):
     cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
     path = pretrained_path or cached
     if os.path.isfile(path):
-        return torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise UserError(f"{path}: cannot load {arch} weights ({type(e).__name__})") from None
     if pretrained_path:
         raise UserError(f"params key 'pretrained_path': {pretrained_path} not found")
     try:
@@ -40,7 +43,7 @@ def pretrained_state(arch, pretrained_path):
 
 
 def replace_head(model, arch, n_clas, ps):
-    """Swap the last Linear layer for Dropout(ps) + Linear(n_clas)."""
+    """Swap the last Linear layer for Dropout(ps) + Linear(n_clas), or set the dropout already in front of it."""
     linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise UserError(f"params key 'arch': '{arch}' has no Linear classifier head to replace")
@@ -49,7 +52,13 @@ def replace_head(model, arch, n_clas, ps):
     for p in parents:
         owner = getattr(owner, p)
     old = getattr(owner, last)
-    setattr(owner, last, nn.Sequential(nn.Dropout(ps), nn.Linear(old.in_features, n_clas)))
+    siblings = list(owner.children()) if isinstance(owner, nn.Sequential) else []
+    before = siblings[siblings.index(old) - 1] if old in siblings and siblings.index(old) > 0 else None
+    if isinstance(before, nn.Dropout):  # the model's own head dropout (efficientnet, mobilenet, vgg): reuse it
+        before.p = ps
+        setattr(owner, last, nn.Linear(old.in_features, n_clas))
+    else:
+        setattr(owner, last, nn.Sequential(nn.Dropout(ps), nn.Linear(old.in_features, n_clas)))
 
 
 def load_init_weights(model, path):

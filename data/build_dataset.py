@@ -56,6 +56,11 @@ def write_split(images, labels, names, splits, dst, size):
                 img = images(i).resize((size, size), Image.BICUBIC)
                 img.save(os.path.join(folder, names[i] + ".png"))
         os.replace(tmp, dst)  # readers never see a half-built data set
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not os.path.isdir(os.path.join(dst, "train")):
+            raise
+        # another process finished building the same data set first: use theirs
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

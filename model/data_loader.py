@@ -118,8 +118,9 @@ def subset(items, n, seed):
     return [items[i] for i in keep.tolist()]
 
 
-def fetch_dataloader(splits, data_dir, params, pin_memory=False):
-    """{split: DataLoader} and the class names. 'train' shuffles and augments; other splits do neither.
+def fetch_dataloader(splits, data_dir, params, pin_memory=False, training=True):
+    """{split: DataLoader} and the class names. When training, 'train' shuffles and augments; other splits, and
+    every split when evaluating (training=False), do neither.
 
     The train loader's `generator` is reseeded each epoch by the training loop, so data order is reproducible
     and a resumed run sees the same order an uninterrupted run would.
@@ -141,12 +142,12 @@ def fetch_dataloader(splits, data_dir, params, pin_memory=False):
     for split in splits:
         _, items = scan_split(os.path.join(data_dir, sources[split]), classes)
         items = subset(items, limits.get(sources[split], 0), params.seed)
-        if split == "train" and len(items) < 2:
+        is_train = training and split == "train"
+        if is_train and len(items) < 2:
             raise UserError(f"{data_dir}/train: {len(items)} image(s) to train on (train_subset "
                             f"{params.train_subset}); need at least 2")
         for path, _ in items:
             check_readable(path)
-        is_train = split == "train"
         dataset = ImageDataset(items, train_tf if is_train else eval_tf, cache=bool(params.cache_images))
         loaders[split] = torch.utils.data.DataLoader(
             dataset,

@@ -197,6 +197,16 @@ def test_unknown_arch_suggests_closest(model_dir, data, capsys):
     assert_rejected(args(model_dir, data), capsys, model_dir, "'arch'", "resnet19", "did you mean 'resnet18'?")
 
 
+def test_architecture_that_cannot_run_on_the_data(model_dir, data, capsys):
+    write_params(model_dir, {**TINY, "arch": "vit_b_16"})  # a ViT wants 224 px, these images are 16 px
+    assert_rejected(args(model_dir, data), capsys, model_dir, "fails on this data", "Expected 224")
+
+
+def test_top5_monitor_with_fewer_than_five_classes(model_dir, data, capsys):
+    write_params(model_dir, {**TINY, "early_stopping": {"monitor_metric": "top5"}})
+    assert_rejected(args(model_dir, data), capsys, model_dir, "'early_stopping.monitor_metric'", "3 classes")
+
+
 def test_unknown_augmentation_preset(model_dir, data, capsys):
     write_params(model_dir, {**TINY, "augmentation": "heavy"})
     assert_rejected(args(model_dir, data), capsys, model_dir, "'augmentation'", "heavy", "light")

@@ -72,7 +72,7 @@ def test_repetitions_collapse_to_mean_std_and_n(tmp_path):
     make_run(p, "ps_0.1__rep0", {"ps": 0.1, "seed": 230}, acc=0.97)
     rows = table_rows(synthesize_results.synthesize(p))
     assert rows[0][:4] == ["ps_0.1__rep0", "0.1", "completed", "1"]
-    assert rows[1][1:4] == ["0.5", "completed", "3"] and "0.9200 ± 0.0200" in rows[1]
+    assert rows[1][:4] == ["ps_0.5__rep*", "0.5", "completed", "3"] and "0.9200 ± 0.0200" in rows[1]
 
 
 def test_loss_sorts_ascending(parent):

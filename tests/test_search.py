@@ -138,7 +138,9 @@ def test_product_zip_union_nested_and_list_values():
 def test_repetitions_get_distinct_seeds_and_suffixes():
     out = plan({**TINY, "seed": 7, "n_repetitions": 3, "hyper_search": {"ps": [0.5]}}, "p")
     assert [n for n, _ in out] == ["ps_0.5__rep0", "ps_0.5__rep1", "ps_0.5__rep2"]
-    assert [p["seed"] for _, p in out] == [7, 8, 9] and all("n_repetitions" not in p for _, p in out)
+    assert [p["seed"] for _, p in out] == [7, 1007, 2007] and all("n_repetitions" not in p for _, p in out)
+    grid = plan({**TINY, "n_repetitions": 2, "hyper_search": {"seed": [1, 2]}}, "p")
+    assert len({p["seed"] for _, p in grid}) == 4  # a searched seed never collides with a repetition's
 
 
 @pytest.mark.parametrize("block, message", [

@@ -1,5 +1,6 @@
 """End to end on the real digits data: train -> outputs -> resume -> evaluate, and the run-level features."""
 
+import json
 import os
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import torch
 
 import evaluate
 import train
-from conftest import ROOT, read
+from conftest import FAST_PARAMS, ROOT, read
 from core import outputs as core_outputs
 from utils import load_checkpoint
 
@@ -42,6 +43,10 @@ def test_cli_trains_two_epochs_with_every_output(make_experiment, digits_dir):
     assert ckpt["epoch"] == 2 and ckpt["params"]["train_subset"] == 400
     assert "epoch 2/2" in open(os.path.join(exp, "train.log")).read()
     assert read(os.path.join(exp, "augmentation.json"))["train"]["transform"]["transforms"]
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("history.json", "last.pth.tar"):  # atomic writes keep ordinary, shareable permissions
+        assert os.stat(os.path.join(exp, name)).st_mode & 0o777 == 0o666 & ~umask
 
 
 class StopAfter:
@@ -180,3 +185,34 @@ def test_a_folder_being_trained_is_refused_with_its_own_exit_code(make_experimen
     assert proc.stderr.strip() == f"error: --model_dir {exp}: another process is training this folder"
     assert sorted(os.listdir(exp)) == [".lock", "params.json"]
     assert not is_locked(exp)
+
+
+def test_resume_refuses_changed_params_and_discarding_epochs(make_experiment, digits_dir, monkeypatch):
+    from utils import UserError
+
+    exp = make_experiment(num_epochs=4)
+    with monkeypatch.context() as m:
+        StopAfter(m, 3)
+        with pytest.raises(KeyboardInterrupt):
+            run_train(exp, digits_dir)
+    before = sorted((f, os.path.getmtime(os.path.join(exp, f))) for f in os.listdir(exp))
+    with pytest.raises(UserError, match=r"params changed since this checkpoint \(learning_rate: 0.005 -> 0.1\)"):
+        run_train(exp, digits_dir, "--restore_file", "last", "learning_rate=0.1")
+    best_epoch = load_checkpoint(os.path.join(exp, "best.pth.tar"))["epoch"]
+    if best_epoch < 3:
+        with pytest.raises(UserError, match="would discard those epochs"):
+            run_train(exp, digits_dir, "--restore_file", "best")
+    assert sorted((f, os.path.getmtime(os.path.join(exp, f))) for f in os.listdir(exp)) == before
+    assert run_train(exp, digits_dir, "--restore_file", "last", "num_workers=0", "bs_test=64") == 0  # harmless
+
+
+def test_search_runs_from_any_working_directory(tmp_path, digits_dir):
+    parent = tmp_path / "exps" / "lr"
+    parent.mkdir(parents=True)
+    (parent / "params.json").write_text(json.dumps({**FAST_PARAMS, "num_epochs": 1, "train_subset": 100,
+                                                    "hyper_search": {"learning_rate": [0.002]}}))
+    proc = subprocess.run([sys.executable, str(ROOT / "search_hyperparams.py"), "--parent_dir", "exps/lr",
+                           "--data_dir", os.path.relpath(digits_dir, tmp_path)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-1500:] + proc.stderr[-1500:]
+    assert read(parent / "learning_rate_0.002" / "status.json")["status"] == "completed"
