@@ -149,7 +149,7 @@ def collect(cell, returncode):
     # the exit code decides, the status confirms: a stale status from an earlier session must not
     status = read_status(cell.folder).get("status")
     expected = {0: "completed", 1: "diverged", 130: "interrupted", -signal.SIGINT: "interrupted"}
-    if expected.get(returncode) == status:
+    if status is not None and expected.get(returncode) == status:
         return status
     tail = log_tail(cell.folder)
     reason = tail[-1] if tail else f"exit code {returncode}"
