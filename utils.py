@@ -84,6 +84,16 @@ def read_json(path):
         raise UserError(f"{path}: cannot read ({e.strerror})") from None
 
 
+def read_json_field(path, key, default):
+    """`key` of the JSON object in `path`, or `default` when the file is missing, corrupt or not an object:
+    for records (status, history, sessions) that must never stop a run or a table."""
+    try:
+        data = read_json(path) if os.path.exists(path) else None
+    except UserError:
+        data = None
+    return data.get(key, default) if isinstance(data, dict) else default
+
+
 # ---------------------------------------------------------------- logging
 
 def set_logger(log_path=None):

@@ -8,7 +8,8 @@ import os
 
 from core.monitor import confidently_wrong, gallery_indices, gallery_items
 from core.plots import plot_confusion, plot_gallery, plot_gradients, plot_history
-from utils import UserError, read_json, save_checkpoint, write_json
+from core.results import load_history
+from utils import UserError, save_checkpoint, write_json
 
 HISTORY = "history.json"
 
@@ -33,14 +34,7 @@ class RunFolder:
         return os.path.join(self.dir, name)
 
     def load_history(self, up_to_epoch):
-        path = self.path(HISTORY)
-        if not os.path.exists(path):
-            return []
-        try:
-            rows = read_json(path).get("epochs", [])
-        except (UserError, AttributeError):
-            return []
-        return [r for r in rows if r["epoch"] <= up_to_epoch]
+        return [r for r in load_history(self.dir) if r["epoch"] <= up_to_epoch]
 
     def record_epoch(self, history, improved, state, details, valid_set):
         row = history[-1]

@@ -11,11 +11,12 @@ from utils import atomic_write  # noqa: E402
 DPI = 100
 
 
-def save_figure(fig, path, tight=True):
-    """tight=False keeps the pixel size fixed by figsize (galleries and matrices whose size is part of the contract)."""
-    if not tight:
-        fig.tight_layout()
-    bbox = "tight" if tight else None
+def save_figure(fig, path, fixed_size=False):
+    """fixed_size: the PNG is exactly figsize x DPI (galleries and matrices whose size is part of the contract);
+    otherwise the canvas is cropped to what was drawn."""
+    if fixed_size:
+        fig.tight_layout()  # fit the drawing to the canvas, not the canvas to the drawing
+    bbox = None if fixed_size else "tight"
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=DPI, bbox_inches=bbox), mode="wb")
     plt.close(fig)
 
@@ -59,7 +60,7 @@ def plot_confusion(cm, classes, path, title=""):
                 ax.text(j, i, int(cm[i][j]), ha="center", va="center", fontsize=8,
                         color="white" if cm[i][j] > top / 2 else "black")
     ax.set_title(title)
-    save_figure(fig, path, tight=False)
+    save_figure(fig, path, fixed_size=True)
 
 
 def plot_gradients(rows, path):
@@ -96,4 +97,4 @@ def plot_gallery(items, slots, path, title="", cols=8):
             ax.imshow(im.convert("RGB"))
         ax.set_title(text, fontsize=7, color="green" if correct else "red")
     fig.suptitle(title, fontsize=9)
-    save_figure(fig, path, tight=False)
+    save_figure(fig, path, fixed_size=True)

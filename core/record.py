@@ -11,9 +11,9 @@ import platform
 import shutil
 import subprocess
 import sys
-import time
 
-from utils import UserError, atomic_write, read_json, write_json
+from core.run import now
+from utils import atomic_write, read_json_field, write_json
 
 RECORD = "record.json"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -83,7 +83,7 @@ def start_session(model_dir, params, argv, rt, start_epoch):
     commit = (git("rev-parse", "HEAD") or "").strip() or None
     status = git("status", "--porcelain", "--untracked-files=no")
     dirty = bool(status and status.strip())
-    session = {"started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": [sys.executable, *argv],
+    session = {"started_at": now(), "command": [sys.executable, *argv],
                "cwd": os.getcwd(), "start_epoch": start_epoch, "seed": params.seed,
                "git": {"commit": commit, "dirty": dirty if commit else None,
                        "untracked": (git("ls-files", "--others", "--exclude-standard") or "").split()},
@@ -101,19 +101,13 @@ def start_session(model_dir, params, argv, rt, start_epoch):
 def end_session(model_dir, wall_time_s, images_per_s, outcome):
     record = sessions(model_dir)
     if record:
-        record[-1].update(ended_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), wall_time_s=round(wall_time_s, 2),
+        record[-1].update(ended_at=now(), wall_time_s=round(wall_time_s, 2),
                           images_per_s=round(images_per_s, 1) if images_per_s else None, outcome=outcome)
         write_json(os.path.join(model_dir, RECORD), {"sessions": record})
 
 
 def sessions(model_dir):
-    path = os.path.join(model_dir, RECORD)
-    if not os.path.exists(path):
-        return []
-    try:
-        return read_json(path).get("sessions", [])
-    except (UserError, AttributeError):
-        return []
+    return read_json_field(os.path.join(model_dir, RECORD), "sessions", [])
 
 
 def provenance(model_dir):

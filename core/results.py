@@ -10,7 +10,7 @@ import statistics
 
 from core.config import resolve
 from core.record import provenance
-from utils import UserError, read_json
+from utils import UserError, read_json, read_json_field
 
 MINIMIZED = ("loss",)
 NOT_HYPERPARAMS = ("hyper_search", "n_repetitions")
@@ -73,10 +73,7 @@ def load_run(folder, split="val"):
 
 def load_history(folder):
     """history.json's rows, or [] when absent or unreadable (a running or broken cell)."""
-    try:
-        return read_json(os.path.join(folder, "history.json")).get("epochs", [])
-    except (UserError, AttributeError):
-        return []
+    return read_json_field(os.path.join(folder, "history.json"), "epochs", [])
 
 
 def gather(parent, split="val"):

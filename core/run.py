@@ -32,11 +32,11 @@ def check_model_dir(model_dir):
 
 def read_status(model_dir):
     """The status record, or {} when absent or unreadable (a missing record must never stop a run)."""
-    path = os.path.join(model_dir, STATUS)
     try:
-        return read_json(path) if os.path.exists(path) else {}
+        record = read_json(os.path.join(model_dir, STATUS))
     except UserError:
         return {}
+    return record if isinstance(record, dict) else {}
 
 
 def write_status(model_dir, status, **fields):
