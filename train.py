@@ -35,6 +35,7 @@ from core.run import (
     BestTracker,
     check_model_dir,
     check_resume,
+    checkpoint_stamp,
     checkpoint_to_resume,
     folder_lock,
     is_finite,
@@ -65,6 +66,7 @@ def main(argv=None):
     args = parse_args(argv)
     params_path = check_model_dir(args.model_dir)
     params = load_params(params_path, args.overrides)
+    seen = checkpoint_stamp(args.model_dir)
     resume_path = checkpoint_to_resume(args.model_dir, args.restore_file)
     ckpt = load_checkpoint(resume_path) if resume_path else None
     if ckpt and is_finished(args.model_dir, ckpt):
@@ -86,7 +88,9 @@ def main(argv=None):
 
     stop_on_signals()
     with folder_lock(args.model_dir):
-        check_unchanged(args.model_dir, resume_path, ckpt)
+        if checkpoint_stamp(args.model_dir) != seen:  # someone trained here between our decision and the lock
+            raise FolderBusy(f"--model_dir {args.model_dir}: another process trained this folder while this run "
+                             f"was starting; run the command again")
         start_run(args, argv, params, loaders, classes, rt, start_epoch)
         for note in notes:
             log.info(note)
@@ -142,10 +146,11 @@ def preflight(model, loaders, rt, where):
     that cannot work on this data (e.g. a 224-px ViT on 32-px images) fails here, before anything is written."""
     try:
         loaders["train"].dataset[0]
-        x, _ = next(iter(loaders["valid"]))
+        x, y = next(iter(loaders["valid"]))
+        x, _ = rt.to_device(x[:2], y[:2])
         model.eval()
         with torch.inference_mode(), rt.autocast():
-            model(rt.to_device(x[:2], torch.zeros(1))[0])
+            model(x)
     except UserError:
         raise
     except Exception as e:
@@ -155,21 +160,10 @@ def preflight(model, loaders, rt, where):
 
 def is_finished(model_dir, ckpt):
     """A run is finished when its checkpoint says so; repair a status record its end did not get to write."""
-    if not ckpt.get("stop_reason") and read_status(model_dir).get("status") != "completed":
-        return False
-    if read_status(model_dir).get("status") != "completed":
-        write_status(model_dir, "completed", reason=ckpt.get("stop_reason") or "all epochs done", epoch=ckpt["epoch"])
-    return True
-
-
-def check_unchanged(model_dir, resume_path, ckpt):
-    """Under the lock: the folder must still be as it was when this run decided to start or resume."""
-    last = os.path.join(model_dir, "last.pth.tar")
-    expected = ckpt["epoch"] if ckpt and resume_path == last else None
-    now = load_checkpoint(last)["epoch"] if os.path.exists(last) else None
-    if now != expected and not (ckpt and resume_path != last):
-        raise FolderBusy(f"--model_dir {model_dir}: another process trained this folder while this run was starting; "
-                         f"run the command again")
+    recorded = read_status(model_dir).get("status") == "completed"
+    if ckpt.get("stop_reason") and not recorded:
+        write_status(model_dir, "completed", reason=ckpt["stop_reason"], epoch=ckpt["epoch"])
+    return recorded or bool(ckpt.get("stop_reason"))
 
 
 def restore(ckpt, path, model, optimizer, scheduler, tracker):

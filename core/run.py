@@ -84,6 +84,15 @@ def is_locked(model_dir):
         os.close(fd)
 
 
+def checkpoint_stamp(model_dir):
+    """(mtime, size) of last.pth.tar, or None: enough to tell whether another process has trained here since."""
+    try:
+        st = os.stat(os.path.join(model_dir, "last.pth.tar"))
+    except FileNotFoundError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
 def checkpoint_to_resume(model_dir, restore_file):
     """Path of the checkpoint to continue from, or None for a fresh run.
 
