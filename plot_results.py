@@ -12,7 +12,7 @@ import json
 import os
 
 from core.plots import plt, save_figure
-from core.results import MINIMIZED, gather, group_repetitions, load_history, varied_keys
+from core.results import MINIMIZED, gather, group_repetitions, load_history, summarize, varied_keys
 from utils import UserError, run_cli
 
 CURVES = ("loss", "accuracy")
@@ -45,8 +45,7 @@ def label(values):
 
 
 def best_value(group, metric):
-    vals = [r["best"].get(metric) for r in group if isinstance(r["best"].get(metric), (int, float))]
-    return sum(vals) / len(vals) if vals else None
+    return summarize(r["best"].get(metric) for r in group)[0]
 
 
 def plot(parent_dir, metric="accuracy", top_k=8):

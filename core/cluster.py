@@ -130,19 +130,25 @@ def run_ray(cells, data_dir, opts):
         pending = {remote.remote(cell, data_dir, opts.cpus_per_cell): cell for cell in cells}
         progress = Progress(len(cells))
         progress.update(len(pending))
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            cell = pending.pop(done[0])
-            try:
-                cell.result = ray.get(done[0])
-            except Exception as e:  # a lost node or a crashed worker: the folder says how far it got
-                cell.result = "failed"
-                write_status(cell.folder, "failed", reason=f"ray task failed: {type(e).__name__}")
-            progress.finished(cell, len(pending))
-        progress.close()
-        return progress.failed
+        try:
+            return wait_ray(ray, pending, progress)
+        finally:
+            progress.close()
     finally:
         ray.shutdown()
+
+
+def wait_ray(ray, pending, progress):
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        cell = pending.pop(done[0])
+        try:
+            cell.result = ray.get(done[0])
+        except Exception as e:  # a lost node or a crashed worker: the folder says how far it got
+            cell.result = "failed"
+            write_status(cell.folder, "failed", reason=f"ray task failed: {type(e).__name__}")
+        progress.finished(cell, len(pending))
+    return progress.failed
 
 
 def ray_train_cell(cell, data_dir, threads):

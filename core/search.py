@@ -6,6 +6,7 @@ the grid is reported and left untouched.
 """
 
 import ctypes
+import functools
 import os
 import signal
 import statistics
@@ -47,10 +48,11 @@ def cell_state(folder, params):
             return "mismatch"
     except UserError:
         return "mismatch"
-    status = read_status(folder).get("status")
+    record = read_status(folder)
+    status = record.get("status")
     if status == "completed":
         return "done"
-    if is_locked(folder) or queued_elsewhere(folder):
+    if is_locked(folder) or queued_elsewhere(record):
         return "locked"
     if status in ("failed", "diverged"):
         return "failed"
@@ -58,21 +60,25 @@ def cell_state(folder, params):
 
 
 def slurm_alive(job_ids):
-    """The subset of `job_ids` that squeue still lists (pending, running or requeued); None if squeue failed."""
+    """The subset of `job_ids` that squeue lists now (pending, running or requeued); None if squeue failed."""
     proc = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True)
     return set(job_ids) & set(proc.stdout.split()) if proc.returncode == 0 else None
 
 
-def queued_elsewhere(folder):
-    """True when the folder's last Slurm submission is still in the queue (so a rerun must not resubmit it)."""
-    status = read_status(folder)
+def queued_elsewhere(status):
+    """True when a cell's status names a Slurm submission still in the queue (a rerun must not resubmit it)."""
     job_id = status.get("slurm_job_id")
-    if status.get("status") not in ("queued", "running") or not job_id:
-        return False
+    return status.get("status") in ("queued", "running") and job_id in queue_snapshot()
+
+
+@functools.lru_cache(maxsize=1)
+def queue_snapshot():
+    """Every job id squeue lists, read once while a search plans (not once per cell of a large grid)."""
     try:
-        return bool(slurm_alive([job_id]) or False)
+        proc = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True)
     except OSError:  # no squeue here: this machine is not the cluster that ran it
-        return False
+        return frozenset()
+    return frozenset(proc.stdout.split()) if proc.returncode == 0 else frozenset()
 
 
 def estimate_hours(cells, todo):
