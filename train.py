@@ -97,17 +97,16 @@ def main(argv=None):
         folder = RunFolder(args.model_dir, params, classes, tensorboard)
         started = time.perf_counter()
         try:
-            status, reason, history = fit(folder, params, model, loaders, optimizer, scheduler, tracker, rt,
-                                          start_epoch)
+            try:
+                status, reason, history = fit(folder, params, model, loaders, optimizer, scheduler, tracker, rt,
+                                              start_epoch)
+            finally:
+                folder.close()  # however the run ends: its last checkpoint lands and every figure is drawn
         except BaseException as e:
-            interrupted = isinstance(e, KeyboardInterrupt)
-            write_status(args.model_dir, "interrupted" if interrupted else "failed",
-                         reason=one_line(e) or "interrupted")
-            record.end_session(args.model_dir, time.perf_counter() - started, None, "interrupted" if interrupted
-                               else "failed")
+            outcome = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+            write_status(args.model_dir, outcome, reason=one_line(e) or "interrupted")
+            record.end_session(args.model_dir, time.perf_counter() - started, None, outcome)
             raise
-        finally:
-            folder.close()
         finish(args.model_dir, params, status, reason, history, start_epoch, time.perf_counter() - started)
     best = f"best val {tracker.metric} {tracker.best:.4f} at epoch {tracker.best_epoch}" if tracker.best_epoch else ""
     log.info(f"{status}: {reason}; {best}")
@@ -236,7 +235,6 @@ def fit(folder, params, model, loaders, optimizer, scheduler, tracker, rt, start
                  "scheduler": scheduler.state_dict() if scheduler else None, "tracker": tracker.state(),
                  "rng": rng_state(), "params": params.to_dict(), "classes": folder.classes, "stop_reason": reason}
         folder.record_epoch(history, improved, state, details, loaders["valid"].dataset)
-        write_status(folder.dir, "running", epoch=epoch)
         if last:
             return "completed", reason, history
     return "completed", "all epochs done", history

@@ -6,6 +6,7 @@ The CS230 template's utils.py, kept in spirit: a user rarely edits it, but it is
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 
@@ -44,10 +45,25 @@ def one_line(exc):
     return text.removeprefix(f"{UserError.__module__}.UserError: ").removeprefix("UserError: ")
 
 
+def die_with_parent():
+    """Linux: this process gets SIGKILL when its parent dies, so a killed run or search leaves no orphan behind."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 # ---------------------------------------------------------------- files
 
-def atomic_write(path, write_fn, mode="w"):
-    """Write via a temp file in the same folder then os.replace, so readers never see half a file."""
+def atomic_write(path, write_fn, mode="w", also=()):
+    """Write via a temp file in the same folder then os.replace, so readers never see half a file.
+
+    `also`: more names for the same bytes, hard-linked to the one write (a copy where links are not supported) and
+    put in place before `path`, so a kill between the two leaves them ahead of `path`, never behind it.
+    """
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
     os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp makes 0600; results on a shared filesystem must stay readable
@@ -56,11 +72,22 @@ def atomic_write(path, write_fn, mode="w"):
             write_fn(f)
             f.flush()
             os.fsync(f.fileno())  # the data reaches the disk before the name does
+        for other in also:
+            link_or_copy(tmp, tmp + ".link")
+            os.replace(tmp + ".link", other)
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        for leftover in (tmp, tmp + ".link"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
         raise
+
+
+def link_or_copy(src, dst):
+    try:
+        os.link(src, dst)
+    except OSError:  # a filesystem without hard links
+        shutil.copy2(src, dst)
 
 
 def write_json(path, obj):
@@ -115,11 +142,12 @@ def set_logger(log_path=None):
 
 # ---------------------------------------------------------------- checkpoints
 
-def save_checkpoint(state, path):
-    """Save a checkpoint dict atomically (a killed run never leaves a truncated .pth.tar)."""
+def save_checkpoint(state, path, also=()):
+    """Save a checkpoint dict atomically (a killed run never leaves a truncated .pth.tar); `also` names other paths
+    for the same bytes (best.pth.tar when the best epoch is the last one: one write, not two)."""
     import torch
 
-    atomic_write(path, lambda f: torch.save(state, f), mode="wb")
+    atomic_write(path, lambda f: torch.save(state, f), mode="wb", also=also)
 
 
 def load_checkpoint(path, map_location="cpu"):

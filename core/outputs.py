@@ -1,14 +1,19 @@
-"""Everything train.py writes at the end of an epoch, in an order that survives a kill at any point.
+"""Everything train.py writes at the end of an epoch, off the critical path and in an order that survives a kill.
 
-history.json, the metrics files and the figures go first and last.pth.tar last: the checkpoint is the commit
-point, and a resume truncates history to the checkpoint's epoch.
+At the end of an epoch the training loop hands RunFolder a copy of the training state and goes on with the next
+epoch. A background thread writes history.json and the metrics files, then the checkpoint (best before last: a
+kill in between must not leave best.pth.tar an epoch behind), then the status. last.pth.tar is the commit point: a
+resume starts from it and truncates history to its epoch, so the status never names an epoch the checkpoint lacks.
+Figures are drawn by a helper process (core/plotter.py), never by the training process.
 """
 
 import os
+import threading
 
 from core.monitor import confidently_wrong, gallery_indices, gallery_items
-from core.plots import plot_confusion, plot_gallery, plot_gradients, plot_history
+from core.plotter import Plotter
 from core.results import load_history
+from core.run import write_status
 from utils import UserError, save_checkpoint, write_json
 
 HISTORY = "history.json"
@@ -29,6 +34,8 @@ class RunFolder:
     def __init__(self, model_dir, params, classes, tensorboard=None):
         self.dir, self.params, self.classes = model_dir, params, classes
         self.tb = tensorboard() if tensorboard else None
+        self.writes = Background()
+        self.plotter = Plotter(model_dir, params.plot_every_s)
 
     def path(self, name):
         return os.path.join(self.dir, name)
@@ -37,31 +44,33 @@ class RunFolder:
         return [r for r in load_history(self.dir) if r["epoch"] <= up_to_epoch]
 
     def record_epoch(self, history, improved, state, details, valid_set):
+        """Start writing the epoch that just ended; returns once the previous epoch's writes are done."""
+        best = self.best_figures(history[-1]["epoch"], details, valid_set) if improved else None
+        snapshot = detached_copy(state)  # the next epoch changes the weights in place while this one is written
+        self.writes.submit(self.write_epoch, list(history), improved, snapshot, best)
+        self.log_tensorboard(history[-1])
+
+    def write_epoch(self, history, improved, state, best):
         row = history[-1]
         write_json(self.path(HISTORY), {"classes": self.classes, "epochs": history})
         val = dict(row["val"], epoch=row["epoch"])
         write_json(self.path("metrics_val_last_weights.json"), val)
         if improved:
             write_json(self.path("metrics_val_best_weights.json"), val)
-            self.draw_predictions(row["epoch"], details, valid_set)
-        plot_history(history, self.path("train_history.png"), title=self.dir)
-        if row.get("grad_norm"):
-            plot_gradients(history, self.path("gradients.png"))
-        self.log_tensorboard(row)
-        if improved:  # best before last: a kill in between must not leave best.pth.tar an epoch behind for good
-            save_checkpoint(state, self.path("best.pth.tar"))
-        save_checkpoint(state, self.path("last.pth.tar"))
+        # when the best epoch is this one, best.pth.tar is a hard link to the same bytes, not a second write
+        save_checkpoint(state, self.path("last.pth.tar"), also=[self.path("best.pth.tar")] if improved else [])
+        write_status(self.dir, "running", epoch=row["epoch"])
+        self.plotter.history_changed()
+        if best:
+            self.plotter.new_best(**best)
 
-    def draw_predictions(self, epoch, details, valid_set):
-        """At each new best: a gallery of fixed and most confidently wrong valid examples, and the confusion matrix."""
+    def best_figures(self, epoch, details, valid_set):
+        """What the gallery and the confusion matrix of a new best epoch need, as plain data for the plotter."""
         fixed = gallery_indices(self.params, len(valid_set))
         k = max(4, len(fixed) // 2)  # slots for wrong examples, kept even when there are fewer mistakes
         wrong = confidently_wrong(details, valid_set.labels, k)
-        items = gallery_items(valid_set, details, fixed, wrong, self.classes)
-        plot_gallery(items, len(fixed) + k, self.path("predictions.png"),
-                     title=f"{self.dir}: valid predictions (fixed, then most confidently wrong), epoch {epoch}")
-        plot_confusion(details["confusion"].numpy(), self.classes, self.path("confusion_valid_best.png"),
-                       title=f"valid, best epoch {epoch}")
+        return {"epoch": epoch, "gallery": gallery_items(valid_set, details, fixed, wrong, self.classes),
+                "slots": len(fixed) + k, "confusion": details["confusion"].tolist(), "classes": self.classes}
 
     def log_tensorboard(self, row):
         if self.tb is None:
@@ -79,5 +88,52 @@ class RunFolder:
         self.tb.flush()
 
     def close(self):
-        if self.tb is not None:
-            self.tb.close()
+        """Wait for the last writes (their errors are raised here), then for every figure to be drawn."""
+        try:
+            self.writes.join()
+        finally:
+            self.plotter.close()
+            if self.tb is not None:
+                self.tb.close()
+
+
+class Background:
+    """One job at a time on a worker thread; a job's error is raised by the next submit or join."""
+
+    def __init__(self):
+        self.thread, self.error = None, None
+
+    def submit(self, fn, *args):
+        self.join()
+        self.thread = threading.Thread(target=self.run, args=(fn, *args), name="epoch-writes")
+        self.thread.start()
+
+    def run(self, fn, *args):
+        try:
+            fn(*args)
+        except BaseException as e:
+            self.error = e
+
+    def join(self):
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+
+def detached_copy(obj):
+    """A copy of a state dict's tensors (on the CPU) in the same containers, keeping state_dict's _metadata."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        out = type(obj)((k, detached_copy(v)) for k, v in obj.items())
+        if hasattr(obj, "_metadata"):  # module versions, which load_state_dict reads
+            out._metadata = obj._metadata
+        return out
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(detached_copy(v) for v in obj)
+    return obj

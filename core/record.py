@@ -8,9 +8,11 @@ end wall time and images/s. Only this module knows the layout, so evaluate.py an
 import hashlib
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
+from importlib.util import find_spec
 
 from core.run import now
 from utils import atomic_write, read_json_field, write_json
@@ -67,15 +69,24 @@ def cpu_model():
 def environment(rt):
     import albumentations
     import torch
-    import torchvision
 
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if rt.device.type == "cuda" else []
     return {
-        "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision_version(),
         "albumentations": albumentations.__version__, "platform": platform.platform(),
         "hardware": {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "gpus": gpus, "gpu_count": len(gpus),
                      "device": str(rt.device), "amp": str(rt.amp_dtype) if rt.amp_dtype else None},
     }
+
+
+def torchvision_version():
+    """torchvision.__version__ without importing torchvision (which costs ~1 s): read from its version.py."""
+    spec = find_spec("torchvision")
+    try:
+        with open(os.path.join(spec.submodule_search_locations[0], "version.py")) as f:
+            return re.search(r"__version__ = '([^']+)'", f.read()).group(1)
+    except (AttributeError, OSError, TypeError):
+        return None
 
 
 def start_session(model_dir, params, argv, rt, start_epoch):

@@ -116,7 +116,7 @@ def checkpoint_to_resume(model_dir, restore_file):
 
 # params a resume may change: they alter how a run is executed or shown, not what it computes
 RESUMABLE = ("num_workers", "cuda", "save_summary_steps", "tensorboard", "monitor_gradients", "gallery_indices",
-             "gallery_size", "bs_test", "cache_images")
+             "gallery_size", "bs_test", "cache_images", "plot_every_s")
 
 
 def check_resume(ckpt, params, status, path):

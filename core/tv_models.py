@@ -1,16 +1,21 @@
-"""torchvision classifiers with a new head, offline-safe pretrained weights, and weight transfer between runs."""
+"""torchvision classifiers with a new head, offline-safe pretrained weights, and weight transfer between runs.
+
+torchvision.models is imported only where a torchvision architecture is asked for: it pulls in torch._dynamo,
+about a second of start-up that a small_cnn run never needs.
+"""
 
 import difflib
 import os
 
 import torch
 import torch.nn as nn
-import torchvision.models as tvm
 
 from utils import UserError, load_checkpoint
 
 
 def torchvision_model(arch, n_clas, ps, pretrain, pretrained_path=""):
+    import torchvision.models as tvm
+
     names = tvm.list_models(module=tvm)
     if arch not in names:
         close = difflib.get_close_matches(arch, names + ["small_cnn"], n=1)
@@ -25,6 +30,8 @@ def torchvision_model(arch, n_clas, ps, pretrain, pretrained_path=""):
 
 def pretrained_state(arch, pretrained_path):
     """ImageNet weights from `pretrained_path`, else torch's cache, else a download; offline, a clear error."""
+    import torchvision.models as tvm
+
     weights = tvm.get_model_weights(arch).DEFAULT
     cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
     path = pretrained_path or cached

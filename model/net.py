@@ -6,8 +6,6 @@
 
 import torch.nn as nn
 
-from core.tv_models import torchvision_model
-
 
 def conv_block(c_in, c_out):
     return nn.Sequential(
@@ -38,4 +36,6 @@ class SmallCNN(nn.Module):
 def build_model(params, n_clas):
     if params.arch == "small_cnn":
         return SmallCNN(n_clas, params.ps)
+    from core.tv_models import torchvision_model  # only now: importing torchvision.models costs ~1 s
+
     return torchvision_model(params.arch, n_clas, params.ps, params.pretrain, params.pretrained_path)
