@@ -1,0 +1,170 @@
+"""Bookkeeping off the critical path: background epoch writes, the figure helper, linked checkpoints, lean imports."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import train
+from conftest import ROOT, read
+from core import engine
+from utils import load_checkpoint
+
+FIGURES = ["train_history.png", "gradients.png", "predictions.png", "confusion_valid_best.png"]
+
+
+def run_train(model_dir, data_dir, *extra):
+    return train.main(["--model_dir", model_dir, "--data_dir", data_dir, *extra])
+
+
+def train_cmd(model_dir, data_dir, *extra):
+    return [sys.executable, "train.py", "--model_dir", model_dir, "--data_dir", data_dir, *extra]
+
+
+def test_every_figure_exists_after_a_completed_run_drawn_once_at_the_end(make_experiment, digits_dir):
+    exp = make_experiment(num_epochs=3, plot_every_s=3600)
+    proc = subprocess.Popen(train_cmd(exp, digits_dir), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seen_during_run = set()
+    while proc.poll() is None:  # an hour between redraws: nothing is drawn before the last epoch is recorded
+        if read_json_quietly(os.path.join(exp, "status.json")).get("epoch", 0) < 3:
+            seen_during_run |= {f for f in FIGURES if os.path.exists(os.path.join(exp, f))}
+        time.sleep(0.02)
+    assert proc.returncode == 0, proc.stderr.read()
+    assert seen_during_run == set()
+    for name in FIGURES:
+        assert os.path.getsize(os.path.join(exp, name)) > 1000, name
+
+
+def test_plot_every_zero_redraws_while_the_run_goes_on(make_experiment, digits_dir):
+    exp = make_experiment(num_epochs=4, plot_every_s=0)
+    proc = subprocess.Popen(train_cmd(exp, digits_dir), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    drawn_at_epoch = None
+    while proc.poll() is None and drawn_at_epoch is None:
+        if os.path.exists(os.path.join(exp, "train_history.png")):
+            drawn_at_epoch = read_json_quietly(os.path.join(exp, "status.json")).get("epoch")
+        time.sleep(0.02)
+    assert proc.wait() == 0, proc.stderr.read()
+    assert drawn_at_epoch is not None and drawn_at_epoch < 4  # drawn before the last epoch, not only at the end
+
+
+def test_plotter_waits_plot_every_s_then_draws_what_changed(make_experiment, digits_dir, tmp_path):
+    from core.plotter import Plotter
+
+    exp = make_experiment(num_epochs=1, plot_every_s=3600)
+    assert run_train(exp, digits_dir) == 0
+    os.remove(os.path.join(exp, "train_history.png"))
+    plotter = Plotter(exp, every_s=3)
+    started = time.monotonic()
+    plotter.history_changed()
+    path = os.path.join(exp, "train_history.png")
+    while not os.path.exists(path) and time.monotonic() - started < 60:
+        time.sleep(0.02)
+    waited = time.monotonic() - started
+    plotter.close()
+    assert os.path.exists(path)
+    assert waited >= 3  # not before its interval, and well before the end (close) asked for it
+
+
+def test_figures_exist_after_an_interrupted_run(make_experiment, digits_dir, monkeypatch):
+    from test_train import StopAfter
+
+    exp = make_experiment(num_epochs=3, plot_every_s=3600)
+    with monkeypatch.context() as m:
+        StopAfter(m, 1)
+        with pytest.raises(KeyboardInterrupt):
+            run_train(exp, digits_dir)
+    assert read(os.path.join(exp, "status.json"))["status"] == "interrupted"
+    for name in FIGURES:
+        assert os.path.getsize(os.path.join(exp, name)) > 1000, name
+
+
+def test_figures_and_checkpoint_exist_after_a_failed_run(make_experiment, digits_dir, monkeypatch):
+    exp = make_experiment(num_epochs=3, plot_every_s=3600)
+    original, calls = engine.evaluate, []
+
+    def evaluate_then_break(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # validation of epoch 2
+            raise RuntimeError("a bug in epoch 2")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train, "evaluate", evaluate_then_break)
+    with pytest.raises(RuntimeError, match="a bug in epoch 2"):
+        run_train(exp, digits_dir)
+    status = read(os.path.join(exp, "status.json"))
+    assert status["status"] == "failed" and "a bug in epoch 2" in status["reason"]
+    assert load_checkpoint(os.path.join(exp, "last.pth.tar"))["epoch"] == 1
+    for name in FIGURES:
+        assert os.path.getsize(os.path.join(exp, name)) > 1000, name
+
+
+def test_best_is_a_link_to_last_when_the_last_epoch_is_best(make_experiment, digits_dir, monkeypatch):
+    from core.run import BestTracker
+
+    exp = make_experiment(num_epochs=3)
+    improves = iter([True, True, False])  # epochs 1 and 2 improve, epoch 3 does not
+    monkeypatch.setattr(BestTracker, "update", lambda self, value, epoch: next(improves))
+    assert run_train(exp, digits_dir) == 0
+    best, last = (os.stat(os.path.join(exp, f)) for f in ("best.pth.tar", "last.pth.tar"))
+    assert best.st_ino != last.st_ino and best.st_nlink == last.st_nlink == 1
+    assert load_checkpoint(os.path.join(exp, "best.pth.tar"))["epoch"] == 2
+
+    exp2 = make_experiment("every_epoch_best", num_epochs=2)
+    improves = iter([True, True])
+    assert run_train(exp2, digits_dir) == 0
+    best, last = (os.stat(os.path.join(exp2, f)) for f in ("best.pth.tar", "last.pth.tar"))
+    assert best.st_ino == last.st_ino  # one write, two names
+    assert not [f for f in os.listdir(exp2) if f.startswith(".tmp")]
+
+
+def test_sigkill_while_an_epoch_is_being_written_then_resume_is_bit_identical(make_experiment, digits_dir):
+    """history.json is the first file the background writer touches and last.pth.tar the commit point: killing
+    the moment a new epoch shows in history.json lands between the two, or just after."""
+    whole = make_experiment("whole", num_epochs=3)
+    assert subprocess.run(train_cmd(whole, digits_dir), cwd=ROOT, capture_output=True).returncode == 0
+    killed = make_experiment("killed", num_epochs=3)
+    proc = subprocess.Popen(train_cmd(killed, digits_dir), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    history = os.path.join(killed, "history.json")
+    deadline = time.time() + 300
+    while time.time() < deadline and len(read_json_quietly(history).get("epochs", [])) < 2:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    ckpt_epoch = load_checkpoint(os.path.join(killed, "last.pth.tar"))["epoch"]
+    assert read(os.path.join(killed, "status.json"))["epoch"] <= ckpt_epoch  # status never ahead of the checkpoint
+
+    resumed = subprocess.run(train_cmd(killed, digits_dir, "--restore_file", "last"), cwd=ROOT, capture_output=True,
+                             text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert [r["epoch"] for r in read(history)["epochs"]] == [1, 2, 3]
+    a, b = (load_checkpoint(os.path.join(d, "last.pth.tar")) for d in (whole, killed))
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for k, state in a["optimizer"]["state"].items():
+        for name, value in state.items():
+            assert torch.equal(value, b["optimizer"]["state"][k][name]), (k, name)
+
+
+def test_a_small_cnn_run_imports_neither_torchvision_models_nor_matplotlib(make_experiment, digits_dir):
+    exp = make_experiment(num_epochs=1)
+    code = ("import sys, train; code = train.main(sys.argv[1:]); "
+            "print(sorted(m for m in ('torchvision', 'torchvision.models', 'matplotlib') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code, "--model_dir", exp, "--data_dir", digits_dir], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+    assert os.path.exists(os.path.join(exp, "train_history.png"))  # drawn by the helper process
+
+
+def read_json_quietly(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
