@@ -101,13 +101,14 @@ def main(argv=None):
                 status, reason, history = fit(folder, params, model, loaders, optimizer, scheduler, tracker, rt,
                                               start_epoch)
             finally:
-                folder.close()  # however the run ends: its last checkpoint lands and every figure is drawn
+                closing_s = folder.close()  # however the run ends: the last checkpoint lands, every figure is drawn
         except BaseException as e:
             outcome = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
             write_status(args.model_dir, outcome, reason=one_line(e) or "interrupted")
-            record.end_session(args.model_dir, time.perf_counter() - started, None, outcome)
+            record.end_session(args.model_dir, outcome, time.perf_counter() - started)
             raise
-        finish(args.model_dir, params, status, reason, history, start_epoch, time.perf_counter() - started)
+        finish(args.model_dir, params, status, reason, history, start_epoch,
+               {"wall_time_s": time.perf_counter() - started, "closing_s": closing_s})
     best = f"best val {tracker.metric} {tracker.best:.4f} at epoch {tracker.best_epoch}" if tracker.best_epoch else ""
     log.info(f"{status}: {reason}; {best}")
     return 0 if status == "completed" else 1
@@ -240,8 +241,9 @@ def fit(folder, params, model, loaders, optimizer, scheduler, tracker, rt, start
     return "completed", "all epochs done", history
 
 
-def finish(model_dir, params, status, reason, history, start_epoch, wall_time):
-    """The final status, the session's record and, in overfit mode, the verdict of the sanity check."""
+def finish(model_dir, params, status, reason, history, start_epoch, timing):
+    """The final status, the session's record (with `timing`: wall_time_s, closing_s) and, in overfit mode, the
+    verdict of the sanity check."""
     session = [r for r in history if r["epoch"] >= start_epoch]
     images_per_s = sum(r["images_per_s"] for r in session) / len(session) if session else None
     extra = {}
@@ -252,7 +254,7 @@ def finish(model_dir, params, status, reason, history, start_epoch, wall_time):
         log.info(f"overfit check: accuracy {acc:.4f} on the {params.overfit_batches} training batch(es) - "
                  + ("passed" if passed else f"FAILED (want >= {OVERFIT_TARGET}): the model or its training is broken"))
     write_status(model_dir, status, reason=reason, **extra)
-    record.end_session(model_dir, wall_time, images_per_s, status)
+    record.end_session(model_dir, status, images_per_s=images_per_s, **timing)
 
 
 def epoch_line(row, n, improved):

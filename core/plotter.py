@@ -2,8 +2,8 @@
 
 A helper process forked at the start of the run receives small JSON messages on a pipe ("history.json changed",
 "a new best epoch, with its gallery and confusion matrix"), keeps the latest of each in memory and redraws at most
-every `plot_every_s` seconds, so a figure is never older than that. Closing the pipe asks it to draw whatever is
-still pending and exit; `Plotter.close` waits for that, so every figure exists when a run ends, however it ends.
+every `plot_every_s` seconds, so a figure is never older than that. `Plotter.close` asks it to draw whatever is
+still pending (one process per figure) and waits for that, so every figure exists when a run ends, however it ends.
 A process rather than a thread: drawing holds the GIL for a second at a time, which a training loop would feel.
 """
 
@@ -21,19 +21,7 @@ from utils import die_with_parent
 class Plotter:
     def __init__(self, model_dir, every_s):
         read_end, self.fd = os.pipe()
-        self.pid = os.fork()
-        if self.pid == 0:  # the helper: never returns into the training code
-            os.close(self.fd)
-            code = 0
-            try:
-                serve(read_end, model_dir, every_s)
-            except BaseException:
-                traceback.print_exc()  # a figure that cannot be drawn must not go unnoticed, nor stop training
-                code = 1
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
+        self.pid = fork(serve, read_end, self.fd, model_dir, every_s)
         os.close(read_end)
 
     def history_changed(self):
@@ -51,27 +39,49 @@ class Plotter:
         """Draw whatever is pending, and wait until it is on disk."""
         if self.fd is None:
             return
+        # a message, not just the end of the pipe: processes forked later (DataLoader workers) hold its write end too
+        self.send({"close": True})
         os.close(self.fd)
         self.fd = None
         os.waitpid(self.pid, 0)
 
 
-def serve(fd, model_dir, every_s):
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):  # the trainer handles these, then closes the pipe
+def fork(fn, *args):
+    """fn(*args) in a forked child, which exits when it returns (never back into the caller's code); its pid."""
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            fn(*args)
+        except BaseException:
+            traceback.print_exc()  # a figure that cannot be drawn must not go unnoticed, nor stop training
+            code = 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    return pid
+
+
+def serve(fd, write_end, model_dir, every_s):
+    os.close(write_end)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):  # the trainer handles these, then closes us
         signal.signal(sig, signal.SIG_IGN)
     die_with_parent()  # a trainer killed with SIGKILL takes its helper along
+    import core.plots  # noqa: F401  matplotlib: now, while the first epoch trains, not when the run ends
+
     pending, last_draw, lines = {}, time.monotonic(), Lines(fd)
     while True:
         wait = max(0.0, last_draw + every_s - time.monotonic()) if pending else None
         message = lines.next(wait)
-        if message is Lines.CLOSED:
+        message = {"close": True} if message is Lines.CLOSED else json.loads(message or "{}")
+        if message.pop("close", False):
             break
-        if message is not None:  # {"history": ...} or {"best": ...}: a newer one replaces one not yet drawn
-            pending.update(json.loads(message))
+        pending.update(message)  # {"history": ...} or {"best": ...}: a newer one replaces one not yet drawn
         if pending and time.monotonic() - last_draw >= every_s:
             draw(pending, model_dir)
             pending, last_draw = {}, time.monotonic()
-    draw(pending, model_dir)
+    draw_in_parallel(pending, model_dir)
 
 
 class Lines:
@@ -95,23 +105,39 @@ class Lines:
         return self.ready.pop(0)
 
 
-def draw(pending, model_dir):
+def drawings(pending, model_dir):
+    """One function per figure to redraw."""
     import numpy as np
 
     from core import plots
     from core.results import load_history
 
-    if "history" in pending:
-        rows = load_history(model_dir)
-        if rows:
-            plots.plot_history(rows, os.path.join(model_dir, "train_history.png"), title=model_dir)
-        if rows and rows[-1].get("grad_norm"):
-            plots.plot_gradients(rows, os.path.join(model_dir, "gradients.png"))
+    out = []
+    rows = load_history(model_dir) if "history" in pending else []
+    if rows:
+        out.append(lambda: plots.plot_history(rows, os.path.join(model_dir, "train_history.png"), title=model_dir))
+    if rows and rows[-1].get("grad_norm"):
+        out.append(lambda: plots.plot_gradients(rows, os.path.join(model_dir, "gradients.png")))
     best = pending.get("best")
     if best:
-        plots.plot_gallery([tuple(item) for item in best["gallery"]], best["slots"],
-                           os.path.join(model_dir, "predictions.png"),
-                           title=f"{model_dir}: valid predictions (fixed, then most confidently wrong), "
-                                 f"epoch {best['epoch']}")
-        plots.plot_confusion(np.array(best["confusion"]), best["classes"], os.path.join(model_dir, "confusion_valid_best.png"),
-                             title=f"valid, best epoch {best['epoch']}")
+        title = f"{model_dir}: valid predictions (fixed, then most confidently wrong), epoch {best['epoch']}"
+        out.append(lambda: plots.plot_gallery([tuple(item) for item in best["gallery"]], best["slots"],
+                                              os.path.join(model_dir, "predictions.png"), title=title))
+        out.append(lambda: plots.plot_confusion(np.array(best["confusion"]), best["classes"],
+                                                os.path.join(model_dir, "confusion_valid_best.png"),
+                                                title=f"valid, best epoch {best['epoch']}"))
+    return out
+
+
+def draw(pending, model_dir):
+    for drawing in drawings(pending, model_dir):
+        drawing()
+
+
+def draw_in_parallel(pending, model_dir):
+    """At the end of a run the trainer waits and its cores are free: one forked process per figure."""
+    first, *rest = drawings(pending, model_dir) or [lambda: None]
+    children = [fork(drawing) for drawing in rest]
+    first()
+    for pid in children:
+        os.waitpid(pid, 0)

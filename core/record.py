@@ -109,12 +109,17 @@ def start_session(model_dir, params, argv, rt, start_epoch):
     write_json(os.path.join(model_dir, RECORD), {"sessions": sessions(model_dir) + [session]})
 
 
-def end_session(model_dir, wall_time_s, images_per_s, outcome):
+def end_session(model_dir, outcome, wall_time_s, closing_s=None, images_per_s=None):
+    """closing_s: of wall_time_s, the part spent after the last epoch waiting for its writes and the figures."""
     record = sessions(model_dir)
     if record:
-        record[-1].update(ended_at=now(), wall_time_s=round(wall_time_s, 2),
-                          images_per_s=round(images_per_s, 1) if images_per_s else None, outcome=outcome)
+        record[-1].update(ended_at=now(), wall_time_s=rounded(wall_time_s, 2), closing_s=rounded(closing_s, 2),
+                          images_per_s=rounded(images_per_s, 1), outcome=outcome)
         write_json(os.path.join(model_dir, RECORD), {"sessions": record})
+
+
+def rounded(x, digits):
+    return None if x is None else round(x, digits)
 
 
 def sessions(model_dir):

@@ -27,7 +27,8 @@ def train_cmd(model_dir, data_dir, *extra):
 
 
 def test_every_figure_exists_after_a_completed_run_drawn_once_at_the_end(make_experiment, digits_dir):
-    exp = make_experiment(num_epochs=3, plot_every_s=3600)
+    # a DataLoader worker forked after the plotter holds its pipe too: the run must still end
+    exp = make_experiment(num_epochs=3, plot_every_s=3600, num_workers=1)
     proc = subprocess.Popen(train_cmd(exp, digits_dir), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     seen_during_run = set()
     while proc.poll() is None:  # an hour between redraws: nothing is drawn before the last epoch is recorded

@@ -1,0 +1,67 @@
+"""The yardstick for train.py: a bare PyTorch script over the same data, model, optimizer and schedule.
+
+    python bench/bare_train.py --model_dir experiments/base_model [--data_dir data/digits] [KEY=VALUE ...]
+
+What anyone would write by hand: seed, load the data, build the model, then per epoch train and validate (accuracy
+printed), and save the final weights once. No history, metrics files, figures, checkpoints per epoch, record,
+status or lock. bench/bench_train_process.py times this script against train.py, start to exit.
+"""
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+
+from core.config import load_params  # noqa: E402
+from core.engine import epoch_seed, pick_runtime, seed_everything  # noqa: E402
+from core.optim import PER_BATCH, build_optimizer, build_scheduler  # noqa: E402
+from model.data_loader import fetch_dataloader  # noqa: E402
+from model.net import build_model  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model_dir", required=True)
+    ap.add_argument("--data_dir", default="data/digits")
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args()
+    params = load_params(os.path.join(args.model_dir, "params.json"), args.overrides)
+    rt = pick_runtime(params.cuda)
+    seed_everything(params.seed)
+    loaders, classes = fetch_dataloader(["train", "valid"], args.data_dir, params, rt.pin_memory)
+    model = rt.prepare(build_model(params, len(classes)))
+    optimizer = build_optimizer(params, model)
+    scheduler = build_scheduler(params, optimizer, len(loaders["train"]))
+    loss_fn = nn.CrossEntropyLoss()
+    for epoch in range(1, params.num_epochs + 1):
+        loaders["train"].generator.manual_seed(epoch_seed(params.seed, epoch))  # as train.py: same batches
+        loaders["train"].dataset.transform.set_random_seed(epoch_seed(params.seed, epoch))
+        model.train()
+        for x, y in loaders["train"]:
+            x, y = rt.to_device(x, y)
+            with rt.autocast():
+                loss = loss_fn(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if params.scheduler in PER_BATCH:
+                scheduler.step()
+        if scheduler is not None and params.scheduler not in PER_BATCH + ("plateau",):
+            scheduler.step()
+        model.eval()
+        correct = total = 0
+        with torch.inference_mode(), rt.autocast():
+            for x, y in loaders["valid"]:
+                x, y = rt.to_device(x, y)
+                correct += (model(x).argmax(1) == y).sum().item()
+                total += y.numel()
+        print(f"epoch {epoch}: valid accuracy {correct / total:.4f}")
+    torch.save(model.state_dict(), os.path.join(args.model_dir, "bare_final.pt"))
+
+
+if __name__ == "__main__":
+    main()
