@@ -58,7 +58,7 @@ SPEC = {
     "tensorboard": (0, FLAG, "1: also write TensorBoard scalars to MODEL_DIR/tensorboard (pip install tensorboard)"),
     "gallery_indices": ([], INT_LIST, "valid examples shown in predictions.png ([]: a seeded choice)"),
     "gallery_size": (16, int, "how many valid examples predictions.png shows when gallery_indices is empty"),
-    "plot_every_s": (30.0, float, "redraw the figures at most every N seconds, off the training process (0: each epoch)"),
+    "plot_every_s": (30.0, float, "redraw the figures at most every N s, in a helper process (0: after each epoch)"),
     "overfit_batches": (0, int, "debug: train on N fixed batches without augmentation and validate on them"),
     "n_repetitions": (1, int, "search_hyperparams.py: train every cell this many times with distinct seeds"),
     "hyper_search": (None, ANY, "read by search_hyperparams.py; ignored by train.py"),
