@@ -4,6 +4,7 @@ Edit PRESETS to add augmentations; `params.augmentation` picks one by name, or i
 (`A.to_dict(...)` output) so a hyperparameter search can vary augmentation without code changes.
 """
 
+import json
 import os
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network here: skip albumentations' version check
@@ -14,6 +15,7 @@ import torch  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 
+from core import imagecache  # noqa: E402
 from utils import UserError  # noqa: E402
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -45,8 +47,21 @@ def build_transforms(params):
     else:
         raise UserError(f"params key 'augmentation': unknown preset '{params.augmentation}' "
                         f"(presets: {', '.join(PRESETS)}; or an albumentations dict)")
-    head, tail = [A.Resize(sz, sz)], [A.Normalize(mean=MEAN, std=STD), ToTensorV2()]
+    head, tail = [resize_step(sz)], [A.Normalize(mean=MEAN, std=STD), ToTensorV2()]
     return A.Compose(head + augment + tail, seed=params.seed), A.Compose(head + tail, seed=params.seed)
+
+
+def resize_step(sz):
+    """The first step of both pipelines. `cache_images` stores its output, so a cached image enters the pipeline
+    already sz x sz, where A.Resize returns it untouched: cached and decoded runs give identical tensors."""
+    return A.Resize(sz, sz)
+
+
+def decoder(sz):
+    """(decode, recipe) for the image cache: a file as the pipelines' first step leaves it, and that step in
+    albumentations' serialisation (part of the cache key: a changed interpolation or version rebuilds the cache)."""
+    resize = resize_step(sz)
+    return (lambda path: resize(image=load_image(path))["image"]), json.dumps(A.to_dict(resize), sort_keys=True)
 
 
 def transforms_record(train_tf, eval_tf):
@@ -91,17 +106,21 @@ def load_image(path):
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    def __init__(self, items, transform, cache=False):
+    """(image tensor, label) for each (path, label) of items. `images`, when given, holds the decoded images in
+    the same order (the image cache); otherwise each file is decoded when read."""
+
+    def __init__(self, items, transform, images=None):
         self.paths = [p for p, _ in items]
         self.labels = [y for _, y in items]
         self.transform = transform
-        self.images = [load_image(p) for p in self.paths] if cache else None
+        self.images = images
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, i):
-        image = self.images[i] if self.images is not None else load_image(self.paths[i])
+        # a copy: the cache is a read-only memory map, and a transform may write into its input
+        image = np.array(self.images[i]) if self.images is not None else load_image(self.paths[i])
         return self.transform(image=image)["image"], self.labels[i]
 
 
@@ -138,17 +157,24 @@ def fetch_dataloader(splits, data_dir, params, pin_memory=False, training=True):
         limits = {"train": params.overfit_batches * params.batch_size}
         sources["valid"] = "train"
         train_tf = eval_tf
-    loaders = {}
+    chosen = {}  # split -> (every image of its source folder, the ones used)
     for split in splits:
-        _, items = scan_split(os.path.join(data_dir, sources[split]), classes)
-        items = subset(items, limits.get(sources[split], 0), params.seed)
-        is_train = training and split == "train"
-        if is_train and len(items) < 2:
+        _, every = scan_split(os.path.join(data_dir, sources[split]), classes)
+        items = subset(every, limits.get(sources[split], 0), params.seed)
+        if training and split == "train" and len(items) < 2:
             raise UserError(f"{data_dir}/train: {len(items)} image(s) to train on (train_subset "
                             f"{params.train_subset}); need at least 2")
-        for path, _ in items:
-            check_readable(path)
-        dataset = ImageDataset(items, train_tf if is_train else eval_tf, cache=bool(params.cache_images))
+        chosen[split] = every, items
+    # The cache holds whole splits (so cells with different subsets share one file): then every image is checked.
+    to_check = [p for every, items in chosen.values() for p, _ in (every if params.cache_images else items)]
+    imagecache.verify_once(data_dir, to_check, check_readable)
+    decode, recipe = decoder(params.im_sz)
+    loaders = {}
+    for split, (every, items) in chosen.items():
+        is_train = training and split == "train"
+        images = (imagecache.images_for(data_dir, sources[split], every, items, params.im_sz, decode, recipe)
+                  if params.cache_images else None)
+        dataset = ImageDataset(items, train_tf if is_train else eval_tf, images)
         loaders[split] = torch.utils.data.DataLoader(
             dataset,
             batch_size=params.batch_size if is_train else params.bs_test,
