@@ -25,7 +25,7 @@ SPEC = {
     # data
     "im_sz": (32, int, "images are resized to im_sz x im_sz"),
     "augmentation": ("light", AUG, "train augmentation: a preset of model/data_loader.py or an albumentations dict"),
-    "cache_images": (0, FLAG, "1: keep decoded images in RAM (small data sets)"),
+    "cache_images": (0, FLAG, "1: decode each split once into DATA_DIR/.cache, memory-mapped and shared by all runs"),
     "batch_size": (64, int, "training batch size"),
     "bs_test": (256, int, "evaluation batch size"),
     "num_workers": (0, int, "DataLoader worker processes (0: load in the main process)"),
