@@ -5,7 +5,6 @@ resume from last.pth.tar, failed ones wait for --retry_failed, and a folder whos
 the grid is reported and left untouched.
 """
 
-import ctypes
 import functools
 import os
 import signal
@@ -19,9 +18,10 @@ from dataclasses import dataclass
 from tqdm import tqdm
 
 from core.config import FLAT_SPEC
+from core.forkserver import ForkServer, ServerGone
 from core.results import load_history
 from core.run import is_locked, read_status, write_status
-from utils import FolderBusy, UserError, read_json, write_json
+from utils import FolderBusy, UserError, die_with_parent, read_json, write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "train.py")
@@ -101,14 +101,6 @@ def train_command(cell, data_dir):
     return cmd
 
 
-def die_with_parent():
-    """Linux: a child gets SIGKILL when the search dies, so a killed search leaves no orphan training."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 def cell_env(gpu=None, threads=None):
     """Environment of one cell: the GPU it may see, or how many CPU threads it may use."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -135,11 +127,52 @@ def prepare(cell):
 
 
 def launch(cell, data_dir, env):
+    """Start a cell cold: a fresh interpreter that imports everything itself."""
     prepare(cell)
     # train.py logs to train.log itself; its stderr (errors, tracebacks) is appended there too
     with open(os.path.join(cell.folder, "train.log"), "a") as err:
         return subprocess.Popen(train_command(cell, data_dir), stdout=subprocess.DEVNULL, stderr=err, env=env,
                                 preexec_fn=die_with_parent, cwd=ROOT)
+
+
+class Launcher:
+    """Starts the local pool's cells: warm (forked from a server that has imported torch & co. once, see
+    core/forkserver.py) or cold (launch()). Without a server, because it would not start or it died, cells start
+    cold: slower, never different."""
+
+    def __init__(self, warm, env):
+        self.server = None
+        if warm and sys.platform.startswith("linux"):
+            try:
+                self.server = ForkServer(env)
+            except ServerGone as e:
+                self.fall_back(e)
+
+    def start(self, cell, data_dir, env):
+        if self.server:
+            prepare(cell)
+            try:
+                return self.server.spawn(train_command(cell, data_dir)[1:], env, os.path.join(cell.folder, "train.log"))
+            except ServerGone as e:
+                self.fall_back(e)
+        return launch(cell, data_dir, env)
+
+    def fall_back(self, error):
+        tqdm.write(f"{error}; cells start cold (--cold)", file=sys.stderr)
+        if self.server:
+            self.server.close()
+        self.server = None
+
+    def sleep(self, seconds):
+        """Wait up to `seconds` for a cell to end; a warm cell's end wakes us at once."""
+        if self.server and not self.server.gone:
+            self.server.pump(0 if self.server.exits else seconds)  # an end heard while spawning: no wait
+        else:
+            time.sleep(seconds)
+
+    def close(self):
+        if self.server:
+            self.server.close()
 
 
 def train_cell(cell, data_dir, env):
@@ -184,12 +217,14 @@ class Progress:
         self.bar.close()
 
 
-def run_pool(cells, data_dir, workers, gpus, fail_fast):
+def run_pool(cells, data_dir, workers, gpus, fail_fast, warm=True):
     """Train `cells` with at most `workers` at a time; the next starts as soon as one ends."""
     pending, running, free = deque(cells), {}, list(range(workers))
     threads = None if gpus else max(1, len(os.sched_getaffinity(0)) // workers)  # split our cores, not oversubscribe
-    progress, stop = Progress(len(cells)), False
+    progress, stop, launcher = Progress(len(cells)), False, None
     try:
+        # the server imports with the cells' thread settings, so libraries that size their pools then agree too
+        launcher = Launcher(warm and bool(cells), cell_env(threads=threads))
         while pending or running:
             while pending and free and not stop:
                 cell = pending.popleft()
@@ -199,9 +234,9 @@ def run_pool(cells, data_dir, workers, gpus, fail_fast):
                     continue
                 slot = free.pop(0)
                 env = cell_env(gpus[slot % len(gpus)] if gpus else None, threads)
-                running[launch(cell, data_dir, env)] = (cell, slot)
+                running[launcher.start(cell, data_dir, env)] = (cell, slot)
                 progress.update(len(running))
-            time.sleep(0.2)
+            launcher.sleep(0.2)
             for proc in [p for p in running if p.poll() is not None]:
                 cell, slot = running.pop(proc)
                 free.append(slot)
@@ -219,6 +254,8 @@ def run_pool(cells, data_dir, workers, gpus, fail_fast):
         raise
     finally:
         progress.close()
+        if launcher:
+            launcher.close()
     for cell in pending:
         cell.result = "not started"
     return progress.failed

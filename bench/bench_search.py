@@ -1,0 +1,83 @@
+"""What a search costs beyond its cells' training: 8 short cells on 2 workers, warm (default) vs --cold cells.
+
+    python bench/bench_search.py [--rounds 2] [--workers 2] [--epochs 3]
+
+Each round runs `search_hyperparams.py` on a fresh parent folder of 8 cells (4 learning rates x 2 dropouts,
+small_cnn on the whole digits training set), once with the default warm launcher and once with `--cold`, in
+alternating order. The wall time is the whole command, start to exit (planning, cells, results table and plots). A
+cell's compute is the sum of its epochs' `epoch_s` (train + valid) from history.json. Then
+
+    efficiency        = sum(compute) / (workers x wall)                  target >= 0.9
+    overhead per cell = (workers x wall - sum(compute)) / cells         target < 1 s
+
+Prints each run and the medians over rounds.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from data.build_dataset import DEFAULT_DST, ensure_data  # noqa: E402
+
+PARENT = {"arch": "small_cnn", "im_sz": 32, "batch_size": 64, "cache_images": 1,
+          "hyper_search": {"learning_rate": [0.001, 0.002, 0.004, 0.008], "ps": [0.1, 0.3]}}
+
+
+def search(scratch, mode, workers, epochs, data_dir):
+    parent = tempfile.mkdtemp(dir=scratch, prefix=f"{mode}-")
+    with open(os.path.join(parent, "params.json"), "w") as f:
+        json.dump({**PARENT, "num_epochs": epochs}, f)
+    cmd = [sys.executable, "search_hyperparams.py", "--parent_dir", parent, "--data_dir", data_dir,
+           "--workers", str(workers)] + (["--cold"] if mode == "cold" else [])
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"search ({mode}) failed: {(proc.stderr or proc.stdout).strip().splitlines()[-3:]}")
+    cells = [os.path.join(parent, d) for d in os.listdir(parent) if os.path.isdir(os.path.join(parent, d))]
+    compute = sum(epoch_seconds(c) for c in cells)
+    return {"wall": wall, "efficiency": compute / (workers * wall),
+            "overhead": (workers * wall - compute) / len(cells)}
+
+
+def epoch_seconds(cell):
+    with open(os.path.join(cell, "history.json")) as f:
+        return sum(r["epoch_s"] for r in json.load(f)["epochs"])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--data_dir", default=os.path.join(ROOT, DEFAULT_DST))
+    args = ap.parse_args()
+    os.chdir(ROOT)
+    ensure_data(os.path.relpath(args.data_dir))
+    runs = {"warm": [], "cold": []}
+    with tempfile.TemporaryDirectory() as scratch:
+        search(scratch, "warm", args.workers, 1, args.data_dir)  # warm-up: image cache, OS file cache
+        for r in range(args.rounds):
+            for mode in (("warm", "cold") if r % 2 == 0 else ("cold", "warm")):
+                runs[mode].append(search(scratch, mode, args.workers, args.epochs, args.data_dir))
+                m = runs[mode][-1]
+                print(f"round {r + 1} {mode}: wall {m['wall']:.1f} s, efficiency {m['efficiency']:.2f}, "
+                      f"overhead {m['overhead']:.2f} s per cell")
+    for mode, ms in runs.items():
+        med = {k: statistics.median(m[k] for m in ms) for k in ms[0]}
+        print(f"{mode}: wall {med['wall']:.1f} s, efficiency {med['efficiency']:.2f} (target >= 0.9), overhead "
+              f"{med['overhead']:.2f} s per cell (target < 1 s); median of {args.rounds}")
+    ratio = statistics.median(m["wall"] for m in runs["warm"]) / statistics.median(m["wall"] for m in runs["cold"])
+    print(f"wall time warm / cold = {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
