@@ -9,17 +9,16 @@ confusion_<split>_<restore>.png in each folder, and prints one table over all fo
 import argparse
 import os
 
-import torch.nn as nn
 from tabulate import tabulate
 
-from core.config import Params, resolve
+from core.config import Params, evaluation_overrides, resolve
+from core.data import fetch_dataloader
 from core.engine import evaluate, pick_runtime
 from core.plots import plot_confusion
 from core.record import provenance
-from core.run import check_model_dir
+from core.run import check_model_dir, checkpoint_path, metrics_file
 from data.build_dataset import DEFAULT_DST, ensure_data
-from model.data_loader import fetch_dataloader
-from model.metrics import METRIC_NAMES
+from model.metrics import metric_names
 from model.net import build_model
 from utils import UserError, load_checkpoint, one_line, run_cli, write_json
 
@@ -35,27 +34,27 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    ckpt_paths = [checkpoint_path(d, args.restore_file) for d in args.model_dir]
+    ckpt_paths = [trained_checkpoint(d, args.restore_file) for d in args.model_dir]
     data_dir = ensure_data(args.data_dir)
     # evaluate every folder first, write after: one bad folder leaves no folder half done
     results = [evaluate_checkpoint(path, data_dir, args.split) for path in ckpt_paths]
     tag = f"{args.split}_{args.restore_file}"
     rows = []
     for model_dir, (metrics, confusion, classes) in zip(args.model_dir, results):
-        write_json(os.path.join(model_dir, f"metrics_{tag}_weights.json"), metrics)
+        write_json(os.path.join(model_dir, metrics_file(args.split, args.restore_file)), metrics)
         plot_confusion(confusion.numpy(), classes, os.path.join(model_dir, f"confusion_{tag}.png"),
                        title=f"{model_dir} ({tag}, epoch {metrics['epoch']})")
-        rows.append([model_dir, metrics["epoch"]] + [metrics.get(k) for k in METRIC_NAMES] + [provenance(model_dir)])
-    headers = ["model_dir", "epoch", *METRIC_NAMES, "code (commit, model/ snapshot)"]
+        rows.append([model_dir, metrics["epoch"]] + [metrics.get(k) for k in metric_names()] + [provenance(model_dir)])
+    headers = ["model_dir", "epoch", *metric_names(), "code (commit, model/ snapshot)"]
     print(tabulate(rows, headers=headers, floatfmt=".4f", tablefmt="github"))
     return 0
 
 
-def checkpoint_path(model_dir, restore_file):
+def trained_checkpoint(model_dir, restore_file):
     check_model_dir(model_dir)
-    path = os.path.join(model_dir, f"{restore_file}.pth.tar")
+    path = checkpoint_path(model_dir, restore_file)
     if not os.path.isfile(path):
-        raise UserError(f"--model_dir {model_dir}: no {restore_file}.pth.tar (train it first: "
+        raise UserError(f"--model_dir {model_dir}: no {os.path.basename(path)} (train it first: "
                         f"python train.py --model_dir {model_dir})")
     return path
 
@@ -67,7 +66,7 @@ def evaluate_checkpoint(path, data_dir, split):
         raise UserError(f"{path}: not a checkpoint written by train.py (needs params, classes, model, epoch)")
     # the whole split, and the model as trained (weights come from the checkpoint, not from pretraining)
     params = Params(resolve(ckpt["params"], f"{path} (params)",
-                            ["train_subset=0", "valid_subset=0", "overfit_batches=0", "pretrain=0"]))
+                            evaluation_overrides()))
     rt = pick_runtime(params.cuda)
     loaders, classes = fetch_dataloader([split], data_dir, params, rt.pin_memory, training=False)
     if classes != ckpt["classes"]:
@@ -78,7 +77,7 @@ def evaluate_checkpoint(path, data_dir, split):
     except RuntimeError as e:
         raise UserError(f"{path}: does not fit model/net.py as it is now (edited since?): "
                         f"{one_line(e)[:200]}") from None
-    metrics, details = evaluate(rt.prepare(model), loaders[split], nn.CrossEntropyLoss(), rt, len(classes), split)
+    metrics, details = evaluate(rt.prepare(model), loaders[split], rt, len(classes), split)
     return dict(metrics, epoch=ckpt["epoch"]), details["confusion"], classes
 
 

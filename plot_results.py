@@ -12,10 +12,11 @@ import json
 import os
 
 from core.plots import plt, save_figure
-from core.results import MINIMIZED, gather, group_repetitions, load_history, summarize, varied_keys
+from core.results import gather, group_repetitions, load_history, minimized, summarize, varied_keys
+from model.metrics import METRICS
 from utils import UserError, run_cli
 
-CURVES = ("loss", "accuracy")
+CURVES = tuple(METRICS)  # every metric an epoch reports, train and valid
 
 
 def parse_args(argv=None):
@@ -56,7 +57,7 @@ def plot(parent_dir, metric="accuracy", top_k=8):
     groups = [g for g in group_repetitions(runs, keys) if all(load_history(r["folder"]) for r in g)]
     if not groups:
         raise UserError(f"--parent_dir {parent_dir}: no run with a history.json yet")
-    sign = 1 if metric in MINIMIZED else -1
+    sign = 1 if minimized(metric) else -1
     groups.sort(key=lambda g: (best_value(g, metric) is None, sign * (best_value(g, metric) or 0)))
     ncols = max(len(CURVES), len(keys), 1)
     fig, axes = plt.subplots(2 if keys else 1, ncols, figsize=(5 * ncols, 4 * (2 if keys else 1)), squeeze=False)

@@ -15,6 +15,7 @@ from tabulate import tabulate
 
 from core import cluster
 from core.grid import child_path, plan
+from core.run import Status
 from core.search import TODO, Cell, cell_state, estimate_hours, prepare, run_pool, train_command
 from core.smoke import smoke_cells
 from data.build_dataset import DEFAULT_DST, ensure_data
@@ -78,6 +79,7 @@ def main(argv=None):
     todo = [c for c in cells if c.state in TODO or (args.retry_failed and c.state == "failed")]
 
     if args.dry_run:
+        check_presets(cells)
         print_plan(cells, todo, args)
         return 0
     if args.print_commands:
@@ -131,6 +133,18 @@ def load_cells(parent_dir):
     return [Cell(name, child_path(parent, name), child) for name, child in plan(params, path)]
 
 
+def check_presets(cells):
+    """An augmentation preset name is checked against model/data_loader.py, which only a dry run imports: it costs
+    the seconds of importing torch and albumentations that the search itself avoids."""
+    from model.data_loader import PRESETS
+
+    for cell in cells:
+        name = cell.params.get("augmentation")
+        if isinstance(name, str) and name not in PRESETS:
+            raise UserError(f"cell {cell.name}: params key 'augmentation': unknown preset '{name}' "
+                            f"(presets: {', '.join(PRESETS)}; or an albumentations dict)")
+
+
 def print_plan(cells, todo, args):
     rows = [[c.name, ACTIONS["retry" if c.state == "failed" and c in todo else c.state]] for c in cells]
     print(tabulate(rows, headers=["cell folder", "action"], tablefmt="github"))
@@ -152,8 +166,8 @@ def report_skipped(cells, todo):
 
 
 def print_summary(todo):
-    failed = [c for c in todo if c.result not in ("completed", "locked")]
-    done = sum(c.result == "completed" for c in todo)
+    failed = [c for c in todo if c.result not in (Status.COMPLETED, "locked")]
+    done = sum(c.result == Status.COMPLETED for c in todo)
     print(f"search finished: {done} completed, {len(failed)} not completed")
     for c in failed:
         print(f"  {c.result}: {os.path.join(c.folder, 'train.log')}")

@@ -14,25 +14,18 @@ import sys
 import time
 
 import torch
-import torch.nn as nn
 
 from core import record
 from core.config import load_params
-from core.engine import (
-    epoch_seed,
-    evaluate,
-    pick_runtime,
-    rng_state,
-    seed_everything,
-    set_rng_state,
-    train_one_epoch,
-)
+from core.data import fetch_dataloader, reseed_epoch
+from core.engine import epoch_seed, evaluate, pick_runtime, seed_everything, train_one_epoch
 from core.monitor import GradMonitor, gradient_warnings
-from core.optim import PER_BATCH, build_optimizer, build_scheduler, step_per_epoch
+from core.optim import step_per_epoch
 from core.outputs import RunFolder, tensorboard_writer
 from core.run import (
     EFFECTIVE,
-    BestTracker,
+    LOG,
+    Status,
     check_model_dir,
     check_resume,
     checkpoint_stamp,
@@ -42,10 +35,9 @@ from core.run import (
     read_status,
     write_status,
 )
-from core.tv_models import load_init_weights
+from core.state import build_state
 from data.build_dataset import DEFAULT_DST, ensure_data
-from model.data_loader import fetch_dataloader, transforms_record
-from model.net import build_model
+from model.data_loader import transforms_record
 from utils import FolderBusy, UserError, load_checkpoint, one_line, run_cli, set_logger, write_json
 
 log = logging.getLogger(__name__)
@@ -70,6 +62,7 @@ def main(argv=None):
     resume_path = checkpoint_to_resume(args.model_dir, args.restore_file)
     ckpt = load_checkpoint(resume_path) if resume_path else None
     if ckpt and is_finished(args.model_dir, ckpt):
+        record_completion(args.model_dir, ckpt)
         print(f"{args.model_dir}: already completed (checkpoint at epoch {ckpt['epoch']}); nothing to do "
               f"(to train further, start a new folder with init_weights_path)")
         return 0
@@ -77,13 +70,12 @@ def main(argv=None):
         check_resume(ckpt, params, read_status(args.model_dir), resume_path)
 
     # Everything below up to start_run() only reads: bad input fails here, before a single file is written.
-    rt = pick_runtime(params.cuda)
+    rt = pick_runtime(params.cuda)  # the runtime: device, autocast dtype, memory format
     seed_everything(params.seed)
     loaders, classes = fetch_dataloader(["train", "valid"], ensure_data(args.data_dir), params, rt.pin_memory)
-    model, optimizer, scheduler, notes = build(params, classes, rt, len(loaders["train"]), params_path, not ckpt)
-    preflight(model, loaders, rt, params_path)
-    tracker = BestTracker.from_params(params.early_stopping)
-    start_epoch = restore(ckpt, resume_path, model, optimizer, scheduler, tracker) if ckpt else 1
+    state, notes = build_state(params, classes, rt, len(loaders["train"]), params_path, init_weights=not ckpt)
+    preflight(state.model, loaders, rt, params_path)
+    start_epoch = state.load(ckpt, resume_path) if ckpt else 1
     tensorboard = tensorboard_writer(args.model_dir, params.tensorboard)
 
     stop_on_signals()
@@ -98,36 +90,20 @@ def main(argv=None):
         started = time.perf_counter()
         try:
             try:
-                status, reason, history = fit(folder, params, model, loaders, optimizer, scheduler, tracker, rt,
-                                              start_epoch)
+                status, reason, history = fit(folder, params, state, loaders, rt, start_epoch)
             finally:
                 closing_s = folder.close()  # however the run ends: the last checkpoint lands, every figure is drawn
         except BaseException as e:
-            outcome = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+            outcome = Status.INTERRUPTED if isinstance(e, KeyboardInterrupt) else Status.FAILED
             write_status(args.model_dir, outcome, reason=one_line(e) or "interrupted")
             record.end_session(args.model_dir, outcome, time.perf_counter() - started)
             raise
         finish(args.model_dir, params, status, reason, history, start_epoch,
                {"wall_time_s": time.perf_counter() - started, "closing_s": closing_s})
+    tracker = state.tracker
     best = f"best val {tracker.metric} {tracker.best:.4f} at epoch {tracker.best_epoch}" if tracker.best_epoch else ""
     log.info(f"{status}: {reason}; {best}")
-    return 0 if status == "completed" else 1
-
-
-def build(params, classes, rt, steps_per_epoch, where, fresh=True):
-    """Model (on the device), optimizer, schedule, and notes to log; shared with the search's smoke test."""
-    if params.n_clas is not None and params.n_clas != len(classes):
-        raise UserError(f"{where}: key 'n_clas' is {params.n_clas} but the data has {len(classes)} class folders")
-    if params.early_stopping.monitor_metric == "top5" and len(classes) < 5:
-        raise UserError(f"{where}: key 'early_stopping.monitor_metric' is top5 but the data has only "
-                        f"{len(classes)} classes")
-    model, notes = build_model(params, len(classes)), []
-    if params.init_weights_path and fresh:
-        skipped = load_init_weights(model, params.init_weights_path)
-        notes.append(f"initial weights from {params.init_weights_path}; not matched: {skipped or 'none'}")
-    model = rt.prepare(model)
-    optimizer = build_optimizer(params, model)
-    return model, optimizer, build_scheduler(params, optimizer, steps_per_epoch), notes
+    return status.exit_code
 
 
 def stop_on_signals():
@@ -159,33 +135,19 @@ def preflight(model, loaders, rt, where):
 
 
 def is_finished(model_dir, ckpt):
-    """A run is finished when its checkpoint says so; repair a status record its end did not get to write."""
-    recorded = read_status(model_dir).get("status") == "completed"
-    if ckpt.get("stop_reason") and not recorded:
-        write_status(model_dir, "completed", reason=ckpt["stop_reason"], epoch=ckpt["epoch"])
-    return recorded or bool(ckpt.get("stop_reason"))
+    """A run is finished when its status or its checkpoint says so (its end may have been killed mid-write)."""
+    return read_status(model_dir).get("status") == Status.COMPLETED or bool(ckpt.get("stop_reason"))
 
 
-def restore(ckpt, path, model, optimizer, scheduler, tracker):
-    """Load a checkpoint's full training state; return the epoch to start from."""
-    try:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scheduler is not None and ckpt.get("scheduler"):
-            scheduler.load_state_dict(ckpt["scheduler"])
-    except (KeyError, ValueError, RuntimeError) as e:
-        raise UserError(f"{path}: does not match params.json (arch or learning_rate changed?): "
-                        f"{one_line(e)[:200]}") from None
-    # only the tracker's progress: its settings (patience, metric) are checked equal by check_resume
-    for key in ("best", "best_epoch", "bad_epochs"):
-        setattr(tracker, key, ckpt["tracker"][key])
-    set_rng_state(ckpt["rng"])
-    return ckpt["epoch"] + 1
+def record_completion(model_dir, ckpt):
+    """Repair a status record that a finished run's end did not get to write."""
+    if read_status(model_dir).get("status") != Status.COMPLETED:
+        write_status(model_dir, Status.COMPLETED, reason=ckpt["stop_reason"], epoch=ckpt["epoch"])
 
 
 def start_run(args, argv, params, loaders, classes, rt, start_epoch):
     """First writes: the log, the effective params, the augmentation pipelines, the record and a 'running' status."""
-    set_logger(os.path.join(args.model_dir, "train.log"))
+    set_logger(os.path.join(args.model_dir, LOG))
     what = f"resuming at epoch {start_epoch}" if start_epoch > 1 else "starting"
     mode = f" [overfit check: {params.overfit_batches} batch(es)]" if params.overfit_batches else ""
     log.info(f"{args.model_dir}: {what} on {rt.device} ({len(loaders['train'].dataset)} train, "
@@ -195,28 +157,24 @@ def start_run(args, argv, params, loaders, classes, rt, start_epoch):
     write_json(os.path.join(args.model_dir, "augmentation.json"), tf)
     record.start_session(args.model_dir, params, [sys.argv[0], *(argv if argv is not None else sys.argv[1:])], rt,
                          start_epoch)
-    write_status(args.model_dir, "running", epoch=start_epoch - 1, num_epochs=params.num_epochs)
+    write_status(args.model_dir, Status.RUNNING, epoch=start_epoch - 1, num_epochs=params.num_epochs)
 
 
-def fit(folder, params, model, loaders, optimizer, scheduler, tracker, rt, start_epoch):
+def fit(folder, params, state, loaders, rt, start_epoch):
     """The epoch loop. Returns (status, reason, history)."""
     history = folder.load_history(start_epoch - 1)
-    loss_fn = nn.CrossEntropyLoss()
-    batch_scheduler = scheduler if params.scheduler in PER_BATCH else None
-    monitor = GradMonitor(model, params.save_summary_steps) if params.monitor_gradients else None
-    n_clas = len(folder.classes)
+    monitor = GradMonitor(state.model, params.save_summary_steps) if params.monitor_gradients else None
+    n_clas, tracker = len(folder.classes), state.tracker
     for epoch in range(start_epoch, params.num_epochs + 1):
         epoch_start = time.perf_counter()
         # reseed data order and augmentation per epoch: a resumed run sees what an uninterrupted one would
-        loaders["train"].generator.manual_seed(epoch_seed(params.seed, epoch))
-        loaders["train"].dataset.transform.set_random_seed(epoch_seed(params.seed, epoch))
+        reseed_epoch(loaders["train"], epoch_seed(params.seed, epoch))
         if monitor:
             monitor.start_epoch()
-        train_m = train_one_epoch(model, loaders["train"], loss_fn, optimizer, batch_scheduler, rt, n_clas,
-                                  params.save_summary_steps, desc=f"epoch {epoch}/{params.num_epochs}",
-                                  monitor=monitor)
-        val_m, details = evaluate(model, loaders["valid"], loss_fn, rt, n_clas, desc="valid")
-        row = {"epoch": epoch, "lr": [g["lr"] for g in optimizer.param_groups],
+        train_m = train_one_epoch(state, loaders["train"], rt, n_clas, params.save_summary_steps, monitor,
+                                  desc=f"epoch {epoch}/{params.num_epochs}")
+        val_m, details = evaluate(state.model, loaders["valid"], rt, n_clas, desc="valid")
+        row = {"epoch": epoch, "lr": [g["lr"] for g in state.optimizer.param_groups],
                **{k: train_m.pop(k) for k in ("time_s", "data_time_s", "images_per_s")},
                "epoch_s": time.perf_counter() - epoch_start,  # train + valid: what a cost estimate needs
                "train": train_m, "val": val_m}
@@ -225,20 +183,18 @@ def fit(folder, params, model, loaders, optimizer, scheduler, tracker, rt, start
             row["grad_warnings"] = gradient_warnings(row["grad_norm"])
         if not (is_finite(train_m) and is_finite(val_m)):
             log.info(f"epoch {epoch}: non-finite loss (train {train_m['loss']}, valid {val_m['loss']})")
-            return "diverged", f"non-finite loss at epoch {epoch}", history
+            return Status.DIVERGED, f"non-finite loss at epoch {epoch}", history
         improved = tracker.update(val_m[tracker.metric], epoch)
-        step_per_epoch(scheduler, params, val_m[tracker.metric])
+        step_per_epoch(state.scheduler, params, val_m[tracker.metric])
         history.append(row)
         log.info(epoch_line(row, params.num_epochs, improved))
         last = epoch == params.num_epochs or tracker.should_stop
         reason = ("early stopping" if epoch < params.num_epochs else "all epochs done") if last else None
-        state = {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict() if scheduler else None, "tracker": tracker.state(),
-                 "rng": rng_state(), "params": params.to_dict(), "classes": folder.classes, "stop_reason": reason}
-        folder.record_epoch(history, improved, state, details, loaders["valid"].dataset)
+        ckpt = state.checkpoint(epoch, params, folder.classes, stop_reason=reason)
+        folder.record_epoch(history, improved, ckpt, details, loaders["valid"].dataset)
         if last:
-            return "completed", reason, history
-    return "completed", "all epochs done", history
+            return Status.COMPLETED, reason, history
+    return Status.COMPLETED, "all epochs done", history
 
 
 def finish(model_dir, params, status, reason, history, start_epoch, timing):

@@ -17,9 +17,9 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
 from core.config import load_params  # noqa: E402
+from core.data import fetch_dataloader, reseed_epoch  # noqa: E402
 from core.engine import epoch_seed, pick_runtime, seed_everything  # noqa: E402
 from core.optim import PER_BATCH, build_optimizer, build_scheduler  # noqa: E402
-from model.data_loader import fetch_dataloader  # noqa: E402
 from model.net import build_model  # noqa: E402
 
 
@@ -38,8 +38,7 @@ def main():
     scheduler = build_scheduler(params, optimizer, len(loaders["train"]))
     loss_fn = nn.CrossEntropyLoss()
     for epoch in range(1, params.num_epochs + 1):
-        loaders["train"].generator.manual_seed(epoch_seed(params.seed, epoch))  # as train.py: same batches
-        loaders["train"].dataset.transform.set_random_seed(epoch_seed(params.seed, epoch))
+        reseed_epoch(loaders["train"], epoch_seed(params.seed, epoch))  # as train.py: same batches
         model.train()
         for x, y in loaders["train"]:
             x, y = rt.to_device(x, y)

@@ -12,28 +12,20 @@ of the loop, end of run included) and `closing_s` (after the last epoch: waiting
 Prints the median over rounds.
 """
 
-import argparse
 import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from data.build_dataset import DEFAULT_DST, ensure_data  # noqa: E402
+from common import ROOT, parse_args, run_script  # noqa: E402
 
 
 def one_run(experiment, scratch, data_dir, overrides):
-    folder = tempfile.mkdtemp(dir=scratch)
-    shutil.copy(os.path.join(ROOT, "experiments", experiment, "params.json"), folder)
-    proc = subprocess.run([sys.executable, "train.py", "--model_dir", folder, "--data_dir", data_dir, *overrides],
-                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"train.py failed on {experiment}: {proc.stderr.strip().splitlines()[-1:]}")
+    _, folder = run_script(os.path.join(ROOT, "train.py"), experiment, scratch, data_dir, overrides)
     with open(os.path.join(folder, "history.json")) as f:
         compute = [r["epoch_s"] for r in json.load(f)["epochs"]]
     with open(os.path.join(folder, "record.json")) as f:
@@ -44,14 +36,7 @@ def one_run(experiment, scratch, data_dir, overrides):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--experiments", nargs="+", default=["base_model", "resnet18"])
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--data_dir", default=os.path.join(ROOT, DEFAULT_DST))
-    ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    args = ap.parse_args()
-    os.chdir(ROOT)
-    ensure_data(os.path.relpath(args.data_dir))
+    args = parse_args(__doc__, rounds=2)
     with tempfile.TemporaryDirectory() as scratch:
         for experiment in args.experiments:
             runs = [one_run(experiment, scratch, args.data_dir, args.overrides) for _ in range(args.rounds)]

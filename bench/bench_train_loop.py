@@ -21,11 +21,12 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
 from core.config import load_params  # noqa: E402
+from core.data import fetch_dataloader  # noqa: E402
 from core.engine import pick_runtime, train_one_epoch  # noqa: E402
 from core.monitor import GradMonitor  # noqa: E402
 from core.optim import PER_BATCH, build_optimizer, build_scheduler  # noqa: E402
+from core.state import TrainingState  # noqa: E402
 from data.build_dataset import ensure_data  # noqa: E402
-from model.data_loader import fetch_dataloader  # noqa: E402
 from model.net import build_model  # noqa: E402
 
 
@@ -38,12 +39,11 @@ def fresh(params, n_clas, rt, steps):
 
 def ours(model, optimizer, scheduler, loader, rt, n_clas, params):
     # as train.py's fit(): the scheduler only when it steps per batch, the monitor only when params ask for it
-    batch_scheduler = scheduler if params.scheduler in PER_BATCH else None
+    state = TrainingState(model, optimizer, scheduler, tracker=None, per_batch=params.scheduler in PER_BATCH)
     monitor = GradMonitor(model, params.save_summary_steps) if params.monitor_gradients else None
     if monitor:
         monitor.start_epoch()
-    train_one_epoch(model, loader, nn.CrossEntropyLoss(), optimizer, batch_scheduler, rt, n_clas,
-                    params.save_summary_steps, monitor=monitor)
+    train_one_epoch(state, loader, rt, n_clas, params.save_summary_steps, monitor)
     if monitor:
         monitor.end_epoch()
 

@@ -9,33 +9,22 @@ first (the data set, its cache and the OS file cache are then warm for both). Pr
 ratio of the medians, train.py / bare; the target is <= 1.05. KEY=VALUE overrides go to both (e.g. num_epochs=3).
 """
 
-import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from data.build_dataset import DEFAULT_DST, ensure_data  # noqa: E402
+from common import ROOT, parse_args, run_script  # noqa: E402
 
 SCRIPTS = {"train.py": os.path.join(ROOT, "train.py"), "bare": os.path.join(ROOT, "bench", "bare_train.py")}
 
 
 def run(script, experiment, scratch, data_dir, overrides):
-    """Wall time of one whole process, from a fresh copy of the experiment's params.json."""
-    folder = tempfile.mkdtemp(dir=scratch)
-    shutil.copy(os.path.join(ROOT, "experiments", experiment, "params.json"), folder)
-    cmd = [sys.executable, SCRIPTS[script], "--model_dir", folder, "--data_dir", data_dir, *overrides]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    elapsed = time.perf_counter() - start
-    if proc.returncode != 0:
-        sys.exit(f"{script} failed on {experiment}: {proc.stderr.strip().splitlines()[-1:]}")
+    """Wall time of one whole process, start to exit."""
+    elapsed, folder = run_script(SCRIPTS[script], experiment, scratch, data_dir, overrides)
     shutil.rmtree(folder)
     return elapsed
 
@@ -55,14 +44,7 @@ def bench(experiment, rounds, scratch, data_dir, overrides):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--experiments", nargs="+", default=["base_model", "resnet18"])
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--data_dir", default=os.path.join(ROOT, DEFAULT_DST))
-    ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    args = ap.parse_args()
-    os.chdir(ROOT)
-    ensure_data(os.path.relpath(args.data_dir))
+    args = parse_args(__doc__, rounds=3)
     with tempfile.TemporaryDirectory() as scratch:
         ratios = {e: bench(e, args.rounds, scratch, args.data_dir, args.overrides) for e in args.experiments}
     print("\n" + ", ".join(f"{e} {r:.3f}" for e, r in ratios.items()))

@@ -7,7 +7,7 @@ rerun-is-resume holds everywhere: the folders are the state, not the scheduler.
 import os
 import time
 
-from core.run import read_status, write_status
+from core.run import Status, read_status, write_status
 from core.search import ROOT, Progress, cell_env, prepare, slurm_alive, train_cell
 from utils import UserError
 
@@ -36,10 +36,10 @@ class SlurmCell:
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
         job = os.environ.get("SLURM_ARRAY_JOB_ID", os.environ.get("SLURM_JOB_ID", "?"))
         task = os.environ.get("SLURM_ARRAY_TASK_ID")
-        write_status(cell.folder, "running", slurm_job_id=f"{job}_{task}" if task else job, restarts=restarts)
+        write_status(cell.folder, Status.RUNNING, slurm_job_id=f"{job}_{task}" if task else job, restarts=restarts)
         if restarts > self.max_requeues:
-            write_status(cell.folder, "failed", reason=f"requeued {restarts} times (limit {self.max_requeues})")
-            return "failed"
+            write_status(cell.folder, Status.FAILED, reason=f"requeued {restarts} times (limit {self.max_requeues})")
+            return Status.FAILED
         return train_cell(cell, self.data_dir, cell_env(threads=self.threads))
 
     def checkpoint(self, cell):
@@ -82,8 +82,8 @@ def run_slurm(cells, data_dir, parent_dir, opts):
         prepare(cell)
     jobs = executor.map_array(SlurmCell(data_dir, opts.cpus_per_cell, opts.max_requeues), cells)
     for cell, job in zip(cells, jobs):
-        if read_status(cell.folder).get("status") not in ("running", "completed"):  # a fast task may be ahead
-            write_status(cell.folder, "queued", slurm_job_id=job.job_id)  # a rerun sees it queued, not lost
+        if read_status(cell.folder).get("status") not in (Status.RUNNING, Status.COMPLETED):  # a fast task may be ahead
+            write_status(cell.folder, Status.QUEUED, slurm_job_id=job.job_id)  # a rerun sees it queued, not lost
     print(f"submitted Slurm array {jobs[0].job_id.split('_')[0]}; logs in {os.path.join(parent_dir, '.slurm')}")
     if opts.no_wait:
         print("not waiting: rerun the same command later to collect results (finished cells are skipped)")
@@ -103,9 +103,10 @@ def wait_slurm(cells, jobs):
             for job_id in [j for j in waiting if j not in alive]:
                 cell = waiting.pop(job_id)
                 status = read_status(cell.folder).get("status")
-                cell.result = status if status in ("completed", "diverged", "failed") else "failed"
-                if cell.result == "failed" and status != "failed":
-                    write_status(cell.folder, "failed", reason=f"Slurm task {job_id} ended with status '{status}'")
+                ended = (Status.COMPLETED, Status.DIVERGED, Status.FAILED)
+                cell.result = Status(status) if status in ended else Status.FAILED
+                if cell.result == Status.FAILED and status != Status.FAILED:
+                    write_status(cell.folder, Status.FAILED, reason=f"Slurm task {job_id} ended with status '{status}'")
                 progress.finished(cell, len(waiting))
             progress.update(len(waiting))
     finally:
@@ -145,8 +146,8 @@ def wait_ray(ray, pending, progress):
         try:
             cell.result = ray.get(done[0])
         except Exception as e:  # a lost node or a crashed worker: the folder says how far it got
-            cell.result = "failed"
-            write_status(cell.folder, "failed", reason=f"ray task failed: {type(e).__name__}")
+            cell.result = Status.FAILED
+            write_status(cell.folder, Status.FAILED, reason=f"ray task failed: {type(e).__name__}")
         progress.finished(cell, len(pending))
     return progress.failed
 

@@ -1,117 +1,122 @@
 """params.json: the one home for defaults, and its validation.
 
-Every key train.py understands is listed in SPEC with its default, its type and a one-line meaning. A params.json
+Every key train.py understands has one entry in KEYS: its default, type, one-line meaning, allowed values, and
+whether a resume may change it, whether it is a hyperparameter and what evaluation sets it to. A params.json
 only needs the keys it changes. Unknown keys, wrong types and out-of-range values are UserErrors naming the file
 and the key, raised before anything is written.
 """
 
+import copy
 import difflib
 import json
 import math
+from dataclasses import dataclass
 
 from utils import UserError, read_json
 
 FLAG, LR, OPT_INT, AUG, ANY = "0/1", "float or list of floats", "int or null", "preset name or dict", "any"
-INT_LIST = "list of ints"
+INT_LIST, OPT_FLAG = "list of ints", "0/1 or null"
 
-SPEC = {
+
+def at_least(n):
+    return lambda v: v >= n, f">= {n}"
+
+
+def above(n):
+    return lambda v: v > n, f"> {n}"
+
+
+def fraction(closed_low=True):
+    return (lambda v: 0 <= v < 1, "in [0, 1)") if closed_low else (lambda v: 0 < v < 1, "in (0, 1)")
+
+
+@dataclass(frozen=True)
+class Key:
+    """Everything the project knows about one params key."""
+
+    default: object
+    type: object  # int, float, str, or one of the compound kinds above
+    doc: str  # one line; README's params table says the same
+    choices: tuple = ()
+    check: tuple = None  # (test, what a value must be), e.g. at_least(1)
+    resumable: bool = False  # a resume may change it: it alters how a run executes or is shown, not what it computes
+    hyperparam: bool = True  # a column of results tables and a key hyper_search may vary
+    evaluate: object = None  # the value evaluate.py and the search's smoke test use, whatever the run had (None: keep)
+
+
+def metric_choices():
+    from model.metrics import METRICS  # no torch there: planning a search stays fast
+
+    return tuple(METRICS)
+
+
+KEYS = {
     # model
-    "arch": ("small_cnn", str, "small_cnn (model/net.py) or a torchvision classifier name: resnet18, resnet50, ..."),
-    "pretrain": (0, FLAG, "1: start from torchvision's ImageNet weights (torch cache or pretrained_path)"),
-    "pretrained_path": ("", str, "torchvision weights file, for pretrain=1 on a machine without network"),
-    "init_weights_path": ("", str, "start from another run's checkpoint (model weights whose shapes match)"),
-    "n_clas": (None, OPT_INT, "number of classes; null: the number of class folders in the data"),
-    "ps": (0.25, float, "dropout before the classifier head"),
+    "arch": Key("small_cnn", str, "small_cnn (model/net.py) or a torchvision classifier name: resnet18, resnet50, ..."),
+    "pretrain": Key(0, FLAG, "1: start from torchvision's ImageNet weights (torch cache or pretrained_path)",
+                    evaluate=0),  # evaluation loads the trained weights instead
+    "pretrained_path": Key("", str, "torchvision weights file, for pretrain=1 on a machine without network"),
+    "init_weights_path": Key("", str, "start from another run's checkpoint (model weights whose shapes match)"),
+    "n_clas": Key(None, OPT_INT, "number of classes; null: the number of class folders in the data",
+                  check=(lambda v: v is None or v >= 2, ">= 2")),
+    "ps": Key(0.25, float, "dropout before the classifier head", check=fraction()),
     # data
-    "im_sz": (32, int, "images are resized to im_sz x im_sz"),
-    "augmentation": ("light", AUG, "train augmentation: a preset of model/data_loader.py or an albumentations dict"),
-    "cache_images": (0, FLAG, "1: decode each split once into DATA_DIR/.cache, memory-mapped and shared by all runs"),
-    "batch_size": (64, int, "training batch size"),
-    "bs_test": (256, int, "evaluation batch size"),
-    "num_workers": (0, int, "DataLoader worker processes (0: load in the main process)"),
-    "train_subset": (0, int, "use only N training images, a fixed seeded choice (0: all); for quick debugging"),
-    "valid_subset": (0, int, "use only N validation images (0: all)"),
+    "im_sz": Key(32, int, "images are resized to im_sz x im_sz", check=at_least(8)),
+    "augmentation": Key("light", AUG, "train augmentation: a preset of model/data_loader.py or an albumentations dict"),
+    "cache_images": Key(0, FLAG, "1: decode each split once into DATA_DIR/.cache, memory-mapped and shared by all runs",
+                        resumable=True),
+    "batch_size": Key(64, int, "training batch size", check=at_least(1)),
+    "bs_test": Key(256, int, "evaluation batch size", check=at_least(1), resumable=True),
+    "num_workers": Key(0, int, "DataLoader worker processes (0: load in the main process)", check=at_least(0),
+                       resumable=True),
+    "train_subset": Key(0, int, "use only N training images, a fixed seeded choice (0: all); for quick debugging",
+                        check=at_least(0), evaluate=0),
+    "valid_subset": Key(0, int, "use only N validation images (0: all)", check=at_least(0), evaluate=0),
     # optimisation
-    "optimizer": ("adamw", str, "sgd, adam or adamw"),
-    "learning_rate": (2e-3, LR, "one rate, or one per layer group with the head last"),
-    "momentum": (0.9, float, "sgd momentum (beta1 for adam/adamw)"),
-    "wd": (1e-4, float, "weight decay"),
-    "scheduler": ("one_cycle", str, "one_cycle, cosine, step, plateau or none"),
-    "div_factor": (25.0, float, "one_cycle: initial lr = learning_rate / div_factor"),
-    "pct_start": (0.3, float, "one_cycle: fraction of steps spent warming up"),
-    "step_size": (5, int, "step: epochs between decays"),
-    "gamma": (0.1, float, "step and plateau: factor applied to the lr at each decay"),
-    "plateau_patience": (2, int, "plateau: epochs without improvement before the lr decays"),
-    "num_epochs": (10, int, "number of epochs"),
-    "early_stopping": {
-        "patience": (10, int, "stop after this many epochs without improvement (0: never)"),
-        "monitor_metric": ("accuracy", str, "validation metric that picks best.pth.tar and drives stopping"),
-        "min_delta": (0.0, float, "smallest change that counts as an improvement"),
-        "minimize": (0, FLAG, "1 when a smaller monitor_metric is better (e.g. loss)"),
-    },
+    "optimizer": Key("adamw", str, "sgd, adam or adamw", choices=("sgd", "adam", "adamw")),
+    "learning_rate": Key(2e-3, LR, "one rate, or one per layer group with the head last",
+                         check=(lambda v: all(x > 0 for x in (v if isinstance(v, list) else [v])), "> 0")),
+    "momentum": Key(0.9, float, "sgd momentum (beta1 for adam/adamw)", check=fraction()),
+    "wd": Key(1e-4, float, "weight decay", check=at_least(0)),
+    "scheduler": Key("one_cycle", str, "one_cycle, cosine, step, plateau or none",
+                     choices=("one_cycle", "cosine", "step", "plateau", "none")),
+    "div_factor": Key(25.0, float, "one_cycle: initial lr = learning_rate / div_factor", check=above(0)),
+    "pct_start": Key(0.3, float, "one_cycle: fraction of steps spent warming up", check=fraction(closed_low=False)),
+    "step_size": Key(5, int, "step: epochs between decays", check=at_least(1)),
+    "gamma": Key(0.1, float, "step and plateau: factor applied to the lr at each decay", check=above(0)),
+    "plateau_patience": Key(2, int, "plateau: epochs without improvement before the lr decays", check=at_least(0)),
+    "num_epochs": Key(10, int, "number of epochs", check=at_least(1)),
+    "early_stopping.patience": Key(10, int, "stop after this many epochs without improvement (0: never)",
+                                   check=at_least(0)),
+    "early_stopping.monitor_metric": Key("accuracy", str, "validation metric that picks best.pth.tar and drives "
+                                         "stopping (model/metrics.py)", choices=metric_choices()),
+    "early_stopping.min_delta": Key(0.0, float, "smallest change that counts as an improvement", check=at_least(0)),
+    "early_stopping.minimize": Key(None, OPT_FLAG, "1 when a smaller monitor_metric is better; null: the metric's "
+                                   "own direction (model/metrics.py)"),
     # run
-    "seed": (230, int, "seed for torch, numpy, random, data order and augmentation"),
-    "cuda": (1, FLAG, "use a GPU when one is available"),
-    "save_summary_steps": (10, int, "refresh the progress bar every N batches (each refresh waits for the GPU)"),
+    "seed": Key(230, int, "seed for torch, numpy, random, data order and augmentation"),
+    "cuda": Key(1, FLAG, "use a GPU when one is available", resumable=True),
+    "save_summary_steps": Key(10, int, "refresh the progress bar every N batches (each refresh waits for the GPU)",
+                              check=at_least(1), resumable=True),
     # insight and debugging
-    "monitor_gradients": (1, FLAG, "per-layer gradient norms and update/weight ratios in history and gradients.png"),
-    "tensorboard": (0, FLAG, "1: also write TensorBoard scalars to MODEL_DIR/tensorboard (pip install tensorboard)"),
-    "gallery_indices": ([], INT_LIST, "valid examples shown in predictions.png ([]: a seeded choice)"),
-    "gallery_size": (16, int, "how many valid examples predictions.png shows when gallery_indices is empty"),
-    "plot_every_s": (30.0, float, "redraw the figures at most every N s, in a helper process (0: after each epoch)"),
-    "overfit_batches": (0, int, "debug: train on N fixed batches without augmentation and validate on them"),
-    "n_repetitions": (1, int, "search_hyperparams.py: train every cell this many times with distinct seeds"),
-    "hyper_search": (None, ANY, "read by search_hyperparams.py; ignored by train.py"),
+    "monitor_gradients": Key(1, FLAG, "per-layer gradient norms and update/weight ratios in history and "
+                             "gradients.png", resumable=True),
+    "tensorboard": Key(0, FLAG, "1: also write TensorBoard scalars to MODEL_DIR/tensorboard (pip install "
+                       "tensorboard)", resumable=True),
+    "gallery_indices": Key([], INT_LIST, "valid examples shown in predictions.png ([]: a seeded choice)",
+                           check=(lambda v: all(i >= 0 for i in v), "a list of indices >= 0"), resumable=True),
+    "gallery_size": Key(16, int, "how many valid examples predictions.png shows when gallery_indices is empty",
+                        check=at_least(0), resumable=True),
+    "plot_every_s": Key(30.0, float, "redraw the figures at most every N s, in a helper process (0: after each "
+                        "epoch)", check=at_least(0), resumable=True),
+    "overfit_batches": Key(0, int, "debug: train on N fixed batches without augmentation and validate on them",
+                           check=at_least(0), evaluate=0),
+    "n_repetitions": Key(1, int, "search_hyperparams.py: train every cell this many times with distinct seeds",
+                         check=at_least(1), hyperparam=False),
+    "hyper_search": Key(None, ANY, "read by search_hyperparams.py; ignored by train.py", hyperparam=False),
 }
 
-CHOICES = {
-    "optimizer": ("sgd", "adam", "adamw"),
-    "scheduler": ("one_cycle", "cosine", "step", "plateau", "none"),
-    "early_stopping.monitor_metric": ("loss", "accuracy", "top5", "f1"),
-}
-
-# (key, test, what the value must be)
-RANGES = [
-    ("batch_size", lambda v: v >= 1, ">= 1"),
-    ("bs_test", lambda v: v >= 1, ">= 1"),
-    ("num_epochs", lambda v: v >= 1, ">= 1"),
-    ("im_sz", lambda v: v >= 8, ">= 8"),
-    ("num_workers", lambda v: v >= 0, ">= 0"),
-    ("train_subset", lambda v: v >= 0, ">= 0"),
-    ("valid_subset", lambda v: v >= 0, ">= 0"),
-    ("learning_rate", lambda v: all(x > 0 for x in (v if isinstance(v, list) else [v])), "> 0"),
-    ("wd", lambda v: v >= 0, ">= 0"),
-    ("ps", lambda v: 0 <= v < 1, "in [0, 1)"),
-    ("momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
-    ("div_factor", lambda v: v > 0, "> 0"),
-    ("pct_start", lambda v: 0 < v < 1, "in (0, 1)"),
-    ("step_size", lambda v: v >= 1, ">= 1"),
-    ("gamma", lambda v: v > 0, "> 0"),
-    ("plateau_patience", lambda v: v >= 0, ">= 0"),
-    ("n_clas", lambda v: v is None or v >= 2, ">= 2"),
-    ("save_summary_steps", lambda v: v >= 1, ">= 1"),
-    ("n_repetitions", lambda v: v >= 1, ">= 1"),
-    ("gallery_size", lambda v: v >= 0, ">= 0"),
-    ("plot_every_s", lambda v: v >= 0, ">= 0"),
-    ("gallery_indices", lambda v: all(i >= 0 for i in v), "a list of indices >= 0"),
-    ("overfit_batches", lambda v: v >= 0, ">= 0"),
-    ("early_stopping.patience", lambda v: v >= 0, ">= 0"),
-    ("early_stopping.min_delta", lambda v: v >= 0, ">= 0"),
-]
-
-
-def _flatten(spec, prefix=""):
-    flat = {}
-    for key, entry in spec.items():
-        if isinstance(entry, dict):
-            flat.update(_flatten(entry, prefix + key + "."))
-        else:
-            flat[prefix + key] = entry
-    return flat
-
-
-FLAT_SPEC = _flatten(SPEC)
-NESTED = {key for key, entry in SPEC.items() if isinstance(entry, dict)}
+NESTED = {key.split(".")[0] for key in KEYS if "." in key}  # blocks: params.early_stopping.patience
 
 
 class Params:
@@ -128,8 +133,8 @@ class Params:
 def defaults():
     """All defaults as a nested dict."""
     out = {}
-    for key, (default, _, _) in FLAT_SPEC.items():
-        set_dotted(out, key, default)
+    for key, entry in KEYS.items():
+        set_dotted(out, key, copy.deepcopy(entry.default))
     return out
 
 
@@ -140,24 +145,42 @@ def set_dotted(d, key, value):
     d[last] = value
 
 
-def flatten_user(d, where, prefix=""):
-    """{'early_stopping': {'patience': 3}} -> {'early_stopping.patience': 3}, rejecting unknown keys."""
-    flat = {}
+def flatten(d, prefix=""):
+    """{'early_stopping': {'patience': 3}} -> {'early_stopping.patience': 3}: the one flattening of params dicts.
+    Only the blocks of KEYS are opened; other dict values (an albumentations dict) stay whole."""
+    out = {}
     for key, value in d.items():
-        full = prefix + key
-        if full in NESTED:
-            if not isinstance(value, dict):
-                raise UserError(f"{where}: key '{full}' expects an object, got {type_name(value)}")
-            flat.update(flatten_user(value, where, full + "."))
-        elif full in FLAT_SPEC:
-            flat[full] = value
+        if prefix + key in NESTED and isinstance(value, dict):
+            out.update(flatten(value, prefix + key + "."))
         else:
-            raise UserError(f"{where}: unknown key '{full}'{suggest(full)}")
+            out[prefix + key] = value
+    return out
+
+
+def flatten_user(d, where):
+    """flatten(d), rejecting unknown keys and blocks that are not objects."""
+    flat = flatten(d)
+    for key, value in flat.items():
+        if key in NESTED:
+            raise UserError(f"{where}: key '{key}' expects an object, got {type_name(value)}")
+        if key not in KEYS:
+            raise UserError(f"{where}: unknown key '{key}'{suggest(key)}")
     return flat
 
 
+def hyperparams(d):
+    """The flattened keys of a params dict that are hyperparameters (not search settings)."""
+    return {k: v for k, v in flatten(d).items() if k not in KEYS or KEYS[k].hyperparam}
+
+
+def evaluation_overrides():
+    """KEY=VALUE overrides that evaluate.py and the smoke test apply to a run's params: the whole data, no
+    debugging modes, the model as trained."""
+    return [f"{k}={json.dumps(e.evaluate)}" for k, e in KEYS.items() if e.evaluate is not None]
+
+
 def suggest(key):
-    close = difflib.get_close_matches(key, list(FLAT_SPEC) + list(NESTED), n=1, cutoff=0.5)
+    close = difflib.get_close_matches(key, list(KEYS) + list(NESTED), n=1, cutoff=0.5)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
@@ -180,6 +203,8 @@ def type_ok(value, expected):
         return isinstance(value, bool) or (isinstance(value, int) and value in (0, 1))
     if expected is OPT_INT:
         return value is None or type_ok(value, int)
+    if expected is OPT_FLAG:
+        return value is None or type_ok(value, FLAG)
     if expected is LR:
         return is_num or (isinstance(value, list) and len(value) > 0 and all(type_ok(x, float) for x in value))
     if expected is AUG:
@@ -190,17 +215,16 @@ def type_ok(value, expected):
 
 
 def check_value(key, value, where):
-    expected = FLAT_SPEC[key][1]
-    if not type_ok(value, expected):
-        want = expected if isinstance(expected, str) else type_name(expected())
+    entry = KEYS[key]
+    if not type_ok(value, entry.type):
+        want = entry.type if isinstance(entry.type, str) else type_name(entry.type())
         raise UserError(f"{where}: key '{key}' expects {want}, got {type_name(value)} {json.dumps(value)}")
     if any(isinstance(x, float) and not math.isfinite(x) for x in (value if isinstance(value, list) else [value])):
         raise UserError(f"{where}: key '{key}' must be a finite number, got {json.dumps(value)}")
-    if key in CHOICES and value not in CHOICES[key]:
-        raise UserError(f"{where}: key '{key}' must be one of {', '.join(CHOICES[key])}, got {json.dumps(value)}")
-    for rkey, test, what in RANGES:
-        if rkey == key and not test(value):
-            raise UserError(f"{where}: key '{key}' must be {what}, got {json.dumps(value)}")
+    if entry.choices and value not in entry.choices:
+        raise UserError(f"{where}: key '{key}' must be one of {', '.join(entry.choices)}, got {json.dumps(value)}")
+    if entry.check and not entry.check[0](value):
+        raise UserError(f"{where}: key '{key}' must be {entry.check[1]}, got {json.dumps(value)}")
 
 
 def parse_override(text):
@@ -230,20 +254,33 @@ def resolve(user, where, overrides=()):
     flat = validate(user, where)
     for text in overrides:
         key, value = parse_override(text)
-        where = f"override '{text}'"
+        source = f"override '{text}'"
         if key in NESTED:  # a whole block: early_stopping={"patience": 3} sets only the keys it names
-            items = flatten_user({key: value}, where)
-        elif key in FLAT_SPEC:
+            items = flatten_user({key: value}, source)
+        elif key in KEYS:
             items = {key: value}
         else:
-            raise UserError(f"{where}: unknown key '{key}'{suggest(key)}")
+            raise UserError(f"{source}: unknown key '{key}'{suggest(key)}")
         for k, v in items.items():
-            check_value(k, v, where)
+            check_value(k, v, source)
         flat.update(items)
     out = defaults()
     for key, value in flat.items():
         set_dotted(out, key, value)
+    out["early_stopping"]["minimize"] = monitor_direction(out["early_stopping"], where)
     return out
+
+
+def monitor_direction(es, where):
+    """early_stopping.minimize as 0/1: the monitored metric's own direction, unless the params contradict it."""
+    from model.metrics import METRICS
+
+    natural = int(METRICS[es["monitor_metric"]].minimize)
+    if es["minimize"] is not None and int(es["minimize"]) != natural:
+        better = "smaller" if natural else "larger"
+        raise UserError(f"{where}: key 'early_stopping.minimize' is {json.dumps(es['minimize'])} but a "
+                        f"{better} {es['monitor_metric']} is better; set it to {natural} or leave it out")
+    return natural
 
 
 def load_params(path, overrides=()):

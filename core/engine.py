@@ -9,12 +9,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model.metrics import EpochMetrics
+from model.metrics import METRICS, metric_names
+from model.net import loss_fn
 
 
 @dataclass
 class Runtime:
-    """Decided once per run, then used everywhere: where tensors live and how the forward pass runs."""
+    """Decided once per run, then used everywhere (as `rt`): where tensors live and how the forward pass runs."""
 
     device: torch.device
     amp_dtype: torch.dtype | None  # autocast dtype, None for full precision
@@ -37,6 +38,34 @@ class Runtime:
     def prepare(self, model):
         model = model.to(self.device)
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+
+class EpochMetrics:
+    """What model/metrics.py's formulas need, summed over an epoch on the device: a GPU epoch syncs once, in
+    `compute`, not once per batch."""
+
+    def __init__(self, n_clas, device):
+        self.n_clas = n_clas
+        self.confusion = torch.zeros(n_clas, n_clas, dtype=torch.long, device=device)  # rows: true, cols: predicted
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.top5_hits = torch.zeros((), dtype=torch.long, device=device)
+
+    @torch.no_grad()
+    def update(self, logits, targets, loss):
+        """`loss` is the batch mean, so it is weighted back by the batch size."""
+        k = self.n_clas
+        self.loss_sum += loss.detach().double() * targets.numel()
+        self.confusion += torch.bincount(targets * k + logits.argmax(1), minlength=k * k).view(k, k)
+        if k >= 5:
+            self.top5_hits += (logits.topk(5, dim=1).indices == targets[:, None]).any(1).sum()
+
+    def compute(self):
+        cm = self.confusion.double().cpu()  # the one sync of the epoch
+        n = cm.sum().item()
+        if n == 0:
+            return {}
+        sums = {"n": n, "loss": self.loss_sum.item(), "top5_hits": self.top5_hits.item()}
+        return {name: METRICS[name].formula(cm, sums) for name in metric_names(self.n_clas)}
 
 
 def pick_runtime(use_cuda):
@@ -86,10 +115,12 @@ def progress(loader, desc):
     return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None)
 
 
-def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, rt, n_clas, summary_steps, desc="train",
-                    monitor=None):
-    """One pass over `loader`. `scheduler` is stepped per batch when given (one_cycle, cosine); `monitor` (a
-    core.monitor.GradMonitor) samples gradient norms between backward and step."""
+def train_one_epoch(state, loader, rt, n_clas, summary_steps=10, monitor=None, desc="train"):
+    """One pass over `loader`, updating `state` (core.state.TrainingState): its scheduler steps after each batch
+    when it is a per-batch one (one_cycle, cosine); `monitor` (a core.monitor.GradMonitor) samples gradient norms
+    between backward and step."""
+    model, optimizer = state.model, state.optimizer
+    scheduler = state.scheduler if state.per_batch else None
     model.train()
     metrics = EpochMetrics(n_clas, rt.device)
     n_seen, data_time = 0, 0.0
@@ -120,7 +151,7 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, rt, n_clas, su
 
 
 @torch.inference_mode()
-def evaluate(model, loader, loss_fn, rt, n_clas, desc="eval"):
+def evaluate(model, loader, rt, n_clas, desc="eval"):
     """Metrics over the whole of `loader`, and details: the confusion matrix (rows: true class, columns:
     predicted) and each sample's predicted class and confidence, in loader order."""
     model.eval()

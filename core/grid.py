@@ -14,12 +14,11 @@ import json
 import os
 import re
 
-from core.config import FLAT_SPEC, resolve, set_dotted, suggest, type_name
+from core.config import KEYS, resolve, set_dotted, suggest, type_name
 from utils import UserError
 
 MAX_NAME = 100
 SAFE = re.compile(r"[^A-Za-z0-9._,=+-]")
-NOT_SEARCHABLE = ("hyper_search", "n_repetitions")
 REP_SEED_STRIDE = 1000  # repetition r trains with seed + 1000 r: distinct even when the grid itself varies seed
 
 
@@ -54,7 +53,7 @@ def zip_axis(group, where):
 
 
 def check_key(key, where):
-    if key not in FLAT_SPEC or key in NOT_SEARCHABLE:
+    if key not in KEYS or not KEYS[key].hyperparam:
         raise UserError(f"{where}: unknown key '{key}'{suggest(key)}")
 
 
@@ -116,7 +115,7 @@ def child_path(parent, name):
 
 def plan(parent_params, where):
     """[(folder name, child params dict)] for every cell and repetition, each validated as train.py would."""
-    base = {k: v for k, v in parent_params.items() if k not in NOT_SEARCHABLE}
+    base = {k: v for k, v in parent_params.items() if k not in KEYS or KEYS[k].hyperparam}
     reps = parent_params.get("n_repetitions", 1)
     resolve(dict(base, n_repetitions=reps), where)  # the parent's own keys first: clearer errors
     cells = expand(parent_params["hyper_search"], where)
@@ -127,7 +126,7 @@ def plan(parent_params, where):
             for key, value in cell.items():
                 set_dotted(child, key, copy.deepcopy(value))
             if reps > 1:
-                child["seed"] = child.get("seed", FLAT_SPEC["seed"][0]) + REP_SEED_STRIDE * rep
+                child["seed"] = child.get("seed", KEYS["seed"].default) + REP_SEED_STRIDE * rep
             resolve(child, f"{where}: cell {json.dumps(cell)}")
             out.append((folder_name(cell, rep if reps > 1 else None), child))
     names = [n for n, _ in out]

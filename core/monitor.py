@@ -74,7 +74,8 @@ def confidently_wrong(details, labels, k):
 
 
 def gallery_items(dataset, details, fixed, wrong, classes):
-    """(image path, title, correct?) for the fixed examples, then the confidently wrong ones."""
+    """(image path, title, correct?) for the fixed examples, then the confidently wrong ones. Reads the dataset's
+    `paths` and `labels`, which model/data_loader.py's ImageDataset documents."""
     items = []
     for group, indices in (("", fixed), ("wrong: ", wrong)):
         for i in indices:

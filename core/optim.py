@@ -15,7 +15,11 @@ def layer_groups(model, n_groups):
     The head is the final Linear layer; the body before it is cut into n_groups - 1 contiguous chunks, so
     `learning_rate: [1e-4, 1e-3, 1e-2]` gives early layers the smallest rate (discriminative fine-tuning).
     """
-    head_module = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise UserError(f"model {type(model).__name__}: learning-rate layer groups need a final nn.Linear "
+                        f"classifier head (model/net.py)")
+    head_module = linears[-1]
     head_ids = {id(p) for p in head_module.parameters()}
     body = [p for p in model.parameters() if id(p) not in head_ids]
     if n_groups == 1:

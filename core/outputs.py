@@ -14,10 +14,8 @@ import time
 from core.monitor import confidently_wrong, gallery_indices, gallery_items
 from core.plotter import Plotter
 from core.results import load_history
-from core.run import write_status
+from core.run import HISTORY, Status, checkpoint_path, metrics_file, write_status
 from utils import UserError, save_checkpoint, write_json
-
-HISTORY = "history.json"
 
 
 def tensorboard_writer(model_dir, enabled):
@@ -55,12 +53,12 @@ class RunFolder:
         row = history[-1]
         write_json(self.path(HISTORY), {"classes": self.classes, "epochs": history})
         val = dict(row["val"], epoch=row["epoch"])
-        write_json(self.path("metrics_val_last_weights.json"), val)
+        write_json(self.path(metrics_file("val", "last")), val)
         if improved:
-            write_json(self.path("metrics_val_best_weights.json"), val)
+            write_json(self.path(metrics_file("val", "best")), val)
         # when the best epoch is this one, best.pth.tar is a hard link to the same bytes, not a second write
-        save_checkpoint(state, self.path("last.pth.tar"), also=[self.path("best.pth.tar")] if improved else [])
-        write_status(self.dir, "running", epoch=row["epoch"])
+        save_checkpoint(state, checkpoint_path(self.dir), also=[checkpoint_path(self.dir, "best")] if improved else [])
+        write_status(self.dir, Status.RUNNING, epoch=row["epoch"])
         self.plotter.history_changed()
         if best:
             self.plotter.new_best(**best)

@@ -14,8 +14,7 @@ import subprocess
 import sys
 from importlib.util import find_spec
 
-from core.run import now
-from utils import atomic_write, read_json_field, write_json
+from utils import atomic_write, now, read_json_field, write_json
 
 RECORD = "record.json"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -8,12 +8,10 @@ import json
 import os
 import statistics
 
-from core.config import resolve
+from core.config import hyperparams, resolve
 from core.record import provenance
+from core.run import HISTORY, STATUS, Status, metrics_file
 from utils import UserError, read_json, read_json_field
-
-MINIMIZED = ("loss",)
-NOT_HYPERPARAMS = ("hyper_search", "n_repetitions")
 
 
 def find_runs(parent):
@@ -26,22 +24,12 @@ def find_runs(parent):
     return runs
 
 
-def flatten(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k != "augmentation":
-            out.update(flatten(v, f"{prefix}{k}."))
-        elif k not in NOT_HYPERPARAMS:
-            out[prefix + k] = v
-    return out
-
-
 def resolved(params, folder):
     """Flattened params with defaults filled in, so a key left out and the same key set to its default agree."""
     try:
-        return flatten(resolve(params, folder))
+        return hyperparams(resolve(params, folder))
     except UserError:  # a params.json train.py would reject: show what it says
-        return flatten(params)
+        return hyperparams(params)
 
 
 def read_optional(path, notes):
@@ -63,9 +51,9 @@ def load_run(folder, split="val"):
     params = read_optional(os.path.join(folder, "params.json"), notes)
     if params is not None and "hyper_search" in params:
         return None  # a search parent: its cells are rows, it is not
-    status = read_optional(os.path.join(folder, "status.json"), notes) or {}
-    best = read_optional(os.path.join(folder, f"metrics_{split}_best_weights.json"), notes)
-    test = read_optional(os.path.join(folder, "metrics_test_best_weights.json"), notes) if split != "test" else None
+    status = read_optional(os.path.join(folder, STATUS), notes) or {}
+    best = read_optional(os.path.join(folder, metrics_file(split, "best")), notes)
+    test = read_optional(os.path.join(folder, metrics_file("test", "best")), notes) if split != "test" else None
     state = status.get("status") or ("not started" if best is None else "unknown")
     return {"folder": folder, "params": resolved(params or {}, folder), "status": state, "epoch": status.get("epoch"),
             "best": best or {}, "test": test or {}, "note": "; ".join(notes), "code": provenance(folder)}
@@ -73,7 +61,7 @@ def load_run(folder, split="val"):
 
 def load_history(folder):
     """history.json's rows, or [] when absent or unreadable (a running or broken cell)."""
-    return read_json_field(os.path.join(folder, "history.json"), "epochs", [])
+    return read_json_field(os.path.join(folder, HISTORY), "epochs", [])
 
 
 def gather(parent, split="val"):
@@ -133,10 +121,17 @@ def build_rows(runs, metric):
     keys = varied_keys(runs)
     metrics = [("best", m) for m in metric_names(runs, "best")] + [("test", m) for m in metric_names(runs, "test")]
     rows = [group_row(g, keys, metrics, metric) for g in group_repetitions(runs, keys)]
-    sign = 1 if metric in MINIMIZED else -1
+    sign = 1 if minimized(metric) else -1
     # finished rows first, best first; rows without the metric (failed, not started) last
-    rows.sort(key=lambda r: (r["sort"] is None, r["status"] != "completed", sign * (r["sort"] or 0)))
+    rows.sort(key=lambda r: (r["sort"] is None, r["status"] != Status.COMPLETED, sign * (r["sort"] or 0)))
     return keys, metrics, rows
+
+
+def minimized(metric):
+    """Whether smaller is better (model/metrics.py says; an unknown name sorts as larger-is-better)."""
+    from model.metrics import METRICS
+
+    return metric in METRICS and METRICS[metric].minimize
 
 
 def metric_names(runs, source):

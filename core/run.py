@@ -4,22 +4,50 @@ No torch or matplotlib here: search_hyperparams.py reads cell folders through th
 """
 
 import contextlib
+import enum
 import fcntl
 import json
 import math
 import os
+import signal
 import socket
-import time
 from dataclasses import asdict, dataclass
 
-from utils import FolderBusy, UserError, read_json, write_json
+from core.config import KEYS, flatten
+from utils import FolderBusy, UserError, now, read_json, write_json
 
-STATUS, EFFECTIVE, LOCK = "status.json", "params_effective.json", ".lock"
-FINISHED = ("completed",)  # statuses a rerun leaves alone
+# the names of a run folder's files, known here only
+STATUS, EFFECTIVE, LOCK, LOG, HISTORY = "status.json", "params_effective.json", ".lock", "train.log", "history.json"
+LAST, BEST = "last.pth.tar", "best.pth.tar"  # the commit point of each epoch; the best epoch's weights
 
 
-def now():
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+def metrics_file(split, weights):
+    """metrics_val_best_weights.json (train.py), metrics_test_best_weights.json (evaluate.py), ..."""
+    return f"metrics_{split}_{weights}_weights.json"
+
+
+class Status(enum.StrEnum):
+    """What status.json says of a run, and how train.py's exit code tells it to a search."""
+
+    QUEUED = "queued"  # submitted to Slurm, not started
+    RUNNING = "running"
+    COMPLETED = "completed"  # all epochs, or early stopping: a rerun leaves it alone
+    DIVERGED = "diverged"  # a non-finite loss
+    INTERRUPTED = "interrupted"  # Ctrl-C, SIGTERM, a scheduler's requeue: resumable
+    FAILED = "failed"  # anything else (an exception, a kill)
+
+    @classmethod
+    def from_exit_code(cls, code):
+        """The status train.py records before exiting with `code`; None for a code it never exits with itself."""
+        return {0: cls.COMPLETED, 1: cls.DIVERGED, 130: cls.INTERRUPTED, -signal.SIGINT: cls.INTERRUPTED}.get(code)
+
+    @property
+    def exit_code(self):
+        return {Status.COMPLETED: 0, Status.INTERRUPTED: 130}.get(self, 1)
+
+
+def checkpoint_path(model_dir, which="last"):
+    return os.path.join(model_dir, {"last": LAST, "best": BEST}[which])
 
 
 def check_model_dir(model_dir):
@@ -42,7 +70,7 @@ def read_status(model_dir):
 def write_status(model_dir, status, **fields):
     record = read_status(model_dir)
     record.update(fields, status=status, updated_at=now(), host=socket.gethostname(), pid=os.getpid())
-    if status == "running":
+    if status == Status.RUNNING:
         record.setdefault("started_at", now())
         for stale in ("ended_at", "reason", "exit_code", "log_tail"):  # what an earlier session's end recorded
             record.pop(stale, None)
@@ -87,7 +115,7 @@ def is_locked(model_dir):
 def checkpoint_stamp(model_dir):
     """(mtime, size) of last.pth.tar, or None: enough to tell whether another process has trained here since."""
     try:
-        st = os.stat(os.path.join(model_dir, "last.pth.tar"))
+        st = os.stat(checkpoint_path(model_dir))
     except FileNotFoundError:
         return None
     return st.st_mtime_ns, st.st_size
@@ -99,14 +127,14 @@ def checkpoint_to_resume(model_dir, restore_file):
     Never silently overwrites a run: a folder that already holds a checkpoint must be resumed explicitly.
     """
     if restore_file:
-        path = os.path.join(model_dir, f"{restore_file}.pth.tar")
+        path = checkpoint_path(model_dir, restore_file)
         if not os.path.isfile(path):
             raise UserError(f"--restore_file {restore_file}: {path} not found")
         return path
-    last = os.path.join(model_dir, "last.pth.tar")
+    last = checkpoint_path(model_dir)
     if os.path.exists(last):
         status = read_status(model_dir)
-        if status.get("status") in FINISHED:
+        if status.get("status") == Status.COMPLETED:
             return last  # train.py reports it finished and does nothing
         done = f"status '{status['status']}', " if status.get("status") else ""
         raise UserError(f"--model_dir {model_dir}: already holds a run ({done}epoch {status.get('epoch', '?')}); "
@@ -114,22 +142,15 @@ def checkpoint_to_resume(model_dir, restore_file):
     return None
 
 
-# params a resume may change: they alter how a run is executed or shown, not what it computes
-RESUMABLE = ("num_workers", "cuda", "save_summary_steps", "tensorboard", "monitor_gradients", "gallery_indices",
-             "gallery_size", "bs_test", "cache_images", "plot_every_s")
-
-
 def check_resume(ckpt, params, status, path):
-    """A resume continues the same run: same params (but RESUMABLE ones), and no later epochs thrown away."""
-    from core.results import flatten
-
+    """A resume continues the same run: same params (but the resumable ones), and no later epochs thrown away."""
     if status.get("epoch", 0) > ckpt["epoch"]:
         raise UserError(f"--restore_file: {path} is from epoch {ckpt['epoch']} but the run reached epoch "
                         f"{status['epoch']}; resuming would discard those epochs (start a new folder with "
                         f"init_weights_path instead)")
     old, new = flatten(ckpt.get("params", {})), flatten(params.to_dict())
     changed = [f"{k}: {json.dumps(old.get(k))} -> {json.dumps(new.get(k))}" for k in sorted(set(old) | set(new))
-               if k not in RESUMABLE and old.get(k) != new.get(k)]
+               if not (k in KEYS and KEYS[k].resumable) and old.get(k) != new.get(k)]
     if changed:
         raise UserError(f"{path}: params changed since this checkpoint ({'; '.join(changed)}); resume with the "
                         f"same params, or start a new folder with init_weights_path")

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from core.config import FLAT_SPEC
+from core.config import KEYS
 from core.forkserver import ForkServer, ServerGone
 from core.results import load_history
-from core.run import is_locked, read_status, write_status
+from core.run import LOG, Status, checkpoint_path, is_locked, read_status, write_status
 from utils import FolderBusy, UserError, die_with_parent, read_json, write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,13 +50,13 @@ def cell_state(folder, params):
         return "mismatch"
     record = read_status(folder)
     status = record.get("status")
-    if status == "completed":
+    if status == Status.COMPLETED:
         return "done"
     if is_locked(folder) or queued_elsewhere(record):
         return "locked"
-    if status in ("failed", "diverged"):
+    if status in (Status.FAILED, Status.DIVERGED):
         return "failed"
-    return "resume" if os.path.exists(os.path.join(folder, "last.pth.tar")) else "new"
+    return "resume" if os.path.exists(checkpoint_path(folder)) else "new"
 
 
 def slurm_alive(job_ids):
@@ -68,7 +68,7 @@ def slurm_alive(job_ids):
 def queued_elsewhere(status):
     """True when a cell's status names a Slurm submission still in the queue (a rerun must not resubmit it)."""
     job_id = status.get("slurm_job_id")
-    return status.get("status") in ("queued", "running") and job_id in queue_snapshot()
+    return status.get("status") in (Status.QUEUED, Status.RUNNING) and job_id in queue_snapshot()
 
 
 @functools.lru_cache(maxsize=1)
@@ -87,7 +87,7 @@ def estimate_hours(cells, todo):
     times = [t for t in times if isinstance(t, (int, float))]
     if not times:
         return None, "no finished cell to measure an epoch yet"
-    default_epochs = FLAT_SPEC["num_epochs"][0]
+    default_epochs = KEYS["num_epochs"].default
     epochs = sum(max(0, c.params.get("num_epochs", default_epochs) - read_status(c.folder).get("epoch", 0))
                  for c in todo)
     mean = statistics.fmean(times)
@@ -96,7 +96,7 @@ def estimate_hours(cells, todo):
 
 def train_command(cell, data_dir):
     cmd = [sys.executable, TRAIN, "--model_dir", cell.folder, "--data_dir", os.path.abspath(data_dir)]
-    if os.path.exists(os.path.join(cell.folder, "last.pth.tar")):
+    if os.path.exists(checkpoint_path(cell.folder)):
         cmd += ["--restore_file", "last"]
     return cmd
 
@@ -113,7 +113,7 @@ def cell_env(gpu=None, threads=None):
 
 def log_tail(folder, n=15):
     try:
-        with open(os.path.join(folder, "train.log"), errors="replace") as f:
+        with open(os.path.join(folder, LOG), errors="replace") as f:
             return f.read().splitlines()[-n:]
     except OSError:
         return []
@@ -130,7 +130,7 @@ def launch(cell, data_dir, env):
     """Start a cell cold: a fresh interpreter that imports everything itself."""
     prepare(cell)
     # train.py logs to train.log itself; its stderr (errors, tracebacks) is appended there too
-    with open(os.path.join(cell.folder, "train.log"), "a") as err:
+    with open(os.path.join(cell.folder, LOG), "a") as err:
         return subprocess.Popen(train_command(cell, data_dir), stdout=subprocess.DEVNULL, stderr=err, env=env,
                                 preexec_fn=die_with_parent, cwd=ROOT)
 
@@ -152,7 +152,7 @@ class Launcher:
         if self.server:
             prepare(cell)
             try:
-                return self.server.spawn(train_command(cell, data_dir)[1:], env, os.path.join(cell.folder, "train.log"))
+                return self.server.spawn(train_command(cell, data_dir)[1:], env, os.path.join(cell.folder, LOG))
             except ServerGone as e:
                 self.fall_back(e)
         return launch(cell, data_dir, env)
@@ -187,13 +187,12 @@ def collect(cell, returncode):
         return "locked"
     # the exit code decides, the status confirms: a stale status from an earlier session must not
     status = read_status(cell.folder).get("status")
-    expected = {0: "completed", 1: "diverged", 130: "interrupted", -signal.SIGINT: "interrupted"}
-    if status is not None and expected.get(returncode) == status:
+    if status is not None and Status.from_exit_code(returncode) == status:
         return status
     tail = log_tail(cell.folder)
     reason = tail[-1] if tail else f"exit code {returncode}"
-    write_status(cell.folder, "failed", reason=reason, exit_code=returncode, log_tail=tail)
-    return "failed"
+    write_status(cell.folder, Status.FAILED, reason=reason, exit_code=returncode, log_tail=tail)
+    return Status.FAILED
 
 
 class Progress:
@@ -208,7 +207,7 @@ class Progress:
 
     def finished(self, cell, running):
         self.done += 1
-        self.failed += cell.result not in ("completed", "locked")
+        self.failed += cell.result not in (Status.COMPLETED, "locked")
         self.bar.update()
         self.update(running)
         tqdm.write(f"[{self.done}/{self.total}] {cell.name}: {cell.result}")

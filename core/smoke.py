@@ -8,24 +8,22 @@ from utils import one_line
 
 def smoke_cell(cell, data_dir):
     """None if one batch of `cell` trains and validates to a finite loss, else a one-line reason."""
-    import torch.nn as nn
-
     from core.config import Params, resolve
+    from core.data import fetch_dataloader
     from core.engine import evaluate, pick_runtime, seed_everything, train_one_epoch
     from core.run import is_finite
-    from model.data_loader import fetch_dataloader
-    from train import build
+    from core.state import build_state
 
     try:
+        # in this process (no workers), writing nothing (no image cache), the normal training mode
         params = Params(resolve(cell.params, cell.name, ["num_workers=0", "cache_images=0", "overfit_batches=0"]))
         params.train_subset, params.valid_subset = max(2, params.batch_size), max(2, params.bs_test)  # one batch
         rt = pick_runtime(params.cuda)
         seed_everything(params.seed)
         loaders, classes = fetch_dataloader(["train", "valid"], data_dir, params, rt.pin_memory)
-        model, optimizer, scheduler, _ = build(params, classes, rt, len(loaders["train"]), cell.name)
-        loss_fn = nn.CrossEntropyLoss()
-        train_m = train_one_epoch(model, loaders["train"], loss_fn, optimizer, None, rt, len(classes), 1, "smoke")
-        val_m, _ = evaluate(model, loaders["valid"], loss_fn, rt, len(classes), "smoke")
+        state, _ = build_state(params, classes, rt, len(loaders["train"]), cell.name)
+        train_m = train_one_epoch(state, loaders["train"], rt, len(classes), summary_steps=1, desc="smoke")
+        val_m, _ = evaluate(state.model, loaders["valid"], rt, len(classes), "smoke")
         if not (is_finite({"loss": train_m["loss"]}) and is_finite(val_m)):
             return f"non-finite loss on the first batch (train {train_m['loss']}, valid {val_m['loss']})"
     except Exception as e:  # any failure is the finding; report it in one line and go on to the next cell

@@ -23,6 +23,15 @@ SPLITS = ("train", "valid", "test")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
+def scan_image_folder(root):
+    """{class: [image file names]} for root/<class>/<image>, classes and files sorted; a class folder without
+    images maps to []. The one definition of the layout: this script's --src and the training loader
+    (core/data.py) both read folders through it, each reporting problems in its own words."""
+    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    return {c: sorted(f for f in os.listdir(os.path.join(root, c)) if f.lower().endswith(IMAGE_EXTS))
+            for c in classes}
+
+
 def split_indices(labels, fractions, seed):
     """Stratified split: for each class, shuffle its indices and cut them by `fractions` (train, valid, test)."""
     rng = random.Random(seed)
@@ -93,12 +102,11 @@ def list_images(src):
     """[(path, class_name)] for src/<class>/<image>; class folders without images are an error."""
     if not os.path.isdir(src):
         raise UserError(f"--src {src}: not a directory")
-    classes = sorted(d for d in os.listdir(src) if os.path.isdir(os.path.join(src, d)))
-    if not classes:
+    found = scan_image_folder(src)
+    if not found:
         raise UserError(f"--src {src}: no class sub-folders (expected {src}/<class>/<image>)")
     items = []
-    for c in classes:
-        files = sorted(f for f in os.listdir(os.path.join(src, c)) if f.lower().endswith(IMAGE_EXTS))
+    for c, files in found.items():
         if not files:
             raise UserError(f"--src {src}: class folder '{c}' has no images")
         items += [(os.path.join(src, c, f), c) for f in files]

@@ -1,7 +1,20 @@
-"""Data: an ImageFolder layout (DATA_DIR/{train,valid,test}/<class>/*.png) read through albumentations.
+"""Data: how one image becomes a tensor. A folder layout DATA_DIR/{train,valid,test}/<class>/*.png, read through
+albumentations.
 
 Edit PRESETS to add augmentations; `params.augmentation` picks one by name, or is an albumentations dict
 (`A.to_dict(...)` output) so a hyperparameter search can vary augmentation without code changes.
+
+The machinery around this file (finding and checking the images, subsets, overfit mode, the image cache, the
+DataLoaders and their seeding) is core/data.py; it uses only what is defined here.
+
+To use torchvision transforms instead of albumentations, change this file alone:
+  - PRESETS and build_transforms: torchvision.transforms.v2 pipelines, starting with v2.ToImage() (takes the
+    HxWx3 array) and resize_step, ending with v2.ToDtype(torch.float32, scale=True) and v2.Normalize(MEAN, STD);
+  - decoder: decode must still return the resized image as an HxWx3 uint8 array (what the cache stores), and
+    recipe any text that changes when the resize does (its repr);
+  - ImageDataset.__getitem__: self.transform(image) (torchvision takes the image itself, not image=...);
+  - ImageDataset.reseed: torchvision draws from torch's global generator, so torch.manual_seed(seed);
+  - transforms_record: something JSON can hold, e.g. {"train": repr(train_tf), "eval": repr(eval_tf)}.
 """
 
 import json
@@ -15,10 +28,8 @@ import torch  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 
-from core import imagecache  # noqa: E402
 from utils import UserError  # noqa: E402
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet statistics, which pretrained weights expect
 
 PRESETS = {
@@ -69,35 +80,8 @@ def transforms_record(train_tf, eval_tf):
     return {"train": A.to_dict(train_tf), "eval": A.to_dict(eval_tf)}
 
 
-def scan_split(split_dir, classes=None):
-    """[(path, label)] for split_dir/<class>/<image>. Labels follow `classes` (train's sorted folder names)."""
-    found = sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d)))
-    if not found:
-        raise UserError(f"{split_dir}: no class folders (expected {split_dir}/<class>/<image>)")
-    classes = classes or found
-    items = []
-    for name in found:
-        if name not in classes:
-            raise UserError(f"{split_dir}: class folder '{name}' is not among the training classes")
-        folder = os.path.join(split_dir, name)
-        files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTS))
-        if not files:
-            raise UserError(f"{folder}: class folder has no images")
-        items += [(os.path.join(folder, f), classes.index(name)) for f in files]
-    return classes, items
-
-
-def check_readable(path):
-    """Check the file's structure without decoding pixels (cheap), so a broken or truncated file is reported
-    before training starts."""
-    try:
-        with Image.open(path) as im:
-            im.verify()
-    except (OSError, UnidentifiedImageError):
-        raise UserError(f"{path}: cannot read image") from None
-
-
 def load_image(path):
+    """The file as an HxWx3 uint8 RGB array."""
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
@@ -107,7 +91,14 @@ def load_image(path):
 
 class ImageDataset(torch.utils.data.Dataset):
     """(image tensor, label) for each (path, label) of items. `images`, when given, holds the decoded images in
-    the same order (the image cache); otherwise each file is decoded when read."""
+    the same order (the image cache); otherwise each file is decoded when read.
+
+    What the code outside model/ relies on, so keep these when editing:
+        paths      [image file path], one per item, in item order (the prediction gallery shows the files)
+        labels     [int class index], in item order (the gallery and the confidently-wrong examples)
+        transform  the pipeline, as build_transforms made it (train.py records it with transforms_record)
+        reseed     see below
+    """
 
     def __init__(self, items, transform, images=None):
         self.paths = [p for p, _ in items]
@@ -123,68 +114,8 @@ class ImageDataset(torch.utils.data.Dataset):
         image = np.array(self.images[i]) if self.images is not None else load_image(self.paths[i])
         return self.transform(image=image)["image"], self.labels[i]
 
-
-def seed_worker(worker_id):
-    """Each worker augments with its own seed, derived from the loader's seeded generator."""
-    info = torch.utils.data.get_worker_info()
-    info.dataset.transform.set_random_seed(info.seed % 2**32)
-
-
-def subset(items, n, seed):
-    if not n or n >= len(items):
-        return items
-    keep = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed))[:n].sort().values
-    return [items[i] for i in keep.tolist()]
-
-
-def fetch_dataloader(splits, data_dir, params, pin_memory=False, training=True):
-    """{split: DataLoader} and the class names. When training, 'train' shuffles and augments; other splits, and
-    every split when evaluating (training=False), do neither.
-
-    The train loader's `generator` is reseeded each epoch by the training loop, so data order is reproducible
-    and a resumed run sees the same order an uninterrupted run would.
-    """
-    if not os.path.isdir(data_dir):
-        raise UserError(f"data_dir {data_dir}: not found")
-    for split in ("train",) + tuple(splits):
-        if not os.path.isdir(os.path.join(data_dir, split)):
-            raise UserError(f"data_dir {data_dir}: missing the '{split}' folder (expected {data_dir}/{split}/<class>/)")
-    classes, _ = scan_split(os.path.join(data_dir, "train"))
-    train_tf, eval_tf = build_transforms(params)
-    limits = {"train": params.train_subset, "valid": params.valid_subset}
-    sources = {split: split for split in splits}
-    if params.overfit_batches:  # debug mode: a few fixed training batches, not augmented, validated on themselves
-        limits = {"train": params.overfit_batches * params.batch_size}
-        sources["valid"] = "train"
-        train_tf = eval_tf
-    chosen = {}  # split -> (every image of its source folder, the ones used)
-    for split in splits:
-        _, every = scan_split(os.path.join(data_dir, sources[split]), classes)
-        items = subset(every, limits.get(sources[split], 0), params.seed)
-        if training and split == "train" and len(items) < 2:
-            raise UserError(f"{data_dir}/train: {len(items)} image(s) to train on (train_subset "
-                            f"{params.train_subset}); need at least 2")
-        chosen[split] = every, items
-    # The cache holds whole splits (so cells with different subsets share one file): then every image is checked.
-    to_check = [p for every, items in chosen.values() for p, _ in (every if params.cache_images else items)]
-    imagecache.verify_once(data_dir, to_check, check_readable)
-    decode, recipe = decoder(params.im_sz)
-    loaders = {}
-    for split, (every, items) in chosen.items():
-        is_train = training and split == "train"
-        images = (imagecache.images_for(data_dir, sources[split], every, items, params.im_sz, decode, recipe)
-                  if params.cache_images else None)
-        dataset = ImageDataset(items, train_tf if is_train else eval_tf, images)
-        loaders[split] = torch.utils.data.DataLoader(
-            dataset,
-            batch_size=params.batch_size if is_train else params.bs_test,
-            shuffle=is_train,
-            # a final batch of one breaks BatchNorm in train mode; drop it only then
-            drop_last=is_train and len(dataset) % params.batch_size == 1,
-            num_workers=params.num_workers,
-            pin_memory=pin_memory,
-            persistent_workers=params.num_workers > 0,
-            worker_init_fn=seed_worker if params.num_workers > 0 else None,
-            generator=torch.Generator().manual_seed(params.seed),
-        )
-    return loaders, classes
+    def reseed(self, seed):
+        """Restart the augmentation's random stream at `seed`. core/data.py calls it before each epoch with that
+        epoch's seed, so a resumed run augments as an uninterrupted one would, and in each DataLoader worker as it
+        starts, so workers do not all draw the same numbers."""
+        self.transform.set_random_seed(seed)

@@ -1,49 +1,55 @@
-"""Metrics over a whole epoch, weighted by sample count (not a mean of batch means).
+"""The metrics of an epoch: one entry each in METRICS, the only list of metric names in the project.
 
-To add a metric: accumulate what it needs in `update`, derive it in `compute`, and add its name to METRIC_NAMES
-(and to core/config.py's CHOICES if it should be usable as early_stopping.monitor_metric).
+Everything else derives from it: the metrics in history.json and the metrics files, the curves of
+train_history.png and history_plots.png, the columns of results.md, the choices of early_stopping.monitor_metric,
+which way is better (early stopping, best.pth.tar, table order) and whether a metric needs 5+ classes.
+
+To add a metric computed from the confusion matrix (precision, recall, balanced accuracy, ...): write its formula
+below and add one line to METRICS. Metrics are over the whole epoch, weighted by sample count (not a mean of batch
+means): core/engine.py accumulates the confusion matrix, the summed loss and the top-5 hits on the device and calls
+each formula once per epoch. No torch import here, so the search and the result tables read METRICS cheaply.
 """
 
-import torch
+from collections.abc import Callable
+from dataclasses import dataclass
 
-METRIC_NAMES = ("loss", "accuracy", "top5", "f1")
+
+@dataclass(frozen=True)
+class Metric:
+    formula: Callable  # (cm, sums) -> float; cm: float64 confusion matrix (rows: true, columns: predicted) on the CPU
+    minimize: bool = False  # True when lower is better
+    min_classes: int = 2  # computed only with at least this many classes
 
 
-class EpochMetrics:
-    """Running sums kept on the device, so a GPU epoch syncs once at `compute`, not once per batch."""
+def loss(cm, sums):
+    return sums["loss"] / sums["n"]
 
-    def __init__(self, n_clas, device):
-        self.n_clas = n_clas
-        self.confusion = torch.zeros(n_clas, n_clas, dtype=torch.long, device=device)  # rows: true, cols: predicted
-        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        self.top5_hits = torch.zeros((), dtype=torch.long, device=device)
 
-    @torch.no_grad()
-    def update(self, logits, targets, loss):
-        """`loss` is the batch mean, so it is weighted back by the batch size."""
-        k = self.n_clas
-        self.loss_sum += loss.detach().double() * targets.numel()
-        preds = logits.argmax(1)
-        self.confusion += torch.bincount(targets * k + preds, minlength=k * k).view(k, k)
-        if k >= 5:
-            self.top5_hits += (logits.topk(5, dim=1).indices == targets[:, None]).any(1).sum()
+def accuracy(cm, sums):
+    return cm.diag().sum().item() / sums["n"]
 
-    def compute(self):
-        cm = self.confusion.double().cpu()  # the one sync of the epoch
-        n = cm.sum().item()
-        if n == 0:
-            return {}
-        tp = cm.diag()
-        true_count, pred_count = cm.sum(1), cm.sum(0)
-        precision = tp / pred_count.clamp(min=1)
-        recall = tp / true_count.clamp(min=1)
-        f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall), torch.zeros_like(tp))
-        seen = (true_count + pred_count) > 0  # macro over labels present, as scikit-learn does
-        out = {
-            "loss": self.loss_sum.item() / n,
-            "accuracy": tp.sum().item() / n,
-            "f1": f1[seen].mean().item(),
-        }
-        if self.n_clas >= 5:
-            out["top5"] = self.top5_hits.item() / n
-        return out
+
+def macro_f1(cm, sums):
+    tp = cm.diag()
+    true_count, pred_count = cm.sum(1), cm.sum(0)
+    precision, recall = tp / pred_count.clamp(min=1), tp / true_count.clamp(min=1)
+    f1 = (2 * precision * recall / (precision + recall)).nan_to_num(0.0)  # 0/0 for a class never seen nor predicted
+    seen = (true_count + pred_count) > 0  # macro over the labels present, as scikit-learn does
+    return f1[seen].mean().item()
+
+
+def top5(cm, sums):
+    return sums["top5_hits"] / sums["n"]
+
+
+METRICS = {
+    "loss": Metric(loss, minimize=True),
+    "accuracy": Metric(accuracy),
+    "f1": Metric(macro_f1),
+    "top5": Metric(top5, min_classes=5),
+}
+
+
+def metric_names(n_clas=None):
+    """The metrics an epoch reports, in order; with n_clas, only those that make sense for that many classes."""
+    return [name for name, m in METRICS.items() if n_clas is None or n_clas >= m.min_classes]

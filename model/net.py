@@ -1,10 +1,12 @@
-"""The model. `build_model(params, n_clas)` is all train.py and evaluate.py call.
+"""The model and its loss. `build_model(params, n_clas)` and `loss_fn(outputs, labels)` are all train.py,
+evaluate.py and the search's smoke test call.
 
 `arch` is "small_cnn" (defined below: edit it freely) or any torchvision classifier ("resnet18", "resnet50",
 "efficientnet_b0", ...), whose last Linear layer is replaced by dropout (`ps`) and a fresh `n_clas` head.
 """
 
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 def conv_block(c_in, c_out):
@@ -31,6 +33,11 @@ class SmallCNN(nn.Module):
 
     def forward(self, x):
         return self.head(self.features(x))
+
+
+def loss_fn(outputs, labels):
+    """The training objective (mean over the batch); the `loss` metric of every epoch is this loss."""
+    return F.cross_entropy(outputs, labels)
 
 
 def build_model(params, n_clas):

@@ -48,3 +48,10 @@ def make_experiment(tmp_path):
 
 def read(path):
     return json.loads(Path(path).read_text())
+
+
+def run_train(model_dir, data_dir, *extra):
+    """train.py in this process (monkeypatches reach it); returns its exit code."""
+    import train
+
+    return train.main(["--model_dir", model_dir, "--data_dir", data_dir, *extra])

@@ -11,15 +11,11 @@ import pytest
 import torch
 
 import train
-from conftest import ROOT, read
+from conftest import ROOT, read, run_train
 from core import engine
 from utils import load_checkpoint
 
 FIGURES = ["train_history.png", "gradients.png", "predictions.png", "confusion_valid_best.png"]
-
-
-def run_train(model_dir, data_dir, *extra):
-    return train.main(["--model_dir", model_dir, "--data_dir", data_dir, *extra])
 
 
 def train_cmd(model_dir, data_dir, *extra):
@@ -123,6 +119,7 @@ def test_best_is_a_link_to_last_when_the_last_epoch_is_best(make_experiment, dig
     assert not [f for f in os.listdir(exp2) if f.startswith(".tmp")]
 
 
+@pytest.mark.slow
 def test_sigkill_while_an_epoch_is_being_written_then_resume_is_bit_identical(make_experiment, digits_dir):
     """history.json is the first file the background writer touches and last.pth.tar the commit point: killing
     the moment a new epoch shows in history.json lands between the two, or just after."""

@@ -18,6 +18,7 @@ from conftest import FAST_PARAMS, ROOT, read
 from core.run import read_status
 
 REQUIRED = os.environ.get("REQUIRE_CLUSTER_TESTS") == "1"
+pytestmark = pytest.mark.slow  # real Slurm and Ray
 CELLS = ["learning_rate_0.002", "learning_rate_0.004"]
 
 

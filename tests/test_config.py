@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from core import config  # noqa: E402
-from core.config import FLAT_SPEC, SPEC, Params, defaults, load_params, parse_override, resolve, validate  # noqa: E402
+from core.config import KEYS, NESTED, Params, defaults, load_params, parse_override, resolve, validate  # noqa: E402
 from utils import UserError  # noqa: E402
 
 # the seed template's params.json, verbatim: 1/0 flags, an int for a float key, a learning_rate list and a
@@ -39,7 +39,7 @@ def error_of(user, overrides=()):
 
 def test_empty_params_give_every_default():
     out = resolve({}, WHERE)
-    assert out == defaults()
+    assert out == {**defaults(), "early_stopping": {**defaults()["early_stopping"], "minimize": 0}}
     assert out["arch"] == "small_cnn"
     assert out["batch_size"] == 64
     assert out["learning_rate"] == 2e-3
@@ -49,12 +49,12 @@ def test_empty_params_give_every_default():
 
 def test_defaults_cover_every_spec_key_and_are_valid():
     out = defaults()
-    for key, (default, _, meaning) in FLAT_SPEC.items():
+    for key, entry in KEYS.items():
         node = out
         for part in key.split("."):
             node = node[part]
-        assert node == default, key
-        assert meaning, f"{key} has no one-line meaning"
+        assert node == entry.default, key
+        assert entry.doc, f"{key} has no one-line meaning"
     # the defaults themselves pass validation (a default out of range would break every run)
     validate(out, "defaults")
 
@@ -108,7 +108,8 @@ def test_every_experiment_params_json_in_the_repo_validates():
 @pytest.mark.parametrize("flag", ["pretrain", "cuda", "cache_images", "early_stopping.minimize"])
 @pytest.mark.parametrize("value", [0, 1, True, False])
 def test_flags_accept_0_1_and_bools(flag, value):
-    out = resolve({}, WHERE, [f"{flag}={json.dumps(value)}"])
+    metric = "loss" if value else "accuracy"  # a minimize flag that agrees with the metric's direction
+    out = resolve({"early_stopping": {"monitor_metric": metric}}, WHERE, [f"{flag}={json.dumps(value)}"])
     node = out
     for part in flag.split("."):
         node = node[part]
@@ -136,9 +137,9 @@ def test_parse_override_values_are_json_else_strings():
 
 
 def test_dotted_override_sets_nested_key_only():
-    out = resolve({"early_stopping": {"patience": 7, "minimize": 1}}, WHERE, ["early_stopping.patience=3"])
+    out = resolve({"early_stopping": {"patience": 7, "min_delta": 0.5}}, WHERE, ["early_stopping.patience=3"])
     assert out["early_stopping"]["patience"] == 3
-    assert out["early_stopping"]["minimize"] == 1  # from params.json, untouched by the override
+    assert out["early_stopping"]["min_delta"] == 0.5  # from params.json, untouched by the override
 
 
 def test_list_override_for_learning_rate():
@@ -188,8 +189,8 @@ def test_override_out_of_range_is_rejected():
 
 
 def test_override_of_whole_nested_block_sets_only_the_keys_it_names():
-    es = resolve({"early_stopping": {"minimize": 1}}, WHERE, ['early_stopping={"patience": 3}'])["early_stopping"]
-    assert es["patience"] == 3 and es["minimize"] == 1 and es["monitor_metric"] == "accuracy"
+    es = resolve({"early_stopping": {"min_delta": 0.5}}, WHERE, ['early_stopping={"patience": 3}'])["early_stopping"]
+    assert es["patience"] == 3 and es["min_delta"] == 0.5 and es["monitor_metric"] == "accuracy"
     msg = error_of({}, ['early_stopping={"patiense": 3}'])
     assert "did you mean 'early_stopping.patience'?" in msg
 
@@ -339,7 +340,7 @@ def test_infinite_learning_rate_is_rejected():
         ("optimizer", "rmsprop", "sgd, adam, adamw"),
         ("optimizer", "SGD", "sgd, adam, adamw"),
         ("scheduler", "linear", "one_cycle, cosine, step, plateau, none"),
-        ("early_stopping.monitor_metric", "acc", "loss, accuracy, top5, f1"),
+        ("early_stopping.monitor_metric", "acc", "loss, accuracy, f1, top5"),
     ],
 )
 def test_bad_choice_lists_the_choices(key, value, choices):
@@ -418,7 +419,80 @@ def test_params_to_dict_round_trip():
 
 def test_every_spec_key_is_an_attribute():
     p = Params(defaults())
-    for key in SPEC:
-        assert hasattr(p, key), key
-    for key in SPEC["early_stopping"]:
-        assert hasattr(p.early_stopping, key), key
+    for key in KEYS:
+        node = p
+        for part in key.split("."):
+            node = getattr(node, part)
+    assert NESTED == {"early_stopping"}
+
+
+# ---------------------------------------------------------------- one record per key, one registry of metrics
+
+
+def test_minimize_follows_the_monitored_metric_and_a_contradiction_is_refused():
+    assert resolve({"early_stopping": {"monitor_metric": "loss"}}, WHERE)["early_stopping"]["minimize"] == 1
+    assert resolve({"early_stopping": {"monitor_metric": "f1"}}, WHERE)["early_stopping"]["minimize"] == 0
+    assert resolve(SEED_TEMPLATE, WHERE)["early_stopping"]["minimize"] == 1  # the seed template says so itself
+    msg = error_of({"early_stopping": {"monitor_metric": "loss", "minimize": 0}})
+    assert msg == (f"{WHERE}: key 'early_stopping.minimize' is 0 but a smaller loss is better; set it to 1 or "
+                   f"leave it out")
+
+
+def test_monitor_metric_choices_are_the_metric_registry(monkeypatch):
+    from model.metrics import METRICS
+
+    assert KEYS["early_stopping.monitor_metric"].choices == tuple(METRICS)
+    msg = error_of({"early_stopping": {"monitor_metric": "auc"}})
+    assert "must be one of " + ", ".join(METRICS) in msg
+
+
+def test_a_metric_added_to_the_registry_is_computed_and_ranked():
+    import torch
+
+    from core import engine
+    from core.results import minimized
+    from model import metrics
+
+    recall_0 = metrics.Metric(lambda cm, sums: (cm[0, 0] / cm[0].sum()).item())
+    with pytest.MonkeyPatch.context() as m:
+        m.setitem(metrics.METRICS, "recall_0", recall_0)
+        acc = engine.EpochMetrics(3, torch.device("cpu"))
+        logits = torch.tensor([[3.0, 0, 0], [0, 3.0, 0], [3.0, 0, 0], [0, 0, 3.0]])
+        acc.update(logits, torch.tensor([0, 0, 0, 2]), torch.tensor(0.5))
+        out = acc.compute()
+        assert list(out) == ["loss", "accuracy", "f1", "recall_0"]  # top5 needs 5 classes
+        assert out["recall_0"] == pytest.approx(2 / 3) and out["accuracy"] == 0.75 and out["loss"] == 0.5
+        assert not minimized("recall_0") and minimized("loss")
+
+
+def test_resumable_and_hyperparameter_flags_live_on_the_keys():
+    from core.config import evaluation_overrides, hyperparams
+
+    assert {k for k, e in KEYS.items() if not e.hyperparam} == {"hyper_search", "n_repetitions"}
+    assert KEYS["num_workers"].resumable and not KEYS["learning_rate"].resumable
+    assert evaluation_overrides() == ["pretrain=0", "train_subset=0", "valid_subset=0", "overfit_batches=0"]
+    flat = hyperparams({"ps": 0.5, "early_stopping": {"patience": 3}, "n_repetitions": 2,
+                        "augmentation": {"transform": {}}})
+    assert flat == {"ps": 0.5, "early_stopping.patience": 3, "augmentation": {"transform": {}}}
+
+
+def test_readme_params_table_lists_every_key_with_its_default():
+    """README's params table is written by hand: it must name every key of KEYS, and no other, with its default."""
+    import re
+
+    section = (ROOT / "README.md").read_text().split("## `params.json`")[1].split("\n\n| key |")[1]
+    rows = [line for line in section.split("\n\n")[0].splitlines() if line.startswith("| `")]
+    documented = {}
+    for row in rows:
+        names_cell, default_cell = row.split(" | ")[0], row.split(" | ")[1]
+        names = re.findall(r"`([^`]+)`", names_cell)
+        defaults_ = [d.strip() for d in default_cell.split(", ")] if len(names) > 1 else [default_cell.strip()]
+        documented.update(zip(names, defaults_))
+    top = {k.split(".")[0] for k in KEYS}
+    assert set(documented) == top
+    for key, text in documented.items():
+        if key in NESTED or KEYS[key].default is None:
+            continue
+        default = KEYS[key].default
+        shown = text.strip("`")
+        assert shown in (json.dumps(default), str(default)) or float(shown) == default, key

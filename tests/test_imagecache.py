@@ -20,6 +20,7 @@ from PIL import Image
 
 import train
 from conftest import ROOT
+from core import data as core_data
 from core import imagecache
 from core.config import load_params
 from model import data_loader
@@ -56,7 +57,7 @@ def params(make_experiment):
 def calls(monkeypatch):
     """How many images fetch_dataloader checks and decodes."""
     counts = {"checked": 0, "decoded": 0}
-    check, load = data_loader.check_readable, data_loader.load_image
+    check, load = core_data.check_readable, data_loader.load_image
 
     def counting_check(path):
         counts["checked"] += 1
@@ -66,13 +67,13 @@ def calls(monkeypatch):
         counts["decoded"] += 1
         return load(path)
 
-    monkeypatch.setattr(data_loader, "check_readable", counting_check)
+    monkeypatch.setattr(core_data, "check_readable", counting_check)
     monkeypatch.setattr(data_loader, "load_image", counting_load)
     return counts
 
 
 def fetch(data, params):
-    return data_loader.fetch_dataloader(["train", "valid"], str(data), params)[0]
+    return core_data.fetch_dataloader(["train", "valid"], str(data), params)[0]
 
 
 def cache_files(data):
@@ -198,8 +199,8 @@ def test_corrupt_image_is_one_line_error_and_never_cached(data, params, make_exp
     bad.unlink()
     fetch(data, params)
     before = cache_files(data)
-    _, items = data_loader.scan_split(str(data / "train"))
-    in_subset = {p for p, _ in data_loader.subset(items, 4, params.seed)}
+    _, items = core_data.scan_split(str(data / "train"))
+    in_subset = {p for p, _ in core_data.subset(items, 4, params.seed)}
     victim = next(p for p, _ in items if p not in in_subset)
     Path(victim).write_bytes(Path(victim).read_bytes()[:60])  # truncated: signature and header intact
     touch_later(victim)
@@ -244,7 +245,7 @@ np.save(out, np.asarray(imagecache.split_array(data_dir, "train", items, 8, deco
 
 
 def test_two_processes_building_at_once_leave_one_valid_array(data, tmp_path):
-    _, items = data_loader.scan_split(str(data / "train"))
+    _, items = core_data.scan_split(str(data / "train"))
     (tmp_path / "items.json").write_text(json.dumps(items))
     (tmp_path / "builder.py").write_text(BUILDER.format(root=str(ROOT)))
     folder = data / imagecache.CACHE_DIR

@@ -10,12 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-import train
-from conftest import ROOT, read
-
-
-def run_train(model_dir, data_dir, *extra):
-    return train.main(["--model_dir", model_dir, "--data_dir", data_dir, *extra])
+from conftest import ROOT, read, run_train
 
 
 def git(repo, *args):
@@ -140,6 +135,7 @@ def test_tensorboard_scalars_match_history(make_experiment, digits_dir):
     assert "grad_norm/head.1.weight" in events.Tags()["scalars"]
 
 
+@pytest.mark.slow
 def test_overfit_mode_reaches_full_training_accuracy(make_experiment, digits_dir):
     exp = make_experiment(overfit_batches=2, batch_size=8, num_epochs=40, learning_rate=0.01, ps=0.0,
                           early_stopping={"patience": 0})

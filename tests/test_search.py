@@ -58,6 +58,7 @@ def test_grid_trains_in_parallel_then_rerun_skips_everything(tmp_path, digits_di
     assert mtimes(parent) == before
 
 
+@pytest.mark.slow
 def test_sigkill_mid_search_then_rerun_resumes_only_the_interrupted_cell(tmp_path, digits_dir):
     parent = make_parent(tmp_path, {"learning_rate": [0.002, 0.004, 0.006]}, num_epochs=4)
     cmd = [sys.executable, "search_hyperparams.py", "--parent_dir", parent, "--data_dir", digits_dir]

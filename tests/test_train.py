@@ -9,18 +9,13 @@ import pytest
 import torch
 
 import evaluate
-import train
-from conftest import FAST_PARAMS, ROOT, read
+from conftest import FAST_PARAMS, ROOT, read, run_train
 from core import outputs as core_outputs
 from utils import load_checkpoint
 
 RUN_FILES = ["train.log", "history.json", "metrics_val_best_weights.json", "metrics_val_last_weights.json",
              "best.pth.tar", "last.pth.tar", "train_history.png", "augmentation.json", "status.json",
              "params_effective.json"]
-
-
-def run_train(model_dir, data_dir, *extra):
-    return train.main(["--model_dir", model_dir, "--data_dir", data_dir, *extra])
 
 
 def test_cli_trains_two_epochs_with_every_output(make_experiment, digits_dir):

@@ -25,7 +25,7 @@ OUTCOMES = [
     {"arch": ["resnet_nope"]},  # bad input: exit 2
 ]
 ON_LINUX = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the warm launcher is Linux-only")
-pytestmark = ON_LINUX
+pytestmark = [ON_LINUX, pytest.mark.slow]  # real searches of real cells
 
 
 def make_parent(path, hyper_search, **extra):
