@@ -11,7 +11,7 @@ import os
 
 from tabulate import tabulate
 
-from core.config import Params, evaluation_overrides, resolve
+from core.config import Params, fixed_overrides, resolve
 from core.data import fetch_dataloader
 from core.engine import evaluate, pick_runtime
 from core.plots import plot_confusion
@@ -66,7 +66,7 @@ def evaluate_checkpoint(path, data_dir, split):
         raise UserError(f"{path}: not a checkpoint written by train.py (needs params, classes, model, epoch)")
     # the whole split, and the model as trained (weights come from the checkpoint, not from pretraining)
     params = Params(resolve(ckpt["params"], f"{path} (params)",
-                            evaluation_overrides()))
+                            fixed_overrides("evaluate")))
     rt = pick_runtime(params.cuda)
     loaders, classes = fetch_dataloader([split], data_dir, params, rt.pin_memory, training=False)
     if classes != ckpt["classes"]:

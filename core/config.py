@@ -41,7 +41,8 @@ class Key:
     check: tuple = None  # (test, what a value must be), e.g. at_least(1)
     resumable: bool = False  # a resume may change it: it alters how a run executes or is shown, not what it computes
     hyperparam: bool = True  # a column of results tables and a key hyper_search may vary
-    evaluate: object = None  # the value evaluate.py and the search's smoke test use, whatever the run had (None: keep)
+    evaluate: object = None  # the value evaluate.py uses, whatever the run had (None: the run's own)
+    smoke: object = None  # the value search --smoke uses: in its own process, writing nothing (None: the cell's own)
 
 
 def metric_choices():
@@ -64,11 +65,11 @@ KEYS = {
     "im_sz": Key(32, int, "images are resized to im_sz x im_sz", check=at_least(8)),
     "augmentation": Key("light", AUG, "train augmentation: a preset of model/data_loader.py or an albumentations dict"),
     "cache_images": Key(0, FLAG, "1: decode each split once into DATA_DIR/.cache, memory-mapped and shared by all runs",
-                        resumable=True),
+                        resumable=True, smoke=0),
     "batch_size": Key(64, int, "training batch size", check=at_least(1)),
     "bs_test": Key(256, int, "evaluation batch size", check=at_least(1), resumable=True),
     "num_workers": Key(0, int, "DataLoader worker processes (0: load in the main process)", check=at_least(0),
-                       resumable=True),
+                       resumable=True, smoke=0),
     "train_subset": Key(0, int, "use only N training images, a fixed seeded choice (0: all); for quick debugging",
                         check=at_least(0), evaluate=0),
     "valid_subset": Key(0, int, "use only N validation images (0: all)", check=at_least(0), evaluate=0),
@@ -110,7 +111,7 @@ KEYS = {
     "plot_every_s": Key(30.0, float, "redraw the figures at most every N s, in a helper process (0: after each "
                         "epoch)", check=at_least(0), resumable=True),
     "overfit_batches": Key(0, int, "debug: train on N fixed batches without augmentation and validate on them",
-                           check=at_least(0), evaluate=0),
+                           check=at_least(0), evaluate=0, smoke=0),
     "n_repetitions": Key(1, int, "search_hyperparams.py: train every cell this many times with distinct seeds",
                          check=at_least(1), hyperparam=False),
     "hyper_search": Key(None, ANY, "read by search_hyperparams.py; ignored by train.py", hyperparam=False),
@@ -173,10 +174,9 @@ def hyperparams(d):
     return {k: v for k, v in flatten(d).items() if k not in KEYS or KEYS[k].hyperparam}
 
 
-def evaluation_overrides():
-    """KEY=VALUE overrides that evaluate.py and the smoke test apply to a run's params: the whole data, no
-    debugging modes, the model as trained."""
-    return [f"{k}={json.dumps(e.evaluate)}" for k, e in KEYS.items() if e.evaluate is not None]
+def fixed_overrides(use):
+    """KEY=VALUE overrides that `use` ("evaluate" or "smoke", a field of Key) applies to a run's params."""
+    return [f"{k}={json.dumps(getattr(e, use))}" for k, e in KEYS.items() if getattr(e, use) is not None]
 
 
 def suggest(key):

@@ -48,13 +48,14 @@ def send(fd, **message):
 
 
 # train first: its modules set the libraries up (e.g. no albumentations update check) before they load. core.plots
-# brings matplotlib with the Agg backend, for the figures' helper process; torchvision serves torchvision archs.
-PRELOAD = ("train", "torch", "albumentations", "core.plots", "torchvision")
+# brings matplotlib with the Agg backend, for the figures' helper process.
+PRELOAD = ("train", "torch", "albumentations", "core.plots")
+TORCHVISION = "torchvision.models"  # ~1 s more (torch._dynamo): only for searches with torchvision archs
 
 
-def preload():
+def preload(modules):
     """Import what cells import. Importing does not initialize CUDA; nothing here may touch a tensor."""
-    for name in PRELOAD:
+    for name in modules:
         importlib.import_module(name)
 
 
@@ -147,7 +148,7 @@ def main():
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is for the search and its cells
     reports = os.dup(1)
     os.dup2(2, 1)  # a library that prints while importing must not garble the reports
-    preload()
+    preload(PRELOAD + ((TORCHVISION,) if "--torchvision" in sys.argv[1:] else ()))
     if threading.active_count() > 1:
         sys.exit("forkserver: a preloaded module started a thread; forking would copy it half-way")
     gc.freeze()  # the preloaded objects stay shared with the children instead of being copied by their collector
@@ -187,8 +188,9 @@ def sigint_deferred():
 class ForkServer:
     """The search's end of the server: start it, have it fork cells, hear when they end."""
 
-    def __init__(self, env):
-        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__)], stdin=subprocess.PIPE,
+    def __init__(self, env, torchvision=True):
+        flags = ["--torchvision"] if torchvision else []
+        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), *flags], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, env=env, cwd=ROOT, preexec_fn=die_with_parent)
         self.unread, self.replies, self.exits, self.gone = b"", [], {}, False
         self.pid = self.next_reply("ready")

@@ -16,9 +16,11 @@ def layer_groups(model, n_groups):
     `learning_rate: [1e-4, 1e-3, 1e-2]` gives early layers the smallest rate (discriminative fine-tuning).
     """
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears and n_groups == 1:
+        return [list(model.parameters())]
     if not linears:
-        raise UserError(f"model {type(model).__name__}: learning-rate layer groups need a final nn.Linear "
-                        f"classifier head (model/net.py)")
+        raise UserError(f"params key 'learning_rate': {n_groups} rates need layer groups, which end at a final "
+                        f"nn.Linear classifier head; {type(model).__name__} (model/net.py) has none")
     head_module = linears[-1]
     head_ids = {id(p) for p in head_module.parameters()}
     body = [p for p in model.parameters() if id(p) not in head_ids]

@@ -13,11 +13,19 @@ DPI = 100
 
 
 def save_figure(fig, path, fixed_size=False):
-    """fixed_size: the PNG is exactly figsize x DPI (galleries and matrices whose size is part of the contract; such
-    figures lay themselves out to fit the canvas); otherwise the canvas is cropped to what was drawn."""
+    """fixed_size: the PNG is exactly figsize x DPI, laid out by the figure itself (see `margins`); otherwise the
+    canvas is cropped to what was drawn, which costs a second drawing pass."""
     bbox = None if fixed_size else "tight"
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=DPI, bbox_inches=bbox), mode="wb")
     plt.close(fig)
+
+
+def margins(fig, left, bottom, right, top, wspace=0.2):
+    """Fixed margins in inches: a layout that needs no extra drawing pass (tight layouts and tight bounding boxes
+    draw the figure twice), which halves the cost of the figures a run redraws."""
+    width, height = fig.get_size_inches()
+    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height,
+                        wspace=wspace)
 
 
 def plot_history(rows, path, title=""):
@@ -39,14 +47,16 @@ def plot_history(rows, path, title=""):
     lr_ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
-    save_figure(fig, path)
+    margins(fig, left=0.55, bottom=0.5, right=0.15, top=0.75 if title else 0.35, wspace=0.3)
+    save_figure(fig, path, fixed_size=True)
 
 
 def plot_confusion(cm, classes, path, title=""):
     """Confusion matrix with counts in the cells (rows: true class, columns: predicted)."""
     k = len(classes)
     size = max(4.0, 0.45 * k + 2)
-    fig, ax = plt.subplots(figsize=(size, size), layout="tight")  # fit the drawing to the fixed canvas
+    fig, ax = plt.subplots(figsize=(size, size))
+    label = 0.45 + 0.075 * max(len(str(c)) for c in classes)  # room for the longest class name (10 pt)
     ax.imshow(cm, cmap="Blues")
     ax.set_xticks(range(k), classes, rotation=90 if k > 10 else 0)
     ax.set_yticks(range(k), classes)
@@ -59,6 +69,7 @@ def plot_confusion(cm, classes, path, title=""):
                 ax.text(j, i, int(cm[i][j]), ha="center", va="center", fontsize=8,
                         color="white" if cm[i][j] > top / 2 else "black")
     ax.set_title(title)
+    margins(fig, left=label, bottom=label if k > 10 else 0.6, right=0.15, top=0.4)
     save_figure(fig, path, fixed_size=True)
 
 
@@ -79,7 +90,8 @@ def plot_gradients(rows, path):
         ax.grid(alpha=0.3)
     if len(layers) <= 12:
         axes[0].legend(fontsize=6)
-    save_figure(fig, path)
+    margins(fig, left=0.85, bottom=0.5, right=0.15, top=0.35, wspace=0.22)
+    save_figure(fig, path, fixed_size=True)
 
 
 def plot_gallery(items, slots, path, title="", cols=8):

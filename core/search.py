@@ -140,11 +140,11 @@ class Launcher:
     core/forkserver.py) or cold (launch()). Without a server, because it would not start or it died, cells start
     cold: slower, never different."""
 
-    def __init__(self, warm, env):
+    def __init__(self, warm, env, torchvision=True):
         self.server = None
         if warm and sys.platform.startswith("linux"):
             try:
-                self.server = ForkServer(env)
+                self.server = ForkServer(env, torchvision)
             except ServerGone as e:
                 self.fall_back(e)
 
@@ -223,7 +223,9 @@ def run_pool(cells, data_dir, workers, gpus, fail_fast, warm=True):
     progress, stop, launcher = Progress(len(cells)), False, None
     try:
         # the server imports with the cells' thread settings, so libraries that size their pools then agree too
-        launcher = Launcher(warm and bool(cells), cell_env(threads=threads))
+        # the default arch (model/net.py's own) needs no torchvision: its import would cost every search ~1 s
+        torchvision = any(c.params.get("arch", KEYS["arch"].default) != KEYS["arch"].default for c in cells)
+        launcher = Launcher(warm and bool(cells), cell_env(threads=threads), torchvision)
         while pending or running:
             while pending and free and not stop:
                 cell = pending.popleft()

@@ -8,15 +8,14 @@ from utils import one_line
 
 def smoke_cell(cell, data_dir):
     """None if one batch of `cell` trains and validates to a finite loss, else a one-line reason."""
-    from core.config import Params, resolve
+    from core.config import Params, fixed_overrides, resolve
     from core.data import fetch_dataloader
     from core.engine import evaluate, pick_runtime, seed_everything, train_one_epoch
     from core.run import is_finite
     from core.state import build_state
 
     try:
-        # in this process (no workers), writing nothing (no image cache), the normal training mode
-        params = Params(resolve(cell.params, cell.name, ["num_workers=0", "cache_images=0", "overfit_batches=0"]))
+        params = Params(resolve(cell.params, cell.name, fixed_overrides("smoke")))
         params.train_subset, params.valid_subset = max(2, params.batch_size), max(2, params.bs_test)  # one batch
         rt = pick_runtime(params.cuda)
         seed_everything(params.seed)

@@ -1,8 +1,25 @@
 """The shape of the code: which module may import which (read from the source, nothing is imported)."""
 
 import ast
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from test_config import SEED_TEMPLATE
 
 from conftest import ROOT
+from core.config import KEYS, NESTED, resolve
+from utils import UserError
+
+WHERE = "exp/params.json"
+
+
+def error_of(user):
+    with pytest.raises(UserError) as e:
+        resolve(user, WHERE)
+    return str(e.value)
 
 SCRIPTS = {"train", "evaluate", "search_hyperparams", "synthesize_results", "plot_results"}
 
@@ -57,3 +74,113 @@ def test_no_import_cycle_among_core_model_and_data():
 
     for module in graph:
         visit(module, [])
+
+
+# ---------------------------------------------------------------- one record per key, one registry of metrics
+
+
+def test_minimize_follows_the_monitored_metric_and_a_contradiction_is_refused():
+    assert resolve({"early_stopping": {"monitor_metric": "loss"}}, WHERE)["early_stopping"]["minimize"] == 1
+    assert resolve({"early_stopping": {"monitor_metric": "f1"}}, WHERE)["early_stopping"]["minimize"] == 0
+    assert resolve(SEED_TEMPLATE, WHERE)["early_stopping"]["minimize"] == 1  # the seed template says so itself
+    msg = error_of({"early_stopping": {"monitor_metric": "loss", "minimize": 0}})
+    assert msg == (f"{WHERE}: key 'early_stopping.minimize' is 0 but a smaller loss is better; set it to 1 or "
+                   f"leave it out")
+
+
+def test_monitor_metric_choices_are_the_metric_registry(monkeypatch):
+    from model.metrics import METRICS
+
+    assert KEYS["early_stopping.monitor_metric"].choices == tuple(METRICS)
+    msg = error_of({"early_stopping": {"monitor_metric": "auc"}})
+    assert "must be one of " + ", ".join(METRICS) in msg
+
+
+def test_a_metric_added_to_the_registry_is_computed_and_ranked():
+    import torch
+
+    from core import engine
+    from core.results import minimized
+    from model import metrics
+
+    recall_0 = metrics.Metric(lambda cm, sums: (cm[0, 0] / cm[0].sum()).item())
+    with pytest.MonkeyPatch.context() as m:
+        m.setitem(metrics.METRICS, "recall_0", recall_0)
+        acc = engine.EpochMetrics(3, torch.device("cpu"))
+        logits = torch.tensor([[3.0, 0, 0], [0, 3.0, 0], [3.0, 0, 0], [0, 0, 3.0]])
+        acc.update(logits, torch.tensor([0, 0, 0, 2]), torch.tensor(0.5))
+        out = acc.compute()
+        assert list(out) == ["loss", "accuracy", "f1", "recall_0"]  # top5 needs 5 classes
+        assert out["recall_0"] == pytest.approx(2 / 3) and out["accuracy"] == 0.75 and out["loss"] == 0.5
+        assert not minimized("recall_0") and minimized("loss")
+
+
+def test_resumable_and_hyperparameter_flags_live_on_the_keys():
+    from core.config import fixed_overrides, hyperparams
+
+    assert {k for k, e in KEYS.items() if not e.hyperparam} == {"hyper_search", "n_repetitions"}
+    assert KEYS["num_workers"].resumable and not KEYS["learning_rate"].resumable
+    assert fixed_overrides("evaluate") == ["pretrain=0", "train_subset=0", "valid_subset=0", "overfit_batches=0"]
+    assert fixed_overrides("smoke") == ["cache_images=0", "num_workers=0", "overfit_batches=0"]
+    flat = hyperparams({"ps": 0.5, "early_stopping": {"patience": 3}, "n_repetitions": 2,
+                        "augmentation": {"transform": {}}})
+    assert flat == {"ps": 0.5, "early_stopping.patience": 3, "augmentation": {"transform": {}}}
+
+
+def test_readme_params_table_lists_every_key_with_its_default():
+    """README's params table is written by hand: it must name every key of KEYS, and no other, with its default."""
+    import re
+
+    section = (ROOT / "README.md").read_text().split("## `params.json`")[1].split("\n\n| key |")[1]
+    rows = [line for line in section.split("\n\n")[0].splitlines() if line.startswith("| `")]
+    documented = {}
+    for row in rows:
+        names_cell, default_cell = row.split(" | ")[0], row.split(" | ")[1]
+        names = re.findall(r"`([^`]+)`", names_cell)
+        defaults_ = [d.strip() for d in default_cell.split(", ")] if len(names) > 1 else [default_cell.strip()]
+        documented.update(zip(names, defaults_))
+    top = {k.split(".")[0] for k in KEYS}
+    assert set(documented) == top
+    for key, text in documented.items():
+        if key in NESTED or KEYS[key].default is None:
+            continue
+        default = KEYS[key].default
+        shown = text.strip("`")
+        assert shown in (json.dumps(default), str(default)) or float(shown) == default, key
+
+
+# ---------------------------------------------------------------- clear errors at the extension points
+
+
+def test_a_model_without_a_final_linear_gets_a_one_line_error(make_experiment, digits_dir, monkeypatch):
+    import torch.nn as nn
+
+    from conftest import run_train
+    from core import state
+
+    def conv_only(params, n_clas):
+        return nn.Sequential(nn.Conv2d(3, n_clas, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+    monkeypatch.setattr(state, "build_model", conv_only)
+    exp = make_experiment(num_epochs=1, learning_rate=[0.001, 0.01])
+    with pytest.raises(UserError, match="2 rates need layer groups, which end at a final nn.Linear classifier head; "
+                                        "Sequential"):
+        run_train(exp, digits_dir)
+    assert sorted(os.listdir(exp)) == ["params.json"]
+    one_rate = make_experiment("one_rate", num_epochs=1, learning_rate=0.001)
+    assert run_train(one_rate, digits_dir) == 0  # one rate needs no groups: such a model trains
+
+
+def test_dry_run_catches_an_unknown_augmentation_preset(tmp_path, digits_dir):
+    from conftest import FAST_PARAMS
+
+    parent = tmp_path / "search"
+    parent.mkdir()
+    (parent / "params.json").write_text(json.dumps({**FAST_PARAMS, "hyper_search": {"augmentation": ["light",
+                                                                                                  "lihgt"]}}))
+    proc = subprocess.run([sys.executable, "search_hyperparams.py", "--parent_dir", str(parent), "--data_dir",
+                           digits_dir, "--dry_run"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("error: cell augmentation_lihgt: params key 'augmentation': unknown preset 'lihgt' "
+                                   "(presets: none, light, standard; or an albumentations dict)")
+    assert os.listdir(parent) == ["params.json"]
