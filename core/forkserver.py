@@ -21,6 +21,7 @@ The server must stay fork-safe: it runs no tensor op, makes no CUDA call (CUDA i
 the cell's CUDA_VISIBLE_DEVICES is in place) and starts no thread. Linux only (prctl).
 """
 
+import atexit
 import contextlib
 import gc
 import importlib
@@ -49,8 +50,9 @@ def send(fd, **message):
 
 # train first: its modules set the libraries up (e.g. no albumentations update check) before they load. core.plots
 # brings matplotlib with the Agg backend, for the figures' helper process.
-PRELOAD = ("train", "torch", "albumentations", "core.plots")
-TORCHVISION = "torchvision.models"  # ~1 s more (torch._dynamo): only for searches with torchvision archs
+PRELOAD = ("train", "torch", "albumentations", "core.plots", "torch._dynamo")  # torch.optim imports torch._dynamo
+# (and sympy) the first time an optimizer is built: ~2-3 s that every cell would pay again
+TORCHVISION = "torchvision.models"  # ~1 s more: only for searches with torchvision archs
 
 
 def preload(modules):
@@ -158,9 +160,27 @@ def main():
     if request is None:
         return
     become_cell(request, server_pid)
-    # SystemExit and uncaught exceptions (traceback to stderr, exit 1) leave through the interpreter's top level, as
-    # in `python train.py`, which also joins threads, runs atexit handlers and flushes; never back into serve()
-    runpy.run_path(sys.argv[0], run_name="__main__")
+    try:
+        runpy.run_path(sys.argv[0], run_name="__main__")
+    except SystemExit as e:
+        exit_like_python(e.code)
+    exit_like_python(0)
+    # an uncaught exception (traceback to stderr, exit 1) leaves through the interpreter's top level, as in
+    # `python train.py`; never back into serve()
+
+
+def exit_like_python(code):
+    """What the interpreter does at exit that a cell can observe (join threads, atexit handlers, flush, the exit
+    code), without tearing down every module of torch & co. one by one: in a forked child that only costs time."""
+    if code is not None and not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    threading._shutdown()  # noqa: SLF001  joins non-daemon threads, as interpreter shutdown does
+    atexit._run_exitfuncs()  # noqa: SLF001
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code or 0)
 
 
 # ---------------------------------------------------------------- the search's side
