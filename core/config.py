@@ -12,6 +12,7 @@ import json
 import math
 from dataclasses import dataclass
 
+from model.metrics import METRICS  # no torch there: planning a search and reading results stay fast
 from utils import UserError, read_json
 
 FLAG, LR, OPT_INT, AUG, ANY = "0/1", "float or list of floats", "int or null", "preset name or dict", "any"
@@ -43,12 +44,6 @@ class Key:
     hyperparam: bool = True  # a column of results tables and a key hyper_search may vary
     evaluate: object = None  # the value evaluate.py uses, whatever the run had (None: the run's own)
     smoke: object = None  # the value search --smoke uses: in its own process, writing nothing (None: the cell's own)
-
-
-def metric_choices():
-    from model.metrics import METRICS  # no torch there: planning a search stays fast
-
-    return tuple(METRICS)
 
 
 KEYS = {
@@ -90,7 +85,7 @@ KEYS = {
     "early_stopping.patience": Key(10, int, "stop after this many epochs without improvement (0: never)",
                                    check=at_least(0)),
     "early_stopping.monitor_metric": Key("accuracy", str, "validation metric that picks best.pth.tar and drives "
-                                         "stopping (model/metrics.py)", choices=metric_choices()),
+                                         "stopping (model/metrics.py)", choices=tuple(METRICS)),
     "early_stopping.min_delta": Key(0.0, float, "smallest change that counts as an improvement", check=at_least(0)),
     "early_stopping.minimize": Key(None, OPT_FLAG, "1 when a smaller monitor_metric is better; null: the metric's "
                                    "own direction (model/metrics.py)"),
@@ -273,8 +268,6 @@ def resolve(user, where, overrides=()):
 
 def monitor_direction(es, where):
     """early_stopping.minimize as 0/1: the monitored metric's own direction, unless the params contradict it."""
-    from model.metrics import METRICS
-
     natural = int(METRICS[es["monitor_metric"]].minimize)
     if es["minimize"] is not None and int(es["minimize"]) != natural:
         better = "smaller" if natural else "larger"

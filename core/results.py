@@ -11,6 +11,7 @@ import statistics
 from core.config import hyperparams, resolve
 from core.record import provenance
 from core.run import HISTORY, STATUS, Status, metrics_file
+from model.metrics import METRICS
 from utils import UserError, read_json, read_json_field
 
 
@@ -129,8 +130,6 @@ def build_rows(runs, metric):
 
 def minimized(metric):
     """Whether smaller is better (model/metrics.py says; an unknown name sorts as larger-is-better)."""
-    from model.metrics import METRICS
-
     return metric in METRICS and METRICS[metric].minimize
 
 
