@@ -39,11 +39,16 @@ class Status(enum.StrEnum):
     @classmethod
     def from_exit_code(cls, code):
         """The status train.py records before exiting with `code`; None for a code it never exits with itself."""
-        return {0: cls.COMPLETED, 1: cls.DIVERGED, 130: cls.INTERRUPTED, -signal.SIGINT: cls.INTERRUPTED}.get(code)
+        if code == -signal.SIGINT:  # killed by Ctrl-C before Python could turn it into exit code 130
+            return cls.INTERRUPTED
+        return next((status for status in cls if EXIT_CODES.get(status) == code), None)
 
     @property
     def exit_code(self):
-        return {Status.COMPLETED: 0, Status.INTERRUPTED: 130}.get(self, 1)
+        return EXIT_CODES.get(self, 1)
+
+
+EXIT_CODES = {Status.COMPLETED: 0, Status.DIVERGED: 1, Status.INTERRUPTED: 130}  # what train.py exits with
 
 
 def checkpoint_path(model_dir, which="last"):

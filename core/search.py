@@ -59,10 +59,19 @@ def cell_state(folder, params):
     return "resume" if os.path.exists(checkpoint_path(folder)) else "new"
 
 
+def squeue_ids():
+    """Every job id squeue lists now (pending, running or requeued); None when squeue failed or is absent."""
+    try:
+        proc = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True)
+    except OSError:  # no squeue here: this machine is not the cluster that ran it
+        return None
+    return frozenset(proc.stdout.split()) if proc.returncode == 0 else None
+
+
 def slurm_alive(job_ids):
-    """The subset of `job_ids` that squeue lists now (pending, running or requeued); None if squeue failed."""
-    proc = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True)
-    return set(job_ids) & set(proc.stdout.split()) if proc.returncode == 0 else None
+    """The subset of `job_ids` that squeue lists now; None if squeue failed."""
+    listed = squeue_ids()
+    return None if listed is None else set(job_ids) & listed
 
 
 def queued_elsewhere(status):
@@ -73,12 +82,8 @@ def queued_elsewhere(status):
 
 @functools.lru_cache(maxsize=1)
 def queue_snapshot():
-    """Every job id squeue lists, read once while a search plans (not once per cell of a large grid)."""
-    try:
-        proc = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True)
-    except OSError:  # no squeue here: this machine is not the cluster that ran it
-        return frozenset()
-    return frozenset(proc.stdout.split()) if proc.returncode == 0 else frozenset()
+    """squeue_ids(), read once while a search plans (not once per cell of a large grid); empty when unavailable."""
+    return squeue_ids() or frozenset()
 
 
 def estimate_hours(cells, todo):
