@@ -5,14 +5,28 @@
 Top row: train (dashed) and valid (solid) curves per metric for the top-k cells by best valid metric, labelled by
 their varied values; the other cells are thin grey lines. Repetitions are a mean line with a min-max band.
 Bottom row: best valid metric against each varied hyperparameter.
+A successive-halving search also gets PARENT/rungs.png: the schedule's metric against epochs for every cell, with
+the rungs and each rung's promotion cut-off.
 """
 
 import argparse
 import json
 import os
 
+from core.asha import schedule_of
 from core.plots import plt, save_figure
-from core.results import gather, group_repetitions, load_history, minimized, summarize, varied_keys
+from core.results import (
+    budget_line,
+    budget_of,
+    gather,
+    group_repetitions,
+    load_history,
+    minimized,
+    read_optional,
+    summarize,
+    varied_keys,
+)
+from core.run import Status
 from model.metrics import METRICS
 from utils import UserError, run_cli
 
@@ -89,7 +103,43 @@ def plot(parent_dir, metric="accuracy", top_k=8):
     fig.suptitle(parent_dir)
     path = os.path.join(parent_dir, "history_plots.png")
     save_figure(fig, path)
+    schedule = schedule_of(read_optional(os.path.join(parent_dir, "params.json"), []), parent_dir)
+    if schedule:
+        plot_rungs(parent_dir, runs, schedule)
     return path
+
+
+def plot_rungs(parent_dir, runs, schedule):
+    """PARENT/rungs.png: every cell's val metric against epochs, the rungs, and the value a cell had to beat at
+    each rung to be among the top 1/reduction_factor (the promotion cut-off once every cell reported)."""
+    metric, eta = schedule.metric, schedule.reduction_factor
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colours = plt.get_cmap("tab10")
+    curves = [(r, {row["epoch"]: row["val"].get(metric) for row in load_history(r["folder"])}) for r in runs]
+    finished = [c for c in curves if c[0]["status"] == Status.COMPLETED]
+    for i, (run, values) in enumerate(curves):
+        epochs = sorted(e for e in values if values[e] is not None)
+        top = run["status"] == Status.COMPLETED
+        rank = finished.index((run, values)) if top else 0
+        style = {"color": colours(rank % 10), "lw": 1.5} if top else {"color": "0.7", "lw": 0.8}
+        ax.plot(epochs, [values[e] for e in epochs], marker="o", ms=2.5, **style,
+                label=os.path.basename(run["folder"]) if top and i < 40 else None)
+    for rung in schedule.rungs:
+        ax.axvline(rung, color="0.4", ls=":", lw=1)
+        reached = sorted((v[rung] for _, v in curves if v.get(rung) is not None), key=schedule.better)
+        keep = len(reached) // eta
+        if rung != schedule.rungs[-1] and keep:
+            ax.plot([rung - 0.3, rung + 0.3], [reached[keep - 1]] * 2, color="red", lw=2.5)
+    ax.plot([], [], color="red", lw=2.5, label=f"cut-off: top 1/{eta} of the cells at the rung")
+    ax.plot([], [], color="0.7", lw=0.8, label="paused / pruned")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"valid {metric}")
+    ax.set_xticks(schedule.rungs)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(f"{parent_dir}: successive halving, rungs at {schedule.rungs}\n{budget_line(*budget_of(runs))}",
+                 fontsize=9)
+    save_figure(fig, os.path.join(parent_dir, "rungs.png"))
 
 
 def metric_vs_key(ax, runs, key, metric):

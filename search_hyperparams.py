@@ -14,9 +14,12 @@ import sys
 from tabulate import tabulate
 
 from core import cluster
+from core.asha import Asha, find_schedule, parse_schedule
+from core.config import KEYS
 from core.grid import child_path, plan
-from core.run import Status
-from core.search import TODO, Cell, cell_state, estimate_hours, prepare, run_pool, train_command
+from core.results import budget_line
+from core.run import Status, read_status
+from core.search import OK, TODO, Cell, Queue, cell_state, estimate_hours, prepare, run_pool, train_command
 from core.smoke import smoke_cells
 from data.build_dataset import DEFAULT_DST, ensure_data
 from utils import UserError, read_json, run_cli
@@ -44,6 +47,9 @@ def parse_args(argv=None):
                     help="first train and validate one batch of every cell (in seconds); stop if any fails")
     ap.add_argument("--print_commands", action="store_true",
                     help="prepare the cell folders and print one train.py command per cell to run")
+    ap.add_argument("--promote", type=int, default=0, metavar="N",
+                    help="successive halving: also train the N best cells of the search (highest rung, then metric) "
+                         "to num_epochs")
     local = ap.add_argument_group("local launcher")
     local.add_argument("--workers", type=int, help="cells trained at once (default: one per --gpus entry, else 1)")
     local.add_argument("--gpus", default="", help="comma-separated GPU ids; each running cell gets one")
@@ -65,7 +71,7 @@ def parse_args(argv=None):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UserError(f"--{name} {value}: must be >= 1")
-    for name in ("gpus_per_cell", "max_requeues"):
+    for name in ("gpus_per_cell", "max_requeues", "promote"):
         if getattr(args, name) < 0:
             raise UserError(f"--{name} {getattr(args, name)}: must be >= 0")
     return args
@@ -73,15 +79,22 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    cells = load_cells(args.parent_dir)
+    cells, schedule = load_cells(args.parent_dir)
     for cell in cells:
         cell.state = cell_state(cell.folder, cell.params)
     todo = [c for c in cells if c.state in TODO or (args.retry_failed and c.state == "failed")]
+    if args.promote and not schedule:
+        raise UserError("--promote: only for a search with a successive-halving \"schedule\"")
+    # successive halving decides which cell trains how far as results come in; a plain search trains `todo`
+    source = Asha(cells, schedule, args.retry_failed, args.promote) if schedule else Queue(todo)
 
     if args.dry_run:
         check_presets(cells)
-        print_plan(cells, todo, args)
+        print_plan(cells, todo, args, source)
         return 0
+    if args.print_commands and schedule:
+        raise UserError("--print_commands: a successive-halving search decides each cell's next rung as results "
+                        "come in; run it with a launcher (local, slurm or ray)")
     if args.print_commands:
         for cell in todo:
             prepare(cell)
@@ -95,23 +108,43 @@ def main(argv=None):
     if args.smoke and smoke_cells(todo, args.data_dir):
         print("smoke test failed: nothing trained; fix the cells above and rerun")
         return 1
-    print(f"{len(todo)} of {len(cells)} cells to train ({args.launcher})")
-    failed = launch_cells(todo, args)
+    print(f"{len(todo)} of {len(cells)} cells to train ({args.launcher})" if not schedule else
+          f"{len(cells)} cells, {schedule.describe(len(cells))}")
+    failed = launch_cells(source, args)
     if args.launcher == "slurm" and args.no_wait:
         return 0
-    print_summary(todo)
+    if schedule and not (failed and args.fail_fast):
+        source.prune_rest()
+    print_summary(cells)
     summarize(args.parent_dir)
     return 1 if failed else 0
 
 
-def launch_cells(todo, args):
-    """Train the cells on the chosen engine; every launcher returns the number of cells that did not complete."""
-    if args.launcher == "slurm":
-        return cluster.run_slurm(todo, args.data_dir, args.parent_dir, args)
-    if args.launcher == "ray":
-        return cluster.run_ray(todo, args.data_dir, args)
-    gpus = parse_gpus(args.gpus)
-    return run_pool(todo, args.data_dir, args.workers or max(1, len(gpus)), gpus, args.fail_fast, warm=not args.cold)
+def launch_cells(source, args):
+    """Train the source's jobs on the chosen engine; every launcher returns the number of jobs that failed.
+    Slurm and Ray take them in waves (all jobs ready now, then the promotions their results allow)."""
+    if args.launcher == "local":
+        gpus = parse_gpus(args.gpus)
+        return run_pool(source, args.data_dir, args.workers or max(1, len(gpus)), gpus, args.fail_fast,
+                        warm=not args.cold)
+    failed = 0
+    while wave := ready_jobs(source):
+        if args.launcher == "slurm":
+            failed += cluster.run_slurm(wave, args.data_dir, args.parent_dir, args)
+        else:
+            failed += cluster.run_ray(wave, args.data_dir, args)
+        for cell in wave:
+            source.refresh(cell)
+        if args.launcher == "slurm" and args.no_wait:
+            break  # the rest is decided by a rerun, once these results are in
+    return failed
+
+
+def ready_jobs(source):
+    jobs = []
+    while cell := source.next_job({c.name for c in jobs}):
+        jobs.append(cell)
+    return jobs
 
 
 def parse_gpus(text):
@@ -130,7 +163,10 @@ def load_cells(parent_dir):
         raise UserError(f"{path}: no 'hyper_search' block (e.g. \"hyper_search\": {{\"learning_rate\": [1e-3, 1e-2]}})")
     # absolute paths: children run from the repository root, Ray and Slurm tasks from wherever they land
     parent = os.path.abspath(parent_dir)
-    return [Cell(name, child_path(parent, name), child) for name, child in plan(params, path)]
+    planned = plan(params, path)
+    spec = find_schedule(params["hyper_search"], path)
+    schedule = parse_schedule(spec, [child for _, child in planned], path) if spec else None
+    return [Cell(name, child_path(parent, name), child) for name, child in planned], schedule
 
 
 def check_presets(cells):
@@ -145,12 +181,19 @@ def check_presets(cells):
                             f"(presets: {', '.join(PRESETS)}; or an albumentations dict)")
 
 
-def print_plan(cells, todo, args):
-    rows = [[c.name, ACTIONS["retry" if c.state == "failed" and c in todo else c.state]] for c in cells]
+def print_plan(cells, todo, args, source):
+    rows = [[c.name, action(c, todo, source)] for c in cells]
     print(tabulate(rows, headers=["cell folder", "action"], tablefmt="github"))
     counts = {a: sum(r[1] == a for r in rows) for a in dict.fromkeys(r[1] for r in rows)}
     print(f"{len(cells)} cells: " + ", ".join(f"{n} {a}" for a, n in counts.items()))
-    hours, basis = estimate_hours(cells, todo)
+    if isinstance(source, Asha):
+        print(source.schedule.describe(len(cells)))
+        print(budget_line(*search_budget(cells)))
+        epochs = max(0, source.schedule.planned_epochs(len(cells)) - source.epochs_trained())
+    else:
+        default = KEYS["num_epochs"].default
+        epochs = sum(max(0, c.params.get("num_epochs", default) - read_status(c.folder).get("epoch", 0)) for c in todo)
+    hours, basis = estimate_hours(cells, epochs)
     per_cell = max(1, args.gpus_per_cell) if args.launcher != "local" else 1
     unit = "GPU" if args.gpus_per_cell or args.gpus else "CPU-worker"
     print(f"estimated compute: {hours * per_cell:.2f} {unit} hours ({basis})" if hours is not None
@@ -159,18 +202,43 @@ def print_plan(cells, todo, args):
         print(cluster.describe_slurm(todo, args))
 
 
+def action(cell, todo, source):
+    """What the search would do with a cell now (a scheduled one: to which epoch it goes next)."""
+    if cell.state == "failed" and cell in todo:
+        return ACTIONS["retry"]
+    if not isinstance(source, Asha) or cell.state in ("done", "failed", "locked", "mismatch"):
+        return ACTIONS[cell.state]
+    p, rungs = source.progress[cell.name], source.rungs
+    if p.epochs == 0:
+        return f"run to epoch {rungs[0]}"
+    if p.epochs in rungs:
+        return f"{p.status} at epoch {p.epochs} (goes on if in the top 1/{source.schedule.reduction_factor})"
+    return f"resume to epoch {min(r for r in rungs if r > p.epochs)}"
+
+
+def search_budget(cells):
+    """(epochs trained so far, epochs of every cell trained to the end)."""
+    default = KEYS["num_epochs"].default
+    return (sum(read_status(c.folder).get("epoch", 0) or 0 for c in cells),
+            sum(c.params.get("num_epochs", default) for c in cells))
+
+
 def report_skipped(cells, todo):
     for c in cells:
         if c.state in ("mismatch", "locked") or (c.state == "failed" and c not in todo):
             print(f"{c.folder}: {ACTIONS[c.state]}", file=sys.stderr)
 
 
-def print_summary(todo):
-    failed = [c for c in todo if c.result not in (Status.COMPLETED, "locked")]
-    done = sum(c.result == Status.COMPLETED for c in todo)
-    print(f"search finished: {done} completed, {len(failed)} not completed")
+def print_summary(cells):
+    ran = [c for c in cells if c.result]
+    failed = [c for c in ran if c.result not in OK]
+    done = sum(c.result == Status.COMPLETED for c in ran)
+    paused = sum(c.result == Status.PAUSED for c in ran)
+    print(f"search finished: {done} completed, " + (f"{paused} paused at a rung, " if paused else "")
+          + f"{len(failed)} not completed")
     for c in failed:
         print(f"  {c.result}: {os.path.join(c.folder, 'train.log')}")
+    print(budget_line(*search_budget(cells)))
 
 
 def summarize(parent_dir):

@@ -14,7 +14,9 @@ import os
 
 from tabulate import tabulate
 
-from core.results import build_rows, gather
+from core.asha import rung_reached, schedule_of
+from core.results import budget_line, budget_of, build_rows, gather, read_optional
+from core.run import Status
 from utils import UserError, atomic_write, run_cli
 
 
@@ -23,17 +25,19 @@ def parse_args(argv=None):
     ap.add_argument("--parent_dir", default="experiments", help="folder searched recursively for runs")
     ap.add_argument("--metric", default="accuracy", help="sort by this metric (loss sorts ascending)")
     ap.add_argument("--split", default="val", choices=["val", "test"], help="metrics file the rows are ranked by")
+    ap.add_argument("--budget", action="store_true",
+                    help="add a line: epochs trained against training every run to num_epochs")
     return ap.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    markdown = synthesize(args.parent_dir, args.metric, args.split)
+    markdown = synthesize(args.parent_dir, args.metric, args.split, args.budget)
     print(markdown)
     return 0
 
 
-def synthesize(parent_dir, metric="accuracy", split="val"):
+def synthesize(parent_dir, metric="accuracy", split="val", budget=False):
     """Write results.md and results.csv in `parent_dir`; return the markdown table."""
     if not os.path.isdir(parent_dir):
         raise UserError(f"--parent_dir {parent_dir}: not a folder")
@@ -41,7 +45,10 @@ def synthesize(parent_dir, metric="accuracy", split="val"):
     if not runs:
         raise UserError(f"--parent_dir {parent_dir}: no run folders (folders with a params.json) found")
     keys, metrics, rows = build_rows(runs, metric)
-    markdown = markdown_table(rows, keys, metrics, parent_dir, split)
+    schedule = schedule_of(read_optional(os.path.join(parent_dir, "params.json"), []), parent_dir)
+    markdown = markdown_table(rows, keys, metrics, parent_dir, split, schedule)
+    if budget:
+        markdown += "\n\n" + budget_line(*budget_of(runs))
     atomic_write(os.path.join(parent_dir, "results.md"), lambda f: f.write(markdown + "\n"))
     atomic_write(os.path.join(parent_dir, "results.csv"), lambda f: f.write(csv_text(runs, keys)), mode="w")
     return markdown
@@ -57,10 +64,13 @@ def stat_text(mean, std, n):
     return f"{mean:.4f}" if n <= 1 else f"{mean:.4f} ± {std:.4f}"
 
 
-def markdown_table(rows, keys, metrics, parent_dir, split):
+def markdown_table(rows, keys, metrics, parent_dir, split, schedule=None):
+    """One line per row; a successive-halving search adds the epochs each cell trained and the rung it reached."""
     with_n = any(r["n"] > 1 for r in rows)
+    with_epochs = schedule is not None or any(r["status"] in (Status.PAUSED, Status.PRUNED) for r in rows)
     prefix = {"best": split, "test": "test"}
-    headers = ["folder", *keys, "status"] + (["n"] if with_n else []) + [f"{prefix[s]}_{m}" for s, m in metrics]
+    headers = ["folder", *keys, "status"] + (["n"] if with_n else []) + (["epochs"] if with_epochs else [])
+    headers += (["rung"] if schedule else []) + [f"{prefix[s]}_{m}" for s, m in metrics]
     if any(r["code"] for r in rows):
         headers.append("code")
     if any(r["note"] for r in rows):
@@ -69,6 +79,8 @@ def markdown_table(rows, keys, metrics, parent_dir, split):
     for r in rows:
         line = [os.path.relpath(r["folder"], parent_dir), *(cell_text(r["values"][k]) for k in keys), r["status"]]
         line += [r["n"]] if with_n else []
+        line += [r["epochs"]] if with_epochs else []
+        line += [rung_reached(schedule, r["epochs"])] if schedule else []
         line += [stat_text(*r["stats"][f"{s}_{m}"]) for s, m in metrics]
         line += [r["code"]] if "code" in headers else []
         line += [r["note"]] if "note" in headers else []

@@ -50,8 +50,14 @@ def parse_args(argv=None):
     ap.add_argument("--data_dir", default=DEFAULT_DST,
                     help="data set with train/ and valid/ (the default is built on first use)")
     ap.add_argument("--restore_file", choices=["last", "best"], help="continue from MODEL_DIR/<name>.pth.tar")
+    ap.add_argument("--stop_at_epoch", type=int, metavar="E",
+                    help="pause after epoch E (status 'paused', exit 0): what a successive-halving search runs to "
+                         "reach a rung; --restore_file last continues the same run later")
     ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override params.json (dotted keys for nested)")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.stop_at_epoch is not None and args.stop_at_epoch < 1:
+        raise UserError(f"--stop_at_epoch {args.stop_at_epoch}: must be >= 1")
+    return args
 
 
 def main(argv=None):
@@ -68,6 +74,11 @@ def main(argv=None):
         return 0
     if ckpt:
         check_resume(ckpt, params, read_status(args.model_dir), resume_path)
+    if ckpt and args.stop_at_epoch and ckpt["epoch"] >= args.stop_at_epoch:
+        record_pause(args.model_dir, ckpt["epoch"])
+        print(f"{args.model_dir}: already at epoch {ckpt['epoch']} (--stop_at_epoch {args.stop_at_epoch}); "
+              f"nothing to do")
+        return Status.PAUSED.exit_code
 
     # Everything below up to start_run() only reads: bad input fails here, before a single file is written.
     rt = pick_runtime(params.cuda)  # the runtime: device, autocast dtype, memory format
@@ -90,7 +101,7 @@ def main(argv=None):
         started = time.perf_counter()
         try:
             try:
-                status, reason, history = fit(folder, params, state, loaders, rt, start_epoch)
+                status, reason, history = fit(folder, params, state, loaders, rt, start_epoch, args.stop_at_epoch)
             finally:
                 closing_s = folder.close()  # however the run ends: the last checkpoint lands, every figure is drawn
         except BaseException as e:
@@ -139,6 +150,12 @@ def is_finished(model_dir, ckpt):
     return read_status(model_dir).get("status") == Status.COMPLETED or bool(ckpt.get("stop_reason"))
 
 
+def record_pause(model_dir, epoch):
+    """Repair the status of a run whose pause was killed between its checkpoint and its status record."""
+    if read_status(model_dir).get("status") != Status.PAUSED:
+        write_status(model_dir, Status.PAUSED, reason=f"paused at epoch {epoch}", epoch=epoch)
+
+
 def record_completion(model_dir, ckpt):
     """Repair a status record that a finished run's end did not get to write."""
     if read_status(model_dir).get("status") != Status.COMPLETED:
@@ -160,8 +177,10 @@ def start_run(args, argv, params, loaders, classes, rt, start_epoch):
     write_status(args.model_dir, Status.RUNNING, epoch=start_epoch - 1, num_epochs=params.num_epochs)
 
 
-def fit(folder, params, state, loaders, rt, start_epoch):
-    """The epoch loop. Returns (status, reason, history)."""
+def fit(folder, params, state, loaders, rt, start_epoch, stop_at=None):
+    """The epoch loop, up to num_epochs or a pause after epoch `stop_at`. Returns (status, reason, history).
+    A pause changes nothing the run computes (the schedule still spans num_epochs): resuming it gives the run
+    that never paused."""
     history = folder.load_history(start_epoch - 1)
     monitor = GradMonitor(state.model, params.save_summary_steps) if params.monitor_gradients else None
     n_clas, tracker = len(folder.classes), state.tracker
@@ -194,6 +213,8 @@ def fit(folder, params, state, loaders, rt, start_epoch):
         folder.record_epoch(history, improved, ckpt, details, loaders["valid"].dataset)
         if last:
             return Status.COMPLETED, reason, history
+        if epoch == stop_at:
+            return Status.PAUSED, f"paused at epoch {epoch} (--stop_at_epoch)", history
     return Status.COMPLETED, "all epochs done", history
 
 

@@ -103,7 +103,7 @@ def wait_slurm(cells, jobs):
             for job_id in [j for j in waiting if j not in alive]:
                 cell = waiting.pop(job_id)
                 status = read_status(cell.folder).get("status")
-                ended = (Status.COMPLETED, Status.DIVERGED, Status.FAILED)
+                ended = (Status.COMPLETED, Status.PAUSED, Status.DIVERGED, Status.FAILED)
                 cell.result = Status(status) if status in ended else Status.FAILED
                 if cell.result == Status.FAILED and status != Status.FAILED:
                     write_status(cell.folder, Status.FAILED, reason=f"Slurm task {job_id} ended with status '{status}'")

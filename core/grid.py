@@ -3,6 +3,8 @@
     "hyper_search": {"learning_rate": [1e-4, 1e-3], "ps": [0.5, 0.75]}          # product: 4 cells
     "hyper_search": {"zip": {"batch_size": [32, 64], "learning_rate": [1e-3, 2e-3]}, "ps": [0.5, 0.75]}
     "hyper_search": [{"arch": ["small_cnn"], "learning_rate": [1e-3]}, {"arch": ["resnet18"], ...}]  # union
+    "hyper_search": {"method": "random", "n_samples": 20, "learning_rate": {"loguniform": [1e-4, 1e-1]}}
+                                                                      # sampled: core/sampling.py
 
 Everything is validated before anything is written: keys against core/config.py, every cell's full params.
 """
@@ -15,6 +17,7 @@ import os
 import re
 
 from core.config import KEYS, resolve, set_dotted, suggest, type_name
+from core.sampling import METHODS, SAMPLED, check_distribution, is_distribution, sample
 from utils import UserError
 
 MAX_NAME = 100
@@ -22,19 +25,62 @@ SAFE = re.compile(r"[^A-Za-z0-9._,=+-]")
 REP_SEED_STRIDE = 1000  # repetition r trains with seed + 1000 r: distinct even when the grid itself varies seed
 
 
+# keys of a block that say how to search rather than what to vary
+SETTINGS = ("method", "n_samples", "sample_seed", "schedule")
+
+
 def expand_block(block, where):
-    """One block -> list of cells, each an ordered {dotted_key: value}."""
+    """One block -> list of cells, each an ordered {dotted_key: value} (none yet for "tpe": asked as it goes)."""
+    method, n_samples, seed, space = block_settings(block, where)
+    dims = dimensions(space, method, where)
+    if method == "grid":  # each axis: list of partial cells; the block is their product
+        axes = [args if key == "zip" else [{key: v} for v in args] for key, _, args in dims]
+        return [dict(kv for part in combo for kv in part.items()) for combo in itertools.product(*axes)]
+    if method == "tpe":
+        return []
+    return sample(dims, method, n_samples, seed, where)
+
+
+def block_settings(block, where):
+    """(method, n_samples, sample_seed, the block without its settings), validated."""
     if not isinstance(block, dict) or not block:
         raise UserError(f"{where}: expected a non-empty object of KEY: [values], got {type_name(block)}")
-    axes = []  # each axis: list of partial cells; the block is their product
-    for key, values in block.items():
+    method = block.get("method", "grid")
+    if method not in METHODS:
+        raise UserError(f"{where}: unknown method {json.dumps(method)} (one of {', '.join(METHODS)})")
+    n_samples, seed = block.get("n_samples"), block.get("sample_seed", 0)
+    if method in SAMPLED and n_samples is None:
+        raise UserError(f"{where}: method '{method}' needs \"n_samples\": N, how many cells to draw")
+    if method == "grid" and n_samples is not None:
+        raise UserError(f"{where}: 'n_samples' needs a sampling method (\"method\": \"random\", \"sobol\" or "
+                        f"\"tpe\"); a grid trains every combination")
+    for name, value, low in (("n_samples", n_samples, 1), ("sample_seed", seed, 0)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
+            raise UserError(f"{where}: '{name}' must be an integer >= {low}, got {json.dumps(value)}")
+    space = {k: v for k, v in block.items() if k not in SETTINGS}
+    if not space:
+        raise UserError(f"{where}: no key to vary besides {', '.join(k for k in block if k in SETTINGS)}")
+    return method, n_samples, seed, space
+
+
+def dimensions(space, method, where):
+    """[(key, kind, values or bounds)]: a list is a choice; a 'zip' axis is one choice among its rows."""
+    dims = []
+    for key, value in space.items():
         if key == "zip":
-            axes.append(zip_axis(values, where))
+            dims.append(("zip", "choice", zip_axis(value, where)))
+            continue
+        check_key(key, where)
+        if is_distribution(value):
+            kind, args = check_distribution(key, value, where)
+            if method == "grid" and kind != "choice":
+                raise UserError(f"{where}: key '{key}' is a '{kind}' distribution, which a grid cannot enumerate "
+                                f"(sample it with \"method\": \"random\", \"sobol\" or \"tpe\", and \"n_samples\")")
+            dims.append((key, kind, args))
         else:
-            check_key(key, where)
-            check_values(key, values, where)
-            axes.append([{key: v} for v in values])
-    return [dict(kv for part in combo for kv in part.items()) for combo in itertools.product(*axes)]
+            check_values(key, value, where)
+            dims.append((key, "choice", value))
+    return dims
 
 
 def zip_axis(group, where):
@@ -43,6 +89,9 @@ def zip_axis(group, where):
     lengths = {}
     for key, values in group.items():
         check_key(key, where)
+        if is_distribution(values):
+            raise UserError(f"{where}: 'zip' walks lists in lock-step; key '{key}' is a distribution (move it out "
+                            f"of the zip)")
         check_values(key, values, where)
         lengths[key] = len(values)
     if len(set(lengths.values())) > 1:

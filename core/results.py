@@ -8,7 +8,7 @@ import json
 import os
 import statistics
 
-from core.config import hyperparams, resolve
+from core.config import KEYS, hyperparams, resolve
 from core.record import provenance
 from core.run import HISTORY, STATUS, Status, metrics_file
 from model.metrics import METRICS
@@ -109,7 +109,8 @@ def group_row(group, keys, metrics, metric):
     row = {"folder": first["folder"] if len(group) == 1 else common_name([r["folder"] for r in group]),
            "values": {k: first["params"].get(k) for k in keys},
            "status": statuses[0] if len(statuses) == 1 else "/".join(statuses),
-           "n": len(group), "note": "; ".join(r["note"] for r in group if r["note"]),
+           "n": len(group), "epochs": max(r["epoch"] or 0 for r in group),
+           "note": "; ".join(r["note"] for r in group if r["note"]),
            "code": ", ".join(sorted({r["code"] for r in group if r["code"]})),
            "stats": {}}
     for source, name in metrics:
@@ -138,3 +139,15 @@ def metric_names(runs, source):
     for r in runs:
         names += [k for k, v in r[source].items() if k != "epoch" and isinstance(v, (int, float)) and k not in names]
     return names
+
+
+def budget_of(runs):
+    """(epochs trained, epochs if every run trained to its num_epochs) over gathered runs."""
+    default = KEYS["num_epochs"].default
+    return sum(r["epoch"] or 0 for r in runs), sum(r["params"].get("num_epochs", default) for r in runs)
+
+
+def budget_line(trained, full):
+    """What a search has spent against its full grid: successive halving's point."""
+    share = f" ({100 * trained / full:.0f} %)" if full else ""
+    return f"budget: {trained} epochs trained of the {full} that training every cell to the end costs{share}"

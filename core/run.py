@@ -34,21 +34,29 @@ class Status(enum.StrEnum):
     COMPLETED = "completed"  # all epochs, or early stopping: a rerun leaves it alone
     DIVERGED = "diverged"  # a non-finite loss
     INTERRUPTED = "interrupted"  # Ctrl-C, SIGTERM, a scheduler's requeue: resumable
+    PAUSED = "paused"  # stopped at --stop_at_epoch (a successive-halving rung): resumable, waiting for promotion
+    PRUNED = "pruned"  # a paused cell its search chose not to promote (a rerun with more budget may still)
     FAILED = "failed"  # anything else (an exception, a kill)
 
-    @classmethod
-    def from_exit_code(cls, code):
-        """The status train.py records before exiting with `code`; None for a code it never exits with itself."""
+    def exited_with(self, code):
+        """Whether `code` is the exit code train.py ends with after recording this status itself (a failure has
+        none: the search adds the exit code and the log's tail to its record)."""
         if code == -signal.SIGINT:  # killed by Ctrl-C before Python could turn it into exit code 130
-            return cls.INTERRUPTED
-        return next((status for status in cls if EXIT_CODES.get(status) == code), None)
+            return self == Status.INTERRUPTED
+        return EXIT_CODES.get(self) == code
 
     @property
     def exit_code(self):
         return EXIT_CODES.get(self, 1)
 
+    @property
+    def resumable(self):
+        """A run that stopped with its checkpoint intact and can go on with --restore_file last."""
+        return self in (Status.RUNNING, Status.INTERRUPTED, Status.PAUSED, Status.PRUNED)
 
-EXIT_CODES = {Status.COMPLETED: 0, Status.DIVERGED: 1, Status.INTERRUPTED: 130}  # what train.py exits with
+
+# what train.py exits with; a pause is a normal end of the command (it did what --stop_at_epoch asked)
+EXIT_CODES = {Status.COMPLETED: 0, Status.PAUSED: 0, Status.DIVERGED: 1, Status.INTERRUPTED: 130}
 
 
 def checkpoint_path(model_dir, which="last"):

@@ -28,6 +28,7 @@ TRAIN = os.path.join(ROOT, "train.py")
 
 # what a cell's folder says about it -> what the search does with it
 TODO = ("new", "resume")
+OK = (Status.COMPLETED, Status.PAUSED, "locked")  # job results that are not failures
 
 
 @dataclass
@@ -36,7 +37,25 @@ class Cell:
     folder: str
     params: dict
     state: str = "new"  # new, resume, done, failed, locked, mismatch
-    result: str = ""  # after running: completed, failed, diverged, interrupted, locked
+    result: str = ""  # after running: completed, paused, failed, diverged, interrupted, locked
+    stop_at: int | None = None  # successive halving: the rung (epoch) this job trains to
+
+
+class Queue:
+    """The job source of a plain search: every cell once, in plan order (core/asha.py's Asha is the other)."""
+
+    def __init__(self, cells):
+        self.cells, self.pending = list(cells), deque(cells)
+        self.planned = len(self.cells)  # jobs expected, for the progress bar
+
+    def next_job(self, busy):
+        return self.pending.popleft() if self.pending else None
+
+    def refresh(self, cell):
+        pass
+
+    def not_started(self):
+        return list(self.pending)
 
 
 def cell_state(folder, params):
@@ -86,15 +105,13 @@ def queue_snapshot():
     return squeue_ids() or frozenset()
 
 
-def estimate_hours(cells, todo):
-    """Compute hours for the cells still to run: finished cells' mean epoch time x epochs left. None if unmeasured."""
-    times = [r.get("epoch_s", r.get("time_s")) for c in cells if c.state == "done" for r in load_history(c.folder)]
+def estimate_hours(cells, epochs):
+    """Compute hours for `epochs` still to train: the mean measured epoch time of every cell with a history x
+    epochs. None if nothing is measured yet."""
+    times = [r.get("epoch_s", r.get("time_s")) for c in cells for r in load_history(c.folder)]
     times = [t for t in times if isinstance(t, (int, float))]
     if not times:
-        return None, "no finished cell to measure an epoch yet"
-    default_epochs = KEYS["num_epochs"].default
-    epochs = sum(max(0, c.params.get("num_epochs", default_epochs) - read_status(c.folder).get("epoch", 0))
-                 for c in todo)
+        return None, "no trained epoch to measure yet"
     mean = statistics.fmean(times)
     return mean * epochs / 3600, f"mean epoch {mean:.1f} s over {len(times)} measured epochs, {epochs} epochs to run"
 
@@ -103,6 +120,8 @@ def train_command(cell, data_dir):
     cmd = [sys.executable, TRAIN, "--model_dir", cell.folder, "--data_dir", os.path.abspath(data_dir)]
     if os.path.exists(checkpoint_path(cell.folder)):
         cmd += ["--restore_file", "last"]
+    if cell.stop_at and cell.stop_at < cell.params.get("num_epochs", KEYS["num_epochs"].default):
+        cmd += ["--stop_at_epoch", str(cell.stop_at)]
     return cmd
 
 
@@ -192,8 +211,8 @@ def collect(cell, returncode):
         return "locked"
     # the exit code decides, the status confirms: a stale status from an earlier session must not
     status = read_status(cell.folder).get("status")
-    if status is not None and Status.from_exit_code(returncode) == status:
-        return status
+    if status in set(Status) and Status(status).exited_with(returncode):
+        return Status(status)
     tail = log_tail(cell.folder)
     reason = tail[-1] if tail else f"exit code {returncode}"
     write_status(cell.folder, Status.FAILED, reason=reason, exit_code=returncode, log_tail=tail)
@@ -204,15 +223,23 @@ class Progress:
     """A bar over cells (a line per finished cell where there is no terminal), shared by every launcher."""
 
     def __init__(self, total):
-        self.total, self.done, self.failed = total, 0, 0
+        self.total, self.done, self.failed, self.jobs = total, 0, 0, 0
         self.bar = tqdm(total=total, desc="cells", unit="cell", dynamic_ncols=True, disable=None)
 
     def update(self, running):
         self.bar.set_postfix(running=running, failed=self.failed)
 
+    def started(self, running):
+        """A job began; successive halving hands out more jobs than it planned when promotions come early."""
+        self.jobs += 1
+        if self.jobs > self.bar.total:
+            self.total = self.bar.total = self.jobs
+            self.bar.refresh()
+        self.update(running)
+
     def finished(self, cell, running):
         self.done += 1
-        self.failed += cell.result not in (Status.COMPLETED, "locked")
+        self.failed += cell.result not in OK
         self.bar.update()
         self.update(running)
         tqdm.write(f"[{self.done}/{self.total}] {cell.name}: {cell.result}")
@@ -221,19 +248,20 @@ class Progress:
         self.bar.close()
 
 
-def run_pool(cells, data_dir, workers, gpus, fail_fast, warm=True):
-    """Train `cells` with at most `workers` at a time; the next starts as soon as one ends."""
-    pending, running, free = deque(cells), {}, list(range(workers))
+def run_pool(source, data_dir, workers, gpus, fail_fast, warm=True):
+    """Train the jobs `source` hands out (see Queue) with at most `workers` at a time; the next starts as soon as
+    one ends. `source.next_job(busy)` may depend on the results so far (successive halving)."""
+    running, free = {}, list(range(workers))
+    cells = source.cells
     threads = None if gpus else max(1, len(os.sched_getaffinity(0)) // workers)  # split our cores, not oversubscribe
-    progress, stop, launcher = Progress(len(cells)), False, None
+    progress, stop, launcher = Progress(source.planned), False, None
     try:
         # the server imports with the cells' thread settings, so libraries that size their pools then agree too
         # the default arch (model/net.py's own) needs no torchvision: its import would cost every search ~1 s
         torchvision = any(c.params.get("arch", KEYS["arch"].default) != KEYS["arch"].default for c in cells)
         launcher = Launcher(warm and bool(cells), cell_env(threads=threads), torchvision)
-        while pending or running:
-            while pending and free and not stop:
-                cell = pending.popleft()
+        while True:
+            while free and not stop and (cell := source.next_job({c.name for c, _ in running.values()})):
                 if is_locked(cell.folder):
                     cell.result = "locked"
                     progress.finished(cell, len(running))
@@ -241,12 +269,15 @@ def run_pool(cells, data_dir, workers, gpus, fail_fast, warm=True):
                 slot = free.pop(0)
                 env = cell_env(gpus[slot % len(gpus)] if gpus else None, threads)
                 running[launcher.start(cell, data_dir, env)] = (cell, slot)
-                progress.update(len(running))
+                progress.started(len(running))
+            if not running:
+                break
             launcher.sleep(0.2)
             for proc in [p for p in running if p.poll() is not None]:
                 cell, slot = running.pop(proc)
                 free.append(slot)
                 cell.result = collect(cell, proc.returncode)
+                source.refresh(cell)
                 progress.finished(cell, len(running))
                 if progress.failed and fail_fast and not stop:
                     stop = True
@@ -262,6 +293,6 @@ def run_pool(cells, data_dir, workers, gpus, fail_fast, warm=True):
         progress.close()
         if launcher:
             launcher.close()
-    for cell in pending:
+    for cell in source.not_started():
         cell.result = "not started"
     return progress.failed

@@ -1,0 +1,193 @@
+"""Successive halving: rung decisions on hand-made folders, then real searches (promotion, pause/resume identity,
+SIGKILL mid-rung, a failed cell), and bad schedules."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import FAST_PARAMS, ROOT, read
+from core.asha import Asha, Schedule
+from core.run import read_status
+from core.search import Cell
+from test_search import TINY, make_parent, mtimes, search
+
+ASHA = {"type": "asha", "min_epochs": 1, "reduction_factor": 2}
+LRS = [0.0005, 0.002, 0.005, 0.01]
+
+
+def fake_cell(parent, name, status="", epochs=0, values=()):
+    folder = os.path.join(parent, name)
+    os.makedirs(folder)
+    if status:
+        json.dump({"status": status, "epoch": epochs}, open(os.path.join(folder, "status.json"), "w"))
+    rows = [{"epoch": e, "val": {"accuracy": v}} for e, v in enumerate(values, 1)]
+    json.dump({"epochs": rows}, open(os.path.join(folder, "history.json"), "w"))
+    return Cell(name, folder, {"num_epochs": 9})
+
+
+def test_decisions_finish_half_done_rungs_then_promote_then_start_new_cells(tmp_path):
+    p = str(tmp_path)
+    cells = [fake_cell(p, "killed", "running", 2, [0.95, 0.96]),  # killed on its way to rung 3
+             fake_cell(p, "b", "paused", 1, [0.9]), fake_cell(p, "c", "paused", 1, [0.5]),
+             fake_cell(p, "d", "paused", 1, [0.4]), fake_cell(p, "new"),
+             fake_cell(p, "done", "completed", 9, [0.3] * 9), fake_cell(p, "failed", "failed", 1, [0.99])]
+    asha = Asha(cells, Schedule(1, 3, "accuracy", "max", 9))
+    assert asha.rungs == [1, 3, 9]
+    job = asha.next_job(busy=set())
+    assert (job.name, job.stop_at) == ("killed", 3)  # nothing it trained is thrown away
+    # at rung 1: killed 0.95, b 0.9, c, d, done (failed cells do not count): top 5 // 3 = 1 is 'killed', not paused
+    job = asha.next_job(busy={"killed"})
+    assert (job.name, job.stop_at) == ("new", 1)
+    assert asha.next_job(busy={"killed", "new"}) is None  # wait for results rather than promote blindly
+    cells.append(fake_cell(p, "e", "paused", 1, [0.2]))
+    asha = Asha(cells, Schedule(1, 3, "accuracy", "max", 9))
+    job = asha.next_job(busy={"killed", "new"})
+    assert (job.name, job.stop_at) == ("b", 3)  # 6 reported at rung 1: the top 2 go on
+    asha.prune_rest()
+    assert read_status(cells[2].folder)["status"] == "pruned" and read_status(cells[0].folder)["status"] == "running"
+
+
+def test_promote_n_trains_the_best_cells_to_the_end(tmp_path):
+    p = str(tmp_path)
+    cells = [fake_cell(p, n, "pruned", 1, [v]) for n, v in (("a", 0.1), ("b", 0.8), ("c", 0.7))]
+    asha = Asha(cells, Schedule(1, 3, "accuracy", "max", 9), promote=2)
+    first = asha.next_job(set())
+    second = asha.next_job({first.name})
+    assert [(j.name, j.stop_at) for j in (first, second)] == [("b", 9), ("c", 9)]
+
+
+def scheduled_parent(tmp_path, lrs=LRS, schedule=ASHA, **extra):
+    return make_parent(tmp_path, {"learning_rate": lrs, "schedule": schedule}, **{"num_epochs": 3, **extra})
+
+
+def epochs_of(cell):
+    return [r["epoch"] for r in read(os.path.join(cell, "history.json"))["epochs"]]
+
+
+def model_weights(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+@pytest.mark.slow
+def test_asha_promotes_the_best_cells_in_place_and_a_rerun_retrains_nothing(tmp_path, digits_dir):
+    parent = scheduled_parent(tmp_path)
+    proc = search(parent, digits_dir, "--workers", "2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cells = {lr: os.path.join(parent, f"learning_rate_{lr}") for lr in LRS}
+    at_rung = {lr: read(os.path.join(c, "history.json"))["epochs"][0]["val"]["accuracy"] for lr, c in cells.items()}
+    status = {lr: read_status(c)["status"] for lr, c in cells.items()}
+    best_two = sorted(LRS, key=lambda lr: (-at_rung[lr], LRS.index(lr)))[:2]
+    assert all(status[lr] == "completed" and epochs_of(cells[lr]) == [1, 2, 3] for lr in best_two)
+    for lr in LRS:  # the others were paused at rung 1 and left there
+        assert status[lr] == "completed" or (status[lr] == "pruned" and epochs_of(cells[lr]) == [1])
+    assert "pruned" in status.values() and "budget:" in proc.stdout
+    header = open(os.path.join(parent, "results.md")).readline()
+    assert "| epochs " in header and "| rung " in header
+    assert os.path.getsize(os.path.join(parent, "rungs.png")) > 5000
+
+    promoted = cells[best_two[0]]  # paused at epoch 1, resumed in place: the run that never paused
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "params.json").write_text(open(os.path.join(promoted, "params.json")).read())
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # the thread count the cells ran with
+    subprocess.run([sys.executable, "train.py", "--model_dir", str(fresh), "--data_dir", digits_dir], cwd=ROOT,
+                   env=env, check=True, capture_output=True)
+    a, b = model_weights(os.path.join(promoted, "last.pth.tar")), model_weights(fresh / "last.pth.tar")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert "paused at epoch 1" in open(os.path.join(promoted, "train.log")).read()
+
+    before = mtimes(parent)
+    again = search(parent, digits_dir, "--workers", "2")
+    assert again.returncode == 0 and mtimes(parent) == before
+    dry = search(parent, digits_dir, "--dry_run").stdout
+    assert "pruned at epoch 1" in dry and "rungs at epochs 1, 3" in dry
+
+    finish = search(parent, digits_dir, "--workers", "2", "--promote", "4")
+    assert finish.returncode == 0
+    assert all(read_status(c)["status"] == "completed" and epochs_of(c) == [1, 2, 3] for c in cells.values())
+
+
+@pytest.mark.slow
+def test_sigkill_mid_rung_then_rerun_loses_and_retrains_nothing(tmp_path, digits_dir):
+    parent = scheduled_parent(tmp_path, lrs=[0.002, 0.005, 0.01], num_epochs=4,
+                              schedule={**ASHA, "min_epochs": 2})
+    cmd = [sys.executable, "search_hyperparams.py", "--parent_dir", parent, "--data_dir", digits_dir]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = os.path.join(parent, "learning_rate_0.002")
+    deadline = time.time() + 240
+    while read_status(first).get("epoch", 0) < 1:  # epoch 1 committed, rung 2 not reached
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(1)  # the cell dies with the search (PDEATHSIG)
+    assert read_status(first)["status"] == "running"
+
+    rerun = search(parent, digits_dir)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "resuming at epoch 2" in open(os.path.join(first, "train.log")).read()
+    statuses = []
+    for name in ("learning_rate_0.002", "learning_rate_0.005", "learning_rate_0.01"):
+        cell = os.path.join(parent, name)
+        trained = epochs_of(cell)
+        assert trained in ([1, 2], [1, 2, 3, 4])
+        log = open(os.path.join(cell, "train.log")).read()
+        assert all(log.count(f"epoch {e}/4  train:") == 1 for e in trained)  # every epoch exactly once
+        statuses.append(read_status(cell)["status"])
+    assert "completed" in statuses and set(statuses) <= {"completed", "pruned"}
+
+
+@pytest.mark.slow
+def test_a_failed_cell_inside_a_rung_leaves_the_others_to_the_schedule(tmp_path, digits_dir):
+    parent = make_parent(tmp_path, [{"learning_rate": [0.002, 0.005], "schedule": ASHA}, {"arch": ["resnet_nope"]}],
+                         num_epochs=2)
+    proc = search(parent, digits_dir, "--workers", "2")
+    assert proc.returncode == 1
+    assert read_status(os.path.join(parent, "arch_resnet_nope"))["status"] == "failed"
+    statuses = sorted(read_status(os.path.join(parent, f"learning_rate_{lr}"))["status"] for lr in (0.002, 0.005))
+    assert statuses == ["completed", "pruned"]  # of the 2 that reported at rung 1, the top half went on
+    assert "skip (failed" in search(parent, digits_dir, "--dry_run").stdout
+
+
+@pytest.mark.parametrize("schedule, message", [
+    ({**ASHA, "min_epochs": 5}, "'min_epochs' 5 is more than num_epochs 3"),
+    ({**ASHA, "type": "hyperband"}, "unknown type \"hyperband\""),
+    ({**ASHA, "reduction_factor": 1}, "'reduction_factor' must be an integer >= 2"),
+    ({**ASHA, "metric": "loss", "mode": "max"}, "'mode' max contradicts metric 'loss'"),
+    ({**ASHA, "metric": "acc"}, "unknown metric \"acc\""),
+    ({**ASHA, "rungs": [1, 2]}, "unknown key 'rungs'"),
+])
+def test_bad_schedules_are_one_line_errors_with_nothing_written(tmp_path, digits_dir, schedule, message):
+    parent = scheduled_parent(tmp_path, schedule=schedule)
+    proc = search(parent, digits_dir)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and os.listdir(parent) == ["params.json"]
+
+
+def test_schedule_needs_one_num_epochs_and_promote_needs_a_schedule(tmp_path, digits_dir):
+    varied = make_parent(tmp_path, {"num_epochs": [2, 3], "schedule": ASHA})
+    assert "the same num_epochs" in search(varied, digits_dir).stderr
+    plain = os.path.join(str(tmp_path), "plain")
+    os.makedirs(plain)
+    json.dump({**TINY, "hyper_search": {"ps": [0.1]}}, open(os.path.join(plain, "params.json"), "w"))
+    proc = search(plain, digits_dir, "--promote", "2")
+    assert proc.returncode == 2 and "--promote" in proc.stderr and os.listdir(plain) == ["params.json"]
+
+
+def test_stop_at_epoch_pauses_and_a_resume_goes_on(make_experiment, digits_dir):
+    from conftest import run_train
+
+    folder = make_experiment(num_epochs=2)
+    assert run_train(folder, digits_dir, "--stop_at_epoch", "1") == 0
+    assert read_status(folder)["status"] == "paused" and epochs_of(folder) == [1]
+    assert run_train(folder, digits_dir, "--restore_file", "last", "--stop_at_epoch", "1") == 0  # nothing to do
+    assert epochs_of(folder) == [1]
+    assert run_train(folder, digits_dir, "--restore_file", "last") == 0
+    assert read_status(folder)["status"] == "completed" and epochs_of(folder) == [1, 2]
+    assert FAST_PARAMS["num_epochs"] == 2
