@@ -14,15 +14,14 @@ import sys
 from tabulate import tabulate
 
 from core import cluster
-from core.asha import Asha, find_schedule, parse_schedule
+from core.asha import Asha
 from core.config import KEYS
-from core.grid import child_path, plan
 from core.results import budget_line
 from core.run import Status, read_status
-from core.search import OK, TODO, Cell, Queue, cell_state, estimate_hours, prepare, run_pool, train_command
+from core.search import OK, TODO, Queue, cell_state, estimate_hours, load_search, prepare, run_pool, train_command
 from core.smoke import smoke_cells
 from data.build_dataset import DEFAULT_DST, ensure_data
-from utils import UserError, read_json, run_cli
+from utils import UserError, run_cli
 
 ACTIONS = {
     "new": "run",
@@ -79,22 +78,25 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    cells, schedule = load_cells(args.parent_dir)
+    cells, schedule, sampler = load_search(args.parent_dir)
     for cell in cells:
         cell.state = cell_state(cell.folder, cell.params)
     todo = [c for c in cells if c.state in TODO or (args.retry_failed and c.state == "failed")]
     if args.promote and not schedule:
         raise UserError("--promote: only for a search with a successive-halving \"schedule\"")
     # successive halving decides which cell trains how far as results come in; a plain search trains `todo`
-    source = Asha(cells, schedule, args.retry_failed, args.promote) if schedule else Queue(todo)
+    if schedule:
+        source = Asha(cells, schedule, args.retry_failed, args.promote, sampler)
+    else:
+        source = Queue(cells, todo, sampler)
 
     if args.dry_run:
         check_presets(cells)
         print_plan(cells, todo, args, source)
         return 0
-    if args.print_commands and schedule:
-        raise UserError("--print_commands: a successive-halving search decides each cell's next rung as results "
-                        "come in; run it with a launcher (local, slurm or ray)")
+    if args.print_commands and (schedule or sampler):
+        raise UserError("--print_commands: this search decides its next cells (or rungs) as results come in; run "
+                        "it with a launcher (local, slurm or ray)")
     if args.print_commands:
         for cell in todo:
             prepare(cell)
@@ -108,9 +110,9 @@ def main(argv=None):
     if args.smoke and smoke_cells(todo, args.data_dir):
         print("smoke test failed: nothing trained; fix the cells above and rerun")
         return 1
-    print(f"{len(todo)} of {len(cells)} cells to train ({args.launcher})" if not schedule else
-          f"{len(cells)} cells, {schedule.describe(len(cells))}")
+    print(plan_line(cells, todo, schedule, sampler, args.launcher))
     failed = launch_cells(source, args)
+    cells += source.added  # method "tpe": the cells proposed while it ran
     if args.launcher == "slurm" and args.no_wait:
         return 0
     if schedule and not (failed and args.fail_fast):
@@ -127,8 +129,10 @@ def launch_cells(source, args):
         gpus = parse_gpus(args.gpus)
         return run_pool(source, args.data_dir, args.workers or max(1, len(gpus)), gpus, args.fail_fast,
                         warm=not args.cold)
+    # TPE learns from finished cells: waves of array_parallelism, not every proposal at once
+    limit = args.array_parallelism if getattr(source, "sampler", None) else float("inf")
     failed = 0
-    while wave := ready_jobs(source):
+    while wave := ready_jobs(source, limit):
         if args.launcher == "slurm":
             failed += cluster.run_slurm(wave, args.data_dir, args.parent_dir, args)
         else:
@@ -140,11 +144,21 @@ def launch_cells(source, args):
     return failed
 
 
-def ready_jobs(source):
+def ready_jobs(source, limit):
+    """Every job that can start now, at most `limit`."""
     jobs = []
-    while cell := source.next_job({c.name for c in jobs}):
+    while len(jobs) < limit and (cell := source.next_job({c.name for c in jobs})):
         jobs.append(cell)
     return jobs
+
+
+def plan_line(cells, todo, schedule, sampler, launcher):
+    n = max(len(cells), sampler.n_samples) if sampler else len(cells)
+    line = f"{len(todo)} of {len(cells)} cells to train ({launcher})" if not schedule else \
+        f"{n} cells, {schedule.describe(n)}"
+    if sampler:
+        line += f"\ntpe: {len(cells)} of {sampler.n_samples} cells exist; Optuna proposes the rest as results come in"
+    return line
 
 
 def parse_gpus(text):
@@ -152,21 +166,6 @@ def parse_gpus(text):
         return [int(g) for g in text.split(",") if g.strip()]
     except ValueError:
         raise UserError(f"--gpus {text}: expected comma-separated integers, e.g. 0,1") from None
-
-
-def load_cells(parent_dir):
-    path = os.path.join(parent_dir, "params.json")
-    if not os.path.isdir(parent_dir):
-        raise UserError(f"--parent_dir {parent_dir}: not a folder")
-    params = read_json(path)
-    if not isinstance(params, dict) or "hyper_search" not in params:
-        raise UserError(f"{path}: no 'hyper_search' block (e.g. \"hyper_search\": {{\"learning_rate\": [1e-3, 1e-2]}})")
-    # absolute paths: children run from the repository root, Ray and Slurm tasks from wherever they land
-    parent = os.path.abspath(parent_dir)
-    planned = plan(params, path)
-    spec = find_schedule(params["hyper_search"], path)
-    schedule = parse_schedule(spec, [child for _, child in planned], path) if spec else None
-    return [Cell(name, child_path(parent, name), child) for name, child in planned], schedule
 
 
 def check_presets(cells):
@@ -183,16 +182,19 @@ def check_presets(cells):
 
 def print_plan(cells, todo, args, source):
     rows = [[c.name, action(c, todo, source)] for c in cells]
-    print(tabulate(rows, headers=["cell folder", "action"], tablefmt="github"))
-    counts = {a: sum(r[1] == a for r in rows) for a in dict.fromkeys(r[1] for r in rows)}
-    print(f"{len(cells)} cells: " + ", ".join(f"{n} {a}" for a, n in counts.items()))
-    if isinstance(source, Asha):
-        print(source.schedule.describe(len(cells)))
-        print(budget_line(*search_budget(cells)))
-        epochs = max(0, source.schedule.planned_epochs(len(cells)) - source.epochs_trained())
+    if rows:
+        print(tabulate(rows, headers=["cell folder", "action"], tablefmt="github"))
+        counts = {a: sum(r[1] == a for r in rows) for a in dict.fromkeys(r[1] for r in rows)}
+        print(f"{len(cells)} cells: " + ", ".join(f"{n} {a}" for a, n in counts.items()))
+    schedule, sampler, default = getattr(source, "schedule", None), source.sampler, KEYS["num_epochs"].default
+    print(plan_line(cells, todo, schedule, sampler, args.launcher))
+    unproposed = max(0, sampler.n_samples - len(cells)) if sampler else 0
+    if schedule:
+        print(budget_line(*search_budget(cells, sampler)))
+        epochs = max(0, schedule.planned_epochs(len(cells) + unproposed) - source.epochs_trained())
     else:
-        default = KEYS["num_epochs"].default
         epochs = sum(max(0, c.params.get("num_epochs", default) - read_status(c.folder).get("epoch", 0)) for c in todo)
+        epochs += unproposed * (sampler.base.get("num_epochs", default) if sampler else 0)
     hours, basis = estimate_hours(cells, epochs)
     per_cell = max(1, args.gpus_per_cell) if args.launcher != "local" else 1
     unit = "GPU" if args.gpus_per_cell or args.gpus else "CPU-worker"
@@ -216,11 +218,12 @@ def action(cell, todo, source):
     return f"resume to epoch {min(r for r in rungs if r > p.epochs)}"
 
 
-def search_budget(cells):
-    """(epochs trained so far, epochs of every cell trained to the end)."""
+def search_budget(cells, sampler):
+    """(epochs trained so far, epochs of every cell trained to the end, those TPE is still to propose included)."""
     default = KEYS["num_epochs"].default
+    unproposed = max(0, sampler.n_samples - len(cells)) * sampler.base.get("num_epochs", default) if sampler else 0
     return (sum(read_status(c.folder).get("epoch", 0) or 0 for c in cells),
-            sum(c.params.get("num_epochs", default) for c in cells))
+            sum(c.params.get("num_epochs", default) for c in cells) + unproposed)
 
 
 def report_skipped(cells, todo):
@@ -238,7 +241,7 @@ def print_summary(cells):
           + f"{len(failed)} not completed")
     for c in failed:
         print(f"  {c.result}: {os.path.join(c.folder, 'train.log')}")
-    print(budget_line(*search_budget(cells)))
+    print(budget_line(*search_budget(cells, None)))
 
 
 def summarize(parent_dir):

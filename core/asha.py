@@ -147,14 +147,16 @@ def read_progress(folder, metric):
 class Asha:
     """The job source of a scheduled search: next_job() says which cell to train to which epoch."""
 
-    def __init__(self, cells, schedule, retry_failed=False, promote=0):
+    def __init__(self, cells, schedule, retry_failed=False, promote=0, sampler=None):
         self.schedule, self.rungs = schedule, schedule.rungs
         # done cells are ranked but never trained; mismatched and locked ones are none of ours
         self.cells = [c for c in cells if c.state not in ("mismatch", "locked")]
-        self.retry = retry_failed
+        self.retry, self.promote, self.sampler, self.added = retry_failed, promote, sampler, []
         self.progress = {c.name: read_progress(c.folder, schedule.metric) for c in self.cells}
-        self.promote = promote
-        self.planned = sum(schedule.survivors(len(self.cells)))  # jobs, for the progress bar
+        total = max(len(self.cells), sampler.n_samples if sampler else 0)
+        can_grow = bool(sampler) and len(self.cells) < sampler.n_samples
+        # jobs expected, for the progress bar; none when every cell is finished (no cell server to start)
+        self.planned = sum(schedule.survivors(total)) if can_grow or any(map(self.trainable, self.cells)) else 0
 
     def not_started(self):
         return []  # every cell left is paused or pruned, and says so itself
@@ -219,6 +221,12 @@ class Asha:
         for cell in free:
             if self.progress[cell.name].epochs == 0:
                 return self.job(cell, self.rungs[0])
+        cell = self.sampler.propose(self.cells) if self.sampler else None  # method "tpe": a new cell on demand
+        if cell:
+            self.cells.append(cell)
+            self.added.append(cell)
+            self.progress[cell.name] = CellProgress(values={})
+            return self.job(cell, self.rungs[0])
         return None
 
     def job(self, cell, epoch):

@@ -36,9 +36,29 @@ def expand_block(block, where):
     if method == "grid":  # each axis: list of partial cells; the block is their product
         axes = [args if key == "zip" else [{key: v} for v in args] for key, _, args in dims]
         return [dict(kv for part in combo for kv in part.items()) for combo in itertools.product(*axes)]
-    if method == "tpe":
+    if method == "tpe":  # core/tpe.py asks Optuna for each cell as results come in
+        if "zip" in space:
+            raise UserError(f"{where}: method 'tpe' samples each key on its own; 'zip' needs method grid, random "
+                            f"or sobol")
         return []
     return sample(dims, method, n_samples, seed, where)
+
+
+def tpe_block(hyper_search, where):
+    """(dims, n_samples, sample_seed) of a search whose method is "tpe", else None."""
+    blocks = hyper_search if isinstance(hyper_search, list) else [hyper_search]
+    if not any(isinstance(b, dict) and b.get("method") == "tpe" for b in blocks):
+        return None
+    if len(blocks) > 1:
+        raise UserError(f"{where}: method 'tpe' models one search space: use a single hyper_search block")
+    method, n_samples, seed, space = block_settings(blocks[0], where)
+    return dimensions(space, method, where), n_samples, seed
+
+
+def corners(dims):
+    """Cells that take every choice and both bounds of every range once: what validating a space needs."""
+    first = {key: args[0] for key, _, args in dims}
+    return [{**first, key: value} for key, _, args in dims for value in args]
 
 
 def block_settings(block, where):
@@ -162,18 +182,34 @@ def child_path(parent, name):
     return path
 
 
+def base_params(parent_params):
+    """What every cell shares: the parent's params without the search-only keys."""
+    return {k: v for k, v in parent_params.items() if k not in KEYS or KEYS[k].hyperparam}
+
+
+def child_params(base, cell):
+    child = copy.deepcopy(base)
+    for key, value in cell.items():
+        set_dotted(child, key, copy.deepcopy(value))
+    return child
+
+
 def plan(parent_params, where):
     """[(folder name, child params dict)] for every cell and repetition, each validated as train.py would."""
-    base = {k: v for k, v in parent_params.items() if k not in KEYS or KEYS[k].hyperparam}
+    base = base_params(parent_params)
     reps = parent_params.get("n_repetitions", 1)
     resolve(dict(base, n_repetitions=reps), where)  # the parent's own keys first: clearer errors
     cells = expand(parent_params["hyper_search"], where)
+    tpe = tpe_block(parent_params["hyper_search"], where)
+    if tpe and reps > 1:
+        raise UserError(f"{where}: method 'tpe' learns from each cell's own result; n_repetitions needs method "
+                        f"grid, random or sobol")
+    for cell in corners(tpe[0]) if tpe else []:  # the cells Optuna will propose lie between these
+        resolve(child_params(base, cell), f"{where}: hyper_search value {json.dumps(cell)}")
     out = []
     for cell in cells:
         for rep in range(reps):
-            child = copy.deepcopy(base)
-            for key, value in cell.items():
-                set_dotted(child, key, copy.deepcopy(value))
+            child = child_params(base, cell)
             if reps > 1:
                 child["seed"] = child.get("seed", KEYS["seed"].default) + REP_SEED_STRIDE * rep
             resolve(child, f"{where}: cell {json.dumps(cell)}")

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from core.config import KEYS
+from core.asha import find_schedule, parse_schedule
+from core.config import KEYS, resolve
 from core.forkserver import ForkServer, ServerGone
+from core.grid import base_params, child_path, plan, tpe_block
 from core.results import load_history
 from core.run import LOG, Status, checkpoint_path, is_locked, read_status, write_status
 from utils import FolderBusy, UserError, die_with_parent, read_json, write_json
@@ -42,20 +44,53 @@ class Cell:
 
 
 class Queue:
-    """The job source of a plain search: every cell once, in plan order (core/asha.py's Asha is the other)."""
+    """The job source of a plain search: every cell of `todo` once, in plan order, then (method "tpe") the cells
+    `sampler` proposes. core/asha.py's Asha is the other source."""
 
-    def __init__(self, cells):
-        self.cells, self.pending = list(cells), deque(cells)
-        self.planned = len(self.cells)  # jobs expected, for the progress bar
+    def __init__(self, cells, todo, sampler=None):
+        self.cells, self.pending, self.sampler, self.added = list(cells), deque(todo), sampler, []
+        self.planned = len(todo) + (max(0, sampler.n_samples - len(cells)) if sampler else 0)  # jobs expected
 
     def next_job(self, busy):
-        return self.pending.popleft() if self.pending else None
+        if self.pending:
+            return self.pending.popleft()
+        cell = self.sampler.propose(self.cells) if self.sampler else None
+        if cell:
+            self.cells.append(cell)
+            self.added.append(cell)
+        return cell
 
     def refresh(self, cell):
         pass
 
     def not_started(self):
         return list(self.pending)
+
+
+def load_search(parent_dir):
+    """PARENT_DIR/params.json -> (cells, successive-halving Schedule or None, Tpe sampler or None), validated."""
+    path = os.path.join(parent_dir, "params.json")
+    if not os.path.isdir(parent_dir):
+        raise UserError(f"--parent_dir {parent_dir}: not a folder")
+    params = read_json(path)
+    if not isinstance(params, dict) or "hyper_search" not in params:
+        raise UserError(f"{path}: no 'hyper_search' block (e.g. \"hyper_search\": {{\"learning_rate\": [1e-3, 1e-2]}})")
+    # absolute paths: children run from the repository root, Ray and Slurm tasks from wherever they land
+    parent = os.path.abspath(parent_dir)
+    planned, base = plan(params, path), base_params(params)
+    spec = find_schedule(params["hyper_search"], path)
+    schedule = parse_schedule(spec, [child for _, child in planned] or [base], path) if spec else None
+    cells = [Cell(name, child_path(parent, name), child) for name, child in planned]
+    tpe = tpe_block(params["hyper_search"], path)
+    if not tpe:
+        return cells, schedule, None
+    from core.tpe import Tpe  # imports optuna: only for a tpe search
+
+    es = resolve(base, path)["early_stopping"]
+    metric, mode = (schedule.metric, schedule.mode) if schedule else (es["monitor_metric"],
+                                                                       "min" if es["minimize"] else "max")
+    sampler = Tpe(parent, params, *tpe, metric, mode, Cell)
+    return sampler.existing(), schedule, sampler
 
 
 def cell_state(folder, params):
@@ -259,7 +294,7 @@ def run_pool(source, data_dir, workers, gpus, fail_fast, warm=True):
         # the server imports with the cells' thread settings, so libraries that size their pools then agree too
         # the default arch (model/net.py's own) needs no torchvision: its import would cost every search ~1 s
         torchvision = any(c.params.get("arch", KEYS["arch"].default) != KEYS["arch"].default for c in cells)
-        launcher = Launcher(warm and bool(cells), cell_env(threads=threads), torchvision)
+        launcher = Launcher(warm and source.planned > 0, cell_env(threads=threads), torchvision)
         while True:
             while free and not stop and (cell := source.next_job({c.name for c, _ in running.values()})):
                 if is_locked(cell.folder):

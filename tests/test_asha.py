@@ -10,12 +10,12 @@ import time
 
 import pytest
 import torch
+from test_search import TINY, make_parent, mtimes, search
 
 from conftest import FAST_PARAMS, ROOT, read
 from core.asha import Asha, Schedule
 from core.run import read_status
 from core.search import Cell
-from test_search import TINY, make_parent, mtimes, search
 
 ASHA = {"type": "asha", "min_epochs": 1, "reduction_factor": 2}
 LRS = [0.0005, 0.002, 0.005, 0.01]

@@ -1,0 +1,148 @@
+"""method "tpe": Optuna's TPE sampler proposes each new cell from the results so far (ask and tell).
+
+    "hyper_search": {"method": "tpe", "n_samples": 30, "learning_rate": {"loguniform": [1e-4, 1e-1]},
+                     "ps": {"uniform": [0, 0.5]}, "schedule": {"type": "asha", ...}}       # schedule optional
+
+The folders are the truth. Each time a cell is wanted, a fresh in-memory study is built from the cell folders —
+finished cells with their best validation metric, paused and pruned ones as pruned trials with their per-epoch
+values, running ones as running, failed ones as failed — and asked for one more. No study database exists to drift
+from the folders, lock on a network filesystem, or be written by anyone but the search. Optuna is an optional extra
+(pip install -r requirements-tpe.txt).
+"""
+
+import json
+import os
+
+from core.grid import base_params, child_params, child_path, folder_name
+from core.results import load_history, read_optional
+from core.run import Status, metrics_file, read_status
+from core.sampling import round_sig
+from utils import UserError
+
+TRIES = 20  # proposals per wanted cell before concluding that TPE only finds cells that exist
+
+
+def need_optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise UserError("method 'tpe' needs the 'optuna' package: pip install -r requirements-tpe.txt") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def get_dotted(d, key):
+    for part in key.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
+class Tpe:
+    """Proposes new cells of one search space; `Cell` is core.search.Cell (passed in: no import cycle)."""
+
+    def __init__(self, parent_dir, parent_params, dims, n_samples, seed, metric, mode, cell_type):
+        self.optuna = need_optuna()
+        self.parent, self.base = parent_dir, base_params(parent_params)
+        self.dims, self.n_samples, self.seed = dims, n_samples, seed
+        self.metric, self.direction = metric, "maximize" if mode == "max" else "minimize"
+        self.cell_type = cell_type
+
+    def distributions(self):
+        d = self.optuna.distributions
+        out = {}
+        for key, kind, args in self.dims:
+            if kind == "choice":  # by index: Optuna's categories must be scalars, a value may be a list
+                out[key] = d.CategoricalDistribution(list(range(len(args))))
+            elif kind == "int":
+                out[key] = d.IntDistribution(*args)
+            else:
+                out[key] = d.FloatDistribution(*args, log=kind == "loguniform")
+        return out
+
+    def existing(self):
+        """The cells already in the parent folder, in the order they were made (their params.json's mtime)."""
+        cells = []
+        for name in sorted(os.listdir(self.parent)):
+            path = os.path.join(self.parent, name, "params.json")
+            params = read_optional(path, [])
+            if params is not None and self.values(params) is not None:
+                cells.append((os.path.getmtime(path), self.cell_type(name, os.path.join(self.parent, name), params)))
+        return [c for _, c in sorted(cells, key=lambda t: t[0])]
+
+    def values(self, params):
+        """{key: value} when `params` is a cell of this space (the base plus one value per key), else None."""
+        values = {key: get_dotted(params, key) for key, _, _ in self.dims}
+        if any(v is None for v in values.values()) or child_params(self.base, values) != params:
+            return None
+        return values
+
+    def as_trial_params(self, values):
+        """Folder values -> Optuna's (choice indices); None when a value lies outside today's space."""
+        out = {}
+        for key, kind, args in self.dims:
+            v = values[key]
+            if kind == "choice":
+                if v not in args:
+                    return None
+                out[key] = args.index(v)
+            elif not args[0] <= v <= args[1]:
+                return None
+            else:
+                out[key] = v
+        return out
+
+    def trial(self, cell):
+        """The cell's folder as an Optuna trial, or None for a cell outside today's space."""
+        params = self.as_trial_params(self.values(cell.params))
+        if params is None:
+            return None
+        status = read_status(cell.folder).get("status")
+        history = {r["epoch"]: r["val"][self.metric] for r in load_history(cell.folder)
+                   if self.metric in r.get("val", {})}
+        best = read_optional(os.path.join(cell.folder, metrics_file("val", "best")), []) or {}
+        state = self.optuna.trial.TrialState
+        kw = {"params": params, "distributions": self.distributions()}
+        if status == Status.COMPLETED and self.metric in best:
+            return self.optuna.trial.create_trial(value=best[self.metric], intermediate_values=history, **kw)
+        if status in (Status.PAUSED, Status.PRUNED) and history:
+            return self.optuna.trial.create_trial(state=state.PRUNED, intermediate_values=history, **kw)
+        if status in (Status.FAILED, Status.DIVERGED):
+            return self.optuna.trial.create_trial(state=state.FAIL, **kw)
+        return self.optuna.trial.create_trial(state=state.RUNNING, **kw)  # running, queued or not started
+
+    def propose(self, cells):
+        """A new Cell for the next free worker, or None once n_samples cells exist (or TPE only repeats). Cells in
+        training are in `cells` as running trials, so parallel workers are not all sent to the same spot."""
+        if len(cells) >= self.n_samples:
+            return None
+        names = {c.name for c in cells}
+        trials = [t for t in (self.trial(c) for c in cells) if t is not None]
+        for attempt in range(TRIES):
+            sampler = self.optuna.samplers.TPESampler(seed=self.seed + 1000 * attempt + len(trials),
+                                                      n_startup_trials=max(2, min(10, self.n_samples // 3)),
+                                                      constant_liar=True)  # running cells count as promised
+            study = self.optuna.create_study(direction=self.direction, sampler=sampler)
+            study.add_trials(trials)
+            asked = study.ask(self.distributions()).params
+            values = self.from_trial_params(asked)
+            name = folder_name(values)
+            if name not in names:
+                params = child_params(self.base, values)
+                return self.cell_type(name, child_path(self.parent, name), params)
+        print(f"tpe: {TRIES} proposals in a row repeat existing cells; the space looks exhausted")
+        return None
+
+    def from_trial_params(self, asked):
+        values = {}
+        for key, kind, args in self.dims:
+            v = asked[key]
+            if kind == "choice":
+                values[key] = json.loads(json.dumps(args[v]))
+            elif kind == "int":
+                values[key] = int(v)
+            else:  # rounded for a readable folder name, kept inside the range
+                values[key] = min(max(round_sig(v), args[0]), args[1])
+        return values
+
