@@ -65,9 +65,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--keep", help="keep the search folders in this folder (default: a temp folder, removed)")
     args = ap.parse_args()
     data_dir = ensure_data(DEFAULT_DST)
-    scratch = tempfile.mkdtemp(prefix="bench-asha-")
+    scratch = args.keep or tempfile.mkdtemp(prefix="bench-asha-")
+    os.makedirs(scratch, exist_ok=True)
     runs = {"asha": [], "grid": []}
     try:
         for i in range(args.rounds):
@@ -77,7 +79,8 @@ def main():
                 print(f"round {i + 1} {mode}: {r['wall']:.1f} s, {r['epochs']} epochs, best val accuracy "
                       f"{r['best']:.4f} ({r['cell']})", flush=True)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(scratch, ignore_errors=True)
     med = {m: {k: statistics.median(r[k] for r in rs) for k in ("wall", "epochs", "best")} for m, rs in runs.items()}
     a, g = med["asha"], med["grid"]
     print(f"epochs: asha / grid = {a['epochs'] / g['epochs']:.3f} (target <= 0.35)")

@@ -13,6 +13,7 @@ The folders are the state: every decision is recomputed from status.json and his
 any moment and rerunning it retrains nothing and loses nothing, and a rerun with more cells promotes more.
 """
 
+import hashlib
 import json
 from dataclasses import dataclass
 
@@ -128,6 +129,13 @@ def parse_schedule(spec, cells, where):
     return Schedule(min_epochs, eta, metric, mode, num_epochs)
 
 
+def start_order(cell):
+    """New cells start in a fixed pseudo-random order (a hash of the name: the same on every rerun, and a cell added
+    later slots in). A grid listed worst-first (the smallest learning rate first) would otherwise fill the first
+    rankings with bad cells and get them promoted: simulated on 27 cells, 70 % of the grid's epochs instead of 29 %."""
+    return hashlib.sha1(cell.name.encode()).hexdigest()
+
+
 @dataclass
 class CellProgress:
     """What a cell's folder says, as ASHA needs it."""
@@ -218,7 +226,7 @@ class Asha:
             for cell in self.promotable(k):
                 if cell in free:
                     return self.job(cell, self.rungs[k + 1])
-        for cell in free:
+        for cell in sorted(free, key=start_order):
             if self.progress[cell.name].epochs == 0:
                 return self.job(cell, self.rungs[0])
         cell = self.sampler.propose(self.cells) if self.sampler else None  # method "tpe": a new cell on demand
