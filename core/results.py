@@ -136,5 +136,10 @@ def minimized(metric):
 def metric_names(runs, source):
     names = []
     for r in runs:
-        names += [k for k, v in r[source].items() if k != "epoch" and isinstance(v, (int, float)) and k not in names]
+        names += [k for k in numbers(r[source]) if k != "epoch" and k not in names]
     return names
+
+
+def numbers(metrics):
+    """The numeric entries of a metrics file: evaluate.py's also holds per-class tables and labels (tta, weights)."""
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
