@@ -102,8 +102,8 @@ KEYS = {
                      check=at_least(0)),
     "accumulate_steps": Key(1, int, "gradient accumulation: one optimizer step every N batches",
                             check=at_least(1)),
-    "ema_decay": Key(0.0, float, "keep an exponential moving average of the weights (decay per optimizer step) "
-                     "and validate it (0: off)", check=fraction()),
+    "ema_decay": Key(0.0, float, "keep an exponential moving average of the weights (decay per optimizer step, "
+                     "warmed up) and validate it (0: off)", check=fraction()),
     "scheduler": Key("one_cycle", str, "one_cycle, cosine, step, plateau or none",
                      choices=("one_cycle", "cosine", "step", "plateau", "none")),
     "div_factor": Key(25.0, float, "one_cycle: initial lr = learning_rate / div_factor", check=above(0)),

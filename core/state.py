@@ -10,6 +10,8 @@ Shared by train.py and the search's smoke test (core/smoke.py).
 
 from dataclasses import dataclass
 
+import torch
+
 from core.engine import rng_state, set_rng_state
 from core.optim import PER_BATCH, build_optimizer, build_scheduler, optimizer_steps
 from core.run import BestTracker
@@ -80,9 +82,27 @@ def evaluated_weights(ckpt):
 
 def build_ema(model, decay):
     """An exponential moving average of `model`'s weights, BatchNorm statistics included (use_buffers)."""
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    from torch.optim.swa_utils import AveragedModel
 
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    return AveragedModel(model, multi_avg_fn=ema_update(decay), use_buffers=True)
+
+
+def ema_update(decay):
+    """AveragedModel's update: w_ema <- d * w_ema + (1 - d) * w after each optimizer step, with
+    d = min(decay, (1 + n) / (10 + n)) after n updates (TensorFlow's ExponentialMovingAverage warm-up). Without the
+    warm-up, a decay of 0.999 would keep the first weights (near the random start) for thousands of steps, and a
+    short run's average would be useless. Integer buffers (BatchNorm's batch counter) are copied."""
+
+    @torch.no_grad()
+    def update(ema_params, params, n_averaged):
+        if not torch.is_floating_point(ema_params[0]):
+            torch._foreach_copy_(ema_params, params)
+            return
+        d = ((1 + n_averaged) / (10 + n_averaged)).clamp(max=decay).to(ema_params[0].dtype)  # on the device: no sync
+        torch._foreach_mul_(ema_params, d)
+        torch._foreach_add_(ema_params, torch._foreach_mul(params, 1 - d))
+
+    return update
 
 
 def build_state(params, classes, runtime, n_batches, class_counts, where, init_weights=True):

@@ -18,7 +18,7 @@ from core.config import Params, resolve
 from core.engine import EpochMetrics, optimizer_step, pick_runtime, train_one_epoch
 from core.optim import build_optimizer, build_scheduler, layer_lrs, optimizer_steps
 from core.run import BestTracker
-from core.state import TrainingState, evaluated_weights
+from core.state import TrainingState, build_ema, evaluated_weights
 from model.data_loader import build_batch_mix
 from model.metrics import METRICS
 from model.net import SmallCNN, build_loss, class_weight_tensor
@@ -192,6 +192,22 @@ def test_compile_key_trains_through_the_fallback(make_experiment, digits_dir, mo
     exp = make_experiment(num_epochs=1, compile=1, train_subset=64)
     assert run_train(exp, digits_dir) == 0
     assert "training eager instead (OSError: no cc)" in open(os.path.join(exp, "train.log")).read()
+
+
+def test_ema_warms_up_then_keeps_its_decay():
+    model = linear()
+    ema = build_ema(model, 0.9)
+    weights = []
+    for _ in range(200):
+        with torch.no_grad():
+            model[1].bias.add_(1.0)  # one "step": the raw bias grows by 1
+        ema.update_parameters(model)
+        weights.append(ema.module[1].bias.clone())
+    raw = model[1].bias
+    assert torch.allclose(weights[0], raw - 199)  # the first update copies
+    assert torch.allclose(weights[1], 2 / 11 * weights[0] + 9 / 11 * (raw - 198))  # d = (1 + 1) / (10 + 1)
+    lag = (raw - weights[-1]).mean().item()
+    assert lag == pytest.approx(0.9 / 0.1, rel=0.01)  # d reached 0.9 at n = 80: it lags 9 steps behind
 
 
 # ---------------------------------------------------------------- resume and EMA, every key on
