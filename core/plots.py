@@ -36,8 +36,8 @@ def plot_history(rows, path, title=""):
     fig, axes = plt.subplots(1, len(names) + 1, figsize=(3.6 * (len(names) + 1), 3.2), squeeze=False)
     for ax, name in zip(axes[0], names):
         if name in rows[0]["train"]:
-            ax.plot(epochs, [r["train"].get(name) for r in rows], "o-", ms=3, label="train")
-        ax.plot(epochs, [r["val"].get(name) for r in rows], "o-", ms=3, label="valid")
+            ax.plot(epochs, [r["train"].get(name) for r in rows], "o-", ms=3, color="C0", label="train")
+        ax.plot(epochs, [r["val"].get(name) for r in rows], "o-", ms=3, color="C1", label="valid")  # same in all
         ax.set_title(name)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
