@@ -1,9 +1,12 @@
 """Evaluate trained experiment folders on one split of the data.
 
     python evaluate.py --model_dir experiments/base_model [MORE_DIRS ...] [--split test] [--restore_file best]
+                       [--tta hflip]
 
-Writes MODEL_DIR/metrics_<split>_<restore>_weights.json (e.g. metrics_test_best_weights.json) and
-confusion_<split>_<restore>.png in each folder, and prints one table over all folders.
+Writes into each folder MODEL_DIR/metrics_<split>_<restore>_weights.json (e.g. metrics_test_best_weights.json:
+the metrics, per-class precision, recall, F1 and support, balanced accuracy), report_<split>_<restore>.md (the
+per-class table) and confusion_<split>_<restore>.png, and prints one table over all folders. With --tta hflip,
+predictions are averaged over each image and its mirror image, and the file names end in _tta_hflip.
 """
 
 import argparse
@@ -14,13 +17,14 @@ from tabulate import tabulate
 from core.config import Params, fixed_overrides, resolve
 from core.data import fetch_dataloader
 from core.engine import evaluate, pick_runtime
-from core.plots import plot_confusion
 from core.record import provenance
-from core.run import check_model_dir, checkpoint_path, metrics_file
+from core.report import per_class_metrics, write_report
+from core.run import check_model_dir, checkpoint_path
+from core.state import evaluated_weights
 from data.build_dataset import DEFAULT_DST, ensure_data
 from model.metrics import metric_names
 from model.net import build_model
-from utils import UserError, load_checkpoint, one_line, run_cli, write_json
+from utils import UserError, load_checkpoint, one_line, run_cli
 
 
 def parse_args(argv=None):
@@ -29,6 +33,7 @@ def parse_args(argv=None):
     ap.add_argument("--data_dir", default=DEFAULT_DST, help="data set folder (default: built on first use)")
     ap.add_argument("--split", default="test", choices=["test", "valid", "train"])
     ap.add_argument("--restore_file", default="best", choices=["best", "last"], help="which checkpoint to evaluate")
+    ap.add_argument("--tta", choices=["hflip"], help="test-time augmentation: average over the mirrored images")
     return ap.parse_args(argv)
 
 
@@ -37,13 +42,10 @@ def main(argv=None):
     ckpt_paths = [trained_checkpoint(d, args.restore_file) for d in args.model_dir]
     data_dir = ensure_data(args.data_dir)
     # evaluate every folder first, write after: one bad folder leaves no folder half done
-    results = [evaluate_checkpoint(path, data_dir, args.split) for path in ckpt_paths]
-    tag = f"{args.split}_{args.restore_file}"
+    results = [evaluate_checkpoint(path, data_dir, args.split, args.tta) for path in ckpt_paths]
     rows = []
     for model_dir, (metrics, confusion, classes) in zip(args.model_dir, results):
-        write_json(os.path.join(model_dir, metrics_file(args.split, args.restore_file)), metrics)
-        plot_confusion(confusion.numpy(), classes, os.path.join(model_dir, f"confusion_{tag}.png"),
-                       title=f"{model_dir} ({tag}, epoch {metrics['epoch']})")
+        write_report(model_dir, args.split, args.restore_file, args.tta, metrics, confusion, classes)
         rows.append([model_dir, metrics["epoch"]] + [metrics.get(k) for k in metric_names()] + [provenance(model_dir)])
     headers = ["model_dir", "epoch", *metric_names(), "code (commit, model/ snapshot)"]
     print(tabulate(rows, headers=headers, floatfmt=".4f", tablefmt="github"))
@@ -59,8 +61,9 @@ def trained_checkpoint(model_dir, restore_file):
     return path
 
 
-def evaluate_checkpoint(path, data_dir, split):
-    """Metrics, confusion matrix and class names of one checkpoint on `split`, with the params it was trained with."""
+def evaluate_checkpoint(path, data_dir, split, tta=None):
+    """Metrics (per class too), confusion matrix and class names of one checkpoint on `split`, with the params it
+    was trained with and the weights its validation saw (the EMA's when it kept one)."""
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt, dict) or not {"params", "classes", "model", "epoch"} <= set(ckpt):
         raise UserError(f"{path}: not a checkpoint written by train.py (needs params, classes, model, epoch)")
@@ -73,12 +76,15 @@ def evaluate_checkpoint(path, data_dir, split):
         raise UserError(f"{data_dir}: classes {classes} differ from those {path} was trained on {ckpt['classes']}")
     model = build_model(params, len(classes))
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(evaluated_weights(ckpt))
     except RuntimeError as e:
         raise UserError(f"{path}: does not fit model/net.py as it is now (edited since?): "
                         f"{one_line(e)[:200]}") from None
-    metrics, details = evaluate(rt.prepare(model), loaders[split], rt, len(classes), split)
-    return dict(metrics, epoch=ckpt["epoch"]), details["confusion"], classes
+    metrics, details = evaluate(rt.prepare(model), loaders[split], rt, len(classes), split, tta)
+    per_class, balanced = per_class_metrics(loaders[split].dataset.labels, details["prediction"].tolist(), classes)
+    metrics.update(balanced_accuracy=balanced, epoch=ckpt["epoch"], weights=ckpt.get("weights", "raw"),
+                   tta=tta or "none", per_class=per_class)
+    return metrics, details["confusion"], classes
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import os
 from tabulate import tabulate
 
 from core.asha import rung_reached, schedule_of
-from core.results import budget_line, budget_of, build_rows, gather, read_optional
+from core.results import budget_line, budget_of, build_rows, gather, numbers, read_optional
 from core.run import Status
 from utils import UserError, atomic_write, run_cli
 
@@ -90,13 +90,13 @@ def markdown_table(rows, keys, metrics, parent_dir, split, schedule=None):
 
 def csv_text(runs, keys):
     buf = io.StringIO()
-    names = sorted({f"{src}_{k}" for r in runs for src in ("best", "test") for k in r[src]})
+    names = sorted({f"{src}_{k}" for r in runs for src in ("best", "test") for k in numbers(r[src])})
     writer = csv.writer(buf)
     writer.writerow(["folder", *keys, "status", "epoch", *names, "code", "note"])
     for r in runs:
         values = [json.dumps(r["params"].get(k)) if not isinstance(r["params"].get(k), (int, float, str))
                   else r["params"].get(k) for k in keys]
-        flat = {f"{src}_{k}": v for src in ("best", "test") for k, v in r[src].items()}
+        flat = {f"{src}_{k}": v for src in ("best", "test") for k, v in numbers(r[src]).items()}
         writer.writerow([r["folder"], *values, r["status"], r["epoch"], *(flat.get(n, "") for n in names), r["code"],
                          r["note"]])
     return buf.getvalue()

@@ -16,11 +16,12 @@ import time
 import torch
 
 from core import record
+from core.compiling import compile_model
 from core.config import load_params
-from core.data import fetch_dataloader, reseed_epoch
+from core.data import class_counts, fetch_dataloader, reseed_epoch
 from core.engine import epoch_seed, evaluate, pick_runtime, seed_everything, train_one_epoch
 from core.monitor import GradMonitor, gradient_warnings
-from core.optim import step_per_epoch
+from core.optim import layer_lrs, step_per_epoch
 from core.outputs import RunFolder, tensorboard_writer
 from core.run import (
     EFFECTIVE,
@@ -84,8 +85,11 @@ def main(argv=None):
     rt = pick_runtime(params.cuda)  # the runtime: device, autocast dtype, memory format
     seed_everything(params.seed)
     loaders, classes = fetch_dataloader(["train", "valid"], ensure_data(args.data_dir), params, rt.pin_memory)
-    state, notes = build_state(params, classes, rt, len(loaders["train"]), params_path, init_weights=not ckpt)
-    preflight(state.model, loaders, rt, params_path)
+    counts = class_counts(loaders["train"].dataset, len(classes))
+    state, notes = build_state(params, classes, rt, len(loaders["train"]), counts, params_path, init_weights=not ckpt)
+    x = preflight(state.model, loaders, rt, params_path)
+    if params.compile:
+        notes.append(compile_model(state.model, x, rt))
     start_epoch = state.load(ckpt, resume_path) if ckpt else 1
     tensorboard = tensorboard_writer(args.model_dir, params.tensorboard)
 
@@ -130,7 +134,8 @@ def stop_on_signals():
 
 def preflight(model, loaders, rt, where):
     """Augment one image and push one validation batch through the model, so an augmentation or an architecture
-    that cannot work on this data (e.g. a 224-px ViT on 32-px images) fails here, before anything is written."""
+    that cannot work on this data (e.g. a 224-px ViT on 32-px images) fails here, before anything is written.
+    Returns the two images on the device (compile_model's trial batch)."""
     try:
         loaders["train"].dataset[0]
         x, y = next(iter(loaders["valid"]))
@@ -143,6 +148,7 @@ def preflight(model, loaders, rt, where):
     except Exception as e:
         raise UserError(f"{where}: the model or augmentation fails on this data ({type(e).__name__}: "
                         f"{one_line(e)[:300]})") from None
+    return x
 
 
 def is_finished(model_dir, ckpt):
@@ -192,8 +198,8 @@ def fit(folder, params, state, loaders, rt, start_epoch, stop_at=None):
             monitor.start_epoch()
         train_m = train_one_epoch(state, loaders["train"], rt, n_clas, params.save_summary_steps, monitor,
                                   desc=f"epoch {epoch}/{params.num_epochs}")
-        val_m, details = evaluate(state.model, loaders["valid"], rt, n_clas, desc="valid")
-        row = {"epoch": epoch, "lr": [g["lr"] for g in state.optimizer.param_groups],
+        val_m, details = evaluate(state.eval_model, loaders["valid"], rt, n_clas, desc="valid")  # the EMA, if any
+        row = {"epoch": epoch, "lr": layer_lrs(state.optimizer),
                **{k: train_m.pop(k) for k in ("time_s", "data_time_s", "images_per_s")},
                "epoch_s": time.perf_counter() - epoch_start,  # train + valid: what a cost estimate needs
                "train": train_m, "val": val_m}

@@ -17,6 +17,7 @@ from utils import UserError, read_json
 
 FLAG, LR, OPT_INT, AUG, ANY = "0/1", "float or list of floats", "int or null", "preset name or dict", "any"
 INT_LIST, OPT_FLAG = "list of ints", "0/1 or null"
+WEIGHTS = '"balanced", a list of numbers or null'
 
 
 def at_least(n):
@@ -25,6 +26,15 @@ def at_least(n):
 
 def above(n):
     return lambda v: v > n, f"> {n}"
+
+
+def between(low, high):
+    return lambda v: low <= v <= high, f"in [{low}, {high}]"
+
+
+def class_weights_ok(v):
+    """null, "balanced" or a list of positive numbers (its length is checked against the data's classes)."""
+    return v is None or v == "balanced" or (isinstance(v, list) and len(v) > 0 and all(x > 0 for x in v))
 
 
 def fraction(closed_low=True):
@@ -56,11 +66,23 @@ KEYS = {
     "n_clas": Key(None, OPT_INT, "number of classes; null: the number of class folders in the data",
                   check=(lambda v: v is None or v >= 2, ">= 2")),
     "ps": Key(0.25, float, "dropout before the classifier head", check=fraction()),
+    # loss and labels (model/net.py build_loss)
+    "label_smoothing": Key(0.0, float, "training loss: spread this much of each target over all classes",
+                           check=fraction()),
+    "class_weights": Key(None, WEIGHTS, "training loss: per-class weights; balanced: n / (n_classes * count) from "
+                         "the training split; null: all 1", check=(class_weights_ok, 'null, "balanced" or a list '
+                                                                   'of numbers > 0')),
     # data
     "im_sz": Key(32, int, "images are resized to im_sz x im_sz", check=at_least(8)),
     "augmentation": Key("light", AUG, "train augmentation: a preset of model/data_loader.py or an albumentations dict"),
     "cache_images": Key(0, FLAG, "1: decode each split once into DATA_DIR/.cache, memory-mapped and shared by all runs",
                         resumable=True, smoke=0),
+    "mixup_alpha": Key(0.0, float, "MixUp: blend pairs of training images and their labels, weight ~ "
+                       "Beta(alpha, alpha) (0: off)", check=at_least(0)),
+    "cutmix_alpha": Key(0.0, float, "CutMix: paste a box of another training image, area ~ Beta(alpha, alpha) "
+                        "(0: off; with mixup_alpha too, one of the two per batch)", check=at_least(0)),
+    "mix_prob": Key(1.0, float, "probability that a training batch is mixed, when mixup_alpha or cutmix_alpha "
+                    "is on", check=between(0, 1)),
     "batch_size": Key(64, int, "training batch size", check=at_least(1)),
     "bs_test": Key(256, int, "evaluation batch size", check=at_least(1), resumable=True),
     "num_workers": Key(0, int, "DataLoader worker processes (0: load in the main process)", check=at_least(0),
@@ -74,6 +96,14 @@ KEYS = {
                          check=(lambda v: all(x > 0 for x in (v if isinstance(v, list) else [v])), "> 0")),
     "momentum": Key(0.9, float, "sgd momentum (beta1 for adam/adamw)", check=fraction()),
     "wd": Key(1e-4, float, "weight decay", check=at_least(0)),
+    "wd_norm_bias": Key(0, FLAG, "1: weight decay on normalisation weights and biases too (0: only on weight "
+                        "matrices and kernels)"),
+    "grad_clip": Key(0.0, float, "clip the gradient norm to this before each optimizer step (0: off)",
+                     check=at_least(0)),
+    "accumulate_steps": Key(1, int, "gradient accumulation: one optimizer step every N batches",
+                            check=at_least(1)),
+    "ema_decay": Key(0.0, float, "keep an exponential moving average of the weights (decay per optimizer step, "
+                     "warmed up) and validate it (0: off)", check=fraction()),
     "scheduler": Key("one_cycle", str, "one_cycle, cosine, step, plateau or none",
                      choices=("one_cycle", "cosine", "step", "plateau", "none")),
     "div_factor": Key(25.0, float, "one_cycle: initial lr = learning_rate / div_factor", check=above(0)),
@@ -92,6 +122,9 @@ KEYS = {
     # run
     "seed": Key(230, int, "seed for torch, numpy, random, data order and augmentation"),
     "cuda": Key(1, FLAG, "use a GPU when one is available", resumable=True),
+    # like cuda, compiling changes how the forward pass runs (float rounding may differ), not what is computed
+    "compile": Key(0, FLAG, "1: torch.compile the model for training (eager, with a message, where it cannot)",
+                   resumable=True, smoke=0),
     "save_summary_steps": Key(10, int, "refresh the progress bar every N batches (each refresh waits for the GPU)",
                               check=at_least(1), resumable=True),
     # insight and debugging
@@ -204,6 +237,9 @@ def type_ok(value, expected):
         return is_num or (isinstance(value, list) and len(value) > 0 and all(type_ok(x, float) for x in value))
     if expected is AUG:
         return isinstance(value, (str, dict))
+    if expected is WEIGHTS:
+        return value is None or isinstance(value, str) or (isinstance(value, list) and all(type_ok(x, float)
+                                                                                              for x in value))
     if expected is INT_LIST:
         return isinstance(value, list) and all(type_ok(x, int) for x in value)
     raise AssertionError(expected)

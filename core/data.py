@@ -48,6 +48,11 @@ def fetch_dataloader(splits, data_dir, params, pin_memory=False, training=True):
     return loaders, classes
 
 
+def class_counts(dataset, n_clas):
+    """Images per class in `dataset` (what class_weights "balanced" weighs by), from its labels."""
+    return torch.bincount(torch.tensor(dataset.labels, dtype=torch.long), minlength=n_clas).tolist()
+
+
 def reseed_epoch(loader, seed):
     """Restart the loader's shuffling and its dataset's augmentation at `seed`, before an epoch.
 

@@ -49,22 +49,31 @@ class EpochMetrics:
         self.confusion = torch.zeros(n_clas, n_clas, dtype=torch.long, device=device)  # rows: true, cols: predicted
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.top5_hits = torch.zeros((), dtype=torch.long, device=device)
+        self.n, self.loss_only = 0, False  # images seen (a Python int: known without a sync); a mixed batch seen
 
     @torch.no_grad()
     def update(self, logits, targets, loss):
-        """`loss` is the batch mean, so it is weighted back by the batch size."""
-        k = self.n_clas
-        self.loss_sum += loss.detach().double() * targets.numel()
+        """`loss` is the batch mean, so it is weighted back by the batch size. `targets` None: a batch without one
+        label per image (mixed by MixUp/CutMix), which counts for the loss only."""
+        k, n = self.n_clas, logits.shape[0]
+        self.loss_sum += loss.detach().double() * n
+        self.n += n
+        if targets is None:
+            self.loss_only = True
+            return
         self.confusion += torch.bincount(targets * k + logits.argmax(1), minlength=k * k).view(k, k)
         if k >= 5:
             self.top5_hits += (logits.topk(5, dim=1).indices == targets[:, None]).any(1).sum()
 
     def compute(self):
-        cm = self.confusion.double().cpu()  # the one sync of the epoch
-        n = cm.sum().item()
-        if n == 0:
+        """The metrics of model/metrics.py. Only the loss when a batch was mixed: accuracy against blended labels
+        would be neither the model's accuracy nor comparable with validation, so it is not reported."""
+        if self.n == 0:
             return {}
-        sums = {"n": n, "loss": self.loss_sum.item(), "top5_hits": self.top5_hits.item()}
+        if self.loss_only:
+            return {"loss": self.loss_sum.item() / self.n}
+        cm = self.confusion.double().cpu()  # the one sync of the epoch
+        sums = {"n": self.n, "loss": self.loss_sum.item(), "top5_hits": self.top5_hits.item()}
         return {name: METRICS[name].formula(cm, sums) for name in metric_names(self.n_clas)}
 
 
@@ -116,30 +125,32 @@ def progress(loader, desc):
 
 
 def train_one_epoch(state, loader, rt, n_clas, summary_steps=10, monitor=None, desc="train"):
-    """One pass over `loader`, updating `state` (core.state.TrainingState): its scheduler steps after each batch
-    when it is a per-batch one (one_cycle, cosine); `monitor` (a core.monitor.GradMonitor) samples gradient norms
-    between backward and step."""
+    """One pass over `loader`, updating `state` (core.state.TrainingState).
+
+    Per batch: mix it (state.mix: MixUp/CutMix), forward, backward of the loss scaled by the batches in its
+    accumulation group. Every state.accumulate_steps batches, and at the epoch's end for a remainder, one
+    optimizer step: `monitor` (a core.monitor.GradMonitor) samples the gradients, they are clipped to
+    state.grad_clip, the optimizer steps, then a per-batch scheduler (one_cycle, cosine) and the EMA."""
     model, optimizer = state.model, state.optimizer
     scheduler = state.scheduler if state.per_batch else None
     model.train()
     metrics = EpochMetrics(n_clas, rt.device)
-    n_seen, data_time = 0, 0.0
+    n_seen, data_time, n_batches, accumulate = 0, 0.0, len(loader), state.accumulate_steps
     start = tick = time.perf_counter()
     bar = progress(loader, desc)
+    optimizer.zero_grad(set_to_none=True)
     for step, (x, y) in enumerate(bar):
         data_time += time.perf_counter() - tick
         x, y = rt.to_device(x, y)
+        x, targets = state.mix(x, y) if state.mix is not None else (x, y)  # targets: indices, or probabilities
         with rt.autocast():
             logits = model(x)
-            loss = loss_fn(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if monitor is not None:
-            monitor.after_backward(step)
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        metrics.update(logits, y, loss)
+            loss = state.criterion(logits, targets)
+        group_start = step - step % accumulate
+        (loss / min(accumulate, n_batches - group_start)).backward()  # the group's mean: a short last one too
+        if step + 1 == group_start + accumulate or step + 1 == n_batches:
+            optimizer_step(state, monitor, step // accumulate, scheduler)
+        metrics.update(logits, None if state.mix is not None else y, loss)
         n_seen += y.numel()
         if step % summary_steps == 0 and not bar.disable:
             bar.set_postfix(loss=f"{loss.item():.4f}")  # .item() waits for the GPU: only every summary_steps
@@ -150,20 +161,44 @@ def train_one_epoch(state, loader, rt, n_clas, summary_steps=10, monitor=None, d
     return out
 
 
+def optimizer_step(state, monitor, index, scheduler):
+    """One update from the accumulated gradients. `index`: the optimizer step's number within the epoch."""
+    if monitor is not None:
+        monitor.after_backward(index)  # the gradients as computed, before clipping
+    if state.grad_clip:
+        torch.nn.utils.clip_grad_norm_(state.model.parameters(), state.grad_clip)
+    state.optimizer.step()
+    state.optimizer.zero_grad(set_to_none=True)
+    if scheduler is not None:
+        scheduler.step()
+    if state.ema is not None:
+        state.ema.update_parameters(state.model)
+
+
+def predict(model, x, tta=None):
+    """The model's logits for batch x; with tta "hflip", the log of its class probabilities averaged over x and
+    x mirrored left-right (log-probabilities work wherever logits do: argmax, softmax, cross-entropy)."""
+    if tta is None:
+        return model(x).float()
+    probs = (model(x).float().softmax(1) + model(torch.flip(x, dims=[3])).float().softmax(1)) / 2
+    return probs.log()
+
+
 @torch.inference_mode()
-def evaluate(model, loader, rt, n_clas, desc="eval"):
-    """Metrics over the whole of `loader`, and details: the confusion matrix (rows: true class, columns:
-    predicted) and each sample's predicted class and confidence, in loader order."""
+def evaluate(model, loader, rt, n_clas, desc="eval", tta=None):
+    """Metrics over the whole of `loader` (the plain loss of model/net.py, loss_fn), and details: the confusion
+    matrix (rows: true class, columns: predicted) and each sample's predicted class and confidence, in loader
+    order. tta: None, or "hflip" (see predict)."""
     model.eval()
     metrics = EpochMetrics(n_clas, rt.device)
     preds, confs = [], []
     for x, y in progress(loader, desc):
         x, y = rt.to_device(x, y)
         with rt.autocast():
-            logits = model(x)
+            logits = predict(model, x, tta)
             loss = loss_fn(logits, y)
-        metrics.update(logits.float(), y, loss)
-        conf, pred = logits.float().softmax(1).max(1)
+        metrics.update(logits, y, loss)
+        conf, pred = logits.softmax(1).max(1)
         preds.append(pred)
         confs.append(conf)
     details = {"confusion": metrics.confusion.cpu(), "prediction": torch.cat(preds).cpu(),

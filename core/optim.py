@@ -1,5 +1,7 @@
 """Optimizer and learning-rate schedule from params, with one learning rate per layer group."""
 
+import math
+
 import torch
 import torch.nn as nn
 
@@ -42,9 +44,38 @@ def learning_rates(params):
     return params.learning_rate if isinstance(params.learning_rate, list) else [params.learning_rate]
 
 
-def build_optimizer(params, model):
+def decays(p, wd_norm_bias):
+    """Whether weight decay applies to parameter p: to weight matrices and conv kernels, and to 1-D parameters
+    (normalisation weights, biases) only with wd_norm_bias: shrinking those towards 0 only hurts (timm, nanoGPT)."""
+    return p.dim() > 1 or bool(wd_norm_bias)
+
+
+def param_groups(params, model):
+    """The optimizer's parameter groups: each layer group (its own learning rate) split into the parameters that
+    decay and those that do not. `layer_group` tags each, so one learning rate per layer group can be reported."""
     lrs = learning_rates(params)
-    groups = [{"params": ps, "lr": lr} for ps, lr in zip(layer_groups(model, len(lrs)), lrs)]
+    groups = []
+    for i, (ps, lr) in enumerate(zip(layer_groups(model, len(lrs)), lrs)):
+        decay = [p for p in ps if decays(p, params.wd_norm_bias)]
+        rest = [p for p in ps if not decays(p, params.wd_norm_bias)]
+        groups += [{"params": decay, "lr": lr, "layer_group": i}] if decay else []
+        groups += [{"params": rest, "lr": lr, "layer_group": i, "weight_decay": 0.0}] if rest else []
+    return groups
+
+
+def layer_lrs(optimizer):
+    """The current learning rate of each layer group, head last (its decay and no-decay halves share it)."""
+    return list({g["layer_group"]: g["lr"] for g in optimizer.param_groups}.values())
+
+
+def optimizer_steps(n_batches, accumulate_steps):
+    """Optimizer steps in an epoch of n_batches: one per accumulate_steps batches, plus one for a remainder
+    (accumulation never crosses an epoch's end)."""
+    return math.ceil(n_batches / accumulate_steps)
+
+
+def build_optimizer(params, model):
+    groups = param_groups(params, model)
     if params.optimizer == "sgd":
         return torch.optim.SGD(groups, momentum=params.momentum, weight_decay=params.wd, nesterov=params.momentum > 0)
     cls = torch.optim.Adam if params.optimizer == "adam" else torch.optim.AdamW
@@ -52,11 +83,12 @@ def build_optimizer(params, model):
 
 
 def build_scheduler(params, optimizer, steps_per_epoch):
+    """steps_per_epoch: optimizer steps per epoch (optimizer_steps), which per-batch schedules count."""
     total = params.num_epochs * steps_per_epoch
     s = params.scheduler
     if s == "one_cycle":
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=learning_rates(params), total_steps=total,
+            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total,
             div_factor=params.div_factor, pct_start=params.pct_start,
             cycle_momentum=False)  # keep params.momentum as given (cycling would silently replace it)
     if s == "cosine":

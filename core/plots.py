@@ -29,13 +29,15 @@ def margins(fig, left, bottom, right, top, wspace=0.2):
 
 
 def plot_history(rows, path, title=""):
-    """One panel per metric (train and valid curves), plus the learning rate; from history.json rows."""
-    names = [k for k in rows[0]["val"] if k in rows[0]["train"]]
+    """One panel per metric (train and valid curves), plus the learning rate; from history.json rows. A metric a
+    run does not report for training (accuracy of mixed batches) has only its valid curve."""
+    names = list(rows[0]["val"])
     epochs = [r["epoch"] for r in rows]
     fig, axes = plt.subplots(1, len(names) + 1, figsize=(3.6 * (len(names) + 1), 3.2), squeeze=False)
     for ax, name in zip(axes[0], names):
-        ax.plot(epochs, [r["train"].get(name) for r in rows], "o-", ms=3, label="train")
-        ax.plot(epochs, [r["val"].get(name) for r in rows], "o-", ms=3, label="valid")
+        if name in rows[0]["train"]:
+            ax.plot(epochs, [r["train"].get(name) for r in rows], "o-", ms=3, color="C0", label="train")
+        ax.plot(epochs, [r["val"].get(name) for r in rows], "o-", ms=3, color="C1", label="valid")  # same in all
         ax.set_title(name)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

@@ -137,7 +137,7 @@ def minimized(metric):
 def metric_names(runs, source):
     names = []
     for r in runs:
-        names += [k for k, v in r[source].items() if k != "epoch" and isinstance(v, (int, float)) and k not in names]
+        names += [k for k in numbers(r[source]) if k != "epoch" and k not in names]
     return names
 
 
@@ -151,3 +151,8 @@ def budget_line(trained, full):
     """What a search has spent against its full grid: successive halving's point."""
     share = f" ({100 * trained / full:.0f} %)" if full else ""
     return f"budget: {trained} epochs trained of the {full} that training every cell to the end costs{share}"
+
+
+def numbers(metrics):
+    """The numeric entries of a metrics file: evaluate.py's also holds per-class tables and labels (tta, weights)."""
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

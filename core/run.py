@@ -21,9 +21,10 @@ STATUS, EFFECTIVE, LOCK, LOG, HISTORY = "status.json", "params_effective.json", 
 LAST, BEST = "last.pth.tar", "best.pth.tar"  # the commit point of each epoch; the best epoch's weights
 
 
-def metrics_file(split, weights):
-    """metrics_val_best_weights.json (train.py), metrics_test_best_weights.json (evaluate.py), ..."""
-    return f"metrics_{split}_{weights}_weights.json"
+def metrics_file(split, weights, tta=None):
+    """metrics_val_best_weights.json (train.py), metrics_test_best_weights.json (evaluate.py), ...;
+    metrics_test_best_weights_tta_hflip.json (evaluate.py --tta hflip)."""
+    return f"metrics_{split}_{weights}_weights" + (f"_tta_{tta}" if tta else "") + ".json"
 
 
 class Status(enum.StrEnum):

@@ -1,21 +1,27 @@
 """The training state: what a checkpoint holds and a resume restores, written down once.
 
-    state = build_state(params, classes, runtime, steps_per_epoch, where)   # model on its device, optimizer, ...
-    ckpt = state.checkpoint(epoch, params, classes, stop_reason)            # a plain dict for torch.save
-    next_epoch = state.load(ckpt, path)                                     # the inverse, RNG states included
+    state = build_state(params, classes, runtime, n_batches, counts, where)  # model on its device, optimizer, ...
+    ckpt = state.checkpoint(epoch, params, classes, stop_reason)             # a plain dict for torch.save
+    next_epoch = state.load(ckpt, path)                                      # the inverse, RNG states included
+    weights = evaluated_weights(ckpt)                                        # what validation saw: raw or EMA
 
 Shared by train.py and the search's smoke test (core/smoke.py).
 """
 
 from dataclasses import dataclass
 
+import torch
+
 from core.engine import rng_state, set_rng_state
-from core.optim import PER_BATCH, build_optimizer, build_scheduler
+from core.optim import PER_BATCH, build_optimizer, build_scheduler, optimizer_steps
 from core.run import BestTracker
 from core.tv_models import load_init_weights
+from model.data_loader import build_batch_mix
 from model.metrics import METRICS
-from model.net import build_model
+from model.net import build_loss, build_model
 from utils import UserError, one_line
+
+EMA_PREFIX = "module."  # AveragedModel's state_dict: the averaged model's keys under "module.", and n_averaged
 
 
 @dataclass
@@ -24,12 +30,27 @@ class TrainingState:
     optimizer: object
     scheduler: object  # None for scheduler "none"
     tracker: BestTracker  # best validation metric so far and the early-stopping count
-    per_batch: bool  # the scheduler steps after every batch (one_cycle, cosine), not once per epoch
+    per_batch: bool  # the scheduler steps after every optimizer step (one_cycle, cosine), not once per epoch
+    criterion: object  # the training loss, model/net.py build_loss
+    mix: object = None  # MixUp/CutMix on training batches (model/data_loader.py build_batch_mix), or None
+    ema: object = None  # torch.optim.swa_utils.AveragedModel of the weights, or None
+    accumulate_steps: int = 1  # batches per optimizer step
+    grad_clip: float = 0.0  # max gradient norm (0: no clipping)
+
+    @property
+    def eval_model(self):
+        """The weights validation sees and best.pth.tar is chosen by: the EMA when there is one."""
+        return self.ema.module if self.ema is not None else self.model
 
     def checkpoint(self, epoch, params, classes, stop_reason=None):
-        """Everything a resume needs, and what the run was (params, classes), as one self-describing dict."""
+        """Everything a resume needs, and what the run was (params, classes), as one self-describing dict.
+
+        Checkpoints are written at epoch ends, where gradient accumulation is never half way (it restarts with
+        each epoch), so there is no accumulation position to save; the RNG states cover dropout and mixing."""
         return {"epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+                "ema": self.ema.state_dict() if self.ema is not None else None,
+                "weights": "ema" if self.ema is not None else "raw",  # which weights were validated
                 "tracker": self.tracker.state(), "rng": rng_state(), "params": params.to_dict(), "classes": classes,
                 "stop_reason": stop_reason}
 
@@ -40,7 +61,9 @@ class TrainingState:
             self.optimizer.load_state_dict(ckpt["optimizer"])
             if self.scheduler is not None and ckpt.get("scheduler"):
                 self.scheduler.load_state_dict(ckpt["scheduler"])
-        except (KeyError, ValueError, RuntimeError) as e:
+            if self.ema is not None:
+                self.ema.load_state_dict(ckpt["ema"])
+        except (KeyError, ValueError, RuntimeError, TypeError) as e:
             raise UserError(f"{path}: does not match params.json (arch or learning_rate changed?): "
                             f"{one_line(e)[:200]}") from None
         # only the tracker's progress: its settings (patience, metric) are checked equal by check_resume
@@ -50,9 +73,42 @@ class TrainingState:
         return ckpt["epoch"] + 1
 
 
-def build_state(params, classes, runtime, steps_per_epoch, where, init_weights=True):
-    """A fresh training state for `classes`, and notes to log. init_weights: copy init_weights_path's weights
-    (not when a checkpoint is about to replace them)."""
+def evaluated_weights(ckpt):
+    """The model weights a checkpoint's validation metrics belong to: the EMA's when the run kept one."""
+    if ckpt.get("weights") != "ema":
+        return ckpt["model"]
+    return {k[len(EMA_PREFIX):]: v for k, v in ckpt["ema"].items() if k.startswith(EMA_PREFIX)}
+
+
+def build_ema(model, decay):
+    """An exponential moving average of `model`'s weights, BatchNorm statistics included (use_buffers)."""
+    from torch.optim.swa_utils import AveragedModel
+
+    return AveragedModel(model, multi_avg_fn=ema_update(decay), use_buffers=True)
+
+
+def ema_update(decay):
+    """AveragedModel's update: w_ema <- d * w_ema + (1 - d) * w after each optimizer step, with
+    d = min(decay, (1 + n) / (10 + n)) after n updates (TensorFlow's ExponentialMovingAverage warm-up). Without the
+    warm-up, a decay of 0.999 would keep the first weights (near the random start) for thousands of steps, and a
+    short run's average would be useless. Integer buffers (BatchNorm's batch counter) are copied."""
+
+    @torch.no_grad()
+    def update(ema_params, params, n_averaged):
+        if not torch.is_floating_point(ema_params[0]):
+            torch._foreach_copy_(ema_params, params)
+            return
+        d = ((1 + n_averaged) / (10 + n_averaged)).clamp(max=decay).to(ema_params[0].dtype)  # on the device: no sync
+        torch._foreach_mul_(ema_params, d)
+        torch._foreach_add_(ema_params, torch._foreach_mul(params, 1 - d))
+
+    return update
+
+
+def build_state(params, classes, runtime, n_batches, class_counts, where, init_weights=True):
+    """A fresh training state for `classes`, and notes to log. n_batches: training batches per epoch;
+    class_counts: training images per class (for class_weights "balanced"). init_weights: copy
+    init_weights_path's weights (not when a checkpoint is about to replace them)."""
     check_classes(params, classes, where)
     model, notes = build_model(params, len(classes)), []
     if params.init_weights_path and init_weights:
@@ -60,15 +116,24 @@ def build_state(params, classes, runtime, steps_per_epoch, where, init_weights=T
         notes.append(f"initial weights from {params.init_weights_path}; not matched: {skipped or 'none'}")
     model = runtime.prepare(model)
     optimizer = build_optimizer(params, model)
-    scheduler = build_scheduler(params, optimizer, steps_per_epoch)
+    scheduler = build_scheduler(params, optimizer, optimizer_steps(n_batches, params.accumulate_steps))
+    ema = build_ema(model, params.ema_decay) if params.ema_decay else None
+    if ema is not None:
+        notes.append(f"validating the EMA of the weights (ema_decay {params.ema_decay}); best.pth.tar holds both")
     state = TrainingState(model, optimizer, scheduler, BestTracker.from_params(params.early_stopping),
-                          per_batch=params.scheduler in PER_BATCH)
+                          per_batch=params.scheduler in PER_BATCH, criterion=build_loss(params, class_counts),
+                          mix=build_batch_mix(params, len(classes)), ema=ema,
+                          accumulate_steps=params.accumulate_steps, grad_clip=params.grad_clip)
     return state, notes
 
 
 def check_classes(params, classes, where):
     if params.n_clas is not None and params.n_clas != len(classes):
         raise UserError(f"{where}: key 'n_clas' is {params.n_clas} but the data has {len(classes)} class folders")
+    weights = params.class_weights
+    if isinstance(weights, list) and len(weights) != len(classes):
+        raise UserError(f"{where}: key 'class_weights' has {len(weights)} weights but the data has {len(classes)} "
+                        f"classes")
     metric = params.early_stopping.monitor_metric
     if len(classes) < METRICS[metric].min_classes:
         raise UserError(f"{where}: key 'early_stopping.monitor_metric' is {metric} but the data has only "

@@ -2,6 +2,7 @@
 
     python data/build_dataset.py                                  # default: data/digits from scikit-learn
     python data/build_dataset.py --src RAW_DIR --dst data/NAME    # your images: RAW_DIR/<class>/*.jpg ...
+    python data/build_dataset.py --dst data/digits_imbalanced --imbalance 0=0.1,1=0.1   # keep 10 % of 0s and 1s
 
 The default set is scikit-learn's bundled handwritten digits (1,797 real 8x8 scans, 10 classes), so it builds
 offline. Splits are stratified and seeded: the same command always gives the same files.
@@ -50,6 +51,23 @@ def split_indices(labels, fractions, seed):
     return out
 
 
+def keep_fractions(labels, keep, seed):
+    """The indices of `labels` left after keeping only the fraction keep[c] of each class c named in `keep` (a
+    seeded choice, at least one image), all of the other classes: an imbalanced variant of a data set."""
+    rng = random.Random(seed)
+    by_class = {}
+    for i, y in enumerate(labels):
+        by_class.setdefault(str(y), []).append(i)
+    unknown = sorted(set(keep) - set(by_class))
+    if unknown:
+        raise UserError(f"--imbalance: no class named {', '.join(unknown)} (classes: {', '.join(sorted(by_class))})")
+    kept = []
+    for c, idx in by_class.items():
+        n = max(1, round(keep.get(c, 1.0) * len(idx)))
+        kept += rng.sample(idx, n) if n < len(idx) else idx
+    return sorted(kept)
+
+
 def write_split(images, labels, names, splits, dst, size):
     """Write every image as a size x size PNG into a temp folder, then move it into place in one step."""
     from PIL import Image
@@ -75,8 +93,9 @@ def write_split(images, labels, names, splits, dst, size):
         raise
 
 
-def build_digits(dst=DEFAULT_DST, size=32, fractions=(0.7, 0.15, 0.15), seed=230):
-    """scikit-learn's digits (0..16 grey levels) as PNGs, upscaled from 8x8 to size x size."""
+def build_digits(dst=DEFAULT_DST, size=32, fractions=(0.7, 0.15, 0.15), seed=230, keep=None):
+    """scikit-learn's digits (0..16 grey levels) as PNGs, upscaled from 8x8 to size x size. keep: {class name:
+    fraction of its images to keep}, before splitting (so every split is imbalanced alike)."""
     import numpy as np
     from PIL import Image
     from sklearn.datasets import load_digits
@@ -85,7 +104,8 @@ def build_digits(dst=DEFAULT_DST, size=32, fractions=(0.7, 0.15, 0.15), seed=230
     pixels = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)
     labels = [int(y) for y in digits.target]
     names = [f"digit_{i:04d}" for i in range(len(labels))]
-    splits = split_indices(labels, fractions, seed)
+    kept = keep_fractions(labels, keep or {}, seed)
+    splits = {s: [kept[i] for i in idx] for s, idx in split_indices([labels[i] for i in kept], fractions, seed).items()}
     write_split(lambda i: Image.fromarray(pixels[i], mode="L"), labels, names, splits, dst, size)
     return dst
 
@@ -113,11 +133,12 @@ def list_images(src):
     return items
 
 
-def build_from_folder(src, dst, size=64, fractions=(0.7, 0.15, 0.15), seed=230):
+def build_from_folder(src, dst, size=64, fractions=(0.7, 0.15, 0.15), seed=230, keep=None):
     """Any folder of class sub-folders -> the train/valid/test layout, resized to size x size RGB PNGs."""
     from PIL import Image, UnidentifiedImageError
 
     items = list_images(src)
+    items = [items[i] for i in keep_fractions([c for _, c in items], keep or {}, seed)]
     labels = [c for _, c in items]
     names = [f"{os.path.splitext(os.path.basename(p))[0]}_{i:06d}" for i, (p, _) in enumerate(items)]
 
@@ -141,6 +162,21 @@ def parse_fractions(text):
     return tuple(parts)
 
 
+def parse_imbalance(text):
+    """'0=0.1,1=0.2' -> {'0': 0.1, '1': 0.2}: the fraction of each named class's images to keep."""
+    keep = {}
+    for part in text.split(",") if text else []:
+        name, _, value = (x.strip() for x in part.partition("="))
+        try:
+            fraction = float(value)
+        except ValueError:
+            fraction = -1.0
+        if not name or not 0 < fraction <= 1:
+            raise UserError(f"--imbalance {text}: expected CLASS=FRACTION,... with fractions in (0, 1]")
+        keep[name] = fraction
+    return keep
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--src", help="folder of class sub-folders (default: scikit-learn's digits)")
@@ -148,16 +184,19 @@ def main(argv=None):
     ap.add_argument("--size", type=int, default=None, help="output images are SIZE x SIZE (digits: 32, else 64)")
     ap.add_argument("--fractions", default="0.7,0.15,0.15", help="train,valid,test fractions")
     ap.add_argument("--seed", type=int, default=230)
+    ap.add_argument("--imbalance", metavar="CLASS=FRACTION,...",
+                    help="keep only this fraction of the named classes' images (an imbalanced variant)")
     args = ap.parse_args(argv)
     fractions = parse_fractions(args.fractions)
+    keep = parse_imbalance(args.imbalance)
     if os.path.exists(args.dst):
         raise UserError(f"--dst {args.dst}: already exists; remove it first to rebuild")
     if args.size is not None and args.size < 1:
         raise UserError(f"--size {args.size}: must be >= 1")
     if args.src:
-        build_from_folder(args.src, args.dst, args.size or 64, fractions, args.seed)
+        build_from_folder(args.src, args.dst, args.size or 64, fractions, args.seed, keep)
     else:
-        build_digits(args.dst, args.size or 32, fractions, args.seed)
+        build_digits(args.dst, args.size or 32, fractions, args.seed, keep)
     counts = {s: sum(len(files) for _, _, files in os.walk(os.path.join(args.dst, s))) for s in SPLITS}
     print(f"wrote {args.dst}: " + ", ".join(f"{s} {n}" for s, n in counts.items()))
 

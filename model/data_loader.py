@@ -62,6 +62,22 @@ def build_transforms(params):
     return A.Compose(head + augment + tail, seed=params.seed), A.Compose(head + tail, seed=params.seed)
 
 
+def build_batch_mix(params, n_clas):
+    """MixUp / CutMix on whole training batches (torchvision.transforms.v2), or None when both are off.
+
+    The returned mix(images, labels) -> (images, targets) runs in the training loop after the loader: with
+    probability mix_prob it blends the batch and turns the labels into class probabilities [batch, n_clas]
+    (otherwise they stay class indices). With both alphas on, each mixed batch gets one of the two at random.
+    Its randomness is torch's global generator, which the checkpoint saves with the other RNG states."""
+    if not (params.mixup_alpha or params.cutmix_alpha):
+        return None
+    from torchvision.transforms import v2  # only now: importing torchvision costs ~1 s
+
+    mixers = [cls(alpha=alpha, num_classes=n_clas) for cls, alpha in
+              ((v2.MixUp, params.mixup_alpha), (v2.CutMix, params.cutmix_alpha)) if alpha]
+    return v2.RandomApply([v2.RandomChoice(mixers)], p=params.mix_prob)
+
+
 def resize_step(sz):
     """The first step of both pipelines. `cache_images` stores its output, so a cached image enters the pipeline
     already sz x sz, where A.Resize returns it untouched: cached and decoded runs give identical tensors."""

@@ -38,6 +38,14 @@ def macro_f1(cm, sums):
     return f1[seen].mean().item()
 
 
+def balanced_accuracy(cm, sums):
+    """The mean of per-class recall over the classes present: what accuracy would be if every class were equally
+    common, so a model that ignores a rare class cannot score high (scikit-learn's balanced_accuracy_score)."""
+    true_count = cm.sum(1)
+    present = true_count > 0
+    return (cm.diag()[present] / true_count[present]).mean().item()
+
+
 def top5(cm, sums):
     return sums["top5_hits"] / sums["n"]
 
@@ -46,6 +54,7 @@ METRICS = {
     "loss": Metric(loss, minimize=True),
     "accuracy": Metric(accuracy),
     "f1": Metric(macro_f1),
+    "balanced_accuracy": Metric(balanced_accuracy),
     "top5": Metric(top5, min_classes=5),
 }
 

@@ -1,10 +1,12 @@
-"""The model and its loss. `build_model(params, n_clas)` and `loss_fn(outputs, labels)` are all train.py,
+"""The model and its loss. `build_model(params, n_clas)`, `build_loss(params, class_counts)` (the training
+objective) and `loss_fn(outputs, labels)` (the loss every validation and evaluation reports) are all train.py,
 evaluate.py and the search's smoke test call.
 
 `arch` is "small_cnn" (defined below: edit it freely) or any torchvision classifier ("resnet18", "resnet50",
 "efficientnet_b0", ...), whose last Linear layer is replaced by dropout (`ps`) and a fresh `n_clas` head.
 """
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -36,8 +38,35 @@ class SmallCNN(nn.Module):
 
 
 def loss_fn(outputs, labels):
-    """The training objective (mean over the batch); the `loss` metric of every epoch is this loss."""
+    """Plain cross-entropy (mean over the batch): the `loss` of validation and evaluate.py. It ignores
+    label_smoothing and class_weights, so runs that differ in them still compare on the same loss."""
     return F.cross_entropy(outputs, labels)
+
+
+def build_loss(params, class_counts):
+    """The training objective: cross-entropy with `label_smoothing` and `class_weights`. Returns
+    loss(outputs, targets), where targets are class indices or, for mixed batches (MixUp/CutMix), class
+    probabilities of shape [batch, classes]; the train `loss` of every epoch is this loss.
+
+    class_counts: the number of training images of each class, for "balanced" weights."""
+    weight = class_weight_tensor(params.class_weights, class_counts)
+
+    def loss(outputs, targets):
+        w = None if weight is None else weight.to(outputs.device)
+        return F.cross_entropy(outputs, targets, weight=w, label_smoothing=params.label_smoothing)
+
+    return loss
+
+
+def class_weight_tensor(class_weights, class_counts):
+    """None (all classes weigh 1), the given list, or "balanced": n / (n_classes * count_c), scikit-learn's
+    definition, so a class with half the images weighs twice as much and the mean weight per image is 1."""
+    if class_weights is None:
+        return None
+    if class_weights == "balanced":
+        counts = torch.tensor(class_counts, dtype=torch.float32)
+        return counts.sum() / (len(counts) * counts.clamp(min=1))  # a class absent from training: no inf
+    return torch.tensor(class_weights, dtype=torch.float32)
 
 
 def build_model(params, n_clas):

@@ -110,7 +110,7 @@ def test_a_metric_added_to_the_registry_is_computed_and_ranked():
         logits = torch.tensor([[3.0, 0, 0], [0, 3.0, 0], [3.0, 0, 0], [0, 0, 3.0]])
         acc.update(logits, torch.tensor([0, 0, 0, 2]), torch.tensor(0.5))
         out = acc.compute()
-        assert list(out) == ["loss", "accuracy", "f1", "recall_0"]  # top5 needs 5 classes
+        assert list(out) == ["loss", "accuracy", "f1", "balanced_accuracy", "recall_0"]  # top5 needs 5 classes
         assert out["recall_0"] == pytest.approx(2 / 3) and out["accuracy"] == 0.75 and out["loss"] == 0.5
         assert not minimized("recall_0") and minimized("loss")
 
@@ -121,7 +121,7 @@ def test_resumable_and_hyperparameter_flags_live_on_the_keys():
     assert {k for k, e in KEYS.items() if not e.hyperparam} == {"hyper_search", "n_repetitions"}
     assert KEYS["num_workers"].resumable and not KEYS["learning_rate"].resumable
     assert fixed_overrides("evaluate") == ["pretrain=0", "train_subset=0", "valid_subset=0", "overfit_batches=0"]
-    assert fixed_overrides("smoke") == ["cache_images=0", "num_workers=0", "overfit_batches=0"]
+    assert fixed_overrides("smoke") == ["cache_images=0", "num_workers=0", "compile=0", "overfit_batches=0"]
     flat = hyperparams({"ps": 0.5, "early_stopping": {"patience": 3}, "n_repetitions": 2,
                         "augmentation": {"transform": {}}})
     assert flat == {"ps": 0.5, "early_stopping.patience": 3, "augmentation": {"transform": {}}}

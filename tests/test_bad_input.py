@@ -217,6 +217,27 @@ def test_too_many_learning_rates_for_the_model(model_dir, data, capsys):
     assert_rejected(args(model_dir, data), capsys, model_dir, "'learning_rate'", "40 rates")
 
 
+@pytest.mark.parametrize("key, value, needles", [
+    ("label_smoothing", 1.0, ["in [0, 1)", "got 1.0"]),
+    ("class_weights", "balance", ['null, "balanced" or a list of numbers > 0', '"balance"']),
+    ("class_weights", [1, 0, 1], ["> 0", "[1, 0, 1]"]),
+    ("class_weights", [1, 2], ["has 2 weights but the data has 3 classes"]),  # checked against the data
+    ("class_weights", 3, ["expects \"balanced\", a list of numbers or null", "got int 3"]),
+    ("mixup_alpha", -0.2, [">= 0", "-0.2"]),
+    ("cutmix_alpha", "1", ["expects float", 'string "1"']),
+    ("mix_prob", 1.5, ["in [0, 1]", "1.5"]),
+    ("grad_clip", -1, [">= 0", "got -1"]),
+    ("accumulate_steps", 0, [">= 1", "got 0"]),
+    ("accumulate_steps", 1.5, ["expects int", "1.5"]),
+    ("ema_decay", 1.0, ["in [0, 1)", "got 1.0"]),
+    ("compile", 2, ["expects 0/1", "got int 2"]),
+    ("wd_norm_bias", "yes", ["expects 0/1", '"yes"']),
+])
+def test_bad_recipe_values(model_dir, data, capsys, key, value, needles):
+    write_params(model_dir, {**TINY, key: value})
+    assert_rejected(args(model_dir, data), capsys, model_dir, model_dir / "params.json", f"'{key}'", *needles)
+
+
 # ---------------------------------------------------------------- overrides
 
 

@@ -340,7 +340,7 @@ def test_infinite_learning_rate_is_rejected():
         ("optimizer", "rmsprop", "sgd, adam, adamw"),
         ("optimizer", "SGD", "sgd, adam, adamw"),
         ("scheduler", "linear", "one_cycle, cosine, step, plateau, none"),
-        ("early_stopping.monitor_metric", "acc", "loss, accuracy, f1, top5"),
+        ("early_stopping.monitor_metric", "acc", "loss, accuracy, f1, balanced_accuracy, top5"),
     ],
 )
 def test_bad_choice_lists_the_choices(key, value, choices):
