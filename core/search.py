@@ -286,7 +286,7 @@ class Progress:
 def run_pool(source, data_dir, workers, gpus, fail_fast, warm=True):
     """Train the jobs `source` hands out (see Queue) with at most `workers` at a time; the next starts as soon as
     one ends. `source.next_job(busy)` may depend on the results so far (successive halving)."""
-    running, free = {}, list(range(workers))
+    running, free, locked = {}, list(range(workers)), set()
     cells = source.cells
     threads = None if gpus else max(1, len(os.sched_getaffinity(0)) // workers)  # split our cores, not oversubscribe
     progress, stop, launcher = Progress(source.planned), False, None
@@ -296,9 +296,10 @@ def run_pool(source, data_dir, workers, gpus, fail_fast, warm=True):
         torchvision = any(c.params.get("arch", KEYS["arch"].default) != KEYS["arch"].default for c in cells)
         launcher = Launcher(warm and source.planned > 0, cell_env(threads=threads), torchvision)
         while True:
-            while free and not stop and (cell := source.next_job({c.name for c, _ in running.values()})):
-                if is_locked(cell.folder):
+            while free and not stop and (cell := source.next_job({c.name for c, _ in running.values()} | locked)):
+                if is_locked(cell.folder):  # someone else trains it now: not ours to start, nor to offer again
                     cell.result = "locked"
+                    locked.add(cell.name)
                     progress.finished(cell, len(running))
                     continue
                 slot = free.pop(0)

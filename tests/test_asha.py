@@ -191,3 +191,14 @@ def test_stop_at_epoch_pauses_and_a_resume_goes_on(make_experiment, digits_dir):
     assert run_train(folder, digits_dir, "--restore_file", "last") == 0
     assert read_status(folder)["status"] == "completed" and epochs_of(folder) == [1, 2]
     assert FAST_PARAMS["num_epochs"] == 2
+
+
+def test_a_cell_locked_by_another_process_is_skipped_not_offered_forever(tmp_path):
+    from core.run import folder_lock
+    from core.search import run_pool
+
+    cell = fake_cell(str(tmp_path), "busy_elsewhere")
+    asha = Asha([cell], Schedule(1, 3, "accuracy", "max", 9))
+    with folder_lock(cell.folder):  # a hand-run train.py holds it
+        assert run_pool(asha, str(tmp_path), workers=1, gpus=[], fail_fast=False, warm=False) == 0
+    assert cell.result == "locked"
