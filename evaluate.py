@@ -4,9 +4,9 @@
                        [--tta hflip]
 
 Writes into each folder MODEL_DIR/metrics_<split>_<restore>_weights.json (e.g. metrics_test_best_weights.json:
-the metrics, per-class precision, recall, F1 and support, balanced accuracy), report_<split>_<restore>.md (the
-per-class table) and confusion_<split>_<restore>.png, and prints one table over all folders. With --tta hflip,
-predictions are averaged over each image and its mirror image, and the file names end in _tta_hflip.
+the metrics, per-class precision, recall, F1 and support, balanced accuracy), report_<split>_<restore>_weights.md
+(the per-class table) and confusion_<split>_<restore>_weights.png, and prints one table over all folders. With
+--tta hflip, predictions are averaged over each image and its mirror image, and the file names end in _tta_hflip.
 """
 
 import argparse
@@ -18,7 +18,7 @@ from core.config import Params, fixed_overrides, resolve
 from core.data import fetch_dataloader
 from core.engine import evaluate, pick_runtime
 from core.record import provenance
-from core.report import per_class_metrics, write_report
+from core.report import check_same_data, per_class_metrics, write_report
 from core.run import check_model_dir, checkpoint_path
 from core.state import evaluated_weights
 from data.build_dataset import DEFAULT_DST, ensure_data
@@ -43,8 +43,11 @@ def main(argv=None):
     data_dir = ensure_data(args.data_dir)
     # evaluate every folder first, write after: one bad folder leaves no folder half done
     results = [evaluate_checkpoint(path, data_dir, args.split, args.tta) for path in ckpt_paths]
+    for model_dir in args.model_dir:
+        check_same_data(model_dir, args.split, args.restore_file, args.tta, data_dir)
     rows = []
     for model_dir, (metrics, confusion, classes) in zip(args.model_dir, results):
+        metrics["data_dir"] = os.path.abspath(data_dir)
         write_report(model_dir, args.split, args.restore_file, args.tta, metrics, confusion, classes)
         rows.append([model_dir, metrics["epoch"]] + [metrics.get(k) for k in metric_names()] + [provenance(model_dir)])
     headers = ["model_dir", "epoch", *metric_names(), "code (commit, model/ snapshot)"]

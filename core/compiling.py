@@ -15,16 +15,19 @@ def compile_model(model, x, rt):
     C++ compiler, an unsupported operation); the trial runs on a copy so the run's weights, BatchNorm statistics
     and random streams stay as they were. nn.Module.compile compiles in place: state_dict keys stay the plain
     model's (no '_orig_mod.' prefix), so checkpoints load with and without compile."""
-    trial = copy.deepcopy(model)
-    trial.compile()
     try:
+        trial = copy.deepcopy(model)
+        trial.compile()  # torch.compile checks here whether this Python and platform are supported at all
         with torch.random.fork_rng():  # the trial's dropout must not shift the run's random numbers
             trial.train()
             with rt.autocast():
                 out = trial(x)
             out.float().sum().backward()
+            trial.eval()  # validation's pass compiles a graph of its own
+            with torch.inference_mode(), rt.autocast():
+                trial(x)
+        model.compile()
     except Exception as e:  # whatever stops compiling: the run goes on eager, and says why
         return (f"compile: torch.compile cannot compile this model here, training eager instead "
                 f"({type(e).__name__}: {one_line(e)[:200]})")
-    model.compile()
     return "compile: training with torch.compile (its first batches run slower while it compiles)"

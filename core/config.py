@@ -41,6 +41,9 @@ def fraction(closed_low=True):
     return (lambda v: 0 <= v < 1, "in [0, 1)") if closed_low else (lambda v: 0 < v < 1, "in (0, 1)")
 
 
+SAME = "same as the default"
+
+
 @dataclass(frozen=True)
 class Key:
     """Everything the project knows about one params key."""
@@ -54,6 +57,11 @@ class Key:
     hyperparam: bool = True  # a column of results tables and a key hyper_search may vary
     evaluate: object = None  # the value evaluate.py uses, whatever the run had (None: the run's own)
     smoke: object = None  # the value search --smoke uses: in its own process, writing nothing (None: the cell's own)
+    legacy: object = SAME  # what runs did before the key existed (SAME: its default), for resuming their checkpoints
+
+    @property
+    def before_it_existed(self):
+        return self.default if self.legacy is SAME else self.legacy
 
 
 KEYS = {
@@ -97,7 +105,7 @@ KEYS = {
     "momentum": Key(0.9, float, "sgd momentum (beta1 for adam/adamw)", check=fraction()),
     "wd": Key(1e-4, float, "weight decay", check=at_least(0)),
     "wd_norm_bias": Key(0, FLAG, "1: weight decay on normalisation weights and biases too (0: only on weight "
-                        "matrices and kernels)"),
+                        "matrices and kernels)", legacy=1),  # older runs decayed every parameter
     "grad_clip": Key(0.0, float, "clip the gradient norm to this before each optimizer step (0: off)",
                      check=at_least(0)),
     "accumulate_steps": Key(1, int, "gradient accumulation: one optimizer step every N batches",

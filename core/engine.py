@@ -1,6 +1,7 @@
 """The device decision and the two loops: train_one_epoch and evaluate. Each returns a metrics dict."""
 
 import contextlib
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -177,11 +178,12 @@ def optimizer_step(state, monitor, index, scheduler):
 
 def predict(model, x, tta=None):
     """The model's logits for batch x; with tta "hflip", the log of its class probabilities averaged over x and
-    x mirrored left-right (log-probabilities work wherever logits do: argmax, softmax, cross-entropy)."""
+    x mirrored left-right (log-probabilities work wherever logits do: argmax, softmax, cross-entropy). The mean is
+    taken in log space (logsumexp), so a confident wrong answer gives a large finite loss, not log(0)."""
     if tta is None:
         return model(x).float()
-    probs = (model(x).float().softmax(1) + model(torch.flip(x, dims=[3])).float().softmax(1)) / 2
-    return probs.log()
+    logp = torch.stack([model(x).float().log_softmax(1), model(torch.flip(x, dims=[3])).float().log_softmax(1)])
+    return torch.logsumexp(logp, 0) - math.log(2)
 
 
 @torch.inference_mode()

@@ -65,7 +65,8 @@ def param_groups(params, model):
 
 def layer_lrs(optimizer):
     """The current learning rate of each layer group, head last (its decay and no-decay halves share it)."""
-    return list({g["layer_group"]: g["lr"] for g in optimizer.param_groups}.values())
+    # groups restored from a checkpoint older than the decay split carry no tag: one group per layer group then
+    return list({g.get("layer_group", i): g["lr"] for i, g in enumerate(optimizer.param_groups)}.values())
 
 
 def optimizer_steps(n_batches, accumulate_steps):

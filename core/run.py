@@ -162,7 +162,9 @@ def check_resume(ckpt, params, status, path):
         raise UserError(f"--restore_file: {path} is from epoch {ckpt['epoch']} but the run reached epoch "
                         f"{status['epoch']}; resuming would discard those epochs (start a new folder with "
                         f"init_weights_path instead)")
-    old, new = flatten(ckpt.get("params", {})), flatten(params.to_dict())
+    # a key the checkpoint predates counts as what runs did before it existed (wd_norm_bias: 1)
+    old = {k: e.before_it_existed for k, e in KEYS.items()} | flatten(ckpt.get("params", {}))
+    new = flatten(params.to_dict())
     changed = [f"{k}: {json.dumps(old.get(k))} -> {json.dumps(new.get(k))}" for k in sorted(set(old) | set(new))
                if not (k in KEYS and KEYS[k].resumable) and old.get(k) != new.get(k)]
     if changed:

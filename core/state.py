@@ -15,11 +15,10 @@ import torch
 from core.engine import rng_state, set_rng_state
 from core.optim import PER_BATCH, build_optimizer, build_scheduler, optimizer_steps
 from core.run import BestTracker
-from core.tv_models import load_init_weights
 from model.data_loader import build_batch_mix
 from model.metrics import METRICS
 from model.net import build_loss, build_model
-from utils import UserError, one_line
+from utils import UserError, load_checkpoint, one_line
 
 EMA_PREFIX = "module."  # AveragedModel's state_dict: the averaged model's keys under "module.", and n_averaged
 
@@ -80,6 +79,21 @@ def evaluated_weights(ckpt):
     return {k[len(EMA_PREFIX):]: v for k, v in ckpt["ema"].items() if k.startswith(EMA_PREFIX)}
 
 
+def load_init_weights(model, path):
+    """Copy every tensor whose name and shape match from another run's checkpoint (the weights it validated: its
+    EMA when it kept one); report what was skipped."""
+    ckpt = load_checkpoint(path)
+    source = evaluated_weights(ckpt) if isinstance(ckpt, dict) and "model" in ckpt else ckpt
+    if not isinstance(source, dict):
+        raise UserError(f"params key 'init_weights_path': {path} holds no model weights")
+    own = model.state_dict()
+    matched = {k: v for k, v in source.items() if k in own and getattr(v, "shape", None) == own[k].shape}
+    if not matched:
+        raise UserError(f"params key 'init_weights_path': no tensor in {path} matches this model")
+    model.load_state_dict(matched, strict=False)
+    return sorted(set(own) - set(matched))
+
+
 def build_ema(model, decay):
     """An exponential moving average of `model`'s weights, BatchNorm statistics included (use_buffers)."""
     from torch.optim.swa_utils import AveragedModel
@@ -122,7 +136,8 @@ def build_state(params, classes, runtime, n_batches, class_counts, where, init_w
         notes.append(f"validating the EMA of the weights (ema_decay {params.ema_decay}); best.pth.tar holds both")
     state = TrainingState(model, optimizer, scheduler, BestTracker.from_params(params.early_stopping),
                           per_batch=params.scheduler in PER_BATCH, criterion=build_loss(params, class_counts),
-                          mix=build_batch_mix(params, len(classes)), ema=ema,
+                          # the overfit check learns its fixed batches as they are: no mixing, as no augmentation
+                          mix=None if params.overfit_batches else build_batch_mix(params, len(classes)), ema=ema,
                           accumulate_steps=params.accumulate_steps, grad_clip=params.grad_clip)
     return state, notes
 

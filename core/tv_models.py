@@ -10,7 +10,7 @@ import os
 import torch
 import torch.nn as nn
 
-from utils import UserError, load_checkpoint
+from utils import UserError
 
 
 def torchvision_model(arch, n_clas, ps, pretrain, pretrained_path=""):
@@ -66,17 +66,3 @@ def replace_head(model, arch, n_clas, ps):
         setattr(owner, last, nn.Linear(old.in_features, n_clas))
     else:
         setattr(owner, last, nn.Sequential(nn.Dropout(ps), nn.Linear(old.in_features, n_clas)))
-
-
-def load_init_weights(model, path):
-    """Copy every tensor whose name and shape match from another run's checkpoint; report what was skipped."""
-    ckpt = load_checkpoint(path)
-    source = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(source, dict):
-        raise UserError(f"params key 'init_weights_path': {path} holds no model weights")
-    own = model.state_dict()
-    matched = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
-    if not matched:
-        raise UserError(f"params key 'init_weights_path': no tensor in {path} matches this model")
-    model.load_state_dict(matched, strict=False)
-    return sorted(set(own) - set(matched))

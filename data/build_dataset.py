@@ -173,6 +173,8 @@ def parse_imbalance(text):
             fraction = -1.0
         if not name or not 0 < fraction <= 1:
             raise UserError(f"--imbalance {text}: expected CLASS=FRACTION,... with fractions in (0, 1]")
+        if name in keep:
+            raise UserError(f"--imbalance {text}: class '{name}' is named twice")
         keep[name] = fraction
     return keep
 

@@ -52,8 +52,15 @@ def build_loss(params, class_counts):
     weight = class_weight_tensor(params.class_weights, class_counts)
 
     def loss(outputs, targets):
-        w = None if weight is None else weight.to(outputs.device)
-        return F.cross_entropy(outputs, targets, weight=w, label_smoothing=params.label_smoothing)
+        if weight is None:
+            return F.cross_entropy(outputs, targets, label_smoothing=params.label_smoothing)
+        w = weight.to(outputs.device)
+        if targets.dim() == 1:  # class indices: PyTorch divides by the batch's summed weights
+            return F.cross_entropy(outputs, targets, weight=w, label_smoothing=params.label_smoothing)
+        # probabilities (mixed batches): PyTorch would divide by the batch size; divide by the summed weights too,
+        # so mixed and plain batches train at the same scale (equal for one-hot targets)
+        total = F.cross_entropy(outputs, targets, weight=w, label_smoothing=params.label_smoothing, reduction="sum")
+        return total / (targets @ w).sum()
 
     return loss
 

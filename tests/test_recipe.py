@@ -22,7 +22,7 @@ from core.state import TrainingState, build_ema, evaluated_weights
 from model.data_loader import build_batch_mix
 from model.metrics import METRICS
 from model.net import SmallCNN, build_loss, class_weight_tensor
-from utils import load_checkpoint
+from utils import UserError, load_checkpoint
 
 RARE = {"0": 0.1, "1": 0.1}  # the imbalanced digits: 10 % of the 0s and 1s kept
 ALL_KEYS = {"label_smoothing": 0.1, "class_weights": "balanced", "mixup_alpha": 0.4, "cutmix_alpha": 1.0,
@@ -255,15 +255,15 @@ def test_evaluate_reports_per_class_metrics_and_keeps_tta_apart(make_experiment,
     assert plain["per_class"]["0"]["support"] < plain["per_class"]["5"]["support"] / 5
     recalls = [c["recall"] for c in plain["per_class"].values()]
     assert plain["balanced_accuracy"] == pytest.approx(sum(recalls) / 10)  # scikit-learn's, and ours agrees
-    report = open(os.path.join(exp, "report_test_best.md")).read()
+    report = open(os.path.join(exp, "report_test_best_weights.md")).read()
     assert "| class" in report and "macro mean" in report and "balanced accuracy" in report
-    assert os.path.getsize(os.path.join(exp, "confusion_test_best.png")) > 1000
+    assert os.path.getsize(os.path.join(exp, "confusion_test_best_weights.png")) > 1000
 
     before = open(os.path.join(exp, "metrics_test_best_weights.json")).read()
     assert evaluate.main(["--model_dir", exp, "--data_dir", imbalanced_dir, "--tta", "hflip"]) == 0
     tta = read(os.path.join(exp, "metrics_test_best_weights_tta_hflip.json"))
     assert tta["tta"] == "hflip" and tta["loss"] != plain["loss"]
-    assert os.path.exists(os.path.join(exp, "report_test_best_tta_hflip.md"))
+    assert os.path.exists(os.path.join(exp, "report_test_best_weights_tta_hflip.md"))
     assert open(os.path.join(exp, "metrics_test_best_weights.json")).read() == before  # not overwritten
 
     table = synthesize_results.synthesize(os.path.dirname(exp), metric="balanced_accuracy")
@@ -278,3 +278,71 @@ def test_balanced_accuracy_metric_matches_scikit_learn():
     for t, p in zip(y, pred):
         cm[t, p] += 1
     assert METRICS["balanced_accuracy"].formula(cm, {"n": 6}) == pytest.approx(balanced_accuracy_score(y, pred))
+
+
+def test_a_checkpoint_older_than_the_recipe_keys_resumes_with_what_it_did(make_experiment, digits_dir):
+    """A run trained before these keys existed: its checkpoint lacks them and decayed every parameter."""
+    exp = make_experiment(num_epochs=2, wd_norm_bias=1)
+    assert run_train(exp, digits_dir, "--stop_at_epoch", "1") == 0
+    path = os.path.join(exp, "last.pth.tar")
+    ckpt = torch.load(path, weights_only=True)
+    for key in ("label_smoothing", "class_weights", "mixup_alpha", "cutmix_alpha", "mix_prob", "grad_clip",
+                "accumulate_steps", "ema_decay", "compile", "wd_norm_bias"):
+        ckpt["params"].pop(key, None)
+    for group in ckpt["optimizer"]["param_groups"]:
+        group.pop("layer_group", None)
+    torch.save(ckpt, path)
+    with pytest.raises(UserError, match=r"wd_norm_bias: 1 -> 0"):
+        run_train(exp, digits_dir, "--restore_file", "last", "wd_norm_bias=0")
+    assert run_train(exp, digits_dir, "--restore_file", "last") == 0  # params.json says wd_norm_bias 1: as it ran
+    assert [r["epoch"] for r in read(os.path.join(exp, "history.json"))["epochs"]] == [1, 2]
+
+
+def test_compile_that_fails_at_once_also_falls_back(monkeypatch):
+    def unsupported(fn, **kw):  # torch.compile checks the platform when called, before any batch
+        raise RuntimeError("Python 3.99 is not supported by torch.compile")
+
+    monkeypatch.setattr(torch, "compile", unsupported)
+    model = SmallCNN(3)
+    assert "training eager" in compile_model(model, torch.randn(2, 3, 16, 16), pick_runtime(0))
+    assert model._compiled_call_impl is None
+
+
+def test_class_weights_scale_mixed_and_plain_batches_alike():
+    p = Params(resolve({"class_weights": [1.0, 1.0, 5.0]}, "t"))
+    loss = build_loss(p, [10, 10, 10])
+    logits, labels = torch.randn(6, 3), torch.tensor([0, 1, 2, 2, 1, 0])
+    one_hot = F.one_hot(labels, 3).float()
+    assert torch.allclose(loss(logits, labels), loss(logits, one_hot))  # same targets, same loss
+    scaled = build_loss(Params(resolve({"class_weights": [10.0, 10.0, 50.0]}, "t")), [10, 10, 10])
+    assert torch.allclose(scaled(logits, one_hot), loss(logits, one_hot))  # a uniform factor changes nothing
+
+
+def test_tta_loss_stays_finite_for_a_confident_wrong_answer():
+    from core.engine import predict
+
+    model = nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[120.0, 0.0], [0.0, 0.0]]))
+        model.bias.zero_()
+    x = torch.tensor([[[[1.0, 1.0]]]]).squeeze(0)  # [1, 1, 2]: flipping the last dim keeps it
+    logits = predict(lambda t: model(t.reshape(1, 2)), x.unsqueeze(0), "hflip")
+    assert torch.isfinite(F.cross_entropy(logits, torch.tensor([1])))
+
+
+def test_overfit_check_learns_its_batches_unmixed(make_experiment, digits_dir):
+    exp = make_experiment(overfit_batches=1, num_epochs=25, learning_rate=0.01, ps=0.0, mixup_alpha=1.0,
+                          cutmix_alpha=1.0, early_stopping={"patience": 0})
+    assert run_train(exp, digits_dir) == 0
+    assert read(os.path.join(exp, "status.json"))["overfit_check"]["passed"]
+
+
+def test_report_leaves_absent_classes_out_of_the_means():
+    from core.report import report_markdown
+
+    per_class = {"a": {"precision": 1.0, "recall": 0.5, "f1": 0.6667, "support": 4},
+                 "b": {"precision": 0.5, "recall": 1.0, "f1": 0.6667, "support": 2},
+                 "c": {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}}
+    text = report_markdown({"per_class": per_class, "accuracy": 0.6667, "balanced_accuracy": 0.75}, "t")
+    macro = next(line for line in text.splitlines() if "macro mean" in line)
+    assert "0.7500" in macro and "| c " in text.split("macro mean")[0] and "n/a" in text and "absent" in text

@@ -141,7 +141,7 @@ def test_evaluate_writes_test_metrics_for_several_folders(make_experiment, digit
     for d in dirs:
         metrics = read(os.path.join(d, "metrics_test_best_weights.json"))
         assert metrics["accuracy"] > 0.3 and metrics["epoch"] == 1
-        assert os.path.getsize(os.path.join(d, "confusion_test_best.png")) > 1000
+        assert os.path.getsize(os.path.join(d, "confusion_test_best_weights.png")) > 1000
         assert d in table
 
 
