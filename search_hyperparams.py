@@ -131,30 +131,33 @@ def launch_cells(source, args):
                         warm=not args.cold)
     # TPE learns from finished cells: waves of array_parallelism, not every proposal at once
     limit = args.array_parallelism if getattr(source, "sampler", None) else float("inf")
-    failed = 0
-    while wave := ready_jobs(source, limit):
+    failed, locked = 0, set()
+    while wave := ready_jobs(source, limit, locked):
         if args.launcher == "slurm":
             failed += cluster.run_slurm(wave, args.data_dir, args.parent_dir, args)
         else:
             failed += cluster.run_ray(wave, args.data_dir, args)
         for cell in wave:
             source.refresh(cell)
+            if cell.result == "locked":  # trained elsewhere now: not offered to the next wave again
+                locked.add(cell.name)
         if args.launcher == "slurm" and args.no_wait:
             break  # the rest is decided by a rerun, once these results are in
     return failed
 
 
-def ready_jobs(source, limit):
-    """Every job that can start now, at most `limit`."""
+def ready_jobs(source, limit, skip):
+    """Every job that can start now, at most `limit`, none of the cells named in `skip`."""
     jobs = []
-    while len(jobs) < limit and (cell := source.next_job({c.name for c in jobs})):
+    while len(jobs) < limit and (cell := source.next_job({c.name for c in jobs} | skip)):
         jobs.append(cell)
     return jobs
 
 
 def plan_line(cells, todo, schedule, sampler, launcher):
     n = max(len(cells), sampler.n_samples) if sampler else len(cells)
-    line = f"{len(todo)} of {len(cells)} cells to train ({launcher})" if not schedule else \
+    existing = "existing " if sampler else ""
+    line = f"{len(todo)} of {len(cells)} {existing}cells to train ({launcher})" if not schedule else \
         f"{n} cells, {schedule.describe(n)}"
     if sampler:
         line += f"\ntpe: {len(cells)} of {sampler.n_samples} cells exist; Optuna proposes the rest as results come in"

@@ -158,7 +158,7 @@ def is_finished(model_dir, ckpt):
 
 def record_pause(model_dir, epoch):
     """Repair the status of a run whose pause was killed between its checkpoint and its status record."""
-    if read_status(model_dir).get("status") != Status.PAUSED:
+    if read_status(model_dir).get("status") not in (Status.PAUSED, Status.PRUNED):
         write_status(model_dir, Status.PAUSED, reason=f"paused at epoch {epoch}", epoch=epoch)
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from core.config import resolve
 from core.results import load_history
-from core.run import Status, read_status, write_status
+from core.run import Status, is_locked, read_status, write_status
 from model.metrics import METRICS
 from utils import UserError
 
@@ -118,7 +118,7 @@ def parse_schedule(spec, cells, where):
     if min_epochs > num_epochs:
         raise UserError(f"{where}: 'min_epochs' {min_epochs} is more than num_epochs {num_epochs}")
     metric = spec.get("metric", resolved[0]["early_stopping"]["monitor_metric"])
-    if metric not in METRICS:
+    if not isinstance(metric, str) or metric not in METRICS:
         raise UserError(f"{where}: unknown metric {json.dumps(metric)} (one of {', '.join(METRICS)})")
     natural = "min" if METRICS[metric].minimize else "max"
     mode = spec.get("mode", natural)
@@ -159,8 +159,10 @@ class Asha:
         self.schedule, self.rungs = schedule, schedule.rungs
         # done cells are ranked but never trained; mismatched and locked ones are none of ours
         self.cells = [c for c in cells if c.state not in ("mismatch", "locked")]
-        self.retry, self.promote, self.sampler, self.added = retry_failed, promote, sampler, []
+        self.promote, self.sampler, self.added = promote, sampler, []
         self.progress = {c.name: read_progress(c.folder, schedule.metric) for c in self.cells}
+        # --retry_failed: the cells that had failed when the search started, once each (not one failing again now)
+        self.retry = {c.name for c in self.cells if self.failed(c)} if retry_failed else set()
         total = max(len(self.cells), sampler.n_samples if sampler else 0)
         can_grow = bool(sampler) and len(self.cells) < sampler.n_samples
         # jobs expected, for the progress bar; none when every cell is finished (no cell server to start)
@@ -172,17 +174,20 @@ class Asha:
     def refresh(self, cell):
         self.progress[cell.name] = read_progress(cell.folder, self.schedule.metric)
 
+    def failed(self, cell):
+        return self.progress[cell.name].status in (Status.FAILED, Status.DIVERGED)
+
     def trainable(self, cell):
         p = self.progress[cell.name]
         if p.status == Status.COMPLETED or p.epochs >= self.schedule.num_epochs:
             return False
-        return self.retry or p.status not in (Status.FAILED, Status.DIVERGED)
+        return not self.failed(cell) or cell.name in self.retry
 
     def value_at(self, cell, rung):
         """The cell's result at `rung`, or None. A cell that stopped early (early stopping) counts with its last
         value: it finished, better or worse."""
         p = self.progress[cell.name]
-        if p.status in (Status.FAILED, Status.DIVERGED):  # no result to compare, whatever it reached before
+        if self.failed(cell):  # no result to compare, whatever it reached before
             return None
         if rung in p.values and p.epochs >= rung:
             return p.values[rung]
@@ -207,8 +212,8 @@ class Asha:
         if not self.promote:
             return []
         best = []
-        for rung in reversed(self.rungs):
-            best += [c for c in self.ranked(rung) if c not in best]
+        for rung in reversed(self.rungs):  # only cells that trained to the rung (not early-stopped before it)
+            best += [c for c in self.ranked(rung) if c not in best and self.progress[c.name].epochs >= rung]
         return [c for c in best[:self.promote] if self.trainable(c)]
 
     def next_job(self, busy):
@@ -218,9 +223,9 @@ class Asha:
         for cell in self.forced():
             if cell in free:
                 return self.job(cell, self.schedule.num_epochs)
-        for cell in free:  # a rung left half done (the search was killed) is finished first: nothing retrained
+        for cell in free:  # a rung left half done (killed, or failed and retried) is finished first
             e = self.progress[cell.name].epochs
-            if 0 < e and e not in self.rungs:
+            if 0 < e and (e not in self.rungs or self.failed(cell)):
                 return self.job(cell, min(r for r in self.rungs if r > e))
         for k in range(len(self.rungs) - 2, -1, -1):  # promotions, highest rung first
             for cell in self.promotable(k):
@@ -235,18 +240,36 @@ class Asha:
             self.added.append(cell)
             self.progress[cell.name] = CellProgress(values={})
             return self.job(cell, self.rungs[0])
+        return None if busy else self.last_resort(free)
+
+    def last_resort(self, free):
+        """Nothing runs and nothing qualifies: with fewer than reduction_factor cells at a rung its top 1/eta is
+        empty, and a small search would end with no cell trained to the end. Promote the best cell of the highest
+        rung that no cell has passed, so every search finishes at least one."""
+        for k in range(len(self.rungs) - 2, -1, -1):
+            if any(p.epochs > self.rungs[k] for p in self.progress.values()):
+                return None  # a cell went on from here: the rule already chose
+            rung = self.rungs[k]
+            paused = [c for c in self.ranked(rung) if c in free and self.progress[c.name].epochs == rung]
+            if paused:
+                return self.job(paused[0], self.rungs[k + 1])
         return None
 
     def job(self, cell, epoch):
+        self.retry.discard(cell.name)
         cell.stop_at = epoch
         return cell
 
     def prune_rest(self):
-        """At the end: paused cells that were not promoted are recorded as pruned (still resumable)."""
+        """At the end: cells stopped at a rung and not promoted are recorded as pruned (still resumable). Each
+        folder is read again first: another search or a hand-run train.py may be training it now."""
         for cell in self.cells:
-            if self.progress[cell.name].status == Status.PAUSED:
-                write_status(cell.folder, Status.PRUNED, reason=f"not promoted past epoch "
-                             f"{self.progress[cell.name].epochs} (successive halving)")
+            self.refresh(cell)
+            p = self.progress[cell.name]
+            stopped = p.status == Status.PAUSED or (p.status == Status.INTERRUPTED and p.epochs in self.rungs)
+            if stopped and not is_locked(cell.folder):
+                write_status(cell.folder, Status.PRUNED, reason=f"not promoted past epoch {p.epochs} "
+                             f"(successive halving)")
                 self.refresh(cell)
 
     def epochs_trained(self):

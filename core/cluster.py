@@ -7,7 +7,7 @@ rerun-is-resume holds everywhere: the folders are the state, not the scheduler.
 import os
 import time
 
-from core.run import Status, read_status, write_status
+from core.run import Status, is_locked, read_status, write_status
 from core.search import ROOT, Progress, cell_env, prepare, slurm_alive, train_cell
 from utils import UserError
 
@@ -33,6 +33,8 @@ class SlurmCell:
         self.data_dir, self.threads, self.max_requeues = data_dir, threads, max_requeues
 
     def __call__(self, cell):
+        if is_locked(cell.folder):  # a hand-run train.py or another search trains it: its status is not ours
+            return "locked"
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
         job = os.environ.get("SLURM_ARRAY_JOB_ID", os.environ.get("SLURM_JOB_ID", "?"))
         task = os.environ.get("SLURM_ARRAY_TASK_ID")
@@ -80,9 +82,10 @@ def run_slurm(cells, data_dir, parent_dir, opts):
     executor = slurm_executor(parent_dir, opts)
     for cell in cells:
         prepare(cell)
+    before = [read_status(cell.folder) for cell in cells]
     jobs = executor.map_array(SlurmCell(data_dir, opts.cpus_per_cell, opts.max_requeues), cells)
-    for cell, job in zip(cells, jobs):
-        if read_status(cell.folder).get("status") not in (Status.RUNNING, Status.COMPLETED):  # a fast task may be ahead
+    for cell, job, record in zip(cells, jobs, before):
+        if read_status(cell.folder) == record:  # untouched since submitting: a fast task may already be ahead
             write_status(cell.folder, Status.QUEUED, slurm_job_id=job.job_id)  # a rerun sees it queued, not lost
     print(f"submitted Slurm array {jobs[0].job_id.split('_')[0]}; logs in {os.path.join(parent_dir, '.slurm')}")
     if opts.no_wait:
@@ -102,6 +105,10 @@ def wait_slurm(cells, jobs):
                 continue
             for job_id in [j for j in waiting if j not in alive]:
                 cell = waiting.pop(job_id)
+                if is_locked(cell.folder):  # trained by another process now: neither ours nor failed
+                    cell.result = "locked"
+                    progress.finished(cell, len(waiting))
+                    continue
                 status = read_status(cell.folder).get("status")
                 ended = (Status.COMPLETED, Status.PAUSED, Status.DIVERGED, Status.FAILED)
                 cell.result = Status(status) if status in ended else Status.FAILED

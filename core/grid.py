@@ -17,7 +17,7 @@ import os
 import re
 
 from core.config import KEYS, resolve, set_dotted, suggest, type_name
-from core.sampling import METHODS, SAMPLED, check_distribution, is_distribution, sample
+from core.sampling import DISTRIBUTIONS, METHODS, SAMPLED, check_distribution, is_distribution, sample
 from utils import UserError
 
 MAX_NAME = 100
@@ -71,12 +71,15 @@ def block_settings(block, where):
     n_samples, seed = block.get("n_samples"), block.get("sample_seed", 0)
     if method in SAMPLED and n_samples is None:
         raise UserError(f"{where}: method '{method}' needs \"n_samples\": N, how many cells to draw")
-    if method == "grid" and n_samples is not None:
-        raise UserError(f"{where}: 'n_samples' needs a sampling method (\"method\": \"random\", \"sobol\" or "
-                        f"\"tpe\"); a grid trains every combination")
-    for name, value, low in (("n_samples", n_samples, 1), ("sample_seed", seed, 0)):
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
-            raise UserError(f"{where}: '{name}' must be an integer >= {low}, got {json.dumps(value)}")
+    for name in ("n_samples", "sample_seed"):
+        if method == "grid" and name in block:
+            raise UserError(f"{where}: '{name}' needs a sampling method (\"method\": \"random\", \"sobol\" or "
+                            f"\"tpe\"); a grid trains every combination")
+    for name, value, low, high in (("n_samples", n_samples, 1, None), ("sample_seed", seed, 0, 2**32)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low
+                                  or (high and value >= high)):
+            bounds = f">= {low}" + (" and < 2**32" if high else "")
+            raise UserError(f"{where}: '{name}' must be an integer {bounds}, got {json.dumps(value)}")
     space = {k: v for k, v in block.items() if k not in SETTINGS}
     if not space:
         raise UserError(f"{where}: no key to vary besides {', '.join(k for k in block if k in SETTINGS)}")
@@ -91,6 +94,9 @@ def dimensions(space, method, where):
             dims.append(("zip", "choice", zip_axis(value, where)))
             continue
         check_key(key, where)
+        if isinstance(value, dict) and not is_distribution(value):
+            raise UserError(f"{where}: key '{key}': {json.dumps(value)} is not a distribution (one key among "
+                            f"{', '.join(DISTRIBUTIONS)}, e.g. {{\"loguniform\": [1e-4, 1e-1]}})")
         if is_distribution(value):
             kind, args = check_distribution(key, value, where)
             if method == "grid" and kind != "choice":

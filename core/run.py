@@ -50,10 +50,6 @@ class Status(enum.StrEnum):
     def exit_code(self):
         return EXIT_CODES.get(self, 1)
 
-    @property
-    def resumable(self):
-        """A run that stopped with its checkpoint intact and can go on with --restore_file last."""
-        return self in (Status.RUNNING, Status.INTERRUPTED, Status.PAUSED, Status.PRUNED)
 
 
 # what train.py exits with; a pause is a normal end of the command (it did what --stop_at_epoch asked)

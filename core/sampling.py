@@ -82,8 +82,22 @@ def unit_points(method, n_dims, seed):
         block *= 2
 
 
+def space_size(dims):
+    """How many distinct cells a space of choices and ints holds; None when a dimension is continuous."""
+    size = 1
+    for _, kind, args in dims:
+        if kind in ("uniform", "loguniform"):
+            return None
+        size *= len(args) if kind == "choice" else args[1] - args[0] + 1
+    return size
+
+
 def sample(dims, method, n_samples, seed, where):
     """n_samples distinct cells {key: value}, the first k always the same whatever n_samples is."""
+    size = space_size(dims)
+    if size is not None and n_samples > size:
+        raise UserError(f"{where}: n_samples {n_samples} but the space holds only {size} distinct cells (use fewer "
+                        f"samples, or method 'grid')")
     cells, seen = [], set()
     points = unit_points(method, len(dims), seed)
     for _ in range(n_samples * MAX_DRAWS):

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from core.asha import find_schedule, parse_schedule
 from core.config import KEYS, resolve
 from core.forkserver import ForkServer, ServerGone
-from core.grid import base_params, child_path, plan, tpe_block
+from core.grid import base_params, child_params, child_path, corners, plan, tpe_block
 from core.results import load_history
 from core.run import LOG, Status, checkpoint_path, is_locked, read_status, write_status
 from utils import FolderBusy, UserError, die_with_parent, read_json, write_json
@@ -79,9 +79,13 @@ def load_search(parent_dir):
     parent = os.path.abspath(parent_dir)
     planned, base = plan(params, path), base_params(params)
     spec = find_schedule(params["hyper_search"], path)
-    schedule = parse_schedule(spec, [child for _, child in planned] or [base], path) if spec else None
-    cells = [Cell(name, child_path(parent, name), child) for name, child in planned]
     tpe = tpe_block(params["hyper_search"], path)
+    # what the schedule is checked against (one num_epochs for all): the cells, or the corners of TPE's space
+    examples = [child for _, child in planned]
+    if tpe:
+        examples += [child_params(base, c) for c in corners(tpe[0])]
+    schedule = parse_schedule(spec, examples, path) if spec else None
+    cells = [Cell(name, child_path(parent, name), child) for name, child in planned]
     if not tpe:
         return cells, schedule, None
     from core.tpe import Tpe  # imports optuna: only for a tpe search
@@ -248,6 +252,9 @@ def collect(cell, returncode):
     status = read_status(cell.folder).get("status")
     if status in set(Status) and Status(status).exited_with(returncode):
         return Status(status)
+    if Status.INTERRUPTED.exited_with(returncode):  # stopped before it recorded anything: still resumable
+        write_status(cell.folder, Status.INTERRUPTED, reason="interrupted while starting", exit_code=returncode)
+        return Status.INTERRUPTED
     tail = log_tail(cell.folder)
     reason = tail[-1] if tail else f"exit code {returncode}"
     write_status(cell.folder, Status.FAILED, reason=reason, exit_code=returncode, log_tail=tail)

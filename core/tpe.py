@@ -19,7 +19,7 @@ from core.run import Status, metrics_file, read_status
 from core.sampling import round_sig
 from utils import UserError
 
-TRIES = 20  # proposals per wanted cell before concluding that TPE only finds cells that exist
+TRIES, RANDOM_TRIES = 20, 200  # TPE proposals, then random ones, before concluding the space is exhausted
 
 
 def need_optuna():
@@ -117,21 +117,21 @@ class Tpe:
         training are in `cells` as running trials, so parallel workers are not all sent to the same spot."""
         if len(cells) >= self.n_samples:
             return None
-        names = {c.name for c in cells}
         trials = [t for t in (self.trial(c) for c in cells) if t is not None]
-        for attempt in range(TRIES):
-            sampler = self.optuna.samplers.TPESampler(seed=self.seed + 1000 * attempt + len(trials),
-                                                      n_startup_trials=max(2, min(10, self.n_samples // 3)),
-                                                      constant_liar=True)  # running cells count as promised
+        for attempt in range(TRIES + RANDOM_TRIES):
+            seed = self.seed + 1000 * attempt + len(trials)
+            # TPE first; when it keeps proposing cells that exist (a small discrete space), random untried points
+            sampler = self.optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, self.n_samples // 3)),
+                                                      constant_liar=True) if attempt < TRIES else \
+                self.optuna.samplers.RandomSampler(seed=seed)  # constant_liar: running cells count as promised
             study = self.optuna.create_study(direction=self.direction, sampler=sampler)
             study.add_trials(trials)
-            asked = study.ask(self.distributions()).params
-            values = self.from_trial_params(asked)
+            values = self.from_trial_params(study.ask(self.distributions()).params)
             name = folder_name(values)
-            if name not in names:
-                params = child_params(self.base, values)
-                return self.cell_type(name, child_path(self.parent, name), params)
-        print(f"tpe: {TRIES} proposals in a row repeat existing cells; the space looks exhausted")
+            # a folder of that name is taken, by this search or by an older one whose params differ
+            if name not in {c.name for c in cells} and not os.path.exists(os.path.join(self.parent, name)):
+                return self.cell_type(name, child_path(self.parent, name), child_params(self.base, values))
+        print(f"tpe: {TRIES + RANDOM_TRIES} proposals in a row repeat existing cells; the space looks exhausted")
         return None
 
     def from_trial_params(self, asked):

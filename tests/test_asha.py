@@ -202,3 +202,44 @@ def test_a_cell_locked_by_another_process_is_skipped_not_offered_forever(tmp_pat
     with folder_lock(cell.folder):  # a hand-run train.py holds it
         assert run_pool(asha, str(tmp_path), workers=1, gpus=[], fail_fast=False, warm=False) == 0
     assert cell.result == "locked"
+
+
+def test_retry_failed_retries_each_failed_cell_once_from_its_last_rung(tmp_path):
+    p = str(tmp_path)
+    cells = [fake_cell(p, "after_rung", "failed", 1, [0.5]), fake_cell(p, "at_start", "diverged", 0, [])]
+    asha = Asha(cells, Schedule(1, 3, "accuracy", "max", 9), retry_failed=True)
+    first = asha.next_job(set())
+    assert (first.name, first.stop_at) == ("after_rung", 3)  # failed after rung 1: on to rung 3, not from scratch
+    second = asha.next_job({"after_rung"})
+    assert (second.name, second.stop_at) == ("at_start", 1)
+    assert asha.next_job({"after_rung", "at_start"}) is None
+    asha.refresh(first)  # it failed again: not offered a second time
+    asha.refresh(second)
+    assert asha.next_job(set()) is None
+
+
+def test_a_small_rung_still_promotes_its_best_once_nothing_else_runs(tmp_path):
+    p = str(tmp_path)
+    cells = [fake_cell(p, "a", "paused", 1, [0.4]), fake_cell(p, "b", "paused", 1, [0.7])]  # 2 < reduction_factor 3
+    asha = Asha(cells, Schedule(1, 3, "accuracy", "max", 9))
+    assert asha.next_job({"a"}) is None  # something runs: wait for it
+    job = asha.next_job(set())
+    assert (job.name, job.stop_at) == ("b", 3)
+
+
+def test_prune_leaves_a_cell_trained_elsewhere_alone(tmp_path):
+    from core.run import folder_lock
+
+    p = str(tmp_path)
+    cells = [fake_cell(p, "mine", "paused", 1, [0.4]), fake_cell(p, "theirs", "paused", 1, [0.7])]
+    asha = Asha(cells, Schedule(1, 3, "accuracy", "max", 9))
+    with folder_lock(cells[1].folder):
+        asha.prune_rest()
+    assert read_status(cells[0].folder)["status"] == "pruned" and read_status(cells[1].folder)["status"] == "paused"
+
+
+def test_a_cell_interrupted_while_starting_stays_resumable(tmp_path):
+    from core.search import collect
+
+    cell = fake_cell(str(tmp_path), "promoted", "paused", 1, [0.5])  # Ctrl-C before train.py wrote 'running'
+    assert collect(cell, 130) == "interrupted" and read_status(cell.folder)["status"] == "interrupted"

@@ -92,3 +92,15 @@ def test_bad_sampled_blocks_are_one_line_errors(bad, message):
 def test_a_sampled_value_out_of_the_keys_range_is_caught_before_anything_runs():
     with pytest.raises(UserError, match="'ps' must be in \\[0, 1\\)"):
         plan({**FAST_PARAMS, "hyper_search": {"method": "random", "n_samples": 3, "ps": {"uniform": [0.5, 1.5]}}}, "p")
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"sample_seed": 3, "ps": [0.1]}, "'sample_seed' needs a sampling method"),
+    ({"method": "random", "n_samples": 2, "sample_seed": 2**32, "ps": [0.1, 0.2]}, "and < 2**32"),
+    ({"method": "random", "n_samples": 2, "ps": {"normal": [0, 1]}}, "is not a distribution"),
+    ({"method": "random", "n_samples": 10**9, "ps": [0.1, 0.2], "batch_size": {"int": [8, 9]}},
+     "the space holds only 4 distinct cells"),
+])
+def test_more_bad_sampled_blocks(bad, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        expand(bad, "params.json")

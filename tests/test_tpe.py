@@ -98,3 +98,25 @@ def test_tpe_with_repetitions_or_without_optuna_is_a_one_line_error(tmp_path, di
                           cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(fake)))
     assert proc.returncode == 2 and proc.stderr.strip() == "error: method 'tpe' needs the 'optuna' package: pip " \
                                                             "install -r requirements-tpe.txt"
+
+
+def test_tpe_fills_a_small_discrete_space_and_never_adopts_a_foreign_folder(tmp_path):
+    parent = str(tmp_path)
+    space = {"method": "tpe", "n_samples": 4, "learning_rate": [0.001, 0.002, 0.004, 0.008]}
+    tpe = Tpe(parent, {**TINY, "hyper_search": space}, *tpe_block(space, "p"), "accuracy", "max", Cell)
+    cells = []
+    while (cell := tpe.propose(cells)) is not None:
+        cells.append(cell)
+    assert sorted(c.params["learning_rate"] for c in cells) == [0.001, 0.002, 0.004, 0.008]
+
+    other = {"method": "tpe", "n_samples": 1, "ps": [0.5]}
+    os.makedirs(os.path.join(parent, "ps_0.5"))  # an older search's cell: same name, other params
+    json.dump({**TINY, "ps": 0.5, "batch_size": 7}, open(os.path.join(parent, "ps_0.5", "params.json"), "w"))
+    tpe = Tpe(parent, {**TINY, "hyper_search": other}, *tpe_block(other, "p"), "accuracy", "max", Cell)
+    assert tpe.existing() == [] and tpe.propose([]) is None
+
+
+def test_tpe_with_a_schedule_cannot_vary_num_epochs(tmp_path, digits_dir):
+    block = {**SPACE, "num_epochs": {"int": [2, 6]}, "schedule": {"type": "asha", "min_epochs": 1}}
+    proc = search(make_parent(tmp_path, block), digits_dir)
+    assert proc.returncode == 2 and "the same num_epochs" in proc.stderr
