@@ -165,8 +165,11 @@ class Asha:
         self.retry = {c.name for c in self.cells if self.failed(c)} if retry_failed else set()
         total = max(len(self.cells), sampler.n_samples if sampler else 0)
         can_grow = bool(sampler) and len(self.cells) < sampler.n_samples
-        # jobs expected, for the progress bar; none when every cell is finished (no cell server to start)
-        self.planned = sum(schedule.survivors(total)) if can_grow or any(map(self.trainable, self.cells)) else 0
+        # jobs still expected, for the progress bar: cells each rung should get, less those already there; none
+        # when every cell is finished (then no cell server starts)
+        reached = [sum(p.epochs >= r for p in self.progress.values()) for r in self.rungs]
+        expected = sum(max(0, n - got) for n, got in zip(schedule.survivors(total), reached))
+        self.planned = max(1, expected) if can_grow or any(map(self.trainable, self.cells)) else 0
 
     def not_started(self):
         return []  # every cell left is paused or pruned, and says so itself
