@@ -86,7 +86,7 @@ def main(argv=None):
         raise UserError("--promote: only for a search with a successive-halving \"schedule\"")
     # successive halving decides which cell trains how far as results come in; a plain search trains `todo`
     if schedule:
-        source = Asha(cells, schedule, args.retry_failed, args.promote, sampler)
+        source = Asha(cells, schedule, retry_failed=args.retry_failed, promote=args.promote, sampler=sampler)
     else:
         source = Queue(cells, todo, sampler)
 
@@ -127,7 +127,7 @@ def launch_cells(source, args):
     Slurm and Ray take them in waves (all jobs ready now, then the promotions their results allow)."""
     if args.launcher == "local":
         gpus = parse_gpus(args.gpus)
-        return run_pool(source, args.data_dir, args.workers or max(1, len(gpus)), gpus, args.fail_fast,
+        return run_pool(source, args.data_dir, args.workers or max(1, len(gpus)), gpus, fail_fast=args.fail_fast,
                         warm=not args.cold)
     # TPE learns from finished cells: waves of array_parallelism, not every proposal at once
     limit = args.array_parallelism if getattr(source, "sampler", None) else float("inf")
