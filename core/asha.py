@@ -18,6 +18,7 @@ import json
 from dataclasses import dataclass
 
 from core.config import resolve
+from core.grid import base_params
 from core.results import load_history
 from core.run import Status, is_locked, read_status, write_status
 from model.metrics import METRICS
@@ -79,12 +80,11 @@ def find_schedule(hyper_search, where):
 
 def schedule_of(parent_params, where):
     """The Schedule of a search parent's params.json, or None (what synthesize and plot need to draw rungs)."""
-    if not isinstance(parent_params, dict) or "schedule" not in json.dumps(parent_params.get("hyper_search")):
+    if not isinstance(parent_params, dict) or "hyper_search" not in parent_params:
         return None
     try:
         spec = find_schedule(parent_params["hyper_search"], where)
-        base = {k: v for k, v in parent_params.items() if k not in ("hyper_search", "n_repetitions")}
-        return parse_schedule(spec, [base], where) if spec else None
+        return parse_schedule(spec, [base_params(parent_params)], where) if spec else None
     except UserError:  # a broken block: the tables still show what the folders hold
         return None
 

@@ -17,6 +17,7 @@ from utils import UserError
 
 METHODS = ("grid", "random", "sobol", "tpe")
 SAMPLED = ("random", "sobol", "tpe")
+DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
 DIGITS = 4
 MAX_DRAWS = 100  # draws per wanted cell before concluding that the space has fewer distinct cells
 
@@ -113,6 +114,3 @@ def sample(dims, method, n_samples, seed, where):
                 return cells
     raise UserError(f"{where}: only {len(cells)} distinct cells found for n_samples {n_samples}; the space is "
                     f"smaller than that (use fewer samples, wider ranges, or method 'grid')")
-
-
-DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")

@@ -13,9 +13,11 @@ from the folders, lock on a network filesystem, or be written by anyone but the 
 import json
 import os
 
+from core.asha import read_progress
+from core.config import flatten
 from core.grid import base_params, child_params, child_path, folder_name
-from core.results import load_history, read_optional
-from core.run import Status, metrics_file, read_status
+from core.results import read_optional
+from core.run import Status, metrics_file
 from core.sampling import round_sig
 from utils import UserError
 
@@ -31,14 +33,6 @@ def need_optuna():
     return optuna
 
 
-def get_dotted(d, key):
-    for part in key.split("."):
-        if not isinstance(d, dict) or part not in d:
-            return None
-        d = d[part]
-    return d
-
-
 class Tpe:
     """Proposes new cells of one search space; `Cell` is core.search.Cell (passed in: no import cycle)."""
 
@@ -48,6 +42,7 @@ class Tpe:
         self.dims, self.n_samples, self.seed = dims, n_samples, seed
         self.metric, self.direction = metric, "maximize" if mode == "max" else "minimize"
         self.cell_type = cell_type
+        self.dists = self.distributions()
 
     def distributions(self):
         d = self.optuna.distributions
@@ -73,7 +68,8 @@ class Tpe:
 
     def values(self, params):
         """{key: value} when `params` is a cell of this space (the base plus one value per key), else None."""
-        values = {key: get_dotted(params, key) for key, _, _ in self.dims}
+        flat = flatten(params)
+        values = {key: flat.get(key) for key, _, _ in self.dims}
         if any(v is None for v in values.values()) or child_params(self.base, values) != params:
             return None
         return values
@@ -98,12 +94,11 @@ class Tpe:
         params = self.as_trial_params(self.values(cell.params))
         if params is None:
             return None
-        status = read_status(cell.folder).get("status")
-        history = {r["epoch"]: r["val"][self.metric] for r in load_history(cell.folder)
-                   if self.metric in r.get("val", {})}
+        progress = read_progress(cell.folder, self.metric)
+        status, history = progress.status, progress.values
         best = read_optional(os.path.join(cell.folder, metrics_file("val", "best")), []) or {}
         state = self.optuna.trial.TrialState
-        kw = {"params": params, "distributions": self.distributions()}
+        kw = {"params": params, "distributions": self.dists}
         if status == Status.COMPLETED and self.metric in best:
             return self.optuna.trial.create_trial(value=best[self.metric], intermediate_values=history, **kw)
         if status in (Status.PAUSED, Status.PRUNED) and history:
@@ -126,7 +121,7 @@ class Tpe:
                 self.optuna.samplers.RandomSampler(seed=seed)  # constant_liar: running cells count as promised
             study = self.optuna.create_study(direction=self.direction, sampler=sampler)
             study.add_trials(trials)
-            values = self.from_trial_params(study.ask(self.distributions()).params)
+            values = self.from_trial_params(study.ask(self.dists).params)
             name = folder_name(values)
             # a folder of that name is taken, by this search or by an older one whose params differ
             if name not in {c.name for c in cells} and not os.path.exists(os.path.join(self.parent, name)):
