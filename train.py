@@ -18,7 +18,7 @@ import torch
 from core import record
 from core.compiling import compile_model
 from core.config import load_params
-from core.data import class_counts, fetch_dataloader, reseed_epoch
+from core.data import fetch_dataloader, reseed_epoch
 from core.engine import epoch_seed, evaluate, pick_runtime, seed_everything, train_one_epoch
 from core.monitor import GradMonitor, gradient_warnings
 from core.optim import layer_lrs, step_per_epoch
@@ -85,8 +85,7 @@ def main(argv=None):
     rt = pick_runtime(params.cuda)  # the runtime: device, autocast dtype, memory format
     seed_everything(params.seed)
     loaders, classes = fetch_dataloader(["train", "valid"], ensure_data(args.data_dir), params, rt.pin_memory)
-    counts = class_counts(loaders["train"].dataset, len(classes))
-    state, notes = build_state(params, classes, rt, len(loaders["train"]), counts, params_path, init_weights=not ckpt)
+    state, notes = build_state(params, classes, rt, loaders["train"], params_path, init_weights=not ckpt)
     x = preflight(state.model, loaders, rt, params_path)
     if params.compile:
         notes.append(compile_model(state.model, x, rt))

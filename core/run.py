@@ -51,7 +51,6 @@ class Status(enum.StrEnum):
         return EXIT_CODES.get(self, 1)
 
 
-
 # what train.py exits with; a pause is a normal end of the command (it did what --stop_at_epoch asked)
 EXIT_CODES = {Status.COMPLETED: 0, Status.PAUSED: 0, Status.DIVERGED: 1, Status.INTERRUPTED: 130}
 

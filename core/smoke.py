@@ -9,7 +9,7 @@ from utils import one_line
 def smoke_cell(cell, data_dir):
     """None if one batch of `cell` trains and validates to a finite loss, else a one-line reason."""
     from core.config import Params, fixed_overrides, resolve
-    from core.data import class_counts, fetch_dataloader
+    from core.data import fetch_dataloader
     from core.engine import evaluate, pick_runtime, seed_everything, train_one_epoch
     from core.run import is_finite
     from core.state import build_state
@@ -20,8 +20,7 @@ def smoke_cell(cell, data_dir):
         rt = pick_runtime(params.cuda)
         seed_everything(params.seed)
         loaders, classes = fetch_dataloader(["train", "valid"], data_dir, params, rt.pin_memory)
-        counts = class_counts(loaders["train"].dataset, len(classes))
-        state, _ = build_state(params, classes, rt, len(loaders["train"]), counts, cell.name)
+        state, _ = build_state(params, classes, rt, loaders["train"], cell.name)
         train_m = train_one_epoch(state, loaders["train"], rt, len(classes), summary_steps=1, desc="smoke")
         val_m, _ = evaluate(state.eval_model, loaders["valid"], rt, len(classes), "smoke")
         if not (is_finite({"loss": train_m["loss"]}) and is_finite(val_m)):

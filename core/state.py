@@ -1,6 +1,6 @@
 """The training state: what a checkpoint holds and a resume restores, written down once.
 
-    state = build_state(params, classes, runtime, n_batches, counts, where)  # model on its device, optimizer, ...
+    state = build_state(params, classes, runtime, train_loader, where)     # model on its device, optimizer, ...
     ckpt = state.checkpoint(epoch, params, classes, stop_reason)             # a plain dict for torch.save
     next_epoch = state.load(ckpt, path)                                      # the inverse, RNG states included
     weights = evaluated_weights(ckpt)                                        # what validation saw: raw or EMA
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from core.data import class_counts
 from core.engine import rng_state, set_rng_state
 from core.optim import PER_BATCH, build_optimizer, build_scheduler, optimizer_steps
 from core.run import BestTracker
@@ -119,10 +120,11 @@ def ema_update(decay):
     return update
 
 
-def build_state(params, classes, runtime, n_batches, class_counts, where, init_weights=True):
-    """A fresh training state for `classes`, and notes to log. n_batches: training batches per epoch;
-    class_counts: training images per class (for class_weights "balanced"). init_weights: copy
-    init_weights_path's weights (not when a checkpoint is about to replace them)."""
+def build_state(params, classes, runtime, train_loader, where, init_weights=True):
+    """A fresh training state for `classes`, and notes to log. train_loader: its batches per epoch size the
+    schedule, its images per class weigh class_weights "balanced". init_weights: copy init_weights_path's weights
+    (not when a checkpoint is about to replace them)."""
+    n_batches, counts = len(train_loader), class_counts(train_loader.dataset, len(classes))
     check_classes(params, classes, where)
     model, notes = build_model(params, len(classes)), []
     if params.init_weights_path and init_weights:
@@ -135,7 +137,7 @@ def build_state(params, classes, runtime, n_batches, class_counts, where, init_w
     if ema is not None:
         notes.append(f"validating the EMA of the weights (ema_decay {params.ema_decay}); best.pth.tar holds both")
     state = TrainingState(model, optimizer, scheduler, BestTracker.from_params(params.early_stopping),
-                          per_batch=params.scheduler in PER_BATCH, criterion=build_loss(params, class_counts),
+                          per_batch=params.scheduler in PER_BATCH, criterion=build_loss(params, counts),
                           # the overfit check learns its fixed batches as they are: no mixing, as no augmentation
                           mix=None if params.overfit_batches else build_batch_mix(params, len(classes)), ema=ema,
                           accumulate_steps=params.accumulate_steps, grad_clip=params.grad_clip)
