@@ -155,7 +155,7 @@ def ready_jobs(source, limit, skip):
 
 
 def plan_line(cells, todo, schedule, sampler, launcher):
-    n = max(len(cells), sampler.n_samples) if sampler else len(cells)
+    n = n_cells(cells, sampler)
     existing = "existing " if sampler else ""
     line = f"{len(todo)} of {len(cells)} {existing}cells to train ({launcher})" if not schedule else \
         f"{n} cells, {schedule.describe(n)}"
@@ -189,15 +189,14 @@ def print_plan(cells, todo, args, source):
         print(tabulate(rows, headers=["cell folder", "action"], tablefmt="github"))
         counts = {a: sum(r[1] == a for r in rows) for a in dict.fromkeys(r[1] for r in rows)}
         print(f"{len(cells)} cells: " + ", ".join(f"{n} {a}" for a, n in counts.items()))
-    schedule, sampler, default = getattr(source, "schedule", None), source.sampler, KEYS["num_epochs"].default
+    schedule, sampler = getattr(source, "schedule", None), source.sampler
     print(plan_line(cells, todo, schedule, sampler, args.launcher))
-    unproposed = max(0, sampler.n_samples - len(cells)) if sampler else 0
     if schedule:
         print(budget_line(*search_budget(cells, sampler)))
-        epochs = max(0, schedule.planned_epochs(len(cells) + unproposed) - source.epochs_trained())
+        epochs = max(0, schedule.planned_epochs(n_cells(cells, sampler)) - source.epochs_trained())
     else:
-        epochs = sum(max(0, c.params.get("num_epochs", default) - read_status(c.folder).get("epoch", 0)) for c in todo)
-        epochs += unproposed * (sampler.base.get("num_epochs", default) if sampler else 0)
+        epochs = sum(max(0, num_epochs(c.params) - read_status(c.folder).get("epoch", 0)) for c in todo)
+        epochs += epochs_to_propose(cells, sampler)
     hours, basis = estimate_hours(cells, epochs)
     per_cell = max(1, args.gpus_per_cell) if args.launcher != "local" else 1
     unit = "GPU" if args.gpus_per_cell or args.gpus else "CPU-worker"
@@ -223,10 +222,22 @@ def action(cell, todo, source):
 
 def search_budget(cells, sampler):
     """(epochs trained so far, epochs of every cell trained to the end, those TPE is still to propose included)."""
-    default = KEYS["num_epochs"].default
-    unproposed = max(0, sampler.n_samples - len(cells)) * sampler.base.get("num_epochs", default) if sampler else 0
     return (sum(read_status(c.folder).get("epoch", 0) or 0 for c in cells),
-            sum(c.params.get("num_epochs", default) for c in cells) + unproposed)
+            sum(num_epochs(c.params) for c in cells) + epochs_to_propose(cells, sampler))
+
+
+def n_cells(cells, sampler):
+    """The cells of the search: those that exist, or all n_samples TPE will have proposed."""
+    return max(len(cells), sampler.n_samples) if sampler else len(cells)
+
+
+def epochs_to_propose(cells, sampler):
+    """Epochs of the cells TPE has still to propose, each trained to the end."""
+    return (n_cells(cells, sampler) - len(cells)) * num_epochs(sampler.base) if sampler else 0
+
+
+def num_epochs(params):
+    return params.get("num_epochs", KEYS["num_epochs"].default)
 
 
 def report_skipped(cells, todo):
