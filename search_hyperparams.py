@@ -128,7 +128,7 @@ def launch_cells(source, args):
     if args.launcher == "local":
         gpus = parse_gpus(args.gpus)
         return run_pool(source, args.data_dir, args.workers or max(1, len(gpus)), gpus, fail_fast=args.fail_fast,
-                        warm=not args.cold)
+                        warm=not args.cold, meanwhile=import_summary)
     # TPE learns from finished cells: waves of array_parallelism, not every proposal at once
     limit = args.array_parallelism if getattr(source, "sampler", None) else float("inf")
     failed, locked = 0, set()
@@ -256,6 +256,13 @@ def print_summary(cells):
     for c in failed:
         print(f"  {c.result}: {os.path.join(c.folder, 'train.log')}")
     print(budget_line(*search_budget(cells, None)))
+
+
+def import_summary():
+    """The modules of the final table and plots (matplotlib: 0.2 s), imported here rather than at the top: a dry run
+    or a Slurm submission never needs them."""
+    import plot_results  # noqa: F401
+    import synthesize_results  # noqa: F401
 
 
 def summarize(parent_dir):

@@ -13,7 +13,9 @@ Two measures of what a cell does itself, both read from its folder:
     efficiency        = sum(cell time) / (workers x wall)                target >= 0.9
     overhead per cell = (workers x wall - sum(cell time)) / cells        target < 1 s
 
-Prints each run and the medians over rounds.
+Prints each run and the medians over rounds, then the floor no launcher can go below: every cell needs torch & co.
+imported before it trains, an import runs on one core, so for the server's import time T no worker trains, and
+even a launcher that cost nothing else would reach at most sum(cell time) / (sum(cell time) + workers x T).
 """
 
 import argparse
@@ -28,6 +30,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from core.forkserver import ForkServer  # noqa: E402
+from core.search import cell_env  # noqa: E402
 from data.build_dataset import DEFAULT_DST, ensure_data  # noqa: E402
 
 PARENT = {"arch": "small_cnn", "im_sz": 32, "batch_size": 64, "cache_images": 1,
@@ -46,12 +50,23 @@ def search(scratch, mode, workers, epochs, data_dir):
     if proc.returncode != 0:
         sys.exit(f"search ({mode}) failed: {(proc.stderr or proc.stdout).strip().splitlines()[-3:]}")
     cells = [os.path.join(parent, d) for d in os.listdir(parent) if os.path.isdir(os.path.join(parent, d))]
-    out = {"wall": wall}
+    out = {"wall": wall, "cells": len(cells)}
     for measure, seconds in (("run", run_seconds), ("compute", epoch_seconds)):
         own = sum(seconds(c) for c in cells)
+        out[f"{measure} own"] = own
         out[f"{measure} efficiency"] = own / (workers * wall)
         out[f"{measure} overhead"] = (workers * wall - own) / len(cells)
     return out
+
+
+def server_import_s(workers):
+    """Seconds from starting the cell server to its first possible fork: the imports every cell needs."""
+    start = time.perf_counter()
+    server = ForkServer(cell_env(threads=max(1, len(os.sched_getaffinity(0)) // workers)), torchvision=False)
+    assert server.pid
+    seconds = time.perf_counter() - start
+    server.close()
+    return seconds
 
 
 def run_seconds(cell):
@@ -90,6 +105,11 @@ def main():
         print(f"{mode}, median of {args.rounds}: {describe({k: statistics.median(m[k] for m in ms) for k in ms[0]})}")
     ratio = statistics.median(m["wall"] for m in runs["warm"]) / statistics.median(m["wall"] for m in runs["cold"])
     print(f"wall time warm / cold = {ratio:.2f}")
+    t = statistics.median(server_import_s(args.workers) for _ in range(3))
+    own, cells = statistics.median(m["run own"] for m in runs["warm"]), runs["warm"][0]["cells"]
+    print(f"floor: the cell server imports for {t:.2f} s (median of 3), while no worker can train; a launcher with "
+          f"no other cost would reach efficiency {own / (own + args.workers * t):.2f} and overhead "
+          f"{args.workers * t / cells:.2f} s per cell on these cells")
 
 
 if __name__ == "__main__":

@@ -158,7 +158,7 @@ def main():
     send(reports, ready=server_pid)
     request = serve(0, reports)
     if request is None:
-        return
+        os._exit(0)  # no cell is left, nothing is buffered: tearing torch & co. down would keep the search 0.2 s
     become_cell(request, server_pid)
     try:
         runpy.run_path(sys.argv[0], run_name="__main__")
@@ -213,10 +213,18 @@ class ForkServer:
         self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), *flags], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, env=env, cwd=ROOT, preexec_fn=die_with_parent)
         self.unread, self.replies, self.exits, self.gone = b"", [], {}, False
-        self.pid = self.next_reply("ready")
+        self.ready_pid = None  # the server imports for 2 s: the search goes on meanwhile, until its first spawn
+
+    @property
+    def pid(self):
+        """The server's pid, once it is ready to fork (the first call waits for that)."""
+        if self.ready_pid is None:
+            self.ready_pid = self.next_reply("ready")
+        return self.ready_pid
 
     def spawn(self, argv, env, log, cwd=ROOT):
         """Fork a child running `python argv...` with `env`; return its Popen-like handle."""
+        assert self.pid  # the "ready" report comes before any "started"
         request = json.dumps({"argv": argv, "env": env, "cwd": cwd, "log": log}).encode() + b"\n"
         with sigint_deferred():
             try:

@@ -204,12 +204,8 @@ class Launcher:
     cold: slower, never different."""
 
     def __init__(self, warm, env, torchvision=True):
-        self.server = None
-        if warm and sys.platform.startswith("linux"):
-            try:
-                self.server = ForkServer(env, torchvision)
-            except ServerGone as e:
-                self.fall_back(e)
+        warm = warm and sys.platform.startswith("linux")
+        self.server = ForkServer(env, torchvision) if warm else None  # a failed start shows at the first cell
 
     def start(self, cell, data_dir, env):
         if self.server:
@@ -290,9 +286,10 @@ class Progress:
         self.bar.close()
 
 
-def run_pool(source, data_dir, workers, gpus, fail_fast, warm=True):
+def run_pool(source, data_dir, workers, gpus, fail_fast, warm=True, meanwhile=None):
     """Train the jobs `source` hands out (see Queue) with at most `workers` at a time; the next starts as soon as
-    one ends. `source.next_job(busy)` may depend on the results so far (successive halving)."""
+    one ends. `source.next_job(busy)` may depend on the results so far (successive halving). `meanwhile()` runs
+    while the cell server imports: what the search does then costs no time, the server uses a single core."""
     running, free, locked = {}, list(range(workers)), set()
     cells = source.cells
     threads = None if gpus else max(1, len(os.sched_getaffinity(0)) // workers)  # split our cores, not oversubscribe
@@ -302,6 +299,8 @@ def run_pool(source, data_dir, workers, gpus, fail_fast, warm=True):
         # the default arch (model/net.py's own) needs no torchvision: its import would cost every search ~1 s
         torchvision = any(c.params.get("arch", KEYS["arch"].default) != KEYS["arch"].default for c in cells)
         launcher = Launcher(warm and source.planned > 0, cell_env(threads=threads), torchvision)
+        if meanwhile:
+            meanwhile()
         while True:
             while free and not stop and (cell := source.next_job({c.name for c, _ in running.values()} | locked)):
                 if is_locked(cell.folder):  # someone else trains it now: not ours to start, nor to offer again

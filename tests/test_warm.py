@@ -13,7 +13,7 @@ import torch
 from conftest import FAST_PARAMS, ROOT, read
 from core.forkserver import ForkServer
 from core.run import read_status
-from core.search import Launcher, cell_env
+from core.search import Cell, Launcher, cell_env, collect
 
 TINY = {**FAST_PARAMS, "train_subset": 200, "valid_subset": 100, "num_epochs": 2}
 # passes preflight (the one image it augments is not cropped) and fails a few images into training: a traceback
@@ -262,9 +262,14 @@ def test_env_threads_files_signals_and_exit_codes_reach_a_warm_child_as_a_cold_o
     assert server.proc.returncode == 0
 
 
-def test_a_server_that_cannot_start_leaves_cells_cold_with_a_note(tmp_path, capfd):
+def test_a_server_that_cannot_start_leaves_cells_cold_with_a_note(tmp_path, capfd, digits_dir):
     (tmp_path / "torch.py").write_text("raise ImportError('no torch in this environment')\n")
-    launcher = Launcher(True, {**cell_env(threads=1), "PYTHONPATH": str(tmp_path)})
-    assert launcher.server is None
+    env = {**cell_env(threads=1), "PYTHONPATH": str(tmp_path)}
+    launcher = Launcher(True, env)  # returns at once: the search goes on while the server imports
+    cell = Cell("c", str(tmp_path / "c"), TINY)
+    proc = launcher.start(cell, digits_dir, env)  # the server's failure shows here, and this cell starts cold
+    assert isinstance(proc, subprocess.Popen) and launcher.server is None
+    assert proc.wait() == 1  # the fake torch fails the cold cell too
+    assert collect(cell, proc.returncode) == "failed"
     err = capfd.readouterr().err
     assert "no torch in this environment" in err and "cells start cold" in err
