@@ -33,6 +33,7 @@ import signal
 import subprocess
 import sys
 import threading
+import weakref
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if __name__ == "__main__":
@@ -153,6 +154,8 @@ def main():
     preload(PRELOAD + ((TORCHVISION,) if "--torchvision" in sys.argv[1:] else ()))
     if threading.active_count() > 1:
         sys.exit("forkserver: a preloaded module started a thread; forking would copy it half-way")
+    for finalizer in weakref.finalize._registry:  # noqa: SLF001  torch.library's, which deregister 187 operator
+        finalizer.atexit = False  # libraries at exit: 25 ms of every cell's exit that nothing can observe
     gc.freeze()  # the preloaded objects stay shared with the children instead of being copied by their collector
     server_pid = os.getpid()
     send(reports, ready=server_pid)
