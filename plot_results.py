@@ -14,7 +14,7 @@ import json
 import os
 
 from core.asha import schedule_of
-from core.plots import margins, plt, save_figure
+from core.plots import plt, save_figure
 from core.results import (
     budget_line,
     budget_of,
@@ -101,9 +101,8 @@ def plot(parent_dir, metric="accuracy", top_k=8):
         for ax in axes[1][len(keys):]:
             ax.axis("off")
     fig.suptitle(parent_dir)
-    margins(fig, left=0.75, bottom=0.75, right=0.2, top=0.85, wspace=0.28, hspace=0.4)
     path = os.path.join(parent_dir, "history_plots.png")
-    save_figure(fig, path, fixed_size=True)  # one drawing pass: the search's last step, which its user waits for
+    save_figure(fig, path)
     schedule = schedule_of(read_optional(os.path.join(parent_dir, "params.json"), []), parent_dir)
     if schedule:
         plot_rungs(parent_dir, runs, schedule)
@@ -140,8 +139,7 @@ def plot_rungs(parent_dir, runs, schedule):
     ax.legend(fontsize=7)
     ax.set_title(f"{parent_dir}: successive halving, rungs at {schedule.rungs}\n{budget_line(*budget_of(runs))}",
                  fontsize=9)
-    margins(fig, left=0.8, bottom=0.6, right=0.2, top=0.6)
-    save_figure(fig, os.path.join(parent_dir, "rungs.png"), fixed_size=True)
+    save_figure(fig, os.path.join(parent_dir, "rungs.png"))
 
 
 def metric_vs_key(ax, runs, key, metric):

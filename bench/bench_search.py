@@ -63,7 +63,7 @@ def server_import_s(workers):
     """Seconds from starting the cell server to its first possible fork: the imports every cell needs."""
     start = time.perf_counter()
     server = ForkServer(cell_env(threads=max(1, len(os.sched_getaffinity(0)) // workers)), torchvision=False)
-    assert server.pid
+    server.wait_ready()
     seconds = time.perf_counter() - start
     server.close()
     return seconds

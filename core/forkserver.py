@@ -218,16 +218,17 @@ class ForkServer:
         self.unread, self.replies, self.exits, self.gone = b"", [], {}, False
         self.ready_pid = None  # the server imports for 2 s: the search goes on meanwhile, until its first spawn
 
-    @property
-    def pid(self):
-        """The server's pid, once it is ready to fork (the first call waits for that)."""
+    def wait_ready(self):
+        """Wait until the server has imported everything and can fork; return its pid."""
         if self.ready_pid is None:
-            self.ready_pid = self.next_reply("ready")
+            self.ready_pid = self.next_reply("ready")  # comes before any "started"
         return self.ready_pid
+
+    pid = property(wait_ready)
 
     def spawn(self, argv, env, log, cwd=ROOT):
         """Fork a child running `python argv...` with `env`; return its Popen-like handle."""
-        assert self.pid  # the "ready" report comes before any "started"
+        self.wait_ready()
         request = json.dumps({"argv": argv, "env": env, "cwd": cwd, "log": log}).encode() + b"\n"
         with sigint_deferred():
             try:

@@ -20,12 +20,12 @@ def save_figure(fig, path, fixed_size=False):
     plt.close(fig)
 
 
-def margins(fig, left, bottom, right, top, wspace=0.2, hspace=0.2):
+def margins(fig, left, bottom, right, top, wspace=0.2):
     """Fixed margins in inches: a layout that needs no extra drawing pass (tight layouts and tight bounding boxes
     draw the figure twice), which halves the cost of the figures a run redraws."""
     width, height = fig.get_size_inches()
     fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height,
-                        wspace=wspace, hspace=hspace)
+                        wspace=wspace)
 
 
 def plot_history(rows, path, title=""):
