@@ -186,8 +186,11 @@ def test_when_the_server_dies_its_cells_fail_and_the_rest_start_cold(tmp_path, d
 # ------------------------------------------------------------------ the server itself, through a probe script
 
 PROBE = '''
-import atexit, json, os, signal, sys
+import atexit, json, os, signal, sys, weakref
 mode, out = sys.argv[1], sys.argv[2]
+class Held: pass
+held = Held()  # a finalizer of the cell's own runs at exit (the server skips only its preloaded libraries');
+weakref.finalize(held, print, "finalizer ran", file=sys.stderr)  # first, as train.py's imports make theirs
 atexit.register(lambda: print("atexit ran", file=sys.stderr))
 print("to stdout")
 print("to stderr", file=sys.stderr)
@@ -255,7 +258,8 @@ def test_env_threads_files_signals_and_exit_codes_reach_a_warm_child_as_a_cold_o
             assert warm["project_modules"] == [] and not warm.get("cuda_initialized")
             assert warm["stdout"] == os.devnull and warm["sigint"] and warm["sigterm"]
             assert warm_log.splitlines()[-1] == cold_log.splitlines()[-1], mode  # e.g. ValueError: boom
-            assert ("atexit ran" in warm_log) == ("atexit ran" in cold_log) == (mode != "sigkill")
+            for line in ("atexit ran", "finalizer ran"):
+                assert (line in warm_log) == (line in cold_log) == (mode != "sigkill"), (mode, line)
         assert server.proc.poll() is None  # a child's death is never the server's
     finally:
         server.close()
