@@ -261,15 +261,15 @@ def print_summary(cells):
 def import_summary():
     """The modules of the final table and plots (matplotlib: 0.2 s), imported here rather than at the top: a dry run
     or a Slurm submission never needs them."""
-    import plot_results  # noqa: F401
-    import synthesize_results  # noqa: F401
+    import plot_results
+    import synthesize_results
+
+    return synthesize_results, plot_results
 
 
 def summarize(parent_dir):
     """Tables and plots, as synthesize_results.py and plot_results.py would make them."""
-    import plot_results
-    import synthesize_results
-
+    synthesize_results, plot_results = import_summary()
     try:
         print(synthesize_results.synthesize(parent_dir))
         plot_results.plot(parent_dir)

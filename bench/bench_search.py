@@ -31,7 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from core.forkserver import ForkServer  # noqa: E402
-from core.search import cell_env  # noqa: E402
+from core.search import cell_env, threads_per_worker  # noqa: E402
 from data.build_dataset import DEFAULT_DST, ensure_data  # noqa: E402
 
 PARENT = {"arch": "small_cnn", "im_sz": 32, "batch_size": 64, "cache_images": 1,
@@ -62,7 +62,7 @@ def search(scratch, mode, workers, epochs, data_dir):
 def server_import_s(workers):
     """Seconds from starting the cell server to its first possible fork: the imports every cell needs."""
     start = time.perf_counter()
-    server = ForkServer(cell_env(threads=max(1, len(os.sched_getaffinity(0)) // workers)), torchvision=False)
+    server = ForkServer(cell_env(threads=threads_per_worker(workers)), torchvision=False)  # as run_pool starts it
     server.wait_ready()
     seconds = time.perf_counter() - start
     server.close()

@@ -224,8 +224,6 @@ class ForkServer:
             self.ready_pid = self.next_reply("ready")  # comes before any "started"
         return self.ready_pid
 
-    pid = property(wait_ready)
-
     def spawn(self, argv, env, log, cwd=ROOT):
         """Fork a child running `python argv...` with `env`; return its Popen-like handle."""
         self.wait_ready()

@@ -286,13 +286,18 @@ class Progress:
         self.bar.close()
 
 
+def threads_per_worker(workers):
+    """CPU threads for each of `workers` cells on this machine: split our cores, not oversubscribe them."""
+    return max(1, len(os.sched_getaffinity(0)) // workers)
+
+
 def run_pool(source, data_dir, workers, gpus, fail_fast, warm=True, meanwhile=None):
     """Train the jobs `source` hands out (see Queue) with at most `workers` at a time; the next starts as soon as
     one ends. `source.next_job(busy)` may depend on the results so far (successive halving). `meanwhile()` runs
     while the cell server imports: what the search does then costs no time, the server uses a single core."""
     running, free, locked = {}, list(range(workers)), set()
     cells = source.cells
-    threads = None if gpus else max(1, len(os.sched_getaffinity(0)) // workers)  # split our cores, not oversubscribe
+    threads = None if gpus else threads_per_worker(workers)
     progress, stop, launcher = Progress(source.planned), False, None
     try:
         # the server imports with the cells' thread settings, so libraries that size their pools then agree too

@@ -246,7 +246,7 @@ def test_env_threads_files_signals_and_exit_codes_reach_a_warm_child_as_a_cold_o
     script.write_text(PROBE)
     server = ForkServer(cell_env(threads=1))  # as the pool starts it for two workers on two cores
     try:
-        assert len(os.listdir(f"/proc/{server.pid}/task")) == 1  # no thread: forking it is safe
+        assert len(os.listdir(f"/proc/{server.wait_ready()}/task")) == 1  # no thread: forking it is safe
         for mode, threads, expected in [("threads", 1, 0), ("threads", 2, 0), ("exit3", 1, 3), ("raise", 1, 1),
                                         ("ctrl_c", 1, 130), ("sigkill", 1, -signal.SIGKILL)]:
             env = {**cell_env(gpu=7, threads=threads), "PROBE": "yes"}
