@@ -15,12 +15,12 @@ import os
 from tabulate import tabulate
 
 from core.config import Params, fixed_overrides, resolve
-from core.data import fetch_dataloader
-from core.engine import evaluate, pick_runtime
-from core.record import provenance
-from core.report import check_same_data, per_class_metrics, write_report
-from core.run import check_model_dir, checkpoint_path
-from core.state import evaluated_weights
+from core.data.loaders import fetch_dataloader
+from core.rundir.folder import check_model_dir, checkpoint_path
+from core.rundir.record import provenance
+from core.rundir.report import check_same_data, per_class_metrics, write_report
+from core.training.engine import evaluate, pick_runtime
+from core.training.state import evaluated_weights
 from data.build_dataset import DEFAULT_DST, ensure_data
 from model.metrics import metric_names
 from model.net import build_model

@@ -13,9 +13,10 @@ import argparse
 import json
 import os
 
-from core.asha import schedule_of
-from core.plots import plt, save_figure
-from core.results import (
+from core.rundir.folder import Status
+from core.rundir.plots import plt, save_figure
+from core.search.asha import schedule_of
+from core.search.results import (
     budget_line,
     budget_of,
     gather,
@@ -26,7 +27,6 @@ from core.results import (
     summarize,
     varied_keys,
 )
-from core.run import Status
 from model.metrics import METRICS
 from utils import UserError, run_cli
 

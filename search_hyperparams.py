@@ -13,13 +13,23 @@ import sys
 
 from tabulate import tabulate
 
-from core import cluster
-from core.asha import Asha
 from core.config import KEYS
-from core.results import budget_line
-from core.run import Status, read_status
-from core.search import OK, TODO, Queue, cell_state, estimate_hours, load_search, prepare, run_pool, train_command
-from core.smoke import smoke_cells
+from core.rundir.folder import Status, read_status
+from core.search import cluster
+from core.search.asha import Asha
+from core.search.pool import (
+    OK,
+    TODO,
+    Queue,
+    cell_state,
+    estimate_hours,
+    load_search,
+    prepare,
+    run_pool,
+    train_command,
+)
+from core.search.results import budget_line
+from core.search.smoke import smoke_cells
 from data.build_dataset import DEFAULT_DST, ensure_data
 from utils import UserError, run_cli
 

@@ -14,9 +14,9 @@ import os
 
 from tabulate import tabulate
 
-from core.asha import rung_reached, schedule_of
-from core.results import budget_line, budget_of, build_rows, gather, numbers, read_optional
-from core.run import Status
+from core.rundir.folder import Status
+from core.search.asha import rung_reached, schedule_of
+from core.search.results import budget_line, budget_of, build_rows, gather, numbers, read_optional
 from utils import UserError, atomic_write, run_cli
 
 

@@ -15,15 +15,10 @@ import time
 
 import torch
 
-from core import record
-from core.compiling import compile_model
 from core.config import load_params
-from core.data import fetch_dataloader, reseed_epoch
-from core.engine import epoch_seed, evaluate, pick_runtime, seed_everything, train_one_epoch
-from core.monitor import GradMonitor, gradient_warnings
-from core.optim import layer_lrs, step_per_epoch
-from core.outputs import RunFolder, tensorboard_writer
-from core.run import (
+from core.data.loaders import fetch_dataloader, reseed_epoch
+from core.rundir import record
+from core.rundir.folder import (
     EFFECTIVE,
     LOG,
     Status,
@@ -36,7 +31,12 @@ from core.run import (
     read_status,
     write_status,
 )
-from core.state import build_state
+from core.rundir.outputs import RunFolder, tensorboard_writer
+from core.training.compiling import compile_model
+from core.training.engine import epoch_seed, evaluate, pick_runtime, seed_everything, train_one_epoch
+from core.training.monitor import GradMonitor, gradient_warnings
+from core.training.optim import layer_lrs, step_per_epoch
+from core.training.state import build_state
 from data.build_dataset import DEFAULT_DST, ensure_data
 from model.data_loader import transforms_record
 from utils import FolderBusy, UserError, load_checkpoint, one_line, run_cli, set_logger, write_json

@@ -17,9 +17,9 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
 from core.config import load_params  # noqa: E402
-from core.data import fetch_dataloader, reseed_epoch  # noqa: E402
-from core.engine import epoch_seed, pick_runtime, seed_everything  # noqa: E402
-from core.optim import PER_BATCH, build_optimizer, build_scheduler  # noqa: E402
+from core.data.loaders import fetch_dataloader, reseed_epoch  # noqa: E402
+from core.training.engine import epoch_seed, pick_runtime, seed_everything  # noqa: E402
+from core.training.optim import PER_BATCH, build_optimizer, build_scheduler  # noqa: E402
 from model.net import build_model  # noqa: E402
 
 

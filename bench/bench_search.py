@@ -30,8 +30,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from core.forkserver import ForkServer  # noqa: E402
-from core.search import cell_env, threads_per_worker  # noqa: E402
+from core.search.forkserver import ForkServer  # noqa: E402
+from core.search.pool import cell_env, threads_per_worker  # noqa: E402
 from data.build_dataset import DEFAULT_DST, ensure_data  # noqa: E402
 
 PARENT = {"arch": "small_cnn", "im_sz": 32, "batch_size": 64, "cache_images": 1,

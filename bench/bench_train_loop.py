@@ -2,7 +2,7 @@
 
     python bench/bench_train_loop.py [--rounds 5] [--model_dir experiments/base_model]
 
-"Ours" is core.engine.train_one_epoch exactly as train.py calls it: epoch metrics accumulated on the device,
+"Ours" is core.training.engine.train_one_epoch exactly as train.py calls it: epoch metrics accumulated on the device,
 the per-batch one_cycle schedule, gradient monitoring, the progress bar's bookkeeping. "Bare" is the minimal
 loop: to(device), forward, loss, zero_grad, backward, step. Both read the same DataLoader (images cached in
 RAM, so the data pipeline is shared, not measured twice). The two alternate round by round so drift in machine
@@ -21,11 +21,11 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
 from core.config import load_params  # noqa: E402
-from core.data import fetch_dataloader  # noqa: E402
-from core.engine import pick_runtime, train_one_epoch  # noqa: E402
-from core.monitor import GradMonitor  # noqa: E402
-from core.optim import PER_BATCH, build_optimizer, build_scheduler  # noqa: E402
-from core.state import TrainingState  # noqa: E402
+from core.data.loaders import fetch_dataloader  # noqa: E402
+from core.training.engine import pick_runtime, train_one_epoch  # noqa: E402
+from core.training.monitor import GradMonitor  # noqa: E402
+from core.training.optim import PER_BATCH, build_optimizer, build_scheduler  # noqa: E402
+from core.training.state import TrainingState  # noqa: E402
 from data.build_dataset import ensure_data  # noqa: E402
 from model.net import build_loss, build_model  # noqa: E402
 

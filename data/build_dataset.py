@@ -3,52 +3,37 @@
     python data/build_dataset.py                                  # default: data/digits from scikit-learn
     python data/build_dataset.py --src RAW_DIR --dst data/NAME    # your images: RAW_DIR/<class>/*.jpg ...
     python data/build_dataset.py --dst data/digits_imbalanced --imbalance 0=0.1,1=0.1   # keep 10 % of 0s and 1s
+    python data/build_dataset.py --task segmentation [--size 64] [--test_size 96]      # data/digit_scenes
 
 The default set is scikit-learn's bundled handwritten digits (1,797 real 8x8 scans, 10 classes), so it builds
 offline. Splits are stratified and seeded: the same command always gives the same files.
+
+--task segmentation builds the default segmentation set instead: scenes of 1-3 of those digits with a mask and
+boxes each, in DST/{train,valid,test}/{images,masks}/ (data/scenes.py, which describes the layout).
 """
 
 import argparse
 import os
 import random
-import shutil
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
 
+from data.folders import SPLITS, build_in_place, split_indices  # noqa: E402, F401  (SPLITS: read by others)
+from data.scenes import DEFAULT_SCENES, build_scenes  # noqa: E402
 from utils import UserError, run_cli  # noqa: E402
 
 DEFAULT_DST = os.path.join("data", "digits")
-SPLITS = ("train", "valid", "test")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 def scan_image_folder(root):
     """{class: [image file names]} for root/<class>/<image>, classes and files sorted; a class folder without
     images maps to []. The one definition of the layout: this script's --src and the training loader
-    (core/data.py) both read folders through it, each reporting problems in its own words."""
+    (core/data/loaders.py) both read folders through it, each reporting problems in its own words."""
     classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
     return {c: sorted(f for f in os.listdir(os.path.join(root, c)) if f.lower().endswith(IMAGE_EXTS))
             for c in classes}
-
-
-def split_indices(labels, fractions, seed):
-    """Stratified split: for each class, shuffle its indices and cut them by `fractions` (train, valid, test)."""
-    rng = random.Random(seed)
-    by_class = {}
-    for i, y in enumerate(labels):
-        by_class.setdefault(y, []).append(i)
-    out = {s: [] for s in SPLITS}
-    for y in sorted(by_class):
-        idx = by_class[y]
-        rng.shuffle(idx)
-        n_train = round(fractions[0] * len(idx))
-        n_valid = round(fractions[1] * len(idx))
-        out["train"] += idx[:n_train]
-        out["valid"] += idx[n_train:n_train + n_valid]
-        out["test"] += idx[n_train + n_valid:]
-    return out
 
 
 def keep_fractions(labels, keep, seed):
@@ -69,28 +54,18 @@ def keep_fractions(labels, keep, seed):
 
 
 def write_split(images, labels, names, splits, dst, size):
-    """Write every image as a size x size PNG into a temp folder, then move it into place in one step."""
+    """Write every image as a size x size PNG into DST/<split>/<class>/, built in place (build_in_place)."""
     from PIL import Image
 
-    parent = os.path.dirname(os.path.abspath(dst))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=".building-")
-    try:
+    def fill(tmp):
         for split, idx in splits.items():
             for i in idx:
                 folder = os.path.join(tmp, split, str(labels[i]))
                 os.makedirs(folder, exist_ok=True)
                 img = images(i).resize((size, size), Image.BICUBIC)
                 img.save(os.path.join(folder, names[i] + ".png"))
-        os.replace(tmp, dst)  # readers never see a half-built data set
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not os.path.isdir(os.path.join(dst, "train")):
-            raise
-        # another process finished building the same data set first: use theirs
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    build_in_place(dst, fill)
 
 
 def build_digits(dst=DEFAULT_DST, size=32, fractions=(0.7, 0.15, 0.15), seed=230, keep=None):
@@ -111,10 +86,16 @@ def build_digits(dst=DEFAULT_DST, size=32, fractions=(0.7, 0.15, 0.15), seed=230
 
 
 def ensure_data(data_dir):
-    """Build the default data set on first use; any other missing folder is the user's to provide."""
-    if os.path.normpath(data_dir) == os.path.normpath(DEFAULT_DST) and not os.path.exists(data_dir):
+    """Build a default data set (digits or digit scenes) on first use; any other missing folder is the user's to
+    provide."""
+    if os.path.exists(data_dir):
+        return data_dir
+    if os.path.normpath(data_dir) == os.path.normpath(DEFAULT_DST):
         print(f"building the default data set in {data_dir} (first use)")
         build_digits(data_dir)
+    elif os.path.normpath(data_dir) == os.path.normpath(DEFAULT_SCENES):
+        print(f"building the default segmentation data set in {data_dir} (first use)")
+        build_scenes(data_dir)
     return data_dir
 
 
@@ -181,15 +162,24 @@ def parse_imbalance(text):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", choices=("classification", "segmentation"), default="classification",
+                    help="segmentation: digit scenes with masks instead of class folders")
     ap.add_argument("--src", help="folder of class sub-folders (default: scikit-learn's digits)")
-    ap.add_argument("--dst", default=DEFAULT_DST, help="output folder (default: data/digits)")
+    ap.add_argument("--dst", help="output folder (default: data/digits; segmentation: data/digit_scenes)")
     ap.add_argument("--size", type=int, default=None, help="output images are SIZE x SIZE (digits: 32, else 64)")
-    ap.add_argument("--fractions", default="0.7,0.15,0.15", help="train,valid,test fractions")
+    ap.add_argument("--test_size", type=int, default=None,
+                    help="segmentation: test scenes are TEST_SIZE x TEST_SIZE (default: --size)")
+    ap.add_argument("--fractions", help="train,valid,test fractions (default: 0.7,0.15,0.15)")
     ap.add_argument("--seed", type=int, default=230)
     ap.add_argument("--imbalance", metavar="CLASS=FRACTION,...",
                     help="keep only this fraction of the named classes' images (an imbalanced variant)")
     args = ap.parse_args(argv)
-    fractions = parse_fractions(args.fractions)
+    if args.task == "segmentation":
+        return main_scenes(args)
+    if args.test_size is not None:
+        raise UserError("--test_size: only with --task segmentation")
+    args.dst = args.dst or DEFAULT_DST
+    fractions = parse_fractions(args.fractions or "0.7,0.15,0.15")
     keep = parse_imbalance(args.imbalance)
     if os.path.exists(args.dst):
         raise UserError(f"--dst {args.dst}: already exists; remove it first to rebuild")
@@ -201,6 +191,24 @@ def main(argv=None):
         build_digits(args.dst, args.size or 32, fractions, args.seed, keep)
     counts = {s: sum(len(files) for _, _, files in os.walk(os.path.join(args.dst, s))) for s in SPLITS}
     print(f"wrote {args.dst}: " + ", ".join(f"{s} {n}" for s, n in counts.items()))
+
+
+def main_scenes(args):
+    """--task segmentation: the digit scenes (data/scenes.py); the class-folder options do not apply."""
+    from data.scenes import build_scenes
+
+    for flag in ("src", "imbalance", "fractions"):
+        if getattr(args, flag) is not None:
+            raise UserError(f"--{flag}: not with --task segmentation (the scenes are built from scikit-learn's digits)")
+    dst = args.dst or DEFAULT_SCENES
+    if os.path.exists(dst):
+        raise UserError(f"--dst {dst}: already exists; remove it first to rebuild")
+    for flag in ("size", "test_size"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 8:
+            raise UserError(f"--{flag} {getattr(args, flag)}: must be >= 8 for scenes")
+    build_scenes(dst, args.size or 64, args.test_size, seed=args.seed)
+    counts = {s: len(os.listdir(os.path.join(dst, s, "images"))) for s in SPLITS}
+    print(f"wrote {dst}: " + ", ".join(f"{s} {n} scenes" for s, n in counts.items()))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ Edit PRESETS to add augmentations; `params.augmentation` picks one by name, or i
 (`A.to_dict(...)` output) so a hyperparameter search can vary augmentation without code changes.
 
 The machinery around this file (finding and checking the images, subsets, overfit mode, the image cache, the
-DataLoaders and their seeding) is core/data.py; it uses only what is defined here.
+DataLoaders and their seeding) is core/data/loaders.py; it uses only what is defined here.
 
 To use torchvision transforms instead of albumentations, change this file alone:
   - PRESETS and build_transforms: torchvision.transforms.v2 pipelines, starting with v2.ToImage() (takes the
@@ -131,7 +131,7 @@ class ImageDataset(torch.utils.data.Dataset):
         return self.transform(image=image)["image"], self.labels[i]
 
     def reseed(self, seed):
-        """Restart the augmentation's random stream at `seed`. core/data.py calls it before each epoch with that
+        """Restart the augmentation's random stream at `seed`. core/data/loaders.py calls it before each epoch with that
         epoch's seed, so a resumed run augments as an uninterrupted one would, and in each DataLoader worker as it
         starts, so workers do not all draw the same numbers."""
         self.transform.set_random_seed(seed)

@@ -6,8 +6,8 @@ which way is better (early stopping, best.pth.tar, table order) and whether a me
 
 To add a metric computed from the confusion matrix (precision, recall, balanced accuracy, ...): write its formula
 below and add one line to METRICS. Metrics are over the whole epoch, weighted by sample count (not a mean of batch
-means): core/engine.py accumulates the confusion matrix, the summed loss and the top-5 hits on the device and calls
-each formula once per epoch. No torch import here, so the search and the result tables read METRICS cheaply.
+means): core/training/engine.py accumulates the confusion matrix, the summed loss and the top-5 hits on the device
+and calls each formula once per epoch. No torch import here, so the search and the result tables read METRICS cheaply.
 """
 
 from collections.abc import Callable

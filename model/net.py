@@ -79,6 +79,6 @@ def class_weight_tensor(class_weights, class_counts):
 def build_model(params, n_clas):
     if params.arch == "small_cnn":
         return SmallCNN(n_clas, params.ps)
-    from core.tv_models import torchvision_model  # only now: importing torchvision.models costs ~1 s
+    from core.training.tv_models import torchvision_model  # only now: importing torchvision.models costs ~1 s
 
     return torchvision_model(params.arch, n_clas, params.ps, params.pretrain, params.pretrained_path)

@@ -13,9 +13,9 @@ import torch
 from test_search import TINY, make_parent, mtimes, search
 
 from conftest import FAST_PARAMS, ROOT, read
-from core.asha import Asha, Schedule
-from core.run import read_status
-from core.search import Cell
+from core.rundir.folder import read_status
+from core.search.asha import Asha, Schedule
+from core.search.pool import Cell
 
 ASHA = {"type": "asha", "min_epochs": 1, "reduction_factor": 2}
 LRS = [0.0005, 0.002, 0.005, 0.01]
@@ -194,8 +194,8 @@ def test_stop_at_epoch_pauses_and_a_resume_goes_on(make_experiment, digits_dir):
 
 
 def test_a_cell_locked_by_another_process_is_skipped_not_offered_forever(tmp_path):
-    from core.run import folder_lock
-    from core.search import run_pool
+    from core.rundir.folder import folder_lock
+    from core.search.pool import run_pool
 
     cell = fake_cell(str(tmp_path), "busy_elsewhere")
     asha = Asha([cell], Schedule(1, 3, "accuracy", "max", 9))
@@ -228,7 +228,7 @@ def test_a_small_rung_still_promotes_its_best_once_nothing_else_runs(tmp_path):
 
 
 def test_prune_leaves_a_cell_trained_elsewhere_alone(tmp_path):
-    from core.run import folder_lock
+    from core.rundir.folder import folder_lock
 
     p = str(tmp_path)
     cells = [fake_cell(p, "mine", "paused", 1, [0.4]), fake_cell(p, "theirs", "paused", 1, [0.7])]
@@ -239,7 +239,7 @@ def test_prune_leaves_a_cell_trained_elsewhere_alone(tmp_path):
 
 
 def test_a_cell_interrupted_while_starting_stays_resumable(tmp_path):
-    from core.search import collect
+    from core.search.pool import collect
 
     cell = fake_cell(str(tmp_path), "promoted", "paused", 1, [0.5])  # Ctrl-C before train.py wrote 'running'
     assert collect(cell, 130) == "interrupted" and read_status(cell.folder)["status"] == "interrupted"

@@ -12,7 +12,7 @@ import torch
 
 import train
 from conftest import ROOT, read, run_train
-from core import engine
+from core.training import engine
 from utils import load_checkpoint
 
 FIGURES = ["train_history.png", "gradients.png", "predictions.png", "confusion_valid_best.png"]
@@ -50,7 +50,7 @@ def test_plot_every_zero_redraws_while_the_run_goes_on(make_experiment, digits_d
 
 
 def test_plotter_waits_plot_every_s_then_draws_what_changed(make_experiment, digits_dir, tmp_path):
-    from core.plotter import Plotter
+    from core.rundir.plotter import Plotter
 
     exp = make_experiment(num_epochs=1, plot_every_s=3600)
     assert run_train(exp, digits_dir) == 0
@@ -101,7 +101,7 @@ def test_figures_and_checkpoint_exist_after_a_failed_run(make_experiment, digits
 
 
 def test_best_is_a_link_to_last_when_the_last_epoch_is_best(make_experiment, digits_dir, monkeypatch):
-    from core.run import BestTracker
+    from core.rundir.folder import BestTracker
 
     exp = make_experiment(num_epochs=3)
     improves = iter([True, True, False])  # epochs 1 and 2 improve, epoch 3 does not

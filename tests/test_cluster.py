@@ -15,7 +15,7 @@ import time
 import pytest
 
 from conftest import FAST_PARAMS, ROOT, read
-from core.run import read_status
+from core.rundir.folder import read_status
 
 REQUIRED = os.environ.get("REQUIRE_CLUSTER_TESTS") == "1"
 pytestmark = pytest.mark.slow  # real Slurm and Ray

@@ -1,4 +1,5 @@
-"""core/data.py: the folder layout read one way everywhere, and per-epoch reseeding that depends only on the seed."""
+"""core/data/loaders.py: the folder layout read one way everywhere, and per-epoch reseeding that depends only on
+the seed."""
 
 import os
 import subprocess
@@ -8,7 +9,7 @@ import torch
 
 from conftest import ROOT
 from core.config import load_params
-from core.data import fetch_dataloader, reseed_epoch, scan_split
+from core.data.loaders import fetch_dataloader, reseed_epoch, scan_split
 from data.build_dataset import list_images, scan_image_folder
 
 

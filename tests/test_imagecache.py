@@ -1,4 +1,4 @@
-"""The data set's start-up cache (core/imagecache.py): images verified once, decoded once, shared between runs.
+"""The data set's start-up cache (core/data/imagecache.py): images verified once, decoded once, shared between runs.
 
 Every test works on its own small copy of the digits, since the cache writes into DATA_DIR/.cache.
 """
@@ -20,9 +20,9 @@ from PIL import Image
 
 import train
 from conftest import ROOT
-from core import data as core_data
-from core import imagecache
 from core.config import load_params
+from core.data import imagecache
+from core.data import loaders as core_data
 from model import data_loader
 from utils import UserError, load_checkpoint, run_cli
 
@@ -227,7 +227,7 @@ import json, sys, time
 import numpy as np
 from PIL import Image
 sys.path.insert(0, {root!r})
-from core import imagecache
+from core.data import imagecache
 
 data_dir, items_file, count_file, out = sys.argv[1:]
 

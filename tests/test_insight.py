@@ -27,7 +27,8 @@ def repo(tmp_path):
     for folder in ("core", "model"):
         shutil.copytree(ROOT / folder, dst / folder, ignore=shutil.ignore_patterns("__pycache__"))
     (dst / "data").mkdir()
-    shutil.copy(ROOT / "data" / "build_dataset.py", dst / "data")
+    for path in (ROOT / "data").glob("*.py"):
+        shutil.copy(path, dst / "data")
     git(dst, "init", "-q")
     git(dst, "add", "-A")
     git(dst, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
@@ -70,7 +71,7 @@ def test_record_names_commit_code_versions_and_hardware(repo, tmp_path, digits_d
 
 
 def test_resume_appends_a_session(make_experiment, digits_dir, monkeypatch):
-    from core import outputs
+    from core.rundir import outputs
 
     exp = make_experiment()
     original = outputs.RunFolder.record_epoch
@@ -106,7 +107,7 @@ def test_gradient_history_has_every_layer_every_epoch(make_experiment, digits_di
 
 
 def test_vanishing_gradients_are_flagged():
-    from core.monitor import gradient_warnings
+    from core.training.monitor import gradient_warnings
 
     warnings = gradient_warnings({"a.weight": 1e-9, "b.weight": 0.5, "c.weight": float("inf")})
     assert len(warnings) == 2 and "vanishing gradient in a.weight" in warnings[0] and "c.weight" in warnings[1]

@@ -13,12 +13,12 @@ from test_train import StopAfter
 import evaluate
 import synthesize_results
 from conftest import read, run_train
-from core.compiling import compile_model
 from core.config import Params, resolve
-from core.engine import EpochMetrics, optimizer_step, pick_runtime, train_one_epoch
-from core.optim import build_optimizer, build_scheduler, layer_lrs, optimizer_steps
-from core.run import BestTracker
-from core.state import TrainingState, build_ema, evaluated_weights
+from core.rundir.folder import BestTracker
+from core.training.compiling import compile_model
+from core.training.engine import EpochMetrics, optimizer_step, pick_runtime, train_one_epoch
+from core.training.optim import build_optimizer, build_scheduler, layer_lrs, optimizer_steps
+from core.training.state import TrainingState, build_ema, evaluated_weights
 from model.data_loader import build_batch_mix
 from model.metrics import METRICS
 from model.net import SmallCNN, build_loss, class_weight_tensor
@@ -60,7 +60,7 @@ def test_balanced_class_weights_follow_the_counts():
 
 
 def test_balanced_weights_on_imbalanced_data_change_the_training(make_experiment, imbalanced_dir):
-    from core.data import class_counts, fetch_dataloader
+    from core.data.loaders import class_counts, fetch_dataloader
 
     p = params(train_subset=0, im_sz=24)
     loaders, classes = fetch_dataloader(["train"], imbalanced_dir, p)
@@ -319,7 +319,7 @@ def test_class_weights_scale_mixed_and_plain_batches_alike():
 
 
 def test_tta_loss_stays_finite_for_a_confident_wrong_answer():
-    from core.engine import predict
+    from core.training.engine import predict
 
     model = nn.Linear(2, 2)
     with torch.no_grad():
@@ -338,7 +338,7 @@ def test_overfit_check_learns_its_batches_unmixed(make_experiment, digits_dir):
 
 
 def test_report_leaves_absent_classes_out_of_the_means():
-    from core.report import report_markdown
+    from core.rundir.report import report_markdown
 
     per_class = {"a": {"precision": 1.0, "recall": 0.5, "f1": 0.6667, "support": 4},
                  "b": {"precision": 0.5, "recall": 1.0, "f1": 0.6667, "support": 2},

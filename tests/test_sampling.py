@@ -7,8 +7,8 @@ import re
 import pytest
 
 from conftest import FAST_PARAMS
-from core.grid import expand, plan
-from core.sampling import from_unit
+from core.search.grid import expand, plan
+from core.search.sampling import from_unit
 from utils import UserError
 
 SPACE = {"learning_rate": {"loguniform": [1e-4, 1e-1]}, "ps": {"uniform": [0.0, 0.5]},

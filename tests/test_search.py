@@ -11,8 +11,8 @@ import pytest
 
 import search_hyperparams
 from conftest import FAST_PARAMS, ROOT, read
-from core.grid import expand, folder_name, plan
-from core.run import read_status
+from core.rundir.folder import read_status
+from core.search.grid import expand, folder_name, plan
 from utils import UserError
 
 TINY = {**FAST_PARAMS, "train_subset": 200, "valid_subset": 100, "num_epochs": 2}
@@ -170,5 +170,5 @@ def test_folder_names_never_escape_the_parent(tmp_path):
     assert len(set(names)) == len(names)
     assert folder_name({"learning_rate": 0.001}) == "learning_rate_0.001"  # the seed template's naming
     with pytest.raises(UserError):
-        from core.grid import child_path
+        from core.search.grid import child_path
         child_path(str(tmp_path), "../outside")

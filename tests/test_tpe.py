@@ -9,9 +9,9 @@ import pytest
 from test_search import TINY, make_parent, mtimes, search
 
 from conftest import ROOT
-from core.grid import tpe_block
-from core.search import Cell
-from core.tpe import Tpe
+from core.search.grid import tpe_block
+from core.search.pool import Cell
+from core.search.tpe import Tpe
 
 pytest.importorskip("optuna")
 SPACE = {"method": "tpe", "n_samples": 3, "learning_rate": {"loguniform": [1e-3, 1e-2]}, "ps": [0.0, 0.3]}

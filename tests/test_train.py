@@ -10,7 +10,7 @@ import torch
 
 import evaluate
 from conftest import FAST_PARAMS, ROOT, read, run_train
-from core import outputs as core_outputs
+from core.rundir import outputs as core_outputs
 from utils import load_checkpoint
 
 RUN_FILES = ["train.log", "history.json", "metrics_val_best_weights.json", "metrics_val_last_weights.json",
@@ -169,7 +169,7 @@ def test_torchvision_arch_trains(make_experiment, digits_dir, arch):
 
 
 def test_a_folder_being_trained_is_refused_with_its_own_exit_code(make_experiment, digits_dir):
-    from core.run import folder_lock, is_locked
+    from core.rundir.folder import folder_lock, is_locked
 
     exp = make_experiment(num_epochs=1)
     with folder_lock(exp):

@@ -1,4 +1,4 @@
-"""Warm search cells (core/forkserver.py): forked from a preloaded server, yet recorded exactly as cold ones."""
+"""Warm search cells (core/search/forkserver.py): forked from a preloaded server, yet recorded exactly as cold ones."""
 
 import json
 import os
@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from conftest import FAST_PARAMS, ROOT, read
-from core.forkserver import ForkServer
-from core.run import read_status
-from core.search import Cell, Launcher, cell_env, collect
+from core.rundir.folder import read_status
+from core.search.forkserver import ForkServer
+from core.search.pool import Cell, Launcher, cell_env, collect
 
 TINY = {**FAST_PARAMS, "train_subset": 200, "valid_subset": 100, "num_epochs": 2}
 # passes preflight (the one image it augments is not cropped) and fails a few images into training: a traceback
@@ -200,7 +200,7 @@ report = {
     "stderr": os.readlink("/proc/self/fd/2"), "fds": len(os.listdir("/proc/self/fd")),
     "sigint": signal.getsignal(signal.SIGINT) is signal.default_int_handler,
     "sigterm": signal.getsignal(signal.SIGTERM) == signal.SIG_DFL,
-    "project_modules": [m for m in ("train", "utils", "core.run") if m in sys.modules],
+    "project_modules": [m for m in ("train", "utils", "core.rundir.folder") if m in sys.modules],
 }
 if mode == "threads":  # only here: a cold probe pays seconds to import torch
     import torch

@@ -7,8 +7,9 @@ rerun-is-resume holds everywhere: the folders are the state, not the scheduler.
 import os
 import time
 
-from core.run import Status, is_locked, read_status, write_status
-from core.search import ROOT, Progress, cell_env, prepare, slurm_alive, train_cell
+from core.paths import ROOT
+from core.rundir.folder import Status, is_locked, read_status, write_status
+from core.search.pool import Progress, cell_env, prepare, slurm_alive, train_cell
 from utils import UserError
 
 EXTRA = "pip install -r requirements-cluster.txt"

@@ -4,7 +4,7 @@
     "hyper_search": {"zip": {"batch_size": [32, 64], "learning_rate": [1e-3, 2e-3]}, "ps": [0.5, 0.75]}
     "hyper_search": [{"arch": ["small_cnn"], "learning_rate": [1e-3]}, {"arch": ["resnet18"], ...}]  # union
     "hyper_search": {"method": "random", "n_samples": 20, "learning_rate": {"loguniform": [1e-4, 1e-1]}}
-                                                                      # sampled: core/sampling.py
+                                                                      # sampled: core/search/sampling.py
 
 Everything is validated before anything is written: keys against core/config.py, every cell's full params.
 """
@@ -17,7 +17,7 @@ import os
 import re
 
 from core.config import KEYS, resolve, set_dotted, suggest, type_name
-from core.sampling import DISTRIBUTIONS, METHODS, SAMPLED, check_distribution, is_distribution, sample
+from core.search.sampling import DISTRIBUTIONS, METHODS, SAMPLED, check_distribution, is_distribution, sample
 from utils import UserError
 
 MAX_NAME = 100
@@ -36,7 +36,7 @@ def expand_block(block, where):
     if method == "grid":  # each axis: list of partial cells; the block is their product
         axes = [args if key == "zip" else [{key: v} for v in args] for key, _, args in dims]
         return [dict(kv for part in combo for kv in part.items()) for combo in itertools.product(*axes)]
-    if method == "tpe":  # core/tpe.py asks Optuna for each cell as results come in
+    if method == "tpe":  # core/search/tpe.py asks Optuna for each cell as results come in
         if "zip" in space:
             raise UserError(f"{where}: method 'tpe' samples each key on its own; 'zip' needs method grid, random "
                             f"or sobol")

@@ -9,8 +9,8 @@ import os
 import statistics
 
 from core.config import KEYS, hyperparams, resolve
-from core.record import provenance
-from core.run import HISTORY, STATUS, Status, metrics_file
+from core.rundir.folder import HISTORY, STATUS, Status, metrics_file
+from core.rundir.record import provenance
 from model.metrics import METRICS
 from utils import UserError, read_json, read_json_field
 

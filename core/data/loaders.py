@@ -4,7 +4,7 @@
     for epoch ...:
         reseed_epoch(loaders["train"], epoch_seed(params.seed, epoch))
 
-Here: checking the folders and every image before training starts (once per data set, core/imagecache.py),
+Here: checking the folders and every image before training starts (once per data set, core/data/imagecache.py),
 subsets, overfit mode, the image cache, batch sizes, the BatchNorm drop_last rule and the seeding that makes data
 order and augmentation reproducible. How an image becomes a tensor (augmentation, decoding, the Dataset) is
 model/data_loader.py; what counts as a class folder or an image file is data/build_dataset.py's scan_image_folder.
@@ -15,7 +15,7 @@ import os
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from core import imagecache
+from core.data import imagecache
 from data.build_dataset import scan_image_folder
 from model.data_loader import ImageDataset, build_transforms, decoder
 from utils import UserError

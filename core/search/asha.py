@@ -18,9 +18,9 @@ import json
 from dataclasses import dataclass
 
 from core.config import resolve
-from core.grid import base_params
-from core.results import load_history
-from core.run import Status, is_locked, read_status, write_status
+from core.rundir.folder import Status, is_locked, read_status, write_status
+from core.search.grid import base_params
+from core.search.results import load_history
 from model.metrics import METRICS
 from utils import UserError
 

@@ -6,8 +6,8 @@ import os
 from sklearn.metrics import balanced_accuracy_score, precision_recall_fscore_support
 from tabulate import tabulate
 
-from core.plots import plot_confusion
-from core.run import metrics_file
+from core.rundir.folder import metrics_file
+from core.rundir.plots import plot_confusion
 from utils import UserError, atomic_write, read_json_field, write_json
 
 PER_CLASS = ("precision", "recall", "f1", "support")

@@ -4,17 +4,17 @@ At the end of an epoch the training loop hands RunFolder a copy of the training 
 epoch. A background thread writes history.json and the metrics files, then the checkpoint (best before last: a
 kill in between must not leave best.pth.tar an epoch behind), then the status. last.pth.tar is the commit point: a
 resume starts from it and truncates history to its epoch, so the status never names an epoch the checkpoint lacks.
-Figures are drawn by a helper process (core/plotter.py), never by the training process.
+Figures are drawn by a helper process (core/rundir/plotter.py), never by the training process.
 """
 
 import os
 import threading
 import time
 
-from core.monitor import confidently_wrong, gallery_indices, gallery_items
-from core.plotter import Plotter
-from core.results import load_history
-from core.run import HISTORY, Status, checkpoint_path, metrics_file, write_status
+from core.rundir.folder import HISTORY, Status, checkpoint_path, metrics_file, write_status
+from core.rundir.plotter import Plotter
+from core.search.results import load_history
+from core.training.monitor import confidently_wrong, gallery_indices, gallery_items
 from utils import UserError, save_checkpoint, write_json
 
 

@@ -13,12 +13,12 @@ from the folders, lock on a network filesystem, or be written by anyone but the 
 import json
 import os
 
-from core.asha import read_progress
 from core.config import flatten
-from core.grid import base_params, child_params, child_path, folder_name
-from core.results import read_optional
-from core.run import Status, metrics_file
-from core.sampling import round_sig
+from core.rundir.folder import Status, metrics_file
+from core.search.asha import read_progress
+from core.search.grid import base_params, child_params, child_path, folder_name
+from core.search.results import read_optional
+from core.search.sampling import round_sig
 from utils import UserError
 
 TRIES, RANDOM_TRIES = 20, 200  # TPE proposals, then random ones, before concluding the space is exhausted
@@ -34,7 +34,7 @@ def need_optuna():
 
 
 class Tpe:
-    """Proposes new cells of one search space; `Cell` is core.search.Cell (passed in: no import cycle)."""
+    """Proposes new cells of one search space; `Cell` is core.search.pool.Cell (passed in: no import cycle)."""
 
     def __init__(self, parent_dir, parent_params, dims, n_samples, seed, metric, mode, cell_type):
         self.optuna = need_optuna()

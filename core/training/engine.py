@@ -126,11 +126,11 @@ def progress(loader, desc):
 
 
 def train_one_epoch(state, loader, rt, n_clas, summary_steps=10, monitor=None, desc="train"):
-    """One pass over `loader`, updating `state` (core.state.TrainingState).
+    """One pass over `loader`, updating `state` (core.training.state.TrainingState).
 
     Per batch: mix it (state.mix: MixUp/CutMix), forward, backward of the loss scaled by the batches in its
     accumulation group. Every state.accumulate_steps batches, and at the epoch's end for a remainder, one
-    optimizer step: `monitor` (a core.monitor.GradMonitor) samples the gradients, they are clipped to
+    optimizer step: `monitor` (a core.training.monitor.GradMonitor) samples the gradients, they are clipped to
     state.grad_clip, the optimizer steps, then a per-batch scheduler (one_cycle, cosine) and the EMA."""
     model, optimizer = state.model, state.optimizer
     scheduler = state.scheduler if state.per_batch else None

@@ -68,7 +68,7 @@ def serve(fd, write_end, model_dir, every_s):
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):  # the trainer handles these, then closes us
         signal.signal(sig, signal.SIG_IGN)
     die_with_parent()  # a trainer killed with SIGKILL takes its helper along
-    import core.plots  # noqa: F401  matplotlib: now, while the first epoch trains, not when the run ends
+    import core.rundir.plots  # noqa: F401  matplotlib: now, while the first epoch trains, not when the run ends
 
     pending, last_draw, lines = {}, time.monotonic(), Lines(fd)
     while True:
@@ -109,8 +109,8 @@ def drawings(pending, model_dir):
     """One function per figure to redraw."""
     import numpy as np
 
-    from core import plots
-    from core.results import load_history
+    from core.rundir import plots
+    from core.search.results import load_history
 
     out = []
     rows = load_history(model_dir) if "history" in pending else []

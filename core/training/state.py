@@ -5,17 +5,17 @@
     next_epoch = state.load(ckpt, path)                                      # the inverse, RNG states included
     weights = evaluated_weights(ckpt)                                        # what validation saw: raw or EMA
 
-Shared by train.py and the search's smoke test (core/smoke.py).
+Shared by train.py and the search's smoke test (core/search/smoke.py).
 """
 
 from dataclasses import dataclass
 
 import torch
 
-from core.data import class_counts
-from core.engine import rng_state, set_rng_state
-from core.optim import PER_BATCH, build_optimizer, build_scheduler, optimizer_steps
-from core.run import BestTracker
+from core.data.loaders import class_counts
+from core.rundir.folder import BestTracker
+from core.training.engine import rng_state, set_rng_state
+from core.training.optim import PER_BATCH, build_optimizer, build_scheduler, optimizer_steps
 from model.data_loader import build_batch_mix
 from model.metrics import METRICS
 from model.net import build_loss, build_model

@@ -2,15 +2,16 @@
 
 A cell started with `python train.py` spends seconds importing torch and albumentations (more for torchvision archs
 and for matplotlib in the figures' helper) before it trains. The search starts this server once (`python
-core/forkserver.py`); for each cell it forks a child that already has those modules in memory, and the child runs
+core/search/forkserver.py`); for each cell it forks a child that already has those modules in memory, and the child runs
 train.py as `__main__`, as `python train.py ...` would: same argv, environment, working directory, stdout
 (/dev/null), stderr (appended to the cell's train.log), signal handling and exit code. Each cell is still a process
 of its own, so the search's contract (one process per cell, its exit code, its status.json) does not change.
 
-What still differs from a cold cell: stdin is /dev/null; `ps` shows `python core/forkserver.py` (status.json has the
-cell's pid); the hash seed and the preloaded libraries are the server's, while this repository's own modules are
-imported afresh in each child; and torchvision (with torch._dynamo) is always loaded, which makes an uncaught
-KeyboardInterrupt exit 1 instead of by SIGINT (train.py never lets one escape: run_cli exits 130).
+What still differs from a cold cell: stdin is /dev/null; `ps` shows `python core/search/forkserver.py`
+(status.json has the cell's pid); the hash seed and the preloaded libraries are the server's, while this
+repository's own modules are imported afresh in each child; and torchvision (with torch._dynamo) is always
+loaded, which makes an uncaught KeyboardInterrupt exit 1 instead of by SIGINT (train.py never lets one escape:
+run_cli exits 130).
 
 Protocol, one JSON object per line:
     search -> server (stdin):  {"argv": [script, arg...], "env": {...}, "cwd": dir, "log": path}
@@ -35,10 +36,10 @@ import sys
 import threading
 import weakref
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if __name__ == "__main__":
-    sys.path[0] = ROOT  # run as `python core/forkserver.py`; cells see the sys.path `python train.py` has
+if __name__ == "__main__":  # run as `python core/search/forkserver.py`: cells see the sys.path `python train.py` has
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from core.paths import ROOT  # noqa: E402
 from utils import die_with_parent  # noqa: E402
 
 
@@ -49,10 +50,10 @@ def send(fd, **message):
 # ---------------------------------------------------------------- the server
 
 
-# train first: its modules set the libraries up (e.g. no albumentations update check) before they load. core.plots
-# brings matplotlib with the Agg backend, for the figures' helper process.
-PRELOAD = ("train", "torch", "albumentations", "core.plots", "torch._dynamo")  # torch.optim imports torch._dynamo
-# (and sympy) the first time an optimizer is built: ~2-3 s that every cell would pay again
+# train first: its modules set the libraries up (e.g. no albumentations update check) before they load.
+# core.rundir.plots brings matplotlib with the Agg backend, for the figures' helper process.
+PRELOAD = ("train", "torch", "albumentations", "core.rundir.plots", "torch._dynamo")
+# torch.optim imports torch._dynamo (and sympy) the first time an optimizer is built: ~2-3 s every cell would pay
 TORCHVISION = "torchvision.models"  # ~1 s more: only for searches with torchvision archs
 
 

@@ -17,16 +17,14 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from core.asha import find_schedule, parse_schedule
 from core.config import KEYS, resolve
-from core.forkserver import ForkServer, ServerGone
-from core.grid import base_params, child_params, child_path, corners, plan, tpe_block
-from core.results import load_history
-from core.run import LOG, Status, checkpoint_path, is_locked, read_status, write_status
+from core.paths import ROOT, TRAIN
+from core.rundir.folder import LOG, Status, checkpoint_path, is_locked, read_status, write_status
+from core.search.asha import find_schedule, parse_schedule
+from core.search.forkserver import ForkServer, ServerGone
+from core.search.grid import base_params, child_params, child_path, corners, plan, tpe_block
+from core.search.results import load_history
 from utils import FolderBusy, UserError, die_with_parent, read_json, write_json
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAIN = os.path.join(ROOT, "train.py")
 
 # what a cell's folder says about it -> what the search does with it
 TODO = ("new", "resume")
@@ -45,7 +43,7 @@ class Cell:
 
 class Queue:
     """The job source of a plain search: every cell of `todo` once, in plan order, then (method "tpe") the cells
-    `sampler` proposes. core/asha.py's Asha is the other source."""
+    `sampler` proposes. core/search/asha.py's Asha is the other source."""
 
     def __init__(self, cells, todo, sampler=None):
         self.cells, self.pending, self.sampler, self.added = list(cells), deque(todo), sampler, []
@@ -88,7 +86,7 @@ def load_search(parent_dir):
     cells = [Cell(name, child_path(parent, name), child) for name, child in planned]
     if not tpe:
         return cells, schedule, None
-    from core.tpe import Tpe  # imports optuna: only for a tpe search
+    from core.search.tpe import Tpe  # imports optuna: only for a tpe search
 
     es = resolve(base, path)["early_stopping"]
     metric, mode = (schedule.metric, schedule.mode) if schedule else (es["monitor_metric"],
@@ -200,7 +198,7 @@ def launch(cell, data_dir, env):
 
 class Launcher:
     """Starts the local pool's cells: warm (forked from a server that has imported torch & co. once, see
-    core/forkserver.py) or cold (launch()). Without a server, because it would not start or it died, cells start
+    core/search/forkserver.py) or cold (launch()). Without a server, because it would not start or it died, cells start
     cold: slower, never different."""
 
     def __init__(self, warm, env, torchvision=True):

@@ -9,10 +9,10 @@ from utils import one_line
 def smoke_cell(cell, data_dir):
     """None if one batch of `cell` trains and validates to a finite loss, else a one-line reason."""
     from core.config import Params, fixed_overrides, resolve
-    from core.data import fetch_dataloader
-    from core.engine import evaluate, pick_runtime, seed_everything, train_one_epoch
-    from core.run import is_finite
-    from core.state import build_state
+    from core.data.loaders import fetch_dataloader
+    from core.rundir.folder import is_finite
+    from core.training.engine import evaluate, pick_runtime, seed_everything, train_one_epoch
+    from core.training.state import build_state
 
     try:
         params = Params(resolve(cell.params, cell.name, fixed_overrides("smoke")))

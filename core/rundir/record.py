@@ -14,10 +14,10 @@ import subprocess
 import sys
 from importlib.util import find_spec
 
+from core.paths import ROOT
 from utils import atomic_write, now, read_json_field, write_json
 
 RECORD = "record.json"
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_CODE = os.path.join(ROOT, "model")
 
 
@@ -30,7 +30,9 @@ def git(*args):
 
 
 def code_files():
-    return sorted(f for f in os.listdir(MODEL_CODE) if f.endswith(".py"))
+    """model/'s Python files (the task packages' too), as paths relative to model/."""
+    return sorted(os.path.relpath(os.path.join(d, f), MODEL_CODE) for d, _, files in os.walk(MODEL_CODE)
+                  for f in files if f.endswith(".py"))
 
 
 def code_hash():
@@ -42,14 +44,15 @@ def code_hash():
 
 
 def snapshot_code(model_dir, digest):
-    """Copy model/*.py into MODEL_DIR/code/<hash8>/ once per distinct version of the code."""
+    """Copy model/'s Python files into MODEL_DIR/code/<hash8>/ once per distinct version of the code."""
     dst = os.path.join(model_dir, "code", digest[:8])
     if not os.path.isdir(dst):
         tmp = dst + ".tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
         for name in code_files():
-            shutil.copy2(os.path.join(MODEL_CODE, name), tmp)
+            os.makedirs(os.path.dirname(os.path.join(tmp, name)), exist_ok=True)
+            shutil.copy2(os.path.join(MODEL_CODE, name), os.path.join(tmp, name))
         os.replace(tmp, dst)
     return os.path.relpath(dst, model_dir)
 
