@@ -18,39 +18,42 @@ from core.config import Params, fixed_overrides, resolve
 from core.data.loaders import fetch_dataloader
 from core.rundir.folder import check_model_dir, checkpoint_path
 from core.rundir.record import provenance
-from core.rundir.report import check_same_data, per_class_metrics, write_report
+from core.rundir.report import check_same_data, variant_of, write_report
 from core.training.engine import evaluate, pick_runtime
 from core.training.state import evaluated_weights
-from data.build_dataset import DEFAULT_DST, ensure_data
-from model.metrics import metric_names
-from model.net import build_model
+from data.build_dataset import ensure_data
+from model import tasks
 from utils import UserError, load_checkpoint, one_line, run_cli
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model_dir", nargs="+", default=["experiments/base_model"], help="one or more run folders")
-    ap.add_argument("--data_dir", default=DEFAULT_DST, help="data set folder (default: built on first use)")
+    ap.add_argument("--data_dir", help="data set folder (default: the task's own, built on first use)")
     ap.add_argument("--split", default="test", choices=["test", "valid", "train"])
     ap.add_argument("--restore_file", default="best", choices=["best", "last"], help="which checkpoint to evaluate")
     ap.add_argument("--tta", choices=["hflip"], help="test-time augmentation: average over the mirrored images")
+    ap.add_argument("--eval_window", type=int, metavar="N",
+                    help="segmentation: evaluate in N x N tiles (0: whole images), whatever the run's params say")
+    ap.add_argument("--eval_stride", type=int, metavar="S", help="segmentation: pixels between tiles")
     return ap.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
     ckpt_paths = [trained_checkpoint(d, args.restore_file) for d in args.model_dir]
-    data_dir = ensure_data(args.data_dir)
+    window = [f"{k}={v}" for k in ("eval_window", "eval_stride") if (v := getattr(args, k)) is not None]
+    variant = variant_of(args.tta, args.eval_window, args.eval_stride)
     # evaluate every folder first, write after: one bad folder leaves no folder half done
-    results = [evaluate_checkpoint(path, data_dir, args.split, args.tta) for path in ckpt_paths]
-    for model_dir in args.model_dir:
-        check_same_data(model_dir, args.split, args.restore_file, args.tta, data_dir)
+    results = [evaluate_checkpoint(path, args.data_dir, args.split, args.tta, window) for path in ckpt_paths]
+    for model_dir, (metrics, *_) in zip(args.model_dir, results):
+        check_same_data(model_dir, args.split, args.restore_file, variant, metrics["data_dir"])
     rows = []
-    for model_dir, (metrics, confusion, classes) in zip(args.model_dir, results):
-        metrics["data_dir"] = os.path.abspath(data_dir)
-        write_report(model_dir, args.split, args.restore_file, args.tta, metrics, confusion, classes)
-        rows.append([model_dir, metrics["epoch"]] + [metrics.get(k) for k in metric_names()] + [provenance(model_dir)])
-    headers = ["model_dir", "epoch", *metric_names(), "code (commit, model/ snapshot)"]
+    names = list(dict.fromkeys(name for metrics, _, _, _ in results for name in tasks.metric_names(metrics["task"])))
+    for model_dir, (metrics, confusion, classes, task) in zip(args.model_dir, results):
+        write_report(model_dir, args.split, args.restore_file, variant, metrics, confusion, classes, task)
+        rows.append([model_dir, metrics["epoch"]] + [metrics.get(k) for k in names] + [provenance(model_dir)])
+    headers = ["model_dir", "epoch", *names, "code (commit, model/ snapshot)"]
     print(tabulate(rows, headers=headers, floatfmt=".4f", tablefmt="github"))
     return 0
 
@@ -64,30 +67,34 @@ def trained_checkpoint(model_dir, restore_file):
     return path
 
 
-def evaluate_checkpoint(path, data_dir, split, tta=None):
+def evaluate_checkpoint(path, data_dir, split, tta=None, overrides=()):
     """Metrics (per class too), confusion matrix and class names of one checkpoint on `split`, with the params it
     was trained with and the weights its validation saw (the EMA's when it kept one)."""
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt, dict) or not {"params", "classes", "model", "epoch"} <= set(ckpt):
         raise UserError(f"{path}: not a checkpoint written by train.py (needs params, classes, model, epoch)")
     # the whole split, and the model as trained (weights come from the checkpoint, not from pretraining)
-    params = Params(resolve(ckpt["params"], f"{path} (params)",
-                            fixed_overrides("evaluate")))
-    rt = pick_runtime(params.cuda)
+    params = Params(resolve(ckpt["params"], f"{path} (params)", [*fixed_overrides("evaluate"), *overrides]))
+    rt, task = pick_runtime(params.cuda), tasks.load(params.task)
+    data_dir = ensure_data(data_dir or tasks.TASKS[params.task].data)
     loaders, classes = fetch_dataloader([split], data_dir, params, rt.pin_memory, training=False)
     if classes != ckpt["classes"]:
         raise UserError(f"{data_dir}: classes {classes} differ from those {path} was trained on {ckpt['classes']}")
-    model = build_model(params, len(classes))
+    task.check_params(params, classes, f"{path} (params)")
+    model = task.build_model(params, len(classes))
     try:
         model.load_state_dict(evaluated_weights(ckpt))
     except RuntimeError as e:
-        raise UserError(f"{path}: does not fit model/net.py as it is now (edited since?): "
+        raise UserError(f"{path}: does not fit model/{params.task}/net.py as it is now (edited since?): "
                         f"{one_line(e)[:200]}") from None
-    metrics, details = evaluate(rt.prepare(model), loaders[split], rt, len(classes), split, tta)
-    per_class, balanced = per_class_metrics(loaders[split].dataset.labels, details["prediction"].tolist(), classes)
-    metrics.update(balanced_accuracy=balanced, epoch=ckpt["epoch"], weights=ckpt.get("weights", "raw"),
-                   tta=tta or "none", per_class=per_class)
-    return metrics, details["confusion"], classes
+    metrics, details = evaluate(rt.prepare(model), loaders[split], rt, task, len(classes),
+                                task.predictor(params, tta), split)
+    metrics.update(task.evaluation_report(details, loaders[split].dataset, classes), task=params.task,
+                   epoch=ckpt["epoch"], weights=ckpt.get("weights", "raw"), tta=tta or "none",
+                   data_dir=os.path.abspath(data_dir))
+    if params.eval_window:  # recorded: a tiled evaluation is another evaluation than a whole-image one
+        metrics.update(eval_window=params.eval_window, eval_stride=params.eval_stride)
+    return metrics, details["confusion"], classes, task
 
 
 if __name__ == "__main__":

@@ -23,20 +23,19 @@ from core.search.results import (
     group_repetitions,
     load_history,
     minimized,
+    ranking_metric,
     read_optional,
     summarize,
     varied_keys,
 )
-from model.metrics import METRICS
+from model.tasks import all_metrics
 from utils import UserError, run_cli
-
-CURVES = tuple(METRICS)  # every metric an epoch reports, train and valid
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parent_dir", default="experiments")
-    ap.add_argument("--metric", default="accuracy", help="ranks the cells (loss ranks ascending)")
+    ap.add_argument("--metric", help="ranks the cells (loss ranks ascending; default: the monitored one)")
     ap.add_argument("--top_k", type=int, default=8, help="cells drawn in colour with a legend entry")
     return ap.parse_args(argv)
 
@@ -63,7 +62,7 @@ def best_value(group, metric):
     return summarize(r["best"].get(metric) for r in group)[0]
 
 
-def plot(parent_dir, metric="accuracy", top_k=8):
+def plot(parent_dir, metric=None, top_k=8):
     if not os.path.isdir(parent_dir):
         raise UserError(f"--parent_dir {parent_dir}: not a folder")
     runs = gather(parent_dir)
@@ -71,12 +70,15 @@ def plot(parent_dir, metric="accuracy", top_k=8):
     groups = [g for g in group_repetitions(runs, keys) if all(load_history(r["folder"]) for r in g)]
     if not groups:
         raise UserError(f"--parent_dir {parent_dir}: no run with a history.json yet")
+    metric = ranking_metric(runs, metric)
+    curves = [m for m in all_metrics() if any(m in row["val"] for g in groups for r in g
+                                              for row in load_history(r["folder"]))]
     sign = 1 if minimized(metric) else -1
     groups.sort(key=lambda g: (best_value(g, metric) is None, sign * (best_value(g, metric) or 0)))
-    ncols = max(len(CURVES), len(keys), 1)
+    ncols = max(len(curves), len(keys), 1)
     fig, axes = plt.subplots(2 if keys else 1, ncols, figsize=(5 * ncols, 4 * (2 if keys else 1)), squeeze=False)
     colours = plt.get_cmap("tab10")
-    for ax, name in zip(axes[0], CURVES):
+    for ax, name in zip(axes[0], curves):
         for rank, group in enumerate(groups):
             histories = [load_history(r["folder"]) for r in group]
             top = rank < top_k
@@ -93,7 +95,7 @@ def plot(parent_dir, metric="accuracy", top_k=8):
     if len(groups) > top_k:
         axes[0][0].plot([], [], color="0.75", label=f"{len(groups) - top_k} other cells")
     axes[0][0].legend(fontsize=7)
-    for ax in axes[0][len(CURVES):]:
+    for ax in axes[0][len(curves):]:
         ax.axis("off")
     if keys:
         for ax, key in zip(axes[1], keys):

@@ -30,7 +30,8 @@ from core.search.pool import (
 )
 from core.search.results import budget_line
 from core.search.smoke import smoke_cells
-from data.build_dataset import DEFAULT_DST, ensure_data
+from data.build_dataset import ensure_data
+from model.tasks import TASKS
 from utils import UserError, run_cli
 
 ACTIONS = {
@@ -47,7 +48,7 @@ ACTIONS = {
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parent_dir", required=True, help="folder with a params.json holding 'hyper_search'")
-    ap.add_argument("--data_dir", default=DEFAULT_DST)
+    ap.add_argument("--data_dir", help="default: the task's own data set (data/digits, data/digit_scenes)")
     ap.add_argument("--launcher", default="local", choices=["local", "slurm", "ray"])
     ap.add_argument("--fail_fast", action="store_true", help="local: stop at the first failed cell")
     ap.add_argument("--retry_failed", action="store_true", help="run failed and diverged cells again")
@@ -89,6 +90,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     cells, schedule, sampler = load_search(args.parent_dir)
+    args.data_dir = args.data_dir or default_data(cells)
     for cell in cells:
         cell.state = cell_state(cell.folder, cell.params)
     todo = [c for c in cells if c.state in TODO or (args.retry_failed and c.state == "failed")]
@@ -164,6 +166,12 @@ def ready_jobs(source, limit, skip):
     return jobs
 
 
+def default_data(cells):
+    """The default data set of the cells' task (the first cell's: a search over tasks needs --data_dir)."""
+    task = cells[0].params.get("task", KEYS["task"].default) if cells else KEYS["task"].default
+    return TASKS[task].data if task in TASKS else TASKS[KEYS["task"].default].data
+
+
 def plan_line(cells, todo, schedule, sampler, launcher):
     n = n_cells(cells, sampler)
     existing = "existing " if sampler else ""
@@ -182,12 +190,13 @@ def parse_gpus(text):
 
 
 def check_presets(cells):
-    """An augmentation preset name is checked against model/data_loader.py, which only a dry run imports: it costs
-    the seconds of importing torch and albumentations that the search itself avoids."""
-    from model.data_loader import PRESETS
+    """An augmentation preset name is checked against the task's data_loader.py, which only a dry run imports: it
+    costs the seconds of importing torch and albumentations that the search itself avoids."""
+    from model import tasks
 
     for cell in cells:
         name = cell.params.get("augmentation")
+        PRESETS = tasks.load(cell.params.get("task", KEYS["task"].default)).PRESETS
         if isinstance(name, str) and name not in PRESETS:
             raise UserError(f"cell {cell.name}: params key 'augmentation': unknown preset '{name}' "
                             f"(presets: {', '.join(PRESETS)}; or an albumentations dict)")

@@ -16,14 +16,14 @@ from tabulate import tabulate
 
 from core.rundir.folder import Status
 from core.search.asha import rung_reached, schedule_of
-from core.search.results import budget_line, budget_of, build_rows, gather, numbers, read_optional
+from core.search.results import budget_line, budget_of, build_rows, gather, numbers, ranking_metric, read_optional
 from utils import UserError, atomic_write, run_cli
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parent_dir", default="experiments", help="folder searched recursively for runs")
-    ap.add_argument("--metric", default="accuracy", help="sort by this metric (loss sorts ascending)")
+    ap.add_argument("--metric", help="sort by this metric (loss sorts ascending; default: the monitored one)")
     ap.add_argument("--split", default="val", choices=["val", "test"], help="metrics file the rows are ranked by")
     ap.add_argument("--budget", action="store_true",
                     help="add a line: epochs trained against training every run to num_epochs")
@@ -37,14 +37,14 @@ def main(argv=None):
     return 0
 
 
-def synthesize(parent_dir, metric="accuracy", split="val", budget=False):
+def synthesize(parent_dir, metric=None, split="val", budget=False):
     """Write results.md and results.csv in `parent_dir`; return the markdown table."""
     if not os.path.isdir(parent_dir):
         raise UserError(f"--parent_dir {parent_dir}: not a folder")
     runs = gather(parent_dir, split)
     if not runs:
         raise UserError(f"--parent_dir {parent_dir}: no run folders (folders with a params.json) found")
-    keys, metrics, rows = build_rows(runs, metric)
+    keys, metrics, rows = build_rows(runs, ranking_metric(runs, metric))
     schedule = schedule_of(read_optional(os.path.join(parent_dir, "params.json"), []), parent_dir)
     markdown = markdown_table(rows, keys, metrics, parent_dir, split, schedule)
     if budget:

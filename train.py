@@ -37,8 +37,8 @@ from core.training.engine import epoch_seed, evaluate, pick_runtime, seed_everyt
 from core.training.monitor import GradMonitor, gradient_warnings
 from core.training.optim import layer_lrs, step_per_epoch
 from core.training.state import build_state
-from data.build_dataset import DEFAULT_DST, ensure_data
-from model.data_loader import transforms_record
+from data.build_dataset import ensure_data
+from model.tasks import TASKS
 from utils import FolderBusy, UserError, load_checkpoint, one_line, run_cli, set_logger, write_json
 
 log = logging.getLogger(__name__)
@@ -48,8 +48,8 @@ OVERFIT_TARGET = 0.99
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model_dir", default="experiments/base_model", help="experiment folder with params.json")
-    ap.add_argument("--data_dir", default=DEFAULT_DST,
-                    help="data set with train/ and valid/ (the default is built on first use)")
+    ap.add_argument("--data_dir", help="data set with train/ and valid/ (default: the task's own, data/digits or "
+                                       "data/digit_scenes, built on first use)")
     ap.add_argument("--restore_file", choices=["last", "best"], help="continue from MODEL_DIR/<name>.pth.tar")
     ap.add_argument("--stop_at_epoch", type=int, metavar="E",
                     help="pause after epoch E (status 'paused', exit 0): what a successive-halving search runs to "
@@ -84,7 +84,8 @@ def main(argv=None):
     # Everything below up to start_run() only reads: bad input fails here, before a single file is written.
     rt = pick_runtime(params.cuda)  # the runtime: device, autocast dtype, memory format
     seed_everything(params.seed)
-    loaders, classes = fetch_dataloader(["train", "valid"], ensure_data(args.data_dir), params, rt.pin_memory)
+    data_dir = ensure_data(args.data_dir or TASKS[params.task].data)
+    loaders, classes = fetch_dataloader(["train", "valid"], data_dir, params, rt.pin_memory)
     state, notes = build_state(params, classes, rt, loaders["train"], params_path, init_weights=not ckpt)
     x = preflight(state.model, loaders, rt, params_path)
     if params.compile:
@@ -97,10 +98,10 @@ def main(argv=None):
         if checkpoint_stamp(args.model_dir) != seen:  # someone trained here between our decision and the lock
             raise FolderBusy(f"--model_dir {args.model_dir}: another process trained this folder while this run "
                              f"was starting; run the command again")
-        start_run(args, argv, params, loaders, classes, rt, start_epoch)
+        start_run(args, argv, params, loaders, classes, rt, start_epoch, state)
         for note in notes:
             log.info(note)
-        folder = RunFolder(args.model_dir, params, classes, tensorboard)
+        folder = RunFolder(args.model_dir, params, classes, state.task, tensorboard)
         started = time.perf_counter()
         try:
             try:
@@ -112,7 +113,7 @@ def main(argv=None):
             write_status(args.model_dir, outcome, reason=one_line(e) or "interrupted")
             record.end_session(args.model_dir, outcome, time.perf_counter() - started)
             raise
-        finish(args.model_dir, params, status, reason, history, start_epoch,
+        finish(args.model_dir, params, state.task, status, reason, history, start_epoch,
                {"wall_time_s": time.perf_counter() - started, "closing_s": closing_s})
     tracker = state.tracker
     best = f"best val {tracker.metric} {tracker.best:.4f} at epoch {tracker.best_epoch}" if tracker.best_epoch else ""
@@ -167,7 +168,7 @@ def record_completion(model_dir, ckpt):
         write_status(model_dir, Status.COMPLETED, reason=ckpt["stop_reason"], epoch=ckpt["epoch"])
 
 
-def start_run(args, argv, params, loaders, classes, rt, start_epoch):
+def start_run(args, argv, params, loaders, classes, rt, start_epoch, state):
     """First writes: the log, the effective params, the augmentation pipelines, the record and a 'running' status."""
     set_logger(os.path.join(args.model_dir, LOG))
     what = f"resuming at epoch {start_epoch}" if start_epoch > 1 else "starting"
@@ -175,7 +176,7 @@ def start_run(args, argv, params, loaders, classes, rt, start_epoch):
     log.info(f"{args.model_dir}: {what} on {rt.device} ({len(loaders['train'].dataset)} train, "
              f"{len(loaders['valid'].dataset)} valid images, {len(classes)} classes){mode}")
     write_json(os.path.join(args.model_dir, EFFECTIVE), params.to_dict())
-    tf = transforms_record(loaders["train"].dataset.transform, loaders["valid"].dataset.transform)
+    tf = state.task.transforms_record(loaders["train"].dataset.transform, loaders["valid"].dataset.transform)
     write_json(os.path.join(args.model_dir, "augmentation.json"), tf)
     record.start_session(args.model_dir, params, [sys.argv[0], *(argv if argv is not None else sys.argv[1:])], rt,
                          start_epoch)
@@ -188,7 +189,7 @@ def fit(folder, params, state, loaders, rt, start_epoch, stop_at=None):
     that never paused."""
     history = folder.load_history(start_epoch - 1)
     monitor = GradMonitor(state.model, params.save_summary_steps) if params.monitor_gradients else None
-    n_clas, tracker = len(folder.classes), state.tracker
+    n_clas, tracker, predict = len(folder.classes), state.tracker, state.task.predictor(params)
     for epoch in range(start_epoch, params.num_epochs + 1):
         epoch_start = time.perf_counter()
         # reseed data order and augmentation per epoch: a resumed run sees what an uninterrupted one would
@@ -197,7 +198,8 @@ def fit(folder, params, state, loaders, rt, start_epoch, stop_at=None):
             monitor.start_epoch()
         train_m = train_one_epoch(state, loaders["train"], rt, n_clas, params.save_summary_steps, monitor,
                                   desc=f"epoch {epoch}/{params.num_epochs}")
-        val_m, details = evaluate(state.eval_model, loaders["valid"], rt, n_clas, desc="valid")  # the EMA, if any
+        # validation sees the EMA of the weights, if any
+        val_m, details = evaluate(state.eval_model, loaders["valid"], rt, state.task, n_clas, predict, "valid")
         row = {"epoch": epoch, "lr": layer_lrs(state.optimizer),
                **{k: train_m.pop(k) for k in ("time_s", "data_time_s", "images_per_s")},
                "epoch_s": time.perf_counter() - epoch_start,  # train + valid: what a cost estimate needs
@@ -223,17 +225,18 @@ def fit(folder, params, state, loaders, rt, start_epoch, stop_at=None):
     return Status.COMPLETED, "all epochs done", history
 
 
-def finish(model_dir, params, status, reason, history, start_epoch, timing):
+def finish(model_dir, params, task, status, reason, history, start_epoch, timing):
     """The final status, the session's record (with `timing`: wall_time_s, closing_s) and, in overfit mode, the
     verdict of the sanity check."""
     session = [r for r in history if r["epoch"] >= start_epoch]
     images_per_s = sum(r["images_per_s"] for r in session) / len(session) if session else None
     extra = {}
     if params.overfit_batches and history:
-        acc = history[-1]["val"]["accuracy"]
+        metric = task.OVERFIT_METRIC
+        acc = history[-1]["val"][metric]
         passed = acc >= OVERFIT_TARGET
-        extra["overfit_check"] = {"train_accuracy": acc, "passed": passed, "target": OVERFIT_TARGET}
-        log.info(f"overfit check: accuracy {acc:.4f} on the {params.overfit_batches} training batch(es) - "
+        extra["overfit_check"] = {f"train_{metric}": acc, "passed": passed, "target": OVERFIT_TARGET}
+        log.info(f"overfit check: {metric} {acc:.4f} on the {params.overfit_batches} training batch(es) - "
                  + ("passed" if passed else f"FAILED (want >= {OVERFIT_TARGET}): the model or its training is broken"))
     write_status(model_dir, status, reason=reason, **extra)
     record.end_session(model_dir, status, images_per_s=images_per_s, **timing)

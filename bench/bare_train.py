@@ -20,7 +20,8 @@ from core.config import load_params  # noqa: E402
 from core.data.loaders import fetch_dataloader, reseed_epoch  # noqa: E402
 from core.training.engine import epoch_seed, pick_runtime, seed_everything  # noqa: E402
 from core.training.optim import PER_BATCH, build_optimizer, build_scheduler  # noqa: E402
-from model.net import build_model  # noqa: E402
+from model.classification import task  # noqa: E402
+from model.classification.net import build_model  # noqa: E402
 
 
 def main():
@@ -34,7 +35,7 @@ def main():
     seed_everything(params.seed)
     loaders, classes = fetch_dataloader(["train", "valid"], args.data_dir, params, rt.pin_memory)
     model = rt.prepare(build_model(params, len(classes)))
-    optimizer = build_optimizer(params, model)
+    optimizer = build_optimizer(params, model, task)
     scheduler = build_scheduler(params, optimizer, len(loaders["train"]))
     loss_fn = nn.CrossEntropyLoss()
     for epoch in range(1, params.num_epochs + 1):

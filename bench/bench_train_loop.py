@@ -27,19 +27,20 @@ from core.training.monitor import GradMonitor  # noqa: E402
 from core.training.optim import PER_BATCH, build_optimizer, build_scheduler  # noqa: E402
 from core.training.state import TrainingState  # noqa: E402
 from data.build_dataset import ensure_data  # noqa: E402
-from model.net import build_loss, build_model  # noqa: E402
+from model.classification import task  # noqa: E402
+from model.classification.net import build_loss, build_model  # noqa: E402
 
 
 def fresh(params, n_clas, rt, steps):
     torch.manual_seed(params.seed)
     model = rt.prepare(build_model(params, n_clas))
-    optimizer = build_optimizer(params, model)
+    optimizer = build_optimizer(params, model, task)
     return model, optimizer, build_scheduler(params, optimizer, steps)
 
 
 def ours(model, optimizer, scheduler, loader, rt, n_clas, params):
     # as train.py's fit(): the scheduler only when it steps per batch, the monitor only when params ask for it
-    state = TrainingState(model, optimizer, scheduler, tracker=None, per_batch=params.scheduler in PER_BATCH,
+    state = TrainingState(task, model, optimizer, scheduler, tracker=None, per_batch=params.scheduler in PER_BATCH,
                           criterion=build_loss(params, [1] * n_clas))
     monitor = GradMonitor(model, params.save_summary_steps) if params.monitor_gradients else None
     if monitor:

@@ -12,11 +12,11 @@ import json
 import math
 from dataclasses import dataclass
 
-from model.metrics import METRICS  # no torch there: planning a search and reading results stay fast
+from model.tasks import TASKS, all_metrics, metrics_of  # no torch there: search planning and tables stay fast
 from utils import UserError, read_json
 
 FLAG, LR, OPT_INT, AUG, ANY = "0/1", "float or list of floats", "int or null", "preset name or dict", "any"
-INT_LIST, OPT_FLAG = "list of ints", "0/1 or null"
+INT_LIST, OPT_FLAG, OPT_STR = "list of ints", "0/1 or null", "string or null"
 WEIGHTS = '"balanced", a list of numbers or null'
 
 
@@ -65,16 +65,25 @@ class Key:
 
 
 KEYS = {
+    "task": Key("classification", str, "what a sample's target is: classification (a label per image) or "
+                "segmentation (a class per pixel); model/tasks.py", choices=tuple(TASKS)),
     # model
-    "arch": Key("small_cnn", str, "small_cnn (model/net.py) or a torchvision classifier name: resnet18, resnet50, ..."),
+    "arch": Key(None, OPT_STR, "the task's architecture (null: its default, small_cnn or unet): small_cnn or a "
+                "torchvision classifier (resnet18, ...); unet or a torchvision segmenter (deeplabv3_resnet50, ...)"),
     "pretrain": Key(0, FLAG, "1: start from torchvision's ImageNet weights (torch cache or pretrained_path)",
                     evaluate=0),  # evaluation loads the trained weights instead
     "pretrained_path": Key("", str, "torchvision weights file, for pretrain=1 on a machine without network"),
     "init_weights_path": Key("", str, "start from another run's checkpoint (model weights whose shapes match)"),
     "n_clas": Key(None, OPT_INT, "number of classes; null: the number of class folders in the data",
                   check=(lambda v: v is None or v >= 2, ">= 2")),
-    "ps": Key(0.25, float, "dropout before the classifier head", check=fraction()),
-    # loss and labels (model/net.py build_loss)
+    "ps": Key(0.25, float, "dropout before the head", check=fraction()),
+    # loss and labels (model/<task>/net.py or loss.py: build_loss)
+    "loss.ce": Key(1.0, float, "training loss: weight of cross-entropy", check=at_least(0)),
+    "loss.dice": Key(0.0, float, "segmentation training loss: weight of soft Dice", check=at_least(0)),
+    "loss.bce": Key(0.0, float, "segmentation training loss: weight of binary cross-entropy (one-class masks)",
+                    check=at_least(0)),
+    "aux_weight": Key(0.4, float, "segmentation: weight of the auxiliary head's loss (fcn, deeplabv3)",
+                      check=at_least(0)),
     "label_smoothing": Key(0.0, float, "training loss: spread this much of each target over all classes",
                            check=fraction()),
     "class_weights": Key(None, WEIGHTS, "training loss: per-class weights; balanced: n / (n_classes * count) from "
@@ -82,7 +91,8 @@ KEYS = {
                                                                    'of numbers > 0')),
     # data
     "im_sz": Key(32, int, "images are resized to im_sz x im_sz", check=at_least(8)),
-    "augmentation": Key("light", AUG, "train augmentation: a preset of model/data_loader.py or an albumentations dict"),
+    "augmentation": Key("light", AUG, "train augmentation: a preset of model/<task>/data_loader.py or an "
+                        "albumentations dict"),
     "cache_images": Key(0, FLAG, "1: decode each split once into DATA_DIR/.cache, memory-mapped and shared by all runs",
                         resumable=True, smoke=0),
     "mixup_alpha": Key(0.0, float, "MixUp: blend pairs of training images and their labels, weight ~ "
@@ -122,11 +132,16 @@ KEYS = {
     "num_epochs": Key(10, int, "number of epochs", check=at_least(1)),
     "early_stopping.patience": Key(10, int, "stop after this many epochs without improvement (0: never)",
                                    check=at_least(0)),
-    "early_stopping.monitor_metric": Key("accuracy", str, "validation metric that picks best.pth.tar and drives "
-                                         "stopping (model/metrics.py)", choices=tuple(METRICS)),
+    "early_stopping.monitor_metric": Key(None, OPT_STR, "validation metric that picks best.pth.tar and drives "
+                                         "stopping (null: the task's, accuracy or miou; model/<task>/metrics.py)",
+                                         choices=tuple(all_metrics())),
     "early_stopping.min_delta": Key(0.0, float, "smallest change that counts as an improvement", check=at_least(0)),
     "early_stopping.minimize": Key(None, OPT_FLAG, "1 when a smaller monitor_metric is better; null: the metric's "
-                                   "own direction (model/metrics.py)"),
+                                   "own direction (model/<task>/metrics.py)"),
+    # evaluation
+    "eval_window": Key(0, int, "segmentation: evaluate in window x window tiles (pixels; 0: the whole image)",
+                       check=at_least(0)),
+    "eval_stride": Key(0, int, "segmentation: pixels between tiles (0: eval_window // 2)", check=at_least(0)),
     # run
     "seed": Key(230, int, "seed for torch, numpy, random, data order and augmentation"),
     "cuda": Key(1, FLAG, "use a GPU when one is available", resumable=True),
@@ -241,6 +256,8 @@ def type_ok(value, expected):
         return value is None or type_ok(value, int)
     if expected is OPT_FLAG:
         return value is None or type_ok(value, FLAG)
+    if expected is OPT_STR:
+        return value is None or isinstance(value, str)
     if expected is LR:
         return is_num or (isinstance(value, list) and len(value) > 0 and all(type_ok(x, float) for x in value))
     if expected is AUG:
@@ -260,7 +277,7 @@ def check_value(key, value, where):
         raise UserError(f"{where}: key '{key}' expects {want}, got {type_name(value)} {json.dumps(value)}")
     if any(isinstance(x, float) and not math.isfinite(x) for x in (value if isinstance(value, list) else [value])):
         raise UserError(f"{where}: key '{key}' must be a finite number, got {json.dumps(value)}")
-    if entry.choices and value not in entry.choices:
+    if entry.choices and value is not None and value not in entry.choices:
         raise UserError(f"{where}: key '{key}' must be one of {', '.join(entry.choices)}, got {json.dumps(value)}")
     if entry.check and not entry.check[0](value):
         raise UserError(f"{where}: key '{key}' must be {entry.check[1]}, got {json.dumps(value)}")
@@ -306,13 +323,21 @@ def resolve(user, where, overrides=()):
     out = defaults()
     for key, value in flat.items():
         set_dotted(out, key, value)
-    out["early_stopping"]["minimize"] = monitor_direction(out["early_stopping"], where)
+    task = TASKS[out["task"]]
+    out["arch"] = out["arch"] or task.arch
+    es = out["early_stopping"]
+    es["monitor_metric"] = es["monitor_metric"] or task.monitor
+    es["minimize"] = monitor_direction(es, out["task"], where)
     return out
 
 
-def monitor_direction(es, where):
+def monitor_direction(es, task, where):
     """early_stopping.minimize as 0/1: the monitored metric's own direction, unless the params contradict it."""
-    natural = int(METRICS[es["monitor_metric"]].minimize)
+    metrics = metrics_of(task)
+    if es["monitor_metric"] not in metrics:
+        raise UserError(f"{where}: key 'early_stopping.monitor_metric' is {es['monitor_metric']}, not a metric of "
+                        f"task {task} (one of {', '.join(metrics)})")
+    natural = int(metrics[es["monitor_metric"]].minimize)
     if es["minimize"] is not None and int(es["minimize"]) != natural:
         better = "smaller" if natural else "larger"
         raise UserError(f"{where}: key 'early_stopping.minimize' is {json.dumps(es['minimize'])} but a "

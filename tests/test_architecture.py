@@ -93,24 +93,26 @@ def test_minimize_follows_the_monitored_metric_and_a_contradiction_is_refused():
 
 
 def test_monitor_metric_choices_are_the_metric_registry(monkeypatch):
-    from model.metrics import METRICS
+    from model.tasks import all_metrics
 
-    assert KEYS["early_stopping.monitor_metric"].choices == tuple(METRICS)
+    assert KEYS["early_stopping.monitor_metric"].choices == tuple(all_metrics())
     msg = error_of({"early_stopping": {"monitor_metric": "auc"}})
-    assert "must be one of " + ", ".join(METRICS) in msg
+    assert "must be one of " + ", ".join(all_metrics()) in msg
+    msg = error_of({"early_stopping": {"monitor_metric": "miou"}})  # a metric, but another task's
+    assert msg == (f"{WHERE}: key 'early_stopping.monitor_metric' is miou, not a metric of task classification "
+                   f"(one of loss, accuracy, f1, balanced_accuracy, top5)")
 
 
 def test_a_metric_added_to_the_registry_is_computed_and_ranked():
     import torch
 
     from core.search.results import minimized
-    from core.training import engine
-    from model import metrics
+    from model.classification import metrics
 
     recall_0 = metrics.Metric(lambda cm, sums: (cm[0, 0] / cm[0].sum()).item())
     with pytest.MonkeyPatch.context() as m:
         m.setitem(metrics.METRICS, "recall_0", recall_0)
-        acc = engine.EpochMetrics(3, torch.device("cpu"))
+        acc = metrics.EpochMetrics(3, torch.device("cpu"))
         logits = torch.tensor([[3.0, 0, 0], [0, 3.0, 0], [3.0, 0, 0], [0, 0, 3.0]])
         acc.update(logits, torch.tensor([0, 0, 0, 2]), torch.tensor(0.5))
         out = acc.compute()
@@ -135,7 +137,7 @@ def test_readme_params_table_lists_every_key_with_its_default():
     """README's params table is written by hand: it must name every key of KEYS, and no other, with its default."""
     import re
 
-    section = (ROOT / "README.md").read_text().split("## `params.json`")[1].split("\n\n| key |")[1]
+    section = (ROOT / "docs" / "params.md").read_text().split("## `params.json`")[1].split("\n\n| key |")[1]
     rows = [line for line in section.split("\n\n")[0].splitlines() if line.startswith("| `")]
     documented = {}
     for row in rows:
@@ -160,12 +162,12 @@ def test_a_model_without_a_final_linear_gets_a_one_line_error(make_experiment, d
     import torch.nn as nn
 
     from conftest import run_train
-    from core.training import state
+    from model.classification import task as classification
 
     def conv_only(params, n_clas):
         return nn.Sequential(nn.Conv2d(3, n_clas, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
-    monkeypatch.setattr(state, "build_model", conv_only)
+    monkeypatch.setattr(classification, "build_model", conv_only)
     exp = make_experiment(num_epochs=1, learning_rate=[0.001, 0.01])
     with pytest.raises(UserError, match="2 rates need layer groups, which end at a final nn.Linear classifier head; "
                                         "Sequential"):

@@ -39,7 +39,9 @@ def error_of(user, overrides=()):
 
 def test_empty_params_give_every_default():
     out = resolve({}, WHERE)
-    assert out == {**defaults(), "early_stopping": {**defaults()["early_stopping"], "minimize": 0}}
+    # arch and monitor_metric default to the task's (null in KEYS): the classifier's small_cnn and accuracy
+    assert out == {**defaults(), "arch": "small_cnn",
+                   "early_stopping": {**defaults()["early_stopping"], "monitor_metric": "accuracy", "minimize": 0}}
     assert out["arch"] == "small_cnn"
     assert out["batch_size"] == 64
     assert out["learning_rate"] == 2e-3
@@ -243,7 +245,7 @@ def test_top_level_must_be_an_object(top):
         ("ps", "0.5", "float", 'string "0.5"'),
         ("wd", None, "float", "null"),
         ("wd", True, "float", "bool true"),
-        ("arch", 18, "string", "int 18"),
+        ("arch", 18, "string or null", "int 18"),
         ("learning_rate", "0.1", "float or list of floats", 'string "0.1"'),
         ("learning_rate", [], "float or list of floats", "list []"),
         ("learning_rate", [0.1, "a"], "float or list of floats", 'list [0.1, "a"]'),
@@ -340,7 +342,8 @@ def test_infinite_learning_rate_is_rejected():
         ("optimizer", "rmsprop", "sgd, adam, adamw"),
         ("optimizer", "SGD", "sgd, adam, adamw"),
         ("scheduler", "linear", "one_cycle, cosine, step, plateau, none"),
-        ("early_stopping.monitor_metric", "acc", "loss, accuracy, f1, balanced_accuracy, top5"),
+        ("early_stopping.monitor_metric", "acc",
+         "loss, accuracy, f1, balanced_accuracy, top5, miou, dice, pixel_accuracy"),
     ],
 )
 def test_bad_choice_lists_the_choices(key, value, choices):
@@ -423,5 +426,5 @@ def test_every_spec_key_is_an_attribute():
         node = p
         for part in key.split("."):
             node = getattr(node, part)
-    assert NESTED == {"early_stopping"}
+    assert NESTED == {"early_stopping", "loss"}
 

@@ -9,13 +9,16 @@ import torch
 
 from conftest import ROOT
 from core.config import load_params
-from core.data.loaders import fetch_dataloader, reseed_epoch, scan_split
+from core.data.loaders import fetch_dataloader, reseed_epoch
 from data.build_dataset import list_images, scan_image_folder
 
 
 def test_loader_and_build_dataset_list_the_same_images(digits_dir):
     train = os.path.join(digits_dir, "train")
-    classes, items = scan_split(train)
+    from model.classification import task as classification
+
+    classes = classification.find_classes(digits_dir)
+    items = classification.scan_split(digits_dir, "train", classes)
     assert classes == list(scan_image_folder(train)) == [str(d) for d in range(10)]
     assert [p for p, _ in items] == [p for p, _ in list_images(train)]
 

@@ -23,7 +23,8 @@ from conftest import ROOT
 from core.config import load_params
 from core.data import imagecache
 from core.data import loaders as core_data
-from model import data_loader
+from model.classification import data_loader
+from model.classification import task as classification
 from utils import UserError, load_checkpoint, run_cli
 
 CLASSES, PER_SPLIT = ("0", "1", "2"), {"train": 20, "valid": 6}
@@ -57,17 +58,17 @@ def params(make_experiment):
 def calls(monkeypatch):
     """How many images fetch_dataloader checks and decodes."""
     counts = {"checked": 0, "decoded": 0}
-    check, load = core_data.check_readable, data_loader.load_image
+    check, load = data_loader.check_item, data_loader.load_image
 
-    def counting_check(path):
+    def counting_check(item, classes):
         counts["checked"] += 1
-        return check(path)
+        return check(item, classes)
 
     def counting_load(path):
         counts["decoded"] += 1
         return load(path)
 
-    monkeypatch.setattr(core_data, "check_readable", counting_check)
+    monkeypatch.setattr(classification, "check_item", counting_check)
     monkeypatch.setattr(data_loader, "load_image", counting_load)
     return counts
 
@@ -144,9 +145,9 @@ def test_changed_image_is_rechecked_and_its_split_rebuilt(data, params, calls):
     (new_train,) = arrays(data, "train")
     assert new_train != old_train and arrays(data, "valid") == valid_array
     assert not killed_build.exists()
-    decode, _ = data_loader.decoder(params.im_sz)
+    decode, _, _ = data_loader.decoder(params)
     new_pixels = np.array(loaders["train"].dataset.images[row])
-    assert np.array_equal(new_pixels, decode(str(victim))) and not np.array_equal(new_pixels, old_pixels)
+    assert np.array_equal(new_pixels, decode((str(victim), None))) and not np.array_equal(new_pixels, old_pixels)
     assert manifest(data)[os.path.relpath(victim, data)] == imagecache.file_stamp(victim)
 
 
@@ -199,7 +200,7 @@ def test_corrupt_image_is_one_line_error_and_never_cached(data, params, make_exp
     bad.unlink()
     fetch(data, params)
     before = cache_files(data)
-    _, items = core_data.scan_split(str(data / "train"))
+    items = train_items(data)
     in_subset = {p for p, _ in core_data.subset(items, 4, params.seed)}
     victim = next(p for p, _ in items if p not in in_subset)
     Path(victim).write_bytes(Path(victim).read_bytes()[:60])  # truncated: signature and header intact
@@ -231,7 +232,8 @@ from core.data import imagecache
 
 data_dir, items_file, count_file, out = sys.argv[1:]
 
-def decode(path):
+def decode(item):
+    path = item[0]
     with open(count_file, "a") as f:
         f.write(".")
     time.sleep(0.01)  # a build slow enough for the other process to arrive during it
@@ -240,12 +242,17 @@ def decode(path):
 
 items = json.load(open(items_file))
 print("ready", flush=True)
-np.save(out, np.asarray(imagecache.split_array(data_dir, "train", items, 8, decode, "recipe")))
+np.save(out, np.asarray(imagecache.split_array(data_dir, "train", items, lambda item: [item[0]], decode, "recipe",
+                                              (8, 8, 3))))
 """
 
 
+def train_items(data):
+    return classification.scan_split(str(data), "train", classification.find_classes(str(data)))
+
+
 def test_two_processes_building_at_once_leave_one_valid_array(data, tmp_path):
-    _, items = core_data.scan_split(str(data / "train"))
+    items = train_items(data)
     (tmp_path / "items.json").write_text(json.dumps(items))
     (tmp_path / "builder.py").write_text(BUILDER.format(root=str(ROOT)))
     folder = data / imagecache.CACHE_DIR

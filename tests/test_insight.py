@@ -59,15 +59,16 @@ def test_record_names_commit_code_versions_and_hardware(repo, tmp_path, digits_d
     assert session["hardware"]["cpu_count"] == os.cpu_count() and session["hardware"]["gpu_count"] == 0
     assert session["seed"] == 230 and session["wall_time_s"] > 0 and session["images_per_s"] > 0
     snapshot = tmp_path / "clean" / session["model_code"]["snapshot"]
-    assert (snapshot / "net.py").read_text() == (repo / "model" / "net.py").read_text()
+    net = "classification/net.py"
+    assert (snapshot / net).read_text() == (repo / "model" / net).read_text()
 
-    with open(repo / "model" / "net.py", "a") as f:
+    with open(repo / "model" / net, "a") as f:
         f.write("\n# an experiment's tweak\n")
     (dirty,) = train_in(repo, tmp_path / "dirty", digits_dir)
     assert dirty["git"]["dirty"] is True
     assert "an experiment's tweak" in (tmp_path / "dirty" / dirty["git"]["diff"]).read_text()
     assert dirty["model_code"]["sha1"] != session["model_code"]["sha1"]
-    assert "an experiment's tweak" in (tmp_path / "dirty" / dirty["model_code"]["snapshot"] / "net.py").read_text()
+    assert "an experiment's tweak" in (tmp_path / "dirty" / dirty["model_code"]["snapshot"] / net).read_text()
 
 
 def test_resume_appends_a_session(make_experiment, digits_dir, monkeypatch):
@@ -91,7 +92,7 @@ def test_resume_appends_a_session(make_experiment, digits_dir, monkeypatch):
 
 
 def test_gradient_history_has_every_layer_every_epoch(make_experiment, digits_dir):
-    from model.net import SmallCNN
+    from model.classification.net import SmallCNN
 
     exp = make_experiment(num_epochs=3)
     assert run_train(exp, digits_dir) == 0

@@ -16,12 +16,13 @@ from conftest import read, run_train
 from core.config import Params, resolve
 from core.rundir.folder import BestTracker
 from core.training.compiling import compile_model
-from core.training.engine import EpochMetrics, optimizer_step, pick_runtime, train_one_epoch
+from core.training.engine import optimizer_step, pick_runtime, train_one_epoch
 from core.training.optim import build_optimizer, build_scheduler, layer_lrs, optimizer_steps
 from core.training.state import TrainingState, build_ema, evaluated_weights
-from model.data_loader import build_batch_mix
-from model.metrics import METRICS
-from model.net import SmallCNN, build_loss, class_weight_tensor
+from model.classification import task as classification
+from model.classification.data_loader import build_batch_mix
+from model.classification.metrics import METRICS, EpochMetrics
+from model.classification.net import SmallCNN, build_loss, class_weight_tensor
 from utils import UserError, load_checkpoint
 
 RARE = {"0": 0.1, "1": 0.1}  # the imbalanced digits: 10 % of the 0s and 1s kept
@@ -60,7 +61,8 @@ def test_balanced_class_weights_follow_the_counts():
 
 
 def test_balanced_weights_on_imbalanced_data_change_the_training(make_experiment, imbalanced_dir):
-    from core.data.loaders import class_counts, fetch_dataloader
+    from core.data.loaders import fetch_dataloader
+    from model.classification.data_loader import class_counts
 
     p = params(train_subset=0, im_sz=24)
     loaders, classes = fetch_dataloader(["train"], imbalanced_dir, p)
@@ -101,7 +103,7 @@ def test_mixed_epochs_report_the_loss_only():
 
 def tiny_state(model, accumulate_steps=1, grad_clip=0.0, lr=0.1):
     opt = torch.optim.SGD(model.parameters(), lr=lr)
-    return TrainingState(model, opt, None, BestTracker("loss", True, 0.0, 0), per_batch=False,
+    return TrainingState(classification, model, opt, None, BestTracker("loss", True, 0.0, 0), per_batch=False,
                          criterion=F.cross_entropy, accumulate_steps=accumulate_steps, grad_clip=grad_clip)
 
 
@@ -127,9 +129,9 @@ def test_accumulation_steps_the_optimizer_and_schedule_per_group():
     assert [optimizer_steps(n, 2) for n in (1, 4, 5)] == [1, 2, 3]
     p = params(accumulate_steps=2, num_epochs=1)
     model = SmallCNN(3)
-    opt = build_optimizer(p, model)
+    opt = build_optimizer(p, model, classification)
     sched = build_scheduler(p, opt, optimizer_steps(5, 2))
-    state = TrainingState(model, opt, sched, BestTracker("loss", True, 0.0, 0), per_batch=True,
+    state = TrainingState(classification, model, opt, sched, BestTracker("loss", True, 0.0, 0), per_batch=True,
                           criterion=F.cross_entropy, accumulate_steps=2)
     steps = []
     opt.register_step_post_hook(lambda *a: steps.append(1))
@@ -152,7 +154,7 @@ def test_grad_clip_bounds_the_update():
 def test_no_weight_decay_on_norm_and_bias_parameters_by_default():
     model = SmallCNN(3)
     for flag, expect_zero in ((0, True), (1, False)):
-        opt = build_optimizer(params(wd_norm_bias=flag, learning_rate=[1e-3, 1e-2]), model)
+        opt = build_optimizer(params(wd_norm_bias=flag, learning_rate=[1e-3, 1e-2]), model, classification)
         decay_of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
         for p in model.parameters():
             assert decay_of[id(p)] == (0.0 if p.dim() == 1 and expect_zero else 1e-4)
@@ -319,14 +321,14 @@ def test_class_weights_scale_mixed_and_plain_batches_alike():
 
 
 def test_tta_loss_stays_finite_for_a_confident_wrong_answer():
-    from core.training.engine import predict
+    from model.classification.report import predictor
 
     model = nn.Linear(2, 2)
     with torch.no_grad():
         model.weight.copy_(torch.tensor([[120.0, 0.0], [0.0, 0.0]]))
         model.bias.zero_()
     x = torch.tensor([[[[1.0, 1.0]]]]).squeeze(0)  # [1, 1, 2]: flipping the last dim keeps it
-    logits = predict(lambda t: model(t.reshape(1, 2)), x.unsqueeze(0), "hflip")
+    logits = predictor(None, "hflip")(lambda t: model(t.reshape(1, 2)), x.unsqueeze(0))
     assert torch.isfinite(F.cross_entropy(logits, torch.tensor([1])))
 
 
@@ -338,7 +340,7 @@ def test_overfit_check_learns_its_batches_unmixed(make_experiment, digits_dir):
 
 
 def test_report_leaves_absent_classes_out_of_the_means():
-    from core.rundir.report import report_markdown
+    from model.classification.report import report_markdown
 
     per_class = {"a": {"precision": 1.0, "recall": 0.5, "f1": 0.6667, "support": 4},
                  "b": {"precision": 0.5, "recall": 1.0, "f1": 0.6667, "support": 2},

@@ -4,13 +4,14 @@ every split's images decoded and resized.
 Both live in DATA_DIR/.cache/ (delete the folder to start over):
 
     verified.json                   {path relative to DATA_DIR: [size, mtime_ns]} of images that passed the check
-    <split>-<im_sz>px-<key>.npy     uint8 array N x im_sz x im_sz x 3: every image of the split, in scan order
+    <split>-<im_sz>px-<key>.npy     uint8 array N x H x W x C: every item of the split, decoded, in scan order
     <split>-<im_sz>px.lock          held while one process builds that array, so others wait and reuse it
 
 A file counts as unchanged while its size and modification time are (the rule make and rsync use). <key> hashes
-each image's relative path, label, size and mtime and the decoder's recipe, so editing, adding or removing an image,
-or changing the resize, gives a new key: the array is rebuilt and the old one removed. Every write goes to a temp
-file renamed into place, so a reader never sees half a file and concurrent writers cannot corrupt one.
+each item's files (relative path, size and mtime: an image, and a mask where the task has one) and the decoder's
+recipe, so editing, adding or removing an image, or changing the resize, gives a new key: the array is rebuilt
+and the old one removed. Every write goes to a temp file renamed into place, so a reader never sees half a file
+and concurrent writers cannot corrupt one.
 
 Neither file is ever required: when DATA_DIR is not writable, images are checked and decoded in memory, as without
 a cache. No torch or albumentations here: the caller passes the check and the decoder.
@@ -84,19 +85,21 @@ def record_verified(data_dir, stamps):
         pass
 
 
-def verify_once(data_dir, paths, check):
-    """Run check(path) on each of `paths` that is new or changed since it last passed; return how many were checked.
+def verify_once(data_dir, items, files_of, check):
+    """Run check(item) on each of `items` one of whose files (files_of(item): an image, its mask) is new or changed
+    since it last passed; return how many were checked.
 
-    check raises on a bad file: that happens before anything is written, so a bad file never enters the manifest.
+    check raises on a bad item: that happens before anything is written, so a bad file never enters the manifest.
     Stamps are taken before checking, so a file changed during the check looks changed next time, never the reverse.
     """
-    by_rel = {relative(data_dir, p): p for p in paths}
-    stamps = {rel: file_stamp(p) for rel, p in by_rel.items()}
-    todo = needs_check(stamps, read_manifest(os.path.join(data_dir, CACHE_DIR, MANIFEST)))
-    for rel in todo:
-        check(by_rel[rel])
+    files = [[(relative(data_dir, f), file_stamp(f)) for f in files_of(item)] for item in items]
+    changed = set(needs_check(dict(pair for pairs in files for pair in pairs),
+                              read_manifest(os.path.join(data_dir, CACHE_DIR, MANIFEST))))
+    todo = [(item, pairs) for item, pairs in zip(items, files) if any(rel in changed for rel, _ in pairs)]
+    for item, _ in todo:
+        check(item)
     if todo:
-        record_verified(data_dir, {rel: stamps[rel] for rel in todo})
+        record_verified(data_dir, {rel: stamp for _, pairs in todo for rel, stamp in pairs})
     return len(todo)
 
 
@@ -104,14 +107,17 @@ def verify_once(data_dir, paths, check):
 
 
 def content_key(entries, recipe):
-    """Hash of everything that decides an array's content: [(relative path, label, stamp)] and the decoder's recipe."""
+    """Hash of everything that decides an array's content: one entry per item (its files' relative paths and
+    stamps) and the decoder's recipe."""
     text = json.dumps([recipe, [list(e) for e in entries]], separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def array_stem(split, size):
-    """Files of one split at one size share this prefix: the lock, and the arrays that replace each other."""
-    return f"{split}-{size}px"
+    """Files of one split at one size (im_sz, or (height, width)) share this prefix: the lock, and the arrays that
+    replace each other."""
+    h, w = size if isinstance(size, tuple) else (size, size)
+    return f"{split}-{h}px" if h == w else f"{split}-{h}x{w}px"
 
 
 def load_array(path, shape):
@@ -129,30 +135,30 @@ def load_array(path, shape):
     return images.view(np.ndarray)  # the same pages; a plain array is indexed twice as fast as np.memmap
 
 
-def decoded(decode, path, shape):
-    """decode(path), checked to fit its row of the array."""
-    image = decode(path)
+def decoded(decode, item, shape):
+    """decode(item), checked to fit its row of the array."""
+    image = decode(item)
     if image.shape != shape or image.dtype != np.uint8:  # a decoder edited out of step with the pipeline
-        raise ValueError(f"{path}: decoded to {image.dtype} {image.shape}, expected uint8 {shape}")
+        raise ValueError(f"{item}: decoded to {image.dtype} {image.shape}, expected uint8 {shape}")
     return image
 
 
-def decode_all(paths, decode, shape):
-    """Every image decoded into one in-memory array (no cache folder to use)."""
+def decode_all(items, decode, shape):
+    """Every item decoded into one in-memory array (no cache folder to use)."""
     images = np.empty(shape, np.uint8)
-    for i, path in enumerate(paths):
-        images[i] = decoded(decode, path, shape[1:])
+    for i, item in enumerate(items):
+        images[i] = decoded(decode, item, shape[1:])
     return images
 
 
-def write_array(path, paths, decode, shape):
-    """An .npy file written one image at a time, so building never holds the whole array in memory."""
+def write_array(path, items, decode, shape):
+    """An .npy file written one item at a time, so building never holds the whole array in memory."""
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False, "shape": shape}
 
     def write(f):
         np.lib.format.write_array_header_1_0(f, header)
-        for p in paths:
-            f.write(np.ascontiguousarray(decoded(decode, p, shape[1:])).tobytes())
+        for item in items:
+            f.write(np.ascontiguousarray(decoded(decode, item, shape[1:])).tobytes())
 
     atomic_write(path, write, mode="wb")
 
@@ -167,17 +173,17 @@ def remove_stale(folder, stem, keep):
                     os.remove(path)
 
 
-def split_array(data_dir, split, items, size, decode, recipe):
-    """The cached uint8 array N x size x size x 3 of decode(path) for each (path, label) of `items`, in order; None
-    when DATA_DIR/.cache cannot be written (a read-only data set).
+def split_array(data_dir, split, items, files_of, decode, recipe, row):
+    """The cached uint8 array N x row (row: H x W x C) of decode(item) for each of `items`, in order; None when
+    DATA_DIR/.cache cannot be written (a read-only data set).
 
     Read from DATA_DIR/.cache when it holds this exact content; otherwise built there by the first process to take
     the split's lock, while others starting at the same time wait, then read its file instead of decoding again.
     """
     folder = os.path.join(data_dir, CACHE_DIR)
-    shape = (len(items), size, size, 3)
-    stem = array_stem(split, size)
-    key = content_key([(relative(data_dir, p), y, file_stamp(p)) for p, y in items], recipe)
+    shape = (len(items), *row)
+    stem = array_stem(split, tuple(row[:2]))
+    key = content_key([[(relative(data_dir, f), file_stamp(f)) for f in files_of(item)] for item in items], recipe)
     path = os.path.join(folder, f"{stem}-{key}.npy")
     images = load_array(path, shape)
     if images is not None:
@@ -191,7 +197,7 @@ def split_array(data_dir, split, items, size, decode, recipe):
         fcntl.flock(lock, fcntl.LOCK_EX)  # the OS releases it if we die, so a killed build never blocks others
         images = load_array(path, shape)  # built by whoever held the lock before us
         if images is None:
-            write_array(path, [p for p, _ in items], decode, shape)
+            write_array(path, items, decode, shape)
             remove_stale(folder, stem, keep=path)
             images = load_array(path, shape)
     except OSError:  # a folder we may lock but not write in, a full disk
@@ -201,21 +207,25 @@ def split_array(data_dir, split, items, size, decode, recipe):
     return images
 
 
-def images_for(data_dir, split, every, items, size, decode, recipe):
-    """Decoded images of `items`, a subset of `every` (the whole split), in order: rows of the split's cached array,
-    which all subsets share; or, when the data set is read-only, `items` decoded into memory as without a cache."""
-    cached = split_array(data_dir, split, every, size, decode, recipe)
+def images_for(data_dir, split, every, items, files_of, decode, recipe, row_shape):
+    """Decoded `items`, a subset of `every` (the whole split), in order: rows of the split's cached array, which all
+    subsets share; or, when the data set is read-only, `items` decoded into memory as without a cache. None when
+    the items do not decode to one shape (row_shape(every) is None: images of several sizes, read as they are)."""
+    row = row_shape(every)
+    if row is None:
+        return None
+    cached = split_array(data_dir, split, every, files_of, decode, recipe, row)
     if cached is None:
-        return decode_all([p for p, _ in items], decode, (len(items), size, size, 3))
-    return Rows(cached, [p for p, _ in every], [p for p, _ in items])
+        return decode_all(items, decode, (len(items), *row))
+    return Rows(cached, [files_of(item)[0] for item in every], [files_of(item)[0] for item in items])
 
 
 class Rows:
     """images[rows[i]]: a subset (train_subset) read from its split's array."""
 
-    def __init__(self, images, all_paths, paths):
-        index = {p: i for i, p in enumerate(all_paths)}
-        self.images, self.rows = images, [index[p] for p in paths]
+    def __init__(self, images, all_keys, keys):
+        index = {k: i for i, k in enumerate(all_keys)}
+        self.images, self.rows = images, [index[k] for k in keys]
 
     def __len__(self):
         return len(self.rows)

@@ -1,23 +1,22 @@
-"""From a data folder to DataLoaders: the machinery around model/data_loader.py, which a user rarely needs to read.
+"""From a data folder to DataLoaders, for any task: the machinery around model/<task>/data_loader.py, which a
+user rarely needs to read.
 
     loaders, classes = fetch_dataloader(["train", "valid"], data_dir, params)
     for epoch ...:
         reseed_epoch(loaders["train"], epoch_seed(params.seed, epoch))
 
-Here: checking the folders and every image before training starts (once per data set, core/data/imagecache.py),
-subsets, overfit mode, the image cache, batch sizes, the BatchNorm drop_last rule and the seeding that makes data
-order and augmentation reproducible. How an image becomes a tensor (augmentation, decoding, the Dataset) is
-model/data_loader.py; what counts as a class folder or an image file is data/build_dataset.py's scan_image_folder.
+Here: checking every item before training starts (once per data set, core/data/imagecache.py), subsets, overfit
+mode, the image cache, batch sizes, the BatchNorm drop_last rule and the seeding that makes data order and
+augmentation reproducible. What a split holds, how it is checked and how an item becomes tensors is the task's
+(model/<task>/data_loader.py).
 """
 
 import os
 
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from core.data import imagecache
-from data.build_dataset import scan_image_folder
-from model.data_loader import ImageDataset, build_transforms, decoder
+from model import tasks
 from utils import UserError
 
 
@@ -28,29 +27,25 @@ def fetch_dataloader(splits, data_dir, params, pin_memory=False, training=True):
     The train loader is reseeded before each epoch by the training loop (reseed_epoch), so data order and
     augmentation are reproducible and a resumed run sees what an uninterrupted run would.
     """
-    check_folders(data_dir, splits)
-    classes, _ = scan_split(os.path.join(data_dir, "train"))
-    train_tf, eval_tf = build_transforms(params)
+    task = tasks.load(params.task)
+    check_folders(data_dir, splits, task.SPLIT_LAYOUT)
+    classes = task.find_classes(data_dir)
+    train_tf, eval_tf = task.build_transforms(params)
     if params.overfit_batches:
         train_tf = eval_tf  # the overfit check learns a few fixed batches: no augmentation
-    chosen = choose_items(splits, data_dir, classes, params, training)
-    # The cache holds whole splits (so cells with different subsets share one file): then every image is checked.
-    to_check = [p for _, every, items in chosen.values() for p, _ in (every if params.cache_images else items)]
-    imagecache.verify_once(data_dir, to_check, check_readable)
-    decode, recipe = decoder(params.im_sz)
+    chosen = choose_items(task, splits, data_dir, classes, params, training)
+    # The cache holds whole splits (so cells with different subsets share one file): then every item is checked.
+    to_check = [item for _, every, items in chosen.values() for item in (every if params.cache_images else items)]
+    imagecache.verify_once(data_dir, to_check, task.item_files, lambda item: task.check_item(item, classes))
+    decode, recipe, row_shape = task.decoder(params)
     loaders = {}
     for split, (source, every, items) in chosen.items():
         is_train = training and split == "train"
-        images = (imagecache.images_for(data_dir, source, every, items, params.im_sz, decode, recipe)
+        images = (imagecache.images_for(data_dir, source, every, items, task.item_files, decode, recipe, row_shape)
                   if params.cache_images else None)
-        loaders[split] = make_loader(ImageDataset(items, train_tf if is_train else eval_tf, images), params,
+        loaders[split] = make_loader(task.Dataset(items, train_tf if is_train else eval_tf, images), params,
                                      is_train, pin_memory)
     return loaders, classes
-
-
-def class_counts(dataset, n_clas):
-    """Images per class in `dataset` (what class_weights "balanced" weighs by), from its labels."""
-    return torch.bincount(torch.tensor(dataset.labels, dtype=torch.long), minlength=n_clas).tolist()
 
 
 def reseed_epoch(loader, seed):
@@ -63,34 +58,16 @@ def reseed_epoch(loader, seed):
     loader.dataset.reseed(seed)
 
 
-# ---------------------------------------------------------------- which images
+# ---------------------------------------------------------------- which items
 
 
-def check_folders(data_dir, splits):
+def check_folders(data_dir, splits, layout):
     """DATA_DIR and the folder of each split (and train's, which names the classes) exist."""
     if not os.path.isdir(data_dir):
         raise UserError(f"data_dir {data_dir}: not found")
     for split in ("train",) + tuple(splits):
         if not os.path.isdir(os.path.join(data_dir, split)):
-            raise UserError(f"data_dir {data_dir}: missing the '{split}' folder (expected {data_dir}/{split}/<class>/)")
-
-
-def scan_split(split_dir, classes=None):
-    """(classes, [(path, label)]) for split_dir/<class>/<image>. Labels follow `classes` (train's sorted folder
-    names); without them, this split's folders are the classes."""
-    found = scan_image_folder(split_dir)
-    if not found:
-        raise UserError(f"{split_dir}: no class folders (expected {split_dir}/<class>/<image>)")
-    classes = classes or list(found)
-    items = []
-    for name, files in found.items():
-        if name not in classes:
-            raise UserError(f"{split_dir}: class folder '{name}' is not among the training classes")
-        folder = os.path.join(split_dir, name)
-        if not files:
-            raise UserError(f"{folder}: class folder has no images")
-        items += [(os.path.join(folder, f), classes.index(name)) for f in files]
-    return classes, items
+            raise UserError(f"data_dir {data_dir}: missing the '{split}' folder (expected {data_dir}/{split}/{layout})")
 
 
 def subset(items, n, seed):
@@ -101,8 +78,8 @@ def subset(items, n, seed):
     return [items[i] for i in keep.tolist()]
 
 
-def choose_items(splits, data_dir, classes, params, training):
-    """{split: (source folder, every image of that folder, the ones used)}.
+def choose_items(task, splits, data_dir, classes, params, training):
+    """{split: (source folder, every item of that folder, the ones used)}.
 
     The source is the split's own folder, except in overfit mode (a debug check that the model can learn at all):
     overfit_batches fixed training batches, validated on themselves.
@@ -114,23 +91,13 @@ def choose_items(splits, data_dir, classes, params, training):
         sources["valid"] = "train"
     chosen = {}
     for split in splits:
-        _, every = scan_split(os.path.join(data_dir, sources[split]), classes)
+        every = task.scan_split(data_dir, sources[split], classes)
         items = subset(every, limits.get(sources[split], 0), params.seed)
         if training and split == "train" and len(items) < 2:
             raise UserError(f"{data_dir}/train: {len(items)} image(s) to train on (train_subset "
                             f"{params.train_subset}); need at least 2")
         chosen[split] = sources[split], every, items
     return chosen
-
-
-def check_readable(path):
-    """Check the file's structure without decoding pixels (cheap), so a broken or truncated file is reported
-    before training starts."""
-    try:
-        with Image.open(path) as im:
-            im.verify()
-    except (OSError, UnidentifiedImageError):
-        raise UserError(f"{path}: cannot read image") from None
 
 
 # ---------------------------------------------------------------- loaders
@@ -145,6 +112,7 @@ def make_loader(dataset, params, is_train, pin_memory):
         # a final batch of one breaks BatchNorm in train mode; drop it only then
         drop_last=is_train and len(dataset) % params.batch_size == 1,
         num_workers=params.num_workers,
+        collate_fn=dataset.collate,
         pin_memory=pin_memory,
         persistent_workers=params.num_workers > 0,
         worker_init_fn=seed_worker if params.num_workers > 0 else None,

@@ -21,10 +21,11 @@ STATUS, EFFECTIVE, LOCK, LOG, HISTORY = "status.json", "params_effective.json", 
 LAST, BEST = "last.pth.tar", "best.pth.tar"  # the commit point of each epoch; the best epoch's weights
 
 
-def metrics_file(split, weights, tta=None):
-    """metrics_val_best_weights.json (train.py), metrics_test_best_weights.json (evaluate.py), ...;
-    metrics_test_best_weights_tta_hflip.json (evaluate.py --tta hflip)."""
-    return f"metrics_{split}_{weights}_weights" + (f"_tta_{tta}" if tta else "") + ".json"
+def metrics_file(split, weights, variant=None):
+    """metrics_val_best_weights.json (train.py), metrics_test_best_weights.json (evaluate.py), ...; a variant of
+    evaluate.py's names its options: metrics_test_best_weights_tta_hflip.json (--tta hflip),
+    metrics_test_best_weights_window96_stride48.json (--eval_window 96 --eval_stride 48)."""
+    return f"metrics_{split}_{weights}_weights" + (f"_{variant}" if variant else "") + ".json"
 
 
 class Status(enum.StrEnum):

@@ -14,7 +14,7 @@ import time
 from core.rundir.folder import HISTORY, Status, checkpoint_path, metrics_file, write_status
 from core.rundir.plotter import Plotter
 from core.search.results import load_history
-from core.training.monitor import confidently_wrong, gallery_indices, gallery_items
+from core.training.monitor import gallery_indices
 from utils import UserError, save_checkpoint, write_json
 
 
@@ -30,11 +30,11 @@ def tensorboard_writer(model_dir, enabled):
 
 
 class RunFolder:
-    def __init__(self, model_dir, params, classes, tensorboard=None):
-        self.dir, self.params, self.classes = model_dir, params, classes
+    def __init__(self, model_dir, params, classes, task, tensorboard=None):
+        self.dir, self.params, self.classes, self.task = model_dir, params, classes, task
         self.tb = tensorboard() if tensorboard else None
         self.writes = Background()
-        self.plotter = Plotter(model_dir, params.plot_every_s)
+        self.plotter = Plotter(model_dir, params.plot_every_s, task.draw_best)
 
     def path(self, name):
         return os.path.join(self.dir, name)
@@ -61,15 +61,13 @@ class RunFolder:
         write_status(self.dir, Status.RUNNING, epoch=row["epoch"])
         self.plotter.history_changed()
         if best:
-            self.plotter.new_best(**best)
+            self.plotter.new_best(best)
 
     def best_figures(self, epoch, details, valid_set):
-        """What the gallery and the confusion matrix of a new best epoch need, as plain data for the plotter."""
+        """What the task's figures of a new best epoch (its gallery, its confusion matrix) need, as plain data for
+        the plotter."""
         fixed = gallery_indices(self.params, len(valid_set))
-        k = max(4, len(fixed) // 2)  # slots for wrong examples, kept even when there are fewer mistakes
-        wrong = confidently_wrong(details, valid_set.labels, k)
-        return {"epoch": epoch, "gallery": gallery_items(valid_set, details, fixed, wrong, self.classes),
-                "slots": len(fixed) + k, "confusion": details["confusion"].tolist(), "classes": self.classes}
+        return self.task.best_figures(epoch, details, valid_set, self.classes, fixed)
 
     def log_tensorboard(self, row):
         if self.tb is None:

@@ -19,17 +19,19 @@ from utils import die_with_parent
 
 
 class Plotter:
-    def __init__(self, model_dir, every_s):
+    """draw_best(best, model_dir): the task's drawings of a new best epoch (its best_figures' data), one function
+    per figure."""
+
+    def __init__(self, model_dir, every_s, draw_best):
         read_end, self.fd = os.pipe()
-        self.pid = fork(serve, read_end, self.fd, model_dir, every_s)
+        self.pid = fork(serve, read_end, self.fd, model_dir, every_s, draw_best)
         os.close(read_end)
 
     def history_changed(self):
         self.send({"history": True})
 
-    def new_best(self, epoch, gallery, slots, confusion, classes):
-        self.send({"best": {"epoch": epoch, "gallery": gallery, "slots": slots, "confusion": confusion,
-                            "classes": classes}})
+    def new_best(self, best):
+        self.send({"best": best})
 
     def send(self, message):
         if self.fd is not None:
@@ -63,7 +65,7 @@ def fork(fn, *args):
     return pid
 
 
-def serve(fd, write_end, model_dir, every_s):
+def serve(fd, write_end, model_dir, every_s, draw_best):
     os.close(write_end)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):  # the trainer handles these, then closes us
         signal.signal(sig, signal.SIG_IGN)
@@ -79,9 +81,9 @@ def serve(fd, write_end, model_dir, every_s):
             break
         pending.update(message)  # {"history": ...} or {"best": ...}: a newer one replaces one not yet drawn
         if pending and time.monotonic() - last_draw >= every_s:
-            draw(pending, model_dir)
+            draw(pending, model_dir, draw_best)
             pending, last_draw = {}, time.monotonic()
-    draw_in_parallel(pending, model_dir)
+    draw_in_parallel(pending, model_dir, draw_best)
 
 
 class Lines:
@@ -105,10 +107,8 @@ class Lines:
         return self.ready.pop(0)
 
 
-def drawings(pending, model_dir):
+def drawings(pending, model_dir, draw_best):
     """One function per figure to redraw."""
-    import numpy as np
-
     from core.rundir import plots
     from core.search.results import load_history
 
@@ -118,25 +118,19 @@ def drawings(pending, model_dir):
         out.append(lambda: plots.plot_history(rows, os.path.join(model_dir, "train_history.png"), title=model_dir))
     if rows and rows[-1].get("grad_norm"):
         out.append(lambda: plots.plot_gradients(rows, os.path.join(model_dir, "gradients.png")))
-    best = pending.get("best")
-    if best:
-        title = f"{model_dir}: valid predictions (fixed, then most confidently wrong), epoch {best['epoch']}"
-        out.append(lambda: plots.plot_gallery([tuple(item) for item in best["gallery"]], best["slots"],
-                                              os.path.join(model_dir, "predictions.png"), title=title))
-        out.append(lambda: plots.plot_confusion(np.array(best["confusion"]), best["classes"],
-                                                os.path.join(model_dir, "confusion_valid_best.png"),
-                                                title=f"valid, best epoch {best['epoch']}"))
+    if pending.get("best"):
+        out += draw_best(pending["best"], model_dir)
     return out
 
 
-def draw(pending, model_dir):
-    for drawing in drawings(pending, model_dir):
+def draw(pending, model_dir, draw_best):
+    for drawing in drawings(pending, model_dir, draw_best):
         drawing()
 
 
-def draw_in_parallel(pending, model_dir):
+def draw_in_parallel(pending, model_dir, draw_best):
     """At the end of a run the trainer waits and its cores are free: one forked process per figure."""
-    first, *rest = drawings(pending, model_dir) or [lambda: None]
+    first, *rest = drawings(pending, model_dir, draw_best) or [lambda: None]
     children = [fork(drawing) for drawing in rest]
     first()
     for pid in children:

@@ -21,7 +21,7 @@ from core.config import resolve
 from core.rundir.folder import Status, is_locked, read_status, write_status
 from core.search.grid import base_params
 from core.search.results import load_history
-from model.metrics import METRICS
+from model.tasks import metrics_of
 from utils import UserError
 
 SCHEDULE_KEYS = ("type", "min_epochs", "reduction_factor", "metric", "mode")
@@ -118,9 +118,10 @@ def parse_schedule(spec, cells, where):
     if min_epochs > num_epochs:
         raise UserError(f"{where}: 'min_epochs' {min_epochs} is more than num_epochs {num_epochs}")
     metric = spec.get("metric", resolved[0]["early_stopping"]["monitor_metric"])
-    if not isinstance(metric, str) or metric not in METRICS:
-        raise UserError(f"{where}: unknown metric {json.dumps(metric)} (one of {', '.join(METRICS)})")
-    natural = "min" if METRICS[metric].minimize else "max"
+    metrics = metrics_of(resolved[0]["task"])
+    if not isinstance(metric, str) or metric not in metrics:
+        raise UserError(f"{where}: unknown metric {json.dumps(metric)} (one of {', '.join(metrics)})")
+    natural = "min" if metrics[metric].minimize else "max"
     mode = spec.get("mode", natural)
     if mode not in ("max", "min"):
         raise UserError(f"{where}: 'mode' must be \"max\" or \"min\", got {json.dumps(mode)}")

@@ -24,6 +24,7 @@ from core.search.asha import find_schedule, parse_schedule
 from core.search.forkserver import ForkServer, ServerGone
 from core.search.grid import base_params, child_params, child_path, corners, plan, tpe_block
 from core.search.results import load_history
+from model.tasks import TASKS
 from utils import FolderBusy, UserError, die_with_parent, read_json, write_json
 
 # what a cell's folder says about it -> what the search does with it
@@ -299,8 +300,9 @@ def run_pool(source, data_dir, workers, gpus, fail_fast, warm=True, meanwhile=No
     progress, stop, launcher = Progress(source.planned), False, None
     try:
         # the server imports with the cells' thread settings, so libraries that size their pools then agree too
-        # the default arch (model/net.py's own) needs no torchvision: its import would cost every search ~1 s
-        torchvision = any(c.params.get("arch", KEYS["arch"].default) != KEYS["arch"].default for c in cells)
+        # a task's default arch (its own net.py's) needs no torchvision: its import would cost every search ~1 s
+        torchvision = any(c.params.get("arch") not in (None, TASKS[c.params.get("task", "classification")].arch)
+                          for c in cells)
         launcher = Launcher(warm and source.planned > 0, cell_env(threads=threads), torchvision)
         if meanwhile:
             meanwhile()

@@ -11,7 +11,7 @@ import statistics
 from core.config import KEYS, hyperparams, resolve
 from core.rundir.folder import HISTORY, STATUS, Status, metrics_file
 from core.rundir.record import provenance
-from model.metrics import METRICS
+from model.tasks import all_metrics
 from utils import UserError, read_json, read_json_field
 
 
@@ -67,6 +67,12 @@ def load_history(folder):
 
 def gather(parent, split="val"):
     return [r for r in (load_run(f, split) for f in find_runs(parent)) if r is not None]
+
+
+def ranking_metric(runs, metric=None):
+    """`metric`, or the metric the runs monitor (their early_stopping.monitor_metric: accuracy, miou, ...)."""
+    monitored = [r["params"].get("early_stopping.monitor_metric") for r in runs]
+    return metric or next((m for m in monitored if m), "accuracy")
 
 
 def varied_keys(runs):
@@ -130,8 +136,8 @@ def build_rows(runs, metric):
 
 
 def minimized(metric):
-    """Whether smaller is better (model/metrics.py says; an unknown name sorts as larger-is-better)."""
-    return metric in METRICS and METRICS[metric].minimize
+    """Whether smaller is better (the task's metrics.py says; an unknown name sorts as larger-is-better)."""
+    return metric in all_metrics() and all_metrics()[metric].minimize
 
 
 def metric_names(runs, source):

@@ -1,7 +1,9 @@
-"""The device decision and the two loops: train_one_epoch and evaluate. Each returns a metrics dict."""
+"""The device decision and the two loops: train_one_epoch and evaluate. Each returns a metrics dict.
+
+Both serve every task: what a batch's target is, how an epoch's metrics accumulate and what evaluation predicts
+come from the task (model/<task>/): its EpochMetrics, its loss_fn and its predictor."""
 
 import contextlib
-import math
 import random
 import time
 from dataclasses import dataclass
@@ -9,9 +11,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from tqdm import tqdm
-
-from model.metrics import METRICS, metric_names
-from model.net import loss_fn
 
 
 @dataclass
@@ -39,43 +38,6 @@ class Runtime:
     def prepare(self, model):
         model = model.to(self.device)
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
-
-
-class EpochMetrics:
-    """What model/metrics.py's formulas need, summed over an epoch on the device: a GPU epoch syncs once, in
-    `compute`, not once per batch."""
-
-    def __init__(self, n_clas, device):
-        self.n_clas = n_clas
-        self.confusion = torch.zeros(n_clas, n_clas, dtype=torch.long, device=device)  # rows: true, cols: predicted
-        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        self.top5_hits = torch.zeros((), dtype=torch.long, device=device)
-        self.n, self.loss_only = 0, False  # images seen (a Python int: known without a sync); a mixed batch seen
-
-    @torch.no_grad()
-    def update(self, logits, targets, loss):
-        """`loss` is the batch mean, so it is weighted back by the batch size. `targets` None: a batch without one
-        label per image (mixed by MixUp/CutMix), which counts for the loss only."""
-        k, n = self.n_clas, logits.shape[0]
-        self.loss_sum += loss.detach().double() * n
-        self.n += n
-        if targets is None:
-            self.loss_only = True
-            return
-        self.confusion += torch.bincount(targets * k + logits.argmax(1), minlength=k * k).view(k, k)
-        if k >= 5:
-            self.top5_hits += (logits.topk(5, dim=1).indices == targets[:, None]).any(1).sum()
-
-    def compute(self):
-        """The metrics of model/metrics.py. Only the loss when a batch was mixed: accuracy against blended labels
-        would be neither the model's accuracy nor comparable with validation, so it is not reported."""
-        if self.n == 0:
-            return {}
-        if self.loss_only:
-            return {"loss": self.loss_sum.item() / self.n}
-        cm = self.confusion.double().cpu()  # the one sync of the epoch
-        sums = {"n": self.n, "loss": self.loss_sum.item(), "top5_hits": self.top5_hits.item()}
-        return {name: METRICS[name].formula(cm, sums) for name in metric_names(self.n_clas)}
 
 
 def pick_runtime(use_cuda):
@@ -135,7 +97,7 @@ def train_one_epoch(state, loader, rt, n_clas, summary_steps=10, monitor=None, d
     model, optimizer = state.model, state.optimizer
     scheduler = state.scheduler if state.per_batch else None
     model.train()
-    metrics = EpochMetrics(n_clas, rt.device)
+    metrics = state.task.EpochMetrics(n_clas, rt.device)
     n_seen, data_time, n_batches, accumulate = 0, 0.0, len(loader), state.accumulate_steps
     start = tick = time.perf_counter()
     bar = progress(loader, desc)
@@ -145,14 +107,14 @@ def train_one_epoch(state, loader, rt, n_clas, summary_steps=10, monitor=None, d
         x, y = rt.to_device(x, y)
         x, targets = state.mix(x, y) if state.mix is not None else (x, y)  # targets: indices, or probabilities
         with rt.autocast():
-            logits = model(x)
-            loss = state.criterion(logits, targets)
+            outputs = model(x)  # a tensor, or a dict (torchvision's segmenters): the task's loss reads either
+            loss = state.criterion(outputs, targets)
         group_start = step - step % accumulate
         (loss / min(accumulate, n_batches - group_start)).backward()  # the group's mean: a short last one too
         if step + 1 == group_start + accumulate or step + 1 == n_batches:
             optimizer_step(state, monitor, step // accumulate, scheduler)
-        metrics.update(logits, None if state.mix is not None else y, loss)
-        n_seen += y.numel()
+        metrics.update(outputs, None if state.mix is not None else y, loss)
+        n_seen += x.shape[0]
         if step % summary_steps == 0 and not bar.disable:
             bar.set_postfix(loss=f"{loss.item():.4f}")  # .item() waits for the GPU: only every summary_steps
         tick = time.perf_counter()
@@ -176,33 +138,17 @@ def optimizer_step(state, monitor, index, scheduler):
         state.ema.update_parameters(state.model)
 
 
-def predict(model, x, tta=None):
-    """The model's logits for batch x; with tta "hflip", the log of its class probabilities averaged over x and
-    x mirrored left-right (log-probabilities work wherever logits do: argmax, softmax, cross-entropy). The mean is
-    taken in log space (logsumexp), so a confident wrong answer gives a large finite loss, not log(0)."""
-    if tta is None:
-        return model(x).float()
-    logp = torch.stack([model(x).float().log_softmax(1), model(torch.flip(x, dims=[3])).float().log_softmax(1)])
-    return torch.logsumexp(logp, 0) - math.log(2)
-
-
 @torch.inference_mode()
-def evaluate(model, loader, rt, n_clas, desc="eval", tta=None):
-    """Metrics over the whole of `loader` (the plain loss of model/net.py, loss_fn), and details: the confusion
-    matrix (rows: true class, columns: predicted) and each sample's predicted class and confidence, in loader
-    order. tta: None, or "hflip" (see predict)."""
+def evaluate(model, loader, rt, task, n_clas, predict, desc="eval"):
+    """Metrics over the whole of `loader` (the plain loss of the task, loss_fn), and details: what the task keeps
+    per sample for its report and gallery (the confusion matrix, each sample's prediction, ...), in loader order.
+    predict(model, x): the task's predictor (test-time augmentation, sliding windows)."""
     model.eval()
-    metrics = EpochMetrics(n_clas, rt.device)
-    preds, confs = [], []
+    metrics = task.EpochMetrics(n_clas, rt.device, keep_details=True)
     for x, y in progress(loader, desc):
         x, y = rt.to_device(x, y)
         with rt.autocast():
-            logits = predict(model, x, tta)
-            loss = loss_fn(logits, y)
-        metrics.update(logits, y, loss)
-        conf, pred = logits.softmax(1).max(1)
-        preds.append(pred)
-        confs.append(conf)
-    details = {"confusion": metrics.confusion.cpu(), "prediction": torch.cat(preds).cpu(),
-               "confidence": torch.cat(confs).cpu()}
-    return metrics.compute(), details
+            outputs = predict(model, x)
+            loss = task.loss_fn(outputs, y)
+        metrics.update(outputs, y, loss)
+    return metrics.compute(), metrics.details()

@@ -1,4 +1,5 @@
-"""What training does inside: per-layer gradient norms and update-to-weight ratios, and what the model predicts."""
+"""What training does inside: per-layer gradient norms and update-to-weight ratios; which valid examples the
+prediction gallery shows."""
 
 import logging
 import math
@@ -64,22 +65,3 @@ def gallery_indices(params, n_valid):
         return [i for i in params.gallery_indices if 0 <= i < n_valid]
     g = torch.Generator().manual_seed(params.seed)
     return sorted(torch.randperm(n_valid, generator=g)[: min(params.gallery_size, n_valid)].tolist())
-
-
-def confidently_wrong(details, labels, k):
-    """Indices of the k wrong predictions made with the highest confidence."""
-    wrong = [i for i, (p, y) in enumerate(zip(details["prediction"].tolist(), labels)) if p != y]
-    conf = details["confidence"]
-    return sorted(wrong, key=lambda i: -conf[i].item())[:k]
-
-
-def gallery_items(dataset, details, fixed, wrong, classes):
-    """(image path, title, correct?) for the fixed examples, then the confidently wrong ones. Reads the dataset's
-    `paths` and `labels`, which model/data_loader.py's ImageDataset documents."""
-    items = []
-    for group, indices in (("", fixed), ("wrong: ", wrong)):
-        for i in indices:
-            pred, conf, true = details["prediction"][i].item(), details["confidence"][i].item(), dataset.labels[i]
-            title = f"{group}{classes[true]} → {classes[pred]} ({conf:.2f})"
-            items.append((dataset.paths[i], title, pred == true))
-    return items

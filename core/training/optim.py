@@ -3,7 +3,6 @@
 import math
 
 import torch
-import torch.nn as nn
 
 from utils import UserError
 
@@ -11,23 +10,23 @@ from utils import UserError
 PER_BATCH = ("one_cycle", "cosine")
 
 
-def layer_groups(model, n_groups):
-    """Split the parameters into `n_groups` lists in model order; the last group is the classifier head.
+def layer_groups(model, n_groups, task):
+    """Split the parameters into `n_groups` lists in model order; the last group is the head (the task's head_of).
 
-    The head is the final Linear layer; the body before it is cut into n_groups - 1 contiguous chunks, so
-    `learning_rate: [1e-4, 1e-3, 1e-2]` gives early layers the smallest rate (discriminative fine-tuning).
+    The body before the head is cut into n_groups - 1 contiguous chunks, so `learning_rate: [1e-4, 1e-3, 1e-2]`
+    gives early layers the smallest rate (discriminative fine-tuning).
     """
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears and n_groups == 1:
+    head = task.head_of(model)
+    head_params = list(head.parameters()) if head is not None else []
+    if not head_params and n_groups == 1:
         return [list(model.parameters())]
-    if not linears:
-        raise UserError(f"params key 'learning_rate': {n_groups} rates need layer groups, which end at a final "
-                        f"nn.Linear classifier head; {type(model).__name__} (model/net.py) has none")
-    head_module = linears[-1]
-    head_ids = {id(p) for p in head_module.parameters()}
+    if not head_params:
+        raise UserError(f"params key 'learning_rate': {n_groups} rates need layer groups, which end at "
+                        f"{task.HEAD}; {type(model).__name__} (model/{task.__name__.split('.')[-1]}/net.py) has none")
+    head_ids = {id(p) for p in head_params}
     body = [p for p in model.parameters() if id(p) not in head_ids]
     if n_groups == 1:
-        return [body + list(head_module.parameters())]
+        return [body + head_params]
     if n_groups - 1 > len(body):
         raise UserError(f"params key 'learning_rate': {n_groups} rates but the model has only "
                         f"{len(body) + 1} parameter tensors")
@@ -37,7 +36,7 @@ def layer_groups(model, n_groups):
         end = start + size + (i < extra)
         groups.append(body[start:end])
         start = end
-    return groups + [list(head_module.parameters())]
+    return groups + [head_params]
 
 
 def learning_rates(params):
@@ -50,12 +49,12 @@ def decays(p, wd_norm_bias):
     return p.dim() > 1 or bool(wd_norm_bias)
 
 
-def param_groups(params, model):
+def param_groups(params, model, task):
     """The optimizer's parameter groups: each layer group (its own learning rate) split into the parameters that
     decay and those that do not. `layer_group` tags each, so one learning rate per layer group can be reported."""
     lrs = learning_rates(params)
     groups = []
-    for i, (ps, lr) in enumerate(zip(layer_groups(model, len(lrs)), lrs)):
+    for i, (ps, lr) in enumerate(zip(layer_groups(model, len(lrs), task), lrs)):
         decay = [p for p in ps if decays(p, params.wd_norm_bias)]
         rest = [p for p in ps if not decays(p, params.wd_norm_bias)]
         groups += [{"params": decay, "lr": lr, "layer_group": i}] if decay else []
@@ -75,8 +74,8 @@ def optimizer_steps(n_batches, accumulate_steps):
     return math.ceil(n_batches / accumulate_steps)
 
 
-def build_optimizer(params, model):
-    groups = param_groups(params, model)
+def build_optimizer(params, model, task):
+    groups = param_groups(params, model, task)
     if params.optimizer == "sgd":
         return torch.optim.SGD(groups, momentum=params.momentum, weight_decay=params.wd, nesterov=params.momentum > 0)
     cls = torch.optim.Adam if params.optimizer == "adam" else torch.optim.AdamW

@@ -12,13 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
-from core.data.loaders import class_counts
 from core.rundir.folder import BestTracker
 from core.training.engine import rng_state, set_rng_state
 from core.training.optim import PER_BATCH, build_optimizer, build_scheduler, optimizer_steps
-from model.data_loader import build_batch_mix
-from model.metrics import METRICS
-from model.net import build_loss, build_model
+from model import tasks
 from utils import UserError, load_checkpoint, one_line
 
 EMA_PREFIX = "module."  # AveragedModel's state_dict: the averaged model's keys under "module.", and n_averaged
@@ -26,13 +23,14 @@ EMA_PREFIX = "module."  # AveragedModel's state_dict: the averaged model's keys 
 
 @dataclass
 class TrainingState:
+    task: object  # the task package (model/<task>/): its metrics, loss and data
     model: object  # torch.nn.Module, on the run's device
     optimizer: object
     scheduler: object  # None for scheduler "none"
     tracker: BestTracker  # best validation metric so far and the early-stopping count
     per_batch: bool  # the scheduler steps after every optimizer step (one_cycle, cosine), not once per epoch
-    criterion: object  # the training loss, model/net.py build_loss
-    mix: object = None  # MixUp/CutMix on training batches (model/data_loader.py build_batch_mix), or None
+    criterion: object  # the training loss, the task's build_loss
+    mix: object = None  # MixUp/CutMix on training batches (the task's build_batch_mix), or None
     ema: object = None  # torch.optim.swa_utils.AveragedModel of the weights, or None
     accumulate_steps: int = 1  # batches per optimizer step
     grad_clip: float = 0.0  # max gradient norm (0: no clipping)
@@ -124,34 +122,23 @@ def build_state(params, classes, runtime, train_loader, where, init_weights=True
     """A fresh training state for `classes`, and notes to log. train_loader: its batches per epoch size the
     schedule, its images per class weigh class_weights "balanced". init_weights: copy init_weights_path's weights
     (not when a checkpoint is about to replace them)."""
-    n_batches, counts = len(train_loader), class_counts(train_loader.dataset, len(classes))
-    check_classes(params, classes, where)
-    model, notes = build_model(params, len(classes)), []
+    task = tasks.load(params.task)
+    task.check_params(params, classes, where)
+    n_batches, counts = len(train_loader), task.class_counts(train_loader.dataset, len(classes))
+    model, notes = task.build_model(params, len(classes)), []
     if params.init_weights_path and init_weights:
         skipped = load_init_weights(model, params.init_weights_path)
         notes.append(f"initial weights from {params.init_weights_path}; not matched: {skipped or 'none'}")
     model = runtime.prepare(model)
-    optimizer = build_optimizer(params, model)
+    optimizer = build_optimizer(params, model, task)
     scheduler = build_scheduler(params, optimizer, optimizer_steps(n_batches, params.accumulate_steps))
     ema = build_ema(model, params.ema_decay) if params.ema_decay else None
     if ema is not None:
         notes.append(f"validating the EMA of the weights (ema_decay {params.ema_decay}); best.pth.tar holds both")
-    state = TrainingState(model, optimizer, scheduler, BestTracker.from_params(params.early_stopping),
-                          per_batch=params.scheduler in PER_BATCH, criterion=build_loss(params, counts),
+    state = TrainingState(task, model, optimizer, scheduler, BestTracker.from_params(params.early_stopping),
+                          per_batch=params.scheduler in PER_BATCH, criterion=task.build_loss(params, counts),
                           # the overfit check learns its fixed batches as they are: no mixing, as no augmentation
-                          mix=None if params.overfit_batches else build_batch_mix(params, len(classes)), ema=ema,
+                          mix=None if params.overfit_batches else task.build_batch_mix(params, len(classes)),
+                          ema=ema,
                           accumulate_steps=params.accumulate_steps, grad_clip=params.grad_clip)
     return state, notes
-
-
-def check_classes(params, classes, where):
-    if params.n_clas is not None and params.n_clas != len(classes):
-        raise UserError(f"{where}: key 'n_clas' is {params.n_clas} but the data has {len(classes)} class folders")
-    weights = params.class_weights
-    if isinstance(weights, list) and len(weights) != len(classes):
-        raise UserError(f"{where}: key 'class_weights' has {len(weights)} weights but the data has {len(classes)} "
-                        f"classes")
-    metric = params.early_stopping.monitor_metric
-    if len(classes) < METRICS[metric].min_classes:
-        raise UserError(f"{where}: key 'early_stopping.monitor_metric' is {metric} but the data has only "
-                        f"{len(classes)} classes (it needs {METRICS[metric].min_classes})")

@@ -1,14 +1,20 @@
-"""The model and its loss. `build_model(params, n_clas)`, `build_loss(params, class_counts)` (the training
-objective) and `loss_fn(outputs, labels)` (the loss every validation and evaluation reports) are all train.py,
-evaluate.py and the search's smoke test call.
+"""The classifier and its loss: `build_model(params, n_clas)`, `head_of(model)` (the layers that get the last
+learning rate), `build_loss(params, class_counts)` (the training objective) and `loss_fn(outputs, labels)` (the loss
+every validation and evaluation reports).
 
 `arch` is "small_cnn" (defined below: edit it freely) or any torchvision classifier ("resnet18", "resnet50",
 "efficientnet_b0", ...), whose last Linear layer is replaced by dropout (`ps`) and a fresh `n_clas` head.
 """
 
+import difflib
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from utils import UserError
+
+HEAD = "a final nn.Linear classifier head"  # what head_of finds, for the error when a model has none
 
 
 def conv_block(c_in, c_out):
@@ -79,6 +85,53 @@ def class_weight_tensor(class_weights, class_counts):
 def build_model(params, n_clas):
     if params.arch == "small_cnn":
         return SmallCNN(n_clas, params.ps)
-    from core.training.tv_models import torchvision_model  # only now: importing torchvision.models costs ~1 s
-
     return torchvision_model(params.arch, n_clas, params.ps, params.pretrain, params.pretrained_path)
+
+
+def head_name(model):
+    """The head is the model's last nn.Linear layer (SmallCNN's head[-1], resnet's fc, ...): the one definition that
+    layer groups and replacing a torchvision model's classifier both use. None when the model has no Linear."""
+    names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return names[-1] if names else None
+
+
+def head_of(model):
+    """The head module, or None when the model has none (then it trains with a single learning rate only)."""
+    name = head_name(model)
+    return model.get_submodule(name) if name else None
+
+
+def torchvision_model(arch, n_clas, ps, pretrain, pretrained_path=""):
+    """A torchvision classifier with a fresh head; torchvision.models is imported only now (~1 s of start-up a
+    small_cnn run never needs)."""
+    import torchvision.models as tvm
+
+    from core.training.tv_models import pretrained_state
+
+    names = tvm.list_models(module=tvm)
+    if arch not in names:
+        close = difflib.get_close_matches(arch, names + ["small_cnn"], n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else " (small_cnn or a torchvision classifier name)"
+        raise UserError(f"params key 'arch': unknown architecture '{arch}'{hint}")
+    model = tvm.get_model(arch, weights=None)
+    if pretrain:
+        model.load_state_dict(pretrained_state(arch, pretrained_path))
+    replace_head(model, arch, n_clas, ps)
+    return model
+
+
+def replace_head(model, arch, n_clas, ps):
+    """Swap the head for Dropout(ps) + Linear(n_clas), or set the dropout already in front of it."""
+    name = head_name(model)
+    if name is None:
+        raise UserError(f"params key 'arch': '{arch}' has no Linear classifier head to replace")
+    parent, _, last = name.rpartition(".")
+    owner = model.get_submodule(parent)
+    old = getattr(owner, last)
+    siblings = list(owner.children()) if isinstance(owner, nn.Sequential) else []
+    before = siblings[siblings.index(old) - 1] if old in siblings and siblings.index(old) > 0 else None
+    if isinstance(before, nn.Dropout):  # the model's own head dropout (efficientnet, mobilenet, vgg): reuse it
+        before.p = ps
+        setattr(owner, last, nn.Linear(old.in_features, n_clas))
+    else:
+        setattr(owner, last, nn.Sequential(nn.Dropout(ps), nn.Linear(old.in_features, n_clas)))

@@ -1,11 +1,11 @@
-"""Data: how one image becomes a tensor. A folder layout DATA_DIR/{train,valid,test}/<class>/*.png, read through
+"""Classification data: DATA_DIR/{train,valid,test}/<class>/*.png, one label per image, read through
 albumentations.
 
 Edit PRESETS to add augmentations; `params.augmentation` picks one by name, or is an albumentations dict
 (`A.to_dict(...)` output) so a hyperparameter search can vary augmentation without code changes.
 
-The machinery around this file (finding and checking the images, subsets, overfit mode, the image cache, the
-DataLoaders and their seeding) is core/data/loaders.py; it uses only what is defined here.
+The machinery around this file (checking every item once per data set, subsets, overfit mode, the image cache, the
+DataLoaders and their seeding) is core/data/loaders.py; it uses only what the task's __init__.py exports.
 
 To use torchvision transforms instead of albumentations, change this file alone:
   - PRESETS and build_transforms: torchvision.transforms.v2 pipelines, starting with v2.ToImage() (takes the
@@ -28,9 +28,9 @@ import torch  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 
+from data.build_dataset import scan_image_folder  # noqa: E402
+from model.images import MEAN, STD, augmentation_steps, load_image  # noqa: E402
 from utils import UserError  # noqa: E402
-
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet statistics, which pretrained weights expect
 
 PRESETS = {
     "none": lambda sz: [],
@@ -48,16 +48,7 @@ PRESETS = {
 def build_transforms(params):
     """(train, eval) pipelines. Both resize and normalise; only train augments."""
     sz = params.im_sz
-    if isinstance(params.augmentation, dict):
-        try:
-            augment = [A.from_dict({"transform": params.augmentation})]
-        except Exception as e:
-            raise UserError(f"params key 'augmentation': not a valid albumentations dict ({e})") from None
-    elif params.augmentation in PRESETS:
-        augment = PRESETS[params.augmentation](sz)
-    else:
-        raise UserError(f"params key 'augmentation': unknown preset '{params.augmentation}' "
-                        f"(presets: {', '.join(PRESETS)}; or an albumentations dict)")
+    augment = augmentation_steps(params, PRESETS)
     head, tail = [resize_step(sz)], [A.Normalize(mean=MEAN, std=STD), ToTensorV2()]
     return A.Compose(head + augment + tail, seed=params.seed), A.Compose(head + tail, seed=params.seed)
 
@@ -84,11 +75,14 @@ def resize_step(sz):
     return A.Resize(sz, sz)
 
 
-def decoder(sz):
-    """(decode, recipe) for the image cache: a file as the pipelines' first step leaves it, and that step in
-    albumentations' serialisation (part of the cache key: a changed interpolation or version rebuilds the cache)."""
+def decoder(params):
+    """(decode, recipe, row_shape) for the image cache: decode(item) is its file as the pipelines' first step leaves
+    it; recipe is that step in albumentations' serialisation (part of the cache key: a changed interpolation or
+    version rebuilds the cache); row_shape(items) is the shape every decoded item has."""
+    sz = params.im_sz
     resize = resize_step(sz)
-    return (lambda path: resize(image=load_image(path))["image"]), json.dumps(A.to_dict(resize), sort_keys=True)
+    recipe = json.dumps(A.to_dict(resize), sort_keys=True)
+    return (lambda item: resize(image=load_image(item[0]))["image"]), recipe, lambda items: (sz, sz, 3)
 
 
 def transforms_record(train_tf, eval_tf):
@@ -96,13 +90,50 @@ def transforms_record(train_tf, eval_tf):
     return {"train": A.to_dict(train_tf), "eval": A.to_dict(eval_tf)}
 
 
-def load_image(path):
-    """The file as an HxWx3 uint8 RGB array."""
+# ---------------------------------------------------------------- the folders
+
+
+def find_classes(data_dir):
+    """The class names: the sorted folder names of DATA_DIR/train."""
+    return list(scan_image_folder(os.path.join(data_dir, "train")))
+
+
+def scan_split(data_dir, split, classes):
+    """[(path, label)] for DATA_DIR/split/<class>/<image>, labels indexing `classes`; a folder that is not a class
+    or holds no image is an error."""
+    split_dir = os.path.join(data_dir, split)
+    found = scan_image_folder(split_dir)
+    if not found:
+        raise UserError(f"{split_dir}: no class folders (expected {split_dir}/<class>/<image>)")
+    items = []
+    for name, files in found.items():
+        if name not in classes:
+            raise UserError(f"{split_dir}: class folder '{name}' is not among the training classes")
+        folder = os.path.join(split_dir, name)
+        if not files:
+            raise UserError(f"{folder}: class folder has no images")
+        items += [(os.path.join(folder, f), classes.index(name)) for f in files]
+    return items
+
+
+def item_files(item):
+    """The files an item is read from (what the image cache stamps); the first is the image the gallery shows."""
+    return [item[0]]
+
+
+def check_item(item, classes):
+    """Check the file's structure without decoding pixels (cheap), so a broken or truncated file is reported
+    before training starts."""
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+        with Image.open(item[0]) as im:
+            im.verify()
     except (OSError, UnidentifiedImageError):
-        raise UserError(f"{path}: cannot read image") from None
+        raise UserError(f"{item[0]}: cannot read image") from None
+
+
+def class_counts(dataset, n_clas):
+    """Images per class in `dataset` (what class_weights "balanced" weighs by), from its labels."""
+    return torch.bincount(torch.tensor(dataset.labels, dtype=torch.long), minlength=n_clas).tolist()
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -115,6 +146,8 @@ class ImageDataset(torch.utils.data.Dataset):
         transform  the pipeline, as build_transforms made it (train.py records it with transforms_record)
         reseed     see below
     """
+
+    collate = None  # the DataLoader's default: a batch is a stack of images and a tensor of labels
 
     def __init__(self, items, transform, images=None):
         self.paths = [p for p, _ in items]

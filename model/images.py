@@ -1,0 +1,37 @@
+"""What every image task shares: reading an image file, the normalisation pretrained weights expect, and turning
+params.augmentation (a preset name or an albumentations dict) into pipeline steps."""
+
+import os
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network here: skip albumentations' version check
+
+import albumentations as A  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image, UnidentifiedImageError  # noqa: E402
+
+from utils import UserError  # noqa: E402
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet statistics, which pretrained weights expect
+
+
+def augmentation_steps(params, presets):
+    """The steps params.augmentation names: one of the task's presets, or an albumentations dict (`A.to_dict`
+    output, so a search can vary augmentation without code changes)."""
+    if isinstance(params.augmentation, dict):
+        try:
+            return [A.from_dict({"transform": params.augmentation})]
+        except Exception as e:
+            raise UserError(f"params key 'augmentation': not a valid albumentations dict ({e})") from None
+    if params.augmentation in presets:
+        return presets[params.augmentation](params.im_sz)
+    raise UserError(f"params key 'augmentation': unknown preset '{params.augmentation}' "
+                    f"(presets: {', '.join(presets)}; or an albumentations dict)")
+
+
+def load_image(path):
+    """The file as an HxWx3 uint8 RGB array."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, UnidentifiedImageError):
+        raise UserError(f"{path}: cannot read image") from None

@@ -1,0 +1,140 @@
+"""The metrics of a segmentation epoch, over a pixel confusion matrix: one entry each in METRICS.
+
+Every pixel counts once, whichever image it is in (the confusion matrix of the whole epoch, not a mean of per-image
+scores), and pixels labelled IGNORE count nowhere. A class absent from both the labels and the predictions has no
+IoU (0/0): the means are over the classes present, so an unused class neither helps nor hurts.
+No torch import at module level: params validation and the result tables read METRICS cheaply.
+"""
+
+from model.tasks import Metric
+
+IGNORE = 255  # mask value of pixels without a label (borders, "void"): no loss, no metric
+OVERFIT_METRIC = "pixel_accuracy"  # what overfit mode's sanity check reads on its training batches
+
+
+def _counts(cm):
+    """(true positives, true pixels, predicted pixels) of each class."""
+    return cm.diag(), cm.sum(1), cm.sum(0)
+
+
+def loss(cm, sums):
+    return sums["loss"] / sums["n"]
+
+
+def miou(cm, sums):
+    tp, true, pred = _counts(cm)
+    union = true + pred - tp
+    present = union > 0
+    return (tp[present] / union[present]).mean().item()
+
+
+def dice(cm, sums):
+    """2 tp / (2 tp + fp + fn) = 2 tp / (true + predicted), the F1 score of each class's pixels."""
+    tp, true, pred = _counts(cm)
+    total = true + pred
+    present = total > 0  # the same classes as miou: union > 0 exactly when true + predicted > 0
+    return (2 * tp[present] / total[present]).mean().item()
+
+
+def pixel_accuracy(cm, sums):
+    return (cm.diag().sum() / cm.sum()).item()
+
+
+METRICS = {
+    "loss": Metric(loss, minimize=True),
+    "miou": Metric(miou),
+    "dice": Metric(dice),
+    "pixel_accuracy": Metric(pixel_accuracy),
+}
+
+
+def per_class(cm, classes):
+    """{class name: {"iou", "dice", "pixels" (labelled with it), "predicted"}}; iou and dice are None for a class
+    neither labelled nor predicted, since 0/0 is no score."""
+    tp, true, pred = _counts(cm)
+    rows = {}
+    for c, name in enumerate(classes):
+        t, p, hit = true[c].item(), pred[c].item(), tp[c].item()
+        present = t + p > 0
+        rows[name] = {
+            "iou": hit / (t + p - hit) if present else None,
+            "dice": 2 * hit / (t + p) if present else None,
+            "pixels": int(t),
+            "predicted": int(p),
+        }
+    return rows
+
+
+class EpochMetrics:
+    """What the formulas above need, summed over an epoch on the device: the pixel confusion matrix, the loss and
+    the image count. The same interface as core/training/engine.py's EpochMetrics, so one training loop serves
+    both tasks; a GPU epoch syncs once, in `compute`. With keep_details, also each image's predicted mask and its
+    own mean IoU, for the gallery (`details`)."""
+
+    def __init__(self, n_clas, device, keep_details=False):
+        import torch
+
+        self.n_clas = n_clas
+        # one bin more than the k*k (true, predicted) pairs: ignored pixels land there, so no mask indexing (which
+        # would sync to count the pixels kept) is needed; .confusion is a view of the first k*k bins
+        self._bins = torch.zeros(n_clas * n_clas + 1, dtype=torch.long, device=device)
+        self.confusion = self._bins[:-1].view(n_clas, n_clas)  # rows: true, columns: predicted
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.n, self.loss_only = 0, False  # images seen (a Python int: known without a sync); a maskless batch seen
+        self.kept = {"prediction": [], "image_iou": []} if keep_details else None
+
+    def update(self, logits, masks, loss):
+        """logits [B,K,H,W] (the main output; a model's raw outputs also do), masks [B,H,W], loss the batch mean
+        (weighted back by B). masks None: a batch that counts for the loss only, as in the classification task."""
+        import torch
+
+        from model.segmentation.net import outputs_of
+
+        with torch.no_grad():
+            logits = outputs_of(logits)[0]
+            k, b = self.n_clas, logits.shape[0]
+            self.loss_sum += loss.detach().double() * b
+            self.n += b
+            if masks is None:
+                self.loss_only = True
+                return
+            pairs = torch.where(masks == IGNORE, k * k, masks * k + logits.argmax(1)).flatten()
+            # index_add_ rather than bincount: CUDA's bincount reads max() back to size its output, a sync a batch
+            self._bins.index_add_(0, pairs, torch.ones_like(pairs))
+            if self.kept is not None:
+                self.keep(logits.argmax(1), masks)
+
+    def keep(self, pred, masks):
+        """Each image's predicted mask (uint8, on the device until `details`) and its mean IoU over the classes
+        present in it (NaN for an image without a labelled pixel)."""
+        import torch
+
+        k, b = self.n_clas, pred.shape[0]
+        valid = masks != IGNORE
+        offsets = torch.arange(b, device=pred.device).view(b, 1, 1) * k * k
+        index = torch.where(valid, offsets + masks * k + pred, b * k * k).flatten()
+        cms = torch.zeros(b * k * k + 1, dtype=torch.long, device=pred.device)
+        cms.index_add_(0, index, torch.ones_like(index))
+        cms = cms[:-1].view(b, k, k).double()
+        tp, union = cms.diagonal(dim1=1, dim2=2), cms.sum(1) + cms.sum(2) - cms.diagonal(dim1=1, dim2=2)
+        iou = (tp / union.clamp(min=1)).where(union > 0, torch.nan)
+        self.kept["image_iou"].append(iou.nanmean(1))
+        self.kept["prediction"].append(pred.to(torch.uint8))
+
+    def compute(self):
+        if self.n == 0:
+            return {}
+        if self.loss_only:
+            return {"loss": self.loss_sum.item() / self.n}
+        cm = self.confusion.double().cpu()  # the one sync of the epoch
+        sums = {"n": self.n, "loss": self.loss_sum.item()}
+        return {name: m.formula(cm, sums) for name, m in METRICS.items()}
+
+    def details(self):
+        """The pixel confusion matrix (rows: true class, columns: predicted), and per image its predicted mask
+        (padded as its batch was) and its mean IoU, in loader order, on the CPU."""
+        import torch
+
+        preds = [p.cpu() for p in self.kept["prediction"]]
+        return {"confusion": self.confusion.cpu(), "prediction": [m for batch in preds for m in batch],
+                "image_iou": torch.cat(self.kept["image_iou"]).cpu()}

@@ -1,0 +1,153 @@
+"""What a segmenter's predictions are shown as: the predictor (sliding windows, flip TTA), the per-class evaluation
+report (IoU, Dice and pixels per class, worst first) and the figures of a new best epoch: a gallery of image | true
+mask | predicted mask for fixed valid examples and the worst ones by IoU, and the pixel confusion matrix."""
+
+import base64
+import math
+
+import numpy as np
+import torch
+
+from model.segmentation.metrics import IGNORE, per_class
+from model.segmentation.net import outputs_of, sliding_window
+
+
+def predictor(params, tta=None):
+    """predict(model, x) -> logits [B,K,H,W] of batch x: the whole image, or eval_window tiles eval_stride apart
+    (default half a window) averaged where they overlap. With tta "hflip", the log of the class probabilities
+    averaged over x and its mirror image, flipped back so each pixel's scores stay that pixel's."""
+    window = params.eval_window if params else 0
+    stride = (params.eval_stride or max(1, window // 2)) if window else 0
+
+    def logits(model, x):
+        return sliding_window(lambda tiles: outputs_of(model(tiles))[0], x, None, window, stride)
+
+    if tta is None:
+        return logits
+
+    def predict(model, x):
+        plain = logits(model, x).log_softmax(1)
+        mirrored = torch.flip(logits(model, torch.flip(x, dims=[3])), dims=[3]).log_softmax(1)
+        return torch.logsumexp(torch.stack([plain, mirrored]), 0) - math.log(2)
+
+    return predict
+
+
+# ---------------------------------------------------------------- evaluate.py's report
+
+
+def evaluation_report(details, dataset, classes):
+    """{"per_class": {class: {iou, dice, pixels, predicted}}} from the split's pixel confusion matrix."""
+    return {"per_class": per_class(details["confusion"].double(), classes)}
+
+
+def report_markdown(metrics, title):
+    """The per-class table, worst IoU first (where the model fails); classes in neither the labels nor the
+    predictions last, as n/a; then the means (over the classes present) and the pixel accuracy."""
+    from tabulate import tabulate
+
+    rows = metrics["per_class"].items()
+    present = sorted(((c, m) for c, m in rows if m["iou"] is not None), key=lambda kv: kv[1]["iou"])
+    table = [[name, f"{m['iou']:.4f}", f"{m['dice']:.4f}", m["pixels"], m["predicted"]] for name, m in present]
+    table += [[name, "n/a", "n/a", 0, 0] for name, m in rows if m["iou"] is None]
+    text = tabulate(table, headers=["class", "iou", "dice", "pixels", "predicted"], tablefmt="github",
+                    disable_numparse=True)
+    return (f"# {title}\n\n{text}\n\nmiou {metrics['miou']:.4f}, dice {metrics['dice']:.4f} (means over the "
+            f"{len(present)} classes present), pixel accuracy {metrics['pixel_accuracy']:.4f}\n")
+
+
+def plot_confusion(confusion, classes, path, title=""):
+    """The pixel confusion matrix as percentages of each true class's pixels (raw pixel counts are unreadable)."""
+    from core.rundir import plots
+
+    cm = np.asarray(confusion, dtype=np.float64)
+    share = 100 * cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    plots.plot_confusion(np.rint(share), classes, path, title=f"{title} (% of each true class's pixels)")
+
+
+# ---------------------------------------------------------------- the figures of a new best epoch
+
+
+def best_figures(epoch, details, dataset, classes, fixed):
+    """What predictions.png and confusion_valid_best.png need, as plain data for the plotter process: the fixed
+    examples (indices into the valid set), then the images of lowest IoU."""
+    iou = details["image_iou"]
+    scored = [i for i in range(len(iou)) if not math.isnan(iou[i].item())]
+    worst = sorted(scored, key=lambda i: iou[i].item())[:max(4, len(fixed) // 2)]
+    gallery = [{"image": dataset.paths[i], "mask": dataset.mask_paths[i], "iou": iou[i].item(), "worst": group,
+                "prediction": packed(details["prediction"][i])}
+               for group, indices in ((False, fixed), (True, worst)) for i in indices]
+    return {"epoch": epoch, "gallery": gallery, "confusion": details["confusion"].tolist(), "classes": classes}
+
+
+def packed(mask):
+    """A predicted mask as JSON can carry it to the plotter: its shape and its bytes in base64."""
+    array = mask.numpy().astype(np.uint8)
+    return {"shape": list(array.shape), "bytes": base64.b64encode(array.tobytes()).decode()}
+
+
+def unpacked(p):
+    return np.frombuffer(base64.b64decode(p["bytes"]), dtype=np.uint8).reshape(p["shape"])
+
+
+def palette(n_clas):
+    """A fixed colour per class (background black, then tab20's colours), and grey for IGNORE."""
+    import matplotlib
+
+    colours = np.zeros((256, 3), dtype=np.uint8)
+    tab = matplotlib.colormaps["tab20"].colors
+    for k in range(1, n_clas):
+        colours[k] = np.array(tab[(k - 1) % len(tab)]) * 255
+    colours[IGNORE] = 128
+    return colours
+
+
+def overlay(image, mask, colours):
+    """The image with each labelled pixel tinted by its class colour (background left as it is)."""
+    tinted = image.astype(np.float32)
+    shown = mask > 0
+    tinted[shown] = 0.35 * tinted[shown] + 0.65 * colours[mask[shown]]
+    return tinted.astype(np.uint8)
+
+
+def draw_best(best, model_dir):
+    """The drawings of best_figures' data, one function each (the plotter runs them, maybe in parallel)."""
+    import os
+
+    title = f"valid, best epoch {best['epoch']}"
+    return [lambda: plot_gallery(best, os.path.join(model_dir, "predictions.png"), f"{model_dir}: {title}"),
+            lambda: plot_confusion(best["confusion"], best["classes"],
+                                   os.path.join(model_dir, "confusion_valid_best.png"), title)]
+
+
+def plot_gallery(best, path, title, per_row=4, side=160):
+    """Rows of image | true mask | predicted mask triplets, the masks over the image in a fixed palette; each
+    triplet titled with its IoU (red: one of the worst). One mosaic, one imshow: cheap to draw."""
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from core.rundir.plots import DPI, save_figure
+    from model.images import load_image
+    from model.segmentation.data_loader import load_mask
+
+    items, colours = best["gallery"], palette(len(best["classes"]))
+    rows, band, top = max(1, -(-len(items) // per_row)), 18, 30
+    cell_w, cell_h = 3 * side + 12, side + band
+    mosaic = np.full((top + rows * cell_h, per_row * cell_w, 3), 255, dtype=np.uint8)
+    fig = plt.figure(figsize=(mosaic.shape[1] / DPI, mosaic.shape[0] / DPI))
+    ax = fig.add_axes((0, 0, 1, 1))
+    for k, item in enumerate(items):
+        image, truth = load_image(item["image"]), load_mask(item["mask"])
+        h, w = truth.shape
+        pred = unpacked(item["prediction"])[:h, :w]  # a padded batch's prediction, cropped to the image
+        y, x = top + (k // per_row) * cell_h + band, (k % per_row) * cell_w
+        for j, panel in enumerate((image, overlay(image, truth, colours), overlay(image, pred, colours))):
+            tile = np.asarray(Image.fromarray(panel).resize((side, side), Image.NEAREST))
+            mosaic[y:y + side, x + j * side:x + (j + 1) * side] = tile
+        label = f"{'worst: ' if item['worst'] else ''}IoU {item['iou']:.2f}   image | true | predicted"
+        ax.text(x + cell_w / 2, y - band / 2, label, ha="center", va="center", fontsize=7,
+                color="red" if item["worst"] else "black")
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.axis("off")
+    ax.text(mosaic.shape[1] / 2, top / 2, title, ha="center", va="center", fontsize=9)
+    save_figure(fig, path, fixed_size=True)
