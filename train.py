@@ -23,12 +23,11 @@ from core.rundir.folder import (
     LOG,
     Status,
     check_model_dir,
-    check_resume,
     checkpoint_stamp,
     checkpoint_to_resume,
-    folder_lock,
+    claim,
     is_finite,
-    read_status,
+    nothing_to_do,
     write_status,
 )
 from core.rundir.outputs import RunFolder, tensorboard_writer
@@ -39,7 +38,7 @@ from core.training.optim import layer_lrs, step_per_epoch
 from core.training.state import build_state
 from data.build_dataset import ensure_data
 from model.tasks import TASKS
-from utils import FolderBusy, UserError, load_checkpoint, one_line, run_cli, set_logger, write_json
+from utils import UserError, load_checkpoint, one_line, run_cli, set_logger, write_json
 
 log = logging.getLogger(__name__)
 OVERFIT_TARGET = 0.99
@@ -68,18 +67,9 @@ def main(argv=None):
     seen = checkpoint_stamp(args.model_dir)
     resume_path = checkpoint_to_resume(args.model_dir, args.restore_file)
     ckpt = load_checkpoint(resume_path) if resume_path else None
-    if ckpt and is_finished(args.model_dir, ckpt):
-        record_completion(args.model_dir, ckpt)
-        print(f"{args.model_dir}: already completed (checkpoint at epoch {ckpt['epoch']}); nothing to do "
-              f"(to train further, start a new folder with init_weights_path)")
-        return 0
-    if ckpt:
-        check_resume(ckpt, params, read_status(args.model_dir), resume_path)
-    if ckpt and args.stop_at_epoch and ckpt["epoch"] >= args.stop_at_epoch:
-        record_pause(args.model_dir, ckpt["epoch"])
-        print(f"{args.model_dir}: already at epoch {ckpt['epoch']} (--stop_at_epoch {args.stop_at_epoch}); "
-              f"nothing to do")
-        return Status.PAUSED.exit_code
+    done = nothing_to_do(args.model_dir, ckpt, params, resume_path, args.stop_at_epoch)  # finished, or paused there
+    if done is not None:
+        return done
 
     # Everything below up to start_run() only reads: bad input fails here, before a single file is written.
     rt = pick_runtime(params.cuda)  # the runtime: device, autocast dtype, memory format
@@ -94,31 +84,30 @@ def main(argv=None):
     tensorboard = tensorboard_writer(args.model_dir, params.tensorboard)
 
     stop_on_signals()
-    with folder_lock(args.model_dir):
-        if checkpoint_stamp(args.model_dir) != seen:  # someone trained here between our decision and the lock
-            raise FolderBusy(f"--model_dir {args.model_dir}: another process trained this folder while this run "
-                             f"was starting; run the command again")
-        start_run(args, argv, params, loaders, classes, rt, start_epoch, state)
-        for note in notes:
-            log.info(note)
+    with claim(args.model_dir, seen):  # the folder's lock, if nobody trained here since we looked
+        start_run(args, argv, params, loaders, classes, rt, start_epoch, state, notes)
         folder = RunFolder(args.model_dir, params, classes, state.task, tensorboard)
-        started = time.perf_counter()
-        try:
-            try:
-                status, reason, history = fit(folder, params, state, loaders, rt, start_epoch, args.stop_at_epoch)
-            finally:
-                closing_s = folder.close()  # however the run ends: the last checkpoint lands, every figure is drawn
-        except BaseException as e:
-            outcome = Status.INTERRUPTED if isinstance(e, KeyboardInterrupt) else Status.FAILED
-            write_status(args.model_dir, outcome, reason=one_line(e) or "interrupted")
-            record.end_session(args.model_dir, outcome, time.perf_counter() - started)
-            raise
-        finish(args.model_dir, params, state.task, status, reason, history, start_epoch,
-               {"wall_time_s": time.perf_counter() - started, "closing_s": closing_s})
-    tracker = state.tracker
-    best = f"best val {tracker.metric} {tracker.best:.4f} at epoch {tracker.best_epoch}" if tracker.best_epoch else ""
-    log.info(f"{status}: {reason}; {best}")
+        status, reason, history, timing = session(folder, params, state, loaders, rt, start_epoch, args.stop_at_epoch)
+        finish(args.model_dir, params, state.task, status, reason, history, start_epoch, timing)
+    log.info(f"{status}: {reason}; {state.tracker.summary()}")
     return status.exit_code
+
+
+def session(folder, params, state, loaders, rt, start_epoch, stop_at):
+    """fit(), then the folder's last writes, whatever happens; a failure or an interruption is recorded in the
+    status and the record before it propagates. Returns fit's (status, reason, history) and the timing."""
+    started = time.perf_counter()
+    try:
+        try:
+            status, reason, history = fit(folder, params, state, loaders, rt, start_epoch, stop_at)
+        finally:
+            closing_s = folder.close()  # however the run ends: the last checkpoint lands, every figure is drawn
+    except BaseException as e:
+        outcome = Status.INTERRUPTED if isinstance(e, KeyboardInterrupt) else Status.FAILED
+        write_status(folder.dir, outcome, reason=one_line(e) or "interrupted")
+        record.end_session(folder.dir, outcome, time.perf_counter() - started)
+        raise
+    return status, reason, history, {"wall_time_s": time.perf_counter() - started, "closing_s": closing_s}
 
 
 def stop_on_signals():
@@ -151,24 +140,7 @@ def preflight(model, loaders, rt, where):
     return x
 
 
-def is_finished(model_dir, ckpt):
-    """A run is finished when its status or its checkpoint says so (its end may have been killed mid-write)."""
-    return read_status(model_dir).get("status") == Status.COMPLETED or bool(ckpt.get("stop_reason"))
-
-
-def record_pause(model_dir, epoch):
-    """Repair the status of a run whose pause was killed between its checkpoint and its status record."""
-    if read_status(model_dir).get("status") not in (Status.PAUSED, Status.PRUNED):
-        write_status(model_dir, Status.PAUSED, reason=f"paused at epoch {epoch}", epoch=epoch)
-
-
-def record_completion(model_dir, ckpt):
-    """Repair a status record that a finished run's end did not get to write."""
-    if read_status(model_dir).get("status") != Status.COMPLETED:
-        write_status(model_dir, Status.COMPLETED, reason=ckpt["stop_reason"], epoch=ckpt["epoch"])
-
-
-def start_run(args, argv, params, loaders, classes, rt, start_epoch, state):
+def start_run(args, argv, params, loaders, classes, rt, start_epoch, state, notes):
     """First writes: the log, the effective params, the augmentation pipelines, the record and a 'running' status."""
     set_logger(os.path.join(args.model_dir, LOG))
     what = f"resuming at epoch {start_epoch}" if start_epoch > 1 else "starting"
@@ -181,6 +153,8 @@ def start_run(args, argv, params, loaders, classes, rt, start_epoch, state):
     record.start_session(args.model_dir, params, [sys.argv[0], *(argv if argv is not None else sys.argv[1:])], rt,
                          start_epoch)
     write_status(args.model_dir, Status.RUNNING, epoch=start_epoch - 1, num_epochs=params.num_epochs)
+    for note in notes:
+        log.info(note)
 
 
 def fit(folder, params, state, loaders, rt, start_epoch, stop_at=None):

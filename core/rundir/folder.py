@@ -152,6 +152,38 @@ def checkpoint_to_resume(model_dir, restore_file):
     return None
 
 
+def nothing_to_do(model_dir, ckpt, params, path, stop_at):
+    """The exit code of a run with nothing left to do (already finished, or already at its --stop_at_epoch), after
+    repairing a status its end was killed before writing; None when training goes on. Checks a resume first."""
+    if ckpt is None:
+        return None
+    status = read_status(model_dir).get("status")
+    if status == Status.COMPLETED or ckpt.get("stop_reason"):  # a finished run's end may have been killed mid-write
+        if status != Status.COMPLETED:
+            write_status(model_dir, Status.COMPLETED, reason=ckpt["stop_reason"], epoch=ckpt["epoch"])
+        print(f"{model_dir}: already completed (checkpoint at epoch {ckpt['epoch']}); nothing to do (to train "
+              f"further, start a new folder with init_weights_path)")
+        return 0
+    check_resume(ckpt, params, read_status(model_dir), path)
+    if stop_at and ckpt["epoch"] >= stop_at:
+        if status not in (Status.PAUSED, Status.PRUNED):  # a pause killed between its checkpoint and its status
+            write_status(model_dir, Status.PAUSED, reason=f"paused at epoch {ckpt['epoch']}", epoch=ckpt["epoch"])
+        print(f"{model_dir}: already at epoch {ckpt['epoch']} (--stop_at_epoch {stop_at}); nothing to do")
+        return Status.PAUSED.exit_code
+    return None
+
+
+@contextlib.contextmanager
+def claim(model_dir, seen):
+    """The folder's lock while the block runs, refused if its checkpoint changed since `seen` (checkpoint_stamp
+    before the run decided what to do): someone trained here between that decision and the lock."""
+    with folder_lock(model_dir):
+        if checkpoint_stamp(model_dir) != seen:
+            raise FolderBusy(f"--model_dir {model_dir}: another process trained this folder while this run was "
+                             f"starting; run the command again")
+        yield
+
+
 def check_resume(ckpt, params, status, path):
     """A resume continues the same run: same params (but the resumable ones), and no later epochs thrown away."""
     if status.get("epoch", 0) > ckpt["epoch"]:
@@ -196,6 +228,9 @@ class BestTracker:
     @property
     def should_stop(self):
         return self.patience > 0 and self.bad_epochs >= self.patience
+
+    def summary(self):
+        return f"best val {self.metric} {self.best:.4f} at epoch {self.best_epoch}" if self.best_epoch else ""
 
     def state(self):
         return asdict(self)

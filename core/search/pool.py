@@ -14,6 +14,7 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Protocol
 
 from tqdm import tqdm
 
@@ -291,55 +292,95 @@ def threads_per_worker(workers):
 
 
 def run_pool(source, data_dir, workers, gpus, fail_fast, warm=True, meanwhile=None):
-    """Train the jobs `source` hands out (see Queue) with at most `workers` at a time; the next starts as soon as
-    one ends. `source.next_job(busy)` may depend on the results so far (successive halving). `meanwhile()` runs
-    while the cell server imports: what the search does then costs no time, the server uses a single core."""
-    running, free, locked = {}, list(range(workers)), set()
-    cells = source.cells
+    """Train the jobs `source` hands out (a JobSource) with at most `workers` at a time; the next starts as soon as
+    one ends. `meanwhile()` runs while the cell server imports: what the search does then costs no time, the server
+    uses a single core. Returns the number of failed jobs."""
     threads = None if gpus else threads_per_worker(workers)
-    progress, stop, launcher = Progress(source.planned), False, None
+    pool = Pool(source, data_dir, workers, gpus, threads)
     try:
         # the server imports with the cells' thread settings, so libraries that size their pools then agree too
-        # a task's default arch (its own net.py's) needs no torchvision: its import would cost every search ~1 s
-        torchvision = any(c.params.get("arch") not in (None, TASKS[c.params.get("task", "classification")].arch)
-                          for c in cells)
-        launcher = Launcher(warm and source.planned > 0, cell_env(threads=threads), torchvision)
+        pool.launcher = Launcher(warm and source.planned > 0, cell_env(threads=threads), needs_torchvision(source))
         if meanwhile:
             meanwhile()
-        while True:
-            while free and not stop and (cell := source.next_job({c.name for c, _ in running.values()} | locked)):
-                if is_locked(cell.folder):  # someone else trains it now: not ours to start, nor to offer again
-                    cell.result = "locked"
-                    locked.add(cell.name)
-                    progress.finished(cell, len(running))
-                    continue
-                slot = free.pop(0)
-                env = cell_env(gpus[slot % len(gpus)] if gpus else None, threads)
-                running[launcher.start(cell, data_dir, env)] = (cell, slot)
-                progress.started(len(running))
-            if not running:
-                break
-            launcher.sleep(0.2)
-            for proc in [p for p in running if p.poll() is not None]:
-                cell, slot = running.pop(proc)
-                free.append(slot)
-                cell.result = collect(cell, proc.returncode)
-                source.refresh(cell)
-                progress.finished(cell, len(running))
-                if progress.failed and fail_fast and not stop:
-                    stop = True
-                    for p in running:
-                        p.send_signal(signal.SIGINT)  # train.py records 'interrupted' and exits
+        while pool.start_free() or pool.running:
+            pool.launcher.sleep(0.2)
+            pool.reap()
+            if pool.progress.failed and fail_fast:
+                pool.stop()
     except KeyboardInterrupt:
-        for p in running:
-            p.send_signal(signal.SIGINT)
-        for p in running:
-            p.wait()
+        pool.stop(wait=True)
         raise
     finally:
-        progress.close()
-        if launcher:
-            launcher.close()
+        pool.close()
     for cell in source.not_started():
         cell.result = "not started"
-    return progress.failed
+    return pool.progress.failed
+
+
+class JobSource(Protocol):
+    """Where run_pool's jobs come from: Queue (a plain search) or core/search/asha.py's Asha (successive halving,
+    whose next job depends on the results so far)."""
+
+    cells: list  # every cell of the search, the ones proposed while it runs too
+    planned: int  # the jobs expected, for the progress bar
+
+    def next_job(self, busy: set) -> Cell | None: ...  # busy: names of the cells running or locked elsewhere
+    def refresh(self, cell: Cell) -> None: ...  # a job of `cell` ended (cell.result says how)
+    def not_started(self) -> list: ...  # cells that were due but never started
+
+
+def needs_torchvision(source):
+    """Whether a cell asks for a torchvision architecture: a task's default arch (its own net.py's) needs none, and
+    importing it would cost every search ~1 s."""
+    return any(c.params.get("arch") not in (None, TASKS[c.params.get("task", KEYS["task"].default)].arch)
+               for c in source.cells)
+
+
+class Pool:
+    """The worker slots of run_pool: which process runs which cell in which slot (a GPU, or a share of the cores)."""
+
+    def __init__(self, source, data_dir, workers, gpus, threads):
+        self.source, self.data_dir, self.gpus, self.threads = source, data_dir, gpus, threads
+        self.running, self.free, self.locked, self.stopped = {}, list(range(workers)), set(), False
+        self.progress, self.launcher = Progress(source.planned), None
+
+    def start_free(self):
+        """Start a job in every free slot while the source has one; whether any job is running now."""
+        while self.free and not self.stopped and (cell := self.source.next_job(self.busy())):
+            if is_locked(cell.folder):  # someone else trains it now: not ours to start, nor to offer again
+                cell.result = "locked"
+                self.locked.add(cell.name)
+                self.progress.finished(cell, len(self.running))
+                continue
+            slot = self.free.pop(0)
+            env = cell_env(self.gpus[slot % len(self.gpus)] if self.gpus else None, self.threads)
+            self.running[self.launcher.start(cell, self.data_dir, env)] = (cell, slot)
+            self.progress.started(len(self.running))
+        return bool(self.running)
+
+    def busy(self):
+        return {c.name for c, _ in self.running.values()} | self.locked
+
+    def reap(self):
+        """Collect the jobs that ended: their slots free up, their cells get a result the source hears of."""
+        for proc in [p for p in self.running if p.poll() is not None]:
+            cell, slot = self.running.pop(proc)
+            self.free.append(slot)
+            cell.result = collect(cell, proc.returncode)
+            self.source.refresh(cell)
+            self.progress.finished(cell, len(self.running))
+
+    def stop(self, wait=False):
+        """No new jobs; the running ones get SIGINT (train.py records 'interrupted' and exits)."""
+        if not self.stopped:
+            self.stopped = True
+            for p in self.running:
+                p.send_signal(signal.SIGINT)
+        if wait:
+            for p in self.running:
+                p.wait()
+
+    def close(self):
+        self.progress.close()
+        if self.launcher:
+            self.launcher.close()
