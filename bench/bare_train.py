@@ -2,9 +2,10 @@
 
     python bench/bare_train.py --model_dir experiments/base_model [--data_dir data/digits] [KEY=VALUE ...]
 
-What anyone would write by hand: seed, load the data, build the model, then per epoch train and validate (accuracy
-printed), and save the final weights once. No history, metrics files, figures, checkpoints per epoch, record,
-status or lock. bench/bench_train_process.py times this script against train.py, start to exit.
+What anyone would write by hand: seed, load the data, build the model and the training loss of the experiment's
+task, then per epoch train and validate (the validation loss printed), and save the final weights once. No history,
+metrics files, figures, checkpoints per epoch, record, status or lock. bench/bench_train_process.py times this
+script against train.py, start to exit.
 """
 
 import argparse
@@ -14,30 +15,31 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
 
 from core.config import load_params  # noqa: E402
 from core.data.loaders import fetch_dataloader, reseed_epoch  # noqa: E402
 from core.training.engine import epoch_seed, pick_runtime, seed_everything  # noqa: E402
 from core.training.optim import PER_BATCH, build_optimizer, build_scheduler  # noqa: E402
-from model.classification import task  # noqa: E402
-from model.classification.net import build_model  # noqa: E402
+from data.build_dataset import ensure_data  # noqa: E402
+from model import tasks  # noqa: E402
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model_dir", required=True)
-    ap.add_argument("--data_dir", default="data/digits")
+    ap.add_argument("--data_dir")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     params = load_params(os.path.join(args.model_dir, "params.json"), args.overrides)
     rt = pick_runtime(params.cuda)
     seed_everything(params.seed)
-    loaders, classes = fetch_dataloader(["train", "valid"], args.data_dir, params, rt.pin_memory)
-    model = rt.prepare(build_model(params, len(classes)))
+    task = tasks.load(params.task)
+    data_dir = ensure_data(args.data_dir or tasks.TASKS[params.task].data)
+    loaders, classes = fetch_dataloader(["train", "valid"], data_dir, params, rt.pin_memory)
+    model = rt.prepare(task.build_model(params, len(classes)))
     optimizer = build_optimizer(params, model, task)
     scheduler = build_scheduler(params, optimizer, len(loaders["train"]))
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = task.build_loss(params, [1] * len(classes))  # class_weights off: the counts do not matter
     for epoch in range(1, params.num_epochs + 1):
         reseed_epoch(loaders["train"], epoch_seed(params.seed, epoch))  # as train.py: same batches
         model.train()
@@ -53,13 +55,12 @@ def main():
         if scheduler is not None and params.scheduler not in PER_BATCH + ("plateau",):
             scheduler.step()
         model.eval()
-        correct = total = 0
+        total = 0.0
         with torch.inference_mode(), rt.autocast():
             for x, y in loaders["valid"]:
                 x, y = rt.to_device(x, y)
-                correct += (model(x).argmax(1) == y).sum().item()
-                total += y.numel()
-        print(f"epoch {epoch}: valid accuracy {correct / total:.4f}")
+                total += task.loss_fn(model(x), y).item() * len(x)
+        print(f"epoch {epoch}: valid loss {total / len(loaders['valid'].dataset):.4f}")
     torch.save(model.state_dict(), os.path.join(args.model_dir, "bare_final.pt"))
 
 

@@ -11,7 +11,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from data.build_dataset import DEFAULT_DST, ensure_data  # noqa: E402
+from data.build_dataset import ensure_data  # noqa: E402
 
 
 def parse_args(doc, rounds):
@@ -19,11 +19,12 @@ def parse_args(doc, rounds):
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--experiments", nargs="+", default=["base_model", "resnet18"])
     ap.add_argument("--rounds", type=int, default=rounds)
-    ap.add_argument("--data_dir", default=os.path.join(ROOT, DEFAULT_DST))
+    ap.add_argument("--data_dir", help="default: each experiment's task's own data set (built on first use)")
     ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = ap.parse_args()
     os.chdir(ROOT)
-    ensure_data(os.path.relpath(args.data_dir))
+    if args.data_dir:
+        ensure_data(os.path.relpath(args.data_dir))
     return args
 
 
@@ -31,7 +32,7 @@ def run_script(script, experiment, scratch, data_dir, overrides):
     """Run `script` on a fresh copy of experiments/EXPERIMENT/params.json; (wall seconds, folder). Exits on failure."""
     folder = tempfile.mkdtemp(dir=scratch)
     shutil.copy(os.path.join(ROOT, "experiments", experiment, "params.json"), folder)
-    cmd = [sys.executable, script, "--model_dir", folder, "--data_dir", data_dir, *overrides]
+    cmd = [sys.executable, script, "--model_dir", folder, *(["--data_dir", data_dir] if data_dir else []), *overrides]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     elapsed = time.perf_counter() - start

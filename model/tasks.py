@@ -61,6 +61,19 @@ def all_metrics():
     return out
 
 
+def check_classes(params, classes, where, found="classes"):
+    """n_clas and a class_weights list against the data's classes (`found`: how the data names them), for any
+    task whose targets are class indices."""
+    from utils import UserError
+
+    if params.n_clas is not None and params.n_clas != len(classes):
+        raise UserError(f"{where}: key 'n_clas' is {params.n_clas} but the data has {len(classes)} {found}")
+    weights = params.class_weights
+    if isinstance(weights, list) and len(weights) != len(classes):
+        raise UserError(f"{where}: key 'class_weights' has {len(weights)} weights but the data has {len(classes)} "
+                        f"classes")
+
+
 def metric_names(task, n_clas=None):
     """The metrics an epoch of `task` reports, in order; with n_clas, only those that make sense for that many
     classes."""

@@ -26,6 +26,20 @@ FAST_PARAMS = {
 }
 
 
+# segmentation on small digit scenes: seconds per run, and test images larger than the training crops
+SEG_PARAMS = {"task": "segmentation", "im_sz": 32, "batch_size": 16, "bs_test": 32, "learning_rate": 0.01, "ps": 0.0,
+              "num_epochs": 2, "train_subset": 64, "valid_subset": 32, "cache_images": 1,
+              "loss": {"ce": 0.5, "dice": 0.5}, "gallery_size": 4, "save_summary_steps": 5}
+
+
+@pytest.fixture(scope="session")
+def scenes_dir(tmp_path_factory):
+    """The default segmentation set in small: 32-px scenes, 48-px test scenes (for sliding windows)."""
+    from data.scenes import build_scenes
+
+    return build_scenes(str(tmp_path_factory.mktemp("data") / "scenes"), size=32, test_size=48, counts=(96, 32, 16))
+
+
 @pytest.fixture(scope="session")
 def digits_dir(tmp_path_factory):
     from data.build_dataset import build_digits

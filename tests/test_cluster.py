@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import FAST_PARAMS, ROOT, read
+from conftest import FAST_PARAMS, ROOT, SEG_PARAMS, read
 from core.rundir.folder import read_status
 
 REQUIRED = os.environ.get("REQUIRE_CLUSTER_TESTS") == "1"
@@ -174,3 +174,35 @@ def test_successive_halving_runs_in_waves(request, launcher, tmp_path, digits_di
     best = sorted(cells, key=lambda c: (-first[c], cells.index(c)))[:2]
     for c in cells:
         assert epochs(str(parent), c) == ([1, 2] if c in best else [1]) and (status[c] == "completed") == (c in best)
+
+
+def segmentation_parent(tmp_path):
+    """A sampled search over a segmentation loss weight: each cell's folder is a segmentation run."""
+    parent = tmp_path / "seg_search"
+    parent.mkdir()
+    hyper = {"method": "random", "n_samples": 2, "sample_seed": 1, "loss.dice": {"uniform": [0.0, 1.0]}}
+    (parent / "params.json").write_text(json.dumps({**SEG_PARAMS, "num_epochs": 1, "hyper_search": hyper}))
+    return str(parent)
+
+
+def assert_segmentation_cells(parent):
+    cells = [d for d in os.listdir(parent) if os.path.exists(os.path.join(parent, d, "history.json"))]
+    assert len(cells) == 2
+    for cell in cells:
+        assert read_status(os.path.join(parent, cell))["status"] == "completed"
+        assert "miou" in read(os.path.join(parent, cell, "metrics_val_best_weights.json"))
+    assert "val_miou" in open(os.path.join(parent, "results.md")).read()
+
+
+def test_slurm_runs_a_segmentation_search(slurm, tmp_path, scenes_dir):
+    parent = segmentation_parent(tmp_path)
+    proc = search(parent, scenes_dir, "--launcher", "slurm", "--time_min", "10")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert_segmentation_cells(parent)
+
+
+def test_ray_runs_a_segmentation_search(ray_installed, tmp_path, scenes_dir):
+    parent = segmentation_parent(tmp_path)
+    proc = search(parent, scenes_dir, "--launcher", "ray", "--cpus_per_cell", "1")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert_segmentation_cells(parent)

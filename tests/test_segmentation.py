@@ -15,23 +15,13 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, read, run_train
+from conftest import ROOT, SEG_PARAMS, read, run_train
 from core.config import load_params
 from core.data.loaders import fetch_dataloader
 from utils import UserError, load_checkpoint, run_cli
 
-SEG = {"task": "segmentation", "im_sz": 32, "batch_size": 16, "bs_test": 32, "learning_rate": 0.01, "ps": 0.0,
-       "num_epochs": 2, "train_subset": 64, "valid_subset": 32, "cache_images": 1, "loss": {"ce": 0.5, "dice": 0.5},
-       "gallery_size": 4, "save_summary_steps": 5}
+SEG = SEG_PARAMS
 FIGURES = ["train_history.png", "gradients.png", "predictions.png", "confusion_valid_best.png"]
-
-
-@pytest.fixture(scope="session")
-def scenes_dir(tmp_path_factory):
-    """Small scenes (32 px; test scenes 48 px, larger than training's, for sliding windows)."""
-    from data.scenes import build_scenes
-
-    return build_scenes(str(tmp_path_factory.mktemp("data") / "scenes"), size=32, test_size=48, counts=(96, 32, 16))
 
 
 @pytest.fixture
@@ -295,3 +285,17 @@ def test_loss_weights_are_keys_and_bad_terms_are_refused(tmp_path):
         resolve({"task": "segmentation", "early_stopping": {"monitor_metric": "accuracy"}}, "p.json")
     with pytest.raises(UserError, match="key 'task' must be one of classification, segmentation"):
         resolve({"task": "detection"}, "p.json")
+
+
+def test_search_smoke_tries_every_segmentation_cell_and_writes_nothing(tmp_path, scenes_dir):
+    parent = tmp_path / "search"
+    parent.mkdir()
+    # a bce term is for one-class masks: on 11 classes that cell fails its first batch, the other passes
+    hyper = {"loss.bce": [0.0, 0.5]}
+    (parent / "params.json").write_text(json.dumps({**SEG, "num_epochs": 1, "hyper_search": hyper}))
+    proc = subprocess.run([sys.executable, "search_hyperparams.py", "--parent_dir", str(parent), "--data_dir",
+                           scenes_dir, "--smoke"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "smoke: loss.bce_0.5: UserError: params key 'loss': term 'bce' is for one-class masks" in proc.stdout
+    assert "1 failed" in proc.stdout and "loss.bce_0.0" not in proc.stdout.split("smoke test of")[0]
+    assert os.listdir(parent) == ["params.json"]

@@ -36,18 +36,14 @@ from model.classification.report import (
     predictor,
     report_markdown,
 )
+from model.tasks import check_classes
 from utils import UserError
 
 SPLIT_LAYOUT = "<class>/"  # what a split folder holds, for the error that names a missing one
 
 def check_params(params, classes, where):
     """What params.json says that the data or this task cannot honour, before anything is written."""
-    if params.n_clas is not None and params.n_clas != len(classes):
-        raise UserError(f"{where}: key 'n_clas' is {params.n_clas} but the data has {len(classes)} class folders")
-    weights = params.class_weights
-    if isinstance(weights, list) and len(weights) != len(classes):
-        raise UserError(f"{where}: key 'class_weights' has {len(weights)} weights but the data has {len(classes)} "
-                        f"classes")
+    check_classes(params, classes, where, found="class folders")
     metric = params.early_stopping.monitor_metric
     if len(classes) < METRICS[metric].min_classes:
         raise UserError(f"{where}: key 'early_stopping.monitor_metric' is {metric} but the data has only "

@@ -167,7 +167,7 @@ def load_mask(path):
             if im.mode not in ("L", "P"):
                 raise UserError(f"{path}: mask is {im.mode}, expected one channel of class indices (8-bit grey or "
                                 f"a palette PNG)")
-            return np.asarray(im)
+            return np.array(im)  # a copy: writable, as the transforms and torch.from_numpy want
     except (OSError, UnidentifiedImageError):
         raise UserError(f"{path}: cannot read mask") from None
 

@@ -62,7 +62,7 @@ def plot_confusion(confusion, classes, path, title=""):
 
     cm = np.asarray(confusion, dtype=np.float64)
     share = 100 * cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    plots.plot_confusion(np.rint(share), classes, path, title=f"{title} (% of each true class's pixels)")
+    plots.plot_confusion(np.rint(share), classes, path, title=f"{title} (%)")
 
 
 # ---------------------------------------------------------------- the figures of a new best epoch

@@ -2,15 +2,9 @@
 
     DATA_DIR/{train,valid,test}/images/NAME.png + masks/NAME.png (255 = ignore), DATA_DIR/classes.json
 
-The same names as model/classification/task.py, which a new task provides too:
-    data        find_classes, scan_split, item_files, check_item, PRESETS, build_transforms,     data_loader.py
-                decoder, transforms_record, Dataset (.collate, .reseed, .paths), class_counts
-    model       build_model, head_of, HEAD                                                      net.py
-    loss        build_loss (training), loss_fn (validation), build_batch_mix                    loss.py, below
-    metrics     EpochMetrics, OVERFIT_METRIC (METRICS is read through model/tasks.py)           metrics.py
-    evaluation  predictor, evaluation_report, report_markdown, plot_confusion, best_figures,    report.py
-                draw_best
-    params      check_params                                                                    below
+It provides the names model/classification/task.py lists (a new task provides them too): the data from
+data_loader.py, the models and head from net.py, the losses from loss.py (build_loss below), the epoch metrics
+from metrics.py, the predictor, report and figures from report.py, and check_params below.
 """
 
 from model.classification.net import class_weight_tensor
@@ -38,6 +32,7 @@ from model.segmentation.report import (
     predictor,
     report_markdown,
 )
+from model.tasks import check_classes
 from utils import UserError
 
 HEAD = "the layers that score classes (model/segmentation/net.py head_of)"
@@ -58,12 +53,7 @@ def build_batch_mix(params, n_clas):
 
 def check_params(params, classes, where):
     """What params.json says that the data or this task cannot honour, before anything is written."""
-    if params.n_clas is not None and params.n_clas != len(classes):
-        raise UserError(f"{where}: key 'n_clas' is {params.n_clas} but the data has {len(classes)} classes")
-    weights = params.class_weights
-    if isinstance(weights, list) and len(weights) != len(classes):
-        raise UserError(f"{where}: key 'class_weights' has {len(weights)} weights but the data has {len(classes)} "
-                        f"classes")
+    check_classes(params, classes, where)
     for key in ("mixup_alpha", "cutmix_alpha"):
         if getattr(params, key):
             raise UserError(f"{where}: key '{key}' mixes labels per image; segmentation masks cannot be mixed so "
