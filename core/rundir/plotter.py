@@ -70,10 +70,6 @@ def serve(fd, write_end, model_dir, every_s, draw_best):
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):  # the trainer handles these, then closes us
         signal.signal(sig, signal.SIG_IGN)
     die_with_parent()  # a trainer killed with SIGKILL takes its helper along
-    # the lowest priority: figures are drawn with the cores training leaves idle, not taken from it (a large gallery
-    # redrawn every plot_every_s would otherwise slow a CPU run by several per cent); at the end the trainer waits,
-    # and every core is the helper's
-    os.nice(19)
     import core.rundir.plots  # noqa: F401  matplotlib: now, while the first epoch trains, not when the run ends
 
     pending, last_draw, lines = {}, time.monotonic(), Lines(fd)
