@@ -157,14 +157,15 @@ def nothing_to_do(model_dir, ckpt, params, path, stop_at):
     repairing a status its end was killed before writing; None when training goes on. Checks a resume first."""
     if ckpt is None:
         return None
-    status = read_status(model_dir).get("status")
+    record = read_status(model_dir)
+    status = record.get("status")
     if status == Status.COMPLETED or ckpt.get("stop_reason"):  # a finished run's end may have been killed mid-write
         if status != Status.COMPLETED:
             write_status(model_dir, Status.COMPLETED, reason=ckpt["stop_reason"], epoch=ckpt["epoch"])
         print(f"{model_dir}: already completed (checkpoint at epoch {ckpt['epoch']}); nothing to do (to train "
               f"further, start a new folder with init_weights_path)")
         return 0
-    check_resume(ckpt, params, read_status(model_dir), path)
+    check_resume(ckpt, params, record, path)
     if stop_at and ckpt["epoch"] >= stop_at:
         if status not in (Status.PAUSED, Status.PRUNED):  # a pause killed between its checkpoint and its status
             write_status(model_dir, Status.PAUSED, reason=f"paused at epoch {ckpt['epoch']}", epoch=ckpt["epoch"])

@@ -124,7 +124,10 @@ def build_state(params, classes, runtime, train_loader, where, init_weights=True
     (not when a checkpoint is about to replace them)."""
     task = tasks.load(params.task)
     task.check_params(params, classes, where)
-    n_batches, counts = len(train_loader), task.class_counts(train_loader.dataset, len(classes))
+    # counting each class (images, or a segmentation's pixels: every mask read) matters only to "balanced" weights
+    counts = (task.class_counts(train_loader.dataset, len(classes)) if params.class_weights == "balanced"
+              else [1] * len(classes))
+    n_batches = len(train_loader)
     model, notes = task.build_model(params, len(classes)), []
     if params.init_weights_path and init_weights:
         skipped = load_init_weights(model, params.init_weights_path)
