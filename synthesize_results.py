@@ -2,8 +2,8 @@
 
     python synthesize_results.py --parent_dir experiments/learning_rate [--metric accuracy] [--split val|test]
 
-Writes PARENT/results.md (GitHub markdown, repetitions as mean ± std) and PARENT/results.csv (one row per run
-folder), and prints the table.
+Writes PARENT/results.md (GitHub markdown, repetitions as mean ± std, then which searched keys mattered: see
+docs/search.md) and PARENT/results.csv (one row per run folder), and prints the markdown.
 """
 
 import argparse
@@ -16,7 +16,18 @@ from tabulate import tabulate
 
 from core.rundir.folder import Status
 from core.search.asha import rung_reached, schedule_of
-from core.search.results import budget_line, budget_of, build_rows, gather, numbers, ranking_metric, read_optional
+from core.search.importance import importance_markdown
+from core.search.results import (
+    budget_line,
+    budget_of,
+    build_rows,
+    cells_of,
+    gather,
+    numbers,
+    ranking_metric,
+    read_optional,
+)
+from core.search.space import axis_scales
 from utils import UserError, atomic_write, run_cli
 
 
@@ -44,9 +55,14 @@ def synthesize(parent_dir, metric=None, split="val", budget=False):
     runs = gather(parent_dir, split)
     if not runs:
         raise UserError(f"--parent_dir {parent_dir}: no run folders (folders with a params.json) found")
-    keys, metrics, rows = build_rows(runs, ranking_metric(runs, metric))
-    schedule = schedule_of(read_optional(os.path.join(parent_dir, "params.json"), []), parent_dir)
+    metric = ranking_metric(runs, metric)
+    keys, metrics, rows = build_rows(runs, metric)
+    parent = read_optional(os.path.join(parent_dir, "params.json"), []) or {}
+    schedule = schedule_of(parent, parent_dir)
     markdown = markdown_table(rows, keys, metrics, parent_dir, split, schedule)
+    mattered = importance_markdown(cells_of(runs, keys, metric, schedule), axis_scales(parent, keys, runs), metric,
+                                   schedule, split)
+    markdown += "\n\n" + mattered if mattered else ""
     if budget:
         markdown += "\n\n" + budget_line(*budget_of(runs))
     atomic_write(os.path.join(parent_dir, "results.md"), lambda f: f.write(markdown + "\n"))

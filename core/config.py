@@ -8,6 +8,7 @@ and the key, raised before anything is written.
 
 import copy
 import difflib
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -183,11 +184,20 @@ class Params:
 
 
 def defaults():
-    """All defaults as a nested dict."""
+    """All defaults as a nested dict (a fresh one each call: resolve fills it in)."""
     out = {}
-    for key, entry in KEYS.items():
-        set_dotted(out, key, copy.deepcopy(entry.default))
+    for (*parents, last), value in default_paths():
+        d = out
+        for p in parents:
+            d = d.setdefault(p, {})
+        d[last] = copy.deepcopy(value) if isinstance(value, (list, dict)) else value
     return out
+
+
+@functools.cache
+def default_paths():
+    """[(dotted key split, default)]: split once, since tables resolve the params of thousands of folders."""
+    return [(tuple(key.split(".")), entry.default) for key, entry in KEYS.items()]
 
 
 def set_dotted(d, key, value):

@@ -29,27 +29,33 @@ def margins(fig, left, bottom, right, top, wspace=0.2):
 
 
 def plot_history(rows, path, title=""):
-    """One panel per metric (train and valid curves), plus the learning rate; from history.json rows. A metric a
-    run does not report for training (accuracy of mixed batches) has only its valid curve."""
+    """One panel per metric (train and valid curves), plus the learning rate, three panels a row; from history.json
+    rows. A metric a run does not report for training (accuracy of mixed batches) has only its valid curve."""
     names = list(rows[0]["val"])
     epochs = [r["epoch"] for r in rows]
-    fig, axes = plt.subplots(1, len(names) + 1, figsize=(3.6 * (len(names) + 1), 3.2), squeeze=False)
-    for ax, name in zip(axes[0], names):
+    n_cols = min(3, len(names) + 1)
+    n_rows = -(-(len(names) + 1) // n_cols)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.6 * n_cols, 2.9 * n_rows + 0.3), squeeze=False)
+    panels = list(axes.flat)
+    for ax, name in zip(panels, names):
         if name in rows[0]["train"]:
             ax.plot(epochs, [r["train"].get(name) for r in rows], "o-", ms=3, color="C0", label="train")
         ax.plot(epochs, [r["val"].get(name) for r in rows], "o-", ms=3, color="C1", label="valid")  # same in all
         ax.set_title(name)
-        ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    axes[0][0].legend()
-    lr_ax = axes[0][-1]
+    fig.legend(*panels[0].get_legend_handles_labels(), loc="upper right", ncol=2, frameon=False, fontsize=8)
+    lr_ax = panels[len(names)]
     lr_ax.plot(epochs, [r["lr"][-1] for r in rows], "o-", ms=3, color="gray")
     lr_ax.set_title("learning rate (head, end of epoch)")
-    lr_ax.set_xlabel("epoch")
     lr_ax.grid(alpha=0.3)
+    for ax in panels[:len(names) + 1]:
+        ax.set_xlabel("epoch")
+    for ax in panels[len(names) + 1:]:
+        ax.axis("off")
     if title:
         fig.suptitle(title)
-    margins(fig, left=0.55, bottom=0.5, right=0.15, top=0.75 if title else 0.35, wspace=0.3)
+    margins(fig, left=0.55, bottom=0.5, right=0.15, top=0.75 if title else 0.5, wspace=0.3)
+    fig.subplots_adjust(hspace=0.55)
     save_figure(fig, path, fixed_size=True)
 
 
@@ -77,8 +83,8 @@ def plot_confusion(cm, classes, path, title=""):
 
 def plot_gradients(rows, path):
     """Per-layer gradient norm and update/weight ratio over epochs (log scale), from history.json rows."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     layers = list(rows[-1]["grad_norm"])
+    fig, axes = plt.subplots(1, 2, figsize=(13.8 if len(layers) <= 12 else 12, 4))
     epochs = [r["epoch"] for r in rows if r.get("grad_norm")]
     colours = plt.get_cmap("viridis")
     for ax, kind, title in ((axes[0], "grad_norm", "gradient norm"), (axes[1], "update_ratio", "update / weight")):
@@ -90,9 +96,10 @@ def plot_gradients(rows, path):
         ax.set_title(f"{title} per layer (first: dark, last: light)")
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    if len(layers) <= 12:
-        axes[0].legend(fontsize=6)
-    margins(fig, left=0.85, bottom=0.5, right=0.15, top=0.35, wspace=0.22)
+    named = len(layers) <= 12
+    if named:  # beside the panels, never over a curve
+        axes[1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    margins(fig, left=0.85, bottom=0.5, right=1.9 if named else 0.15, top=0.35, wspace=0.22)
     save_figure(fig, path, fixed_size=True)
 
 

@@ -5,8 +5,10 @@ corrupt file is reported on its row, never raised.
 """
 
 import json
+import math
 import os
 import statistics
+from dataclasses import dataclass, field
 
 from core.config import KEYS, hyperparams, resolve
 from core.rundir.folder import HISTORY, STATUS, Status, metrics_file
@@ -80,9 +82,10 @@ def varied_keys(runs):
     keys = []
     for r in runs:
         keys += [k for k in r["params"] if k not in keys]
-    def distinct(k):
-        return len({json.dumps(r["params"].get(k), sort_keys=True) for r in runs})
-    return [k for k in keys if k != "seed" and distinct(k) > 1]
+    def varies(k):
+        first = runs[0]["params"].get(k)
+        return any(r["params"].get(k) != first for r in runs)
+    return [k for k in keys if k != "seed" and varies(k)]
 
 
 def group_repetitions(runs, keys):
@@ -162,3 +165,51 @@ def budget_line(trained, full):
 def numbers(metrics):
     """The numeric entries of a metrics file: evaluate.py's also holds per-class tables and labels (tta, weights)."""
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+# how a cell's point is marked in the search figures: the state it ended in, and what its value means there
+OUTCOMES = {"completed": "completed", "pruned": "pruned", "paused": "paused", "failed": "failed", "diverged": "failed"}
+
+
+@dataclass
+class Cell:
+    """One row of the search figures: a cell's repetitions, its searched values, how it ended and its value."""
+
+    runs: list
+    values: dict
+    outcome: str  # completed, pruned, paused, failed or running (anything else: running, interrupted, queued)
+    value: float = None  # mean over repetitions: best valid metric, or for a stopped cell its value at its last rung
+    epochs: int = 0
+    histories: list = field(default_factory=list)
+
+
+def value_at_last_rung(history, schedule, metric, epochs):
+    """The valid metric at the deepest rung `epochs` reached: what successive halving compared the cell by."""
+    rungs = [r for r in schedule.rungs if r <= epochs] if schedule else []
+    by_epoch = {row["epoch"]: row["val"].get(metric) for row in history if isinstance(row.get("val"), dict)}
+    return by_epoch.get(rungs[-1]) if rungs else None
+
+
+def cell_value(run, history, schedule, metric):
+    if run["status"] in (Status.PRUNED, Status.PAUSED):
+        stopped = value_at_last_rung(history, schedule, metric, run["epoch"] or 0)
+        if stopped is not None:
+            return stopped
+    value = run["best"].get(metric)
+    return value if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def cells_of(runs, keys, metric, schedule=None):
+    """Cells (repetitions grouped), best first: completed cells, then stopped ones, then those without a value."""
+    cells = []
+    for group in group_repetitions(runs, keys):
+        histories = [load_history(r["folder"]) for r in group]
+        outcomes = {OUTCOMES.get(r["status"], "running") for r in group}
+        values = [v for r, h in zip(group, histories) if (v := cell_value(r, h, schedule, metric)) is not None]
+        cells.append(Cell(group, {k: group[0]["params"].get(k) for k in keys},
+                          outcomes.pop() if len(outcomes) == 1 else "running",
+                          statistics.fmean(values) if values else None,
+                          max(r["epoch"] or 0 for r in group), histories))
+    sign = 1 if minimized(metric) else -1
+    cells.sort(key=lambda c: (c.value is None, c.outcome != "completed", sign * (c.value or 0)))
+    return cells
