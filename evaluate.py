@@ -50,8 +50,8 @@ def main(argv=None):
         check_same_data(model_dir, args.split, args.restore_file, variant, metrics["data_dir"])
     rows = []
     names = list(dict.fromkeys(name for metrics, _, _, _ in results for name in tasks.metric_names(metrics["task"])))
-    for model_dir, (metrics, confusion, classes, task) in zip(args.model_dir, results):
-        write_report(model_dir, args.split, args.restore_file, variant, metrics, confusion, classes, task)
+    for model_dir, (metrics, details, classes, task) in zip(args.model_dir, results):
+        write_report(model_dir, args.split, args.restore_file, variant, metrics, details, classes, task)
         rows.append([model_dir, metrics["epoch"]] + [metrics.get(k) for k in names] + [provenance(model_dir)])
     headers = ["model_dir", "epoch", *names, "code (commit, model/ snapshot)"]
     print(tabulate(rows, headers=headers, floatfmt=".4f", tablefmt="github"))
@@ -68,7 +68,8 @@ def trained_checkpoint(model_dir, restore_file):
 
 
 def evaluate_checkpoint(path, data_dir, split, tta=None, overrides=()):
-    """Metrics (per class too), confusion matrix and class names of one checkpoint on `split`, with the params it
+    """Metrics (per class too), the task's details (confusion matrix, predictions) and class names of one checkpoint
+    on `split`, with the params it
     was trained with and the weights its validation saw (the EMA's when it kept one)."""
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt, dict) or not {"params", "classes", "model", "epoch"} <= set(ckpt):
@@ -94,7 +95,7 @@ def evaluate_checkpoint(path, data_dir, split, tta=None, overrides=()):
                    data_dir=os.path.abspath(data_dir))
     if params.eval_window:  # recorded: a tiled evaluation is another evaluation than a whole-image one
         metrics.update(eval_window=params.eval_window, eval_stride=params.eval_stride)
-    return metrics, details["confusion"], classes, task
+    return metrics, details, classes, task
 
 
 if __name__ == "__main__":

@@ -66,11 +66,13 @@ class Key:
 
 
 KEYS = {
-    "task": Key("classification", str, "what a sample's target is: classification (a label per image) or "
-                "segmentation (a class per pixel); model/tasks.py", choices=tuple(TASKS)),
+    "task": Key("classification", str, "what a sample's target is: classification (a label per image), "
+                "segmentation (a class per pixel) or keypoints (K named points); model/tasks.py",
+                choices=tuple(TASKS)),
     # model
-    "arch": Key(None, OPT_STR, "the task's architecture (null: its default, small_cnn or unet): small_cnn or a "
-                "torchvision classifier (resnet18, ...); unet or a torchvision segmenter (deeplabv3_resnet50, ...)"),
+    "arch": Key(None, OPT_STR, "the task's architecture (null: its default, small_cnn, unet or heatmap_unet): "
+                "small_cnn or a torchvision classifier (resnet18, ...); unet or a torchvision segmenter "
+                "(deeplabv3_resnet50, ...); heatmap_unet or a torchvision classifier as a point regressor"),
     "pretrain": Key(0, FLAG, "1: start from torchvision's ImageNet weights (torch cache or pretrained_path)",
                     evaluate=0),  # evaluation loads the trained weights instead
     "pretrained_path": Key("", str, "torchvision weights file, for pretrain=1 on a machine without network"),
@@ -85,6 +87,8 @@ KEYS = {
                     check=at_least(0)),
     "aux_weight": Key(0.4, float, "segmentation: weight of the auxiliary head's loss (fcn, deeplabv3)",
                       check=at_least(0)),
+    "point_loss": Key("smooth_l1", str, "keypoints training loss over the labelled points, in pixels",
+                      choices=("smooth_l1", "l1", "mse")),
     "label_smoothing": Key(0.0, float, "training loss: spread this much of each target over all classes",
                            check=fraction()),
     "class_weights": Key(None, WEIGHTS, "training loss: per-class weights; balanced: n / (n_classes * count) from "

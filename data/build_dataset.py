@@ -4,12 +4,14 @@
     python data/build_dataset.py --src RAW_DIR --dst data/NAME    # your images: RAW_DIR/<class>/*.jpg ...
     python data/build_dataset.py --dst data/digits_imbalanced --imbalance 0=0.1,1=0.1   # keep 10 % of 0s and 1s
     python data/build_dataset.py --task segmentation [--size 64] [--test_size 96]      # data/digit_scenes
+    python data/build_dataset.py --task keypoints [--size 64]                          # data/digit_points
 
 The default set is scikit-learn's bundled handwritten digits (1,797 real 8x8 scans, 10 classes), so it builds
 offline. Splits are stratified and seeded: the same command always gives the same files.
 
 --task segmentation builds the default segmentation set instead: scenes of 1-3 of those digits with a mask and
-boxes each, in DST/{train,valid,test}/{images,masks}/ (data/scenes.py, which describes the layout).
+boxes each, in DST/{train,valid,test}/{images,masks}/ (data/scenes.py, which describes the layout). --task keypoints
+builds one-digit scenes with the corners and centre of the digit's box as named points (data/points.py).
 """
 
 import argparse
@@ -20,6 +22,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
 
 from data.folders import SPLITS, build_in_place, split_indices  # noqa: E402, F401  (SPLITS: read by others)
+from data.points import DEFAULT_POINTS, build_points  # noqa: E402
 from data.scenes import DEFAULT_SCENES, build_scenes  # noqa: E402
 from utils import UserError, run_cli  # noqa: E402
 
@@ -86,8 +89,8 @@ def build_digits(dst=DEFAULT_DST, size=32, fractions=(0.7, 0.15, 0.15), seed=230
 
 
 def ensure_data(data_dir):
-    """Build a default data set (digits or digit scenes) on first use; any other missing folder is the user's to
-    provide."""
+    """Build a default data set (digits, digit scenes or digit points) on first use; any other missing folder is the
+    user's to provide."""
     if os.path.exists(data_dir):
         return data_dir
     if os.path.normpath(data_dir) == os.path.normpath(DEFAULT_DST):
@@ -96,6 +99,9 @@ def ensure_data(data_dir):
     elif os.path.normpath(data_dir) == os.path.normpath(DEFAULT_SCENES):
         print(f"building the default segmentation data set in {data_dir} (first use)")
         build_scenes(data_dir)
+    elif os.path.normpath(data_dir) == os.path.normpath(DEFAULT_POINTS):
+        print(f"building the default keypoint data set in {data_dir} (first use)")
+        build_points(data_dir)
     return data_dir
 
 
@@ -162,8 +168,9 @@ def parse_imbalance(text):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--task", choices=("classification", "segmentation"), default="classification",
-                    help="segmentation: digit scenes with masks instead of class folders")
+    ap.add_argument("--task", choices=("classification", "segmentation", "keypoints"), default="classification",
+                    help="segmentation: digit scenes with masks instead of class folders; keypoints: one-digit "
+                         "scenes with five named points each")
     ap.add_argument("--src", help="folder of class sub-folders (default: scikit-learn's digits)")
     ap.add_argument("--dst", help="output folder (default: data/digits; segmentation: data/digit_scenes)")
     ap.add_argument("--size", type=int, default=None, help="output images are SIZE x SIZE (digits: 32, else 64)")
@@ -174,7 +181,7 @@ def main(argv=None):
     ap.add_argument("--imbalance", metavar="CLASS=FRACTION,...",
                     help="keep only this fraction of the named classes' images (an imbalanced variant)")
     args = ap.parse_args(argv)
-    if args.task == "segmentation":
+    if args.task != "classification":
         return main_scenes(args)
     if args.test_size is not None:
         raise UserError("--test_size: only with --task segmentation")
@@ -194,19 +201,21 @@ def main(argv=None):
 
 
 def main_scenes(args):
-    """--task segmentation: the digit scenes (data/scenes.py); the class-folder options do not apply."""
-    from data.scenes import build_scenes
-
-    for flag in ("src", "imbalance", "fractions"):
+    """--task segmentation or keypoints: the digit scenes (data/scenes.py, data/points.py); the class-folder options
+    do not apply."""
+    for flag in ("src", "imbalance", "fractions") + (("test_size",) if args.task == "keypoints" else ()):
         if getattr(args, flag) is not None:
-            raise UserError(f"--{flag}: not with --task segmentation (the scenes are built from scikit-learn's digits)")
-    dst = args.dst or DEFAULT_SCENES
+            raise UserError(f"--{flag}: not with --task {args.task} (the scenes are built from scikit-learn's digits)")
+    dst = args.dst or (DEFAULT_SCENES if args.task == "segmentation" else DEFAULT_POINTS)
     if os.path.exists(dst):
         raise UserError(f"--dst {dst}: already exists; remove it first to rebuild")
     for flag in ("size", "test_size"):
         if getattr(args, flag) is not None and getattr(args, flag) < 8:
             raise UserError(f"--{flag} {getattr(args, flag)}: must be >= 8 for scenes")
-    build_scenes(dst, args.size or 64, args.test_size, seed=args.seed)
+    if args.task == "keypoints":
+        build_points(dst, args.size or 64, seed=args.seed)
+    else:
+        build_scenes(dst, args.size or 64, args.test_size, seed=args.seed)
     counts = {s: len(os.listdir(os.path.join(dst, s, "images"))) for s in SPLITS}
     print(f"wrote {dst}: " + ", ".join(f"{s} {n} scenes" for s, n in counts.items()))
 

@@ -34,6 +34,7 @@ class Task:
 TASKS = {
     "classification": Task("model.classification", data="data/digits", arch="small_cnn", monitor="accuracy"),
     "segmentation": Task("model.segmentation", data="data/digit_scenes", arch="unet", monitor="miou"),
+    "keypoints": Task("model.keypoints", data="data/digit_points", arch="heatmap_unet", monitor="point_error"),
 }
 
 

@@ -40,6 +40,20 @@ def scenes_dir(tmp_path_factory):
     return build_scenes(str(tmp_path_factory.mktemp("data") / "scenes"), size=32, test_size=48, counts=(96, 32, 16))
 
 
+# keypoints on small one-digit scenes
+KP_PARAMS = {"task": "keypoints", "im_sz": 32, "batch_size": 16, "bs_test": 32, "learning_rate": 0.01, "ps": 0.0,
+             "num_epochs": 2, "train_subset": 64, "valid_subset": 32, "cache_images": 1, "gallery_size": 4,
+             "save_summary_steps": 5}
+
+
+@pytest.fixture(scope="session")
+def points_dir(tmp_path_factory):
+    """The default keypoint set in small: 32-px one-digit scenes with five named points each."""
+    from data.points import build_points
+
+    return build_points(str(tmp_path_factory.mktemp("data") / "points"), size=32, counts=(96, 32, 16))
+
+
 @pytest.fixture(scope="session")
 def digits_dir(tmp_path_factory):
     from data.build_dataset import build_digits

@@ -190,3 +190,19 @@ def test_dry_run_catches_an_unknown_augmentation_preset(tmp_path, digits_dir):
     assert proc.stderr.strip() == ("error: cell augmentation_lihgt: params key 'augmentation': unknown preset 'lihgt' "
                                    "(presets: none, light, standard; or an albumentations dict)")
     assert os.listdir(parent) == ["params.json"]
+
+
+TASK_INTERFACE = ("find_classes", "scan_split", "item_files", "check_item", "PRESETS", "build_transforms", "decoder",
+                  "transforms_record", "Dataset", "class_counts", "build_model", "head_of", "HEAD", "build_loss",
+                  "loss_fn", "build_batch_mix", "EpochMetrics", "OVERFIT_METRIC", "predictor", "evaluation_report",
+                  "report_markdown", "plot_evaluation", "best_figures", "draw_best", "check_params", "SPLIT_LAYOUT")
+
+
+def test_every_task_provides_the_whole_interface_the_machinery_calls():
+    from model import tasks
+
+    for name in tasks.TASKS:
+        task = tasks.load(name)
+        missing = [n for n in TASK_INTERFACE if not hasattr(task, n)]
+        assert not missing, (name, missing)
+        assert task.OVERFIT_METRIC in tasks.metrics_of(name) and tasks.TASKS[name].monitor in tasks.metrics_of(name)

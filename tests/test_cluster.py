@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import FAST_PARAMS, ROOT, SEG_PARAMS, read
+from conftest import FAST_PARAMS, KP_PARAMS, ROOT, SEG_PARAMS, read
 from core.rundir.folder import read_status
 
 REQUIRED = os.environ.get("REQUIRE_CLUSTER_TESTS") == "1"
@@ -206,3 +206,34 @@ def test_ray_runs_a_segmentation_search(ray_installed, tmp_path, scenes_dir):
     proc = search(parent, scenes_dir, "--launcher", "ray", "--cpus_per_cell", "1")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert_segmentation_cells(parent)
+
+
+def keypoint_parent(tmp_path):
+    """A grid over the keypoint loss, successive halving on: each cell's folder is a keypoint run."""
+    parent = tmp_path / "kp_search"
+    parent.mkdir()
+    hyper = {"point_loss": ["l1", "mse"], "schedule": {"type": "asha", "min_epochs": 1, "reduction_factor": 2}}
+    (parent / "params.json").write_text(json.dumps({**KP_PARAMS, "num_epochs": 2, "hyper_search": hyper}))
+    return str(parent)
+
+
+def assert_keypoint_cells(parent):
+    cells = sorted(d for d in os.listdir(parent) if d.startswith("point_loss"))
+    assert len(cells) == 2
+    assert sorted(len(read(os.path.join(parent, c, "history.json"))["epochs"]) for c in cells) == [1, 2]
+    assert "point_error" in read(os.path.join(parent, cells[0], "metrics_val_best_weights.json"))
+    assert "val_point_error" in open(os.path.join(parent, "results.md")).read()
+
+
+def test_slurm_runs_a_keypoint_search_with_successive_halving(slurm, tmp_path, points_dir):
+    parent = keypoint_parent(tmp_path)
+    proc = search(parent, points_dir, "--launcher", "slurm", "--time_min", "10")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert_keypoint_cells(parent)
+
+
+def test_ray_runs_a_keypoint_search_with_successive_halving(ray_installed, tmp_path, points_dir):
+    parent = keypoint_parent(tmp_path)
+    proc = search(parent, points_dir, "--launcher", "ray", "--cpus_per_cell", "1")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert_keypoint_cells(parent)

@@ -1,5 +1,5 @@
 """evaluate.py's outputs for one run folder: the metrics JSON with per-class numbers, the task's per-class markdown
-report and the confusion matrix."""
+report and its figure (a confusion matrix, per-point errors)."""
 
 import os
 
@@ -29,11 +29,12 @@ def check_same_data(model_dir, split, restore_file, variant, data_dir):
         raise UserError(f"{path}: holds an evaluation on {before}; move it away to evaluate on {data_dir}")
 
 
-def write_report(model_dir, split, restore_file, variant, metrics, confusion, classes, task):
-    """metrics_<tag>.json, report_<tag>.md and confusion_<tag>.png, tag = <split>_<restore>_weights[_<variant>]."""
+def write_report(model_dir, split, restore_file, variant, metrics, details, classes, task):
+    """metrics_<tag>.json, report_<tag>.md and the task's figure (confusion_<tag>.png, errors_<tag>.png), tag =
+    <split>_<restore>_weights[_<variant>]."""
     tag = output_tag(split, restore_file, variant)
     title = f"{model_dir} ({tag}, epoch {metrics['epoch']}, {metrics['weights']} weights)"
     write_json(os.path.join(model_dir, metrics_file(split, restore_file, variant)), metrics)
     atomic_write(os.path.join(model_dir, f"report_{tag}.md"), lambda f: f.write(task.report_markdown(metrics, title)),
                  mode="w")
-    task.plot_confusion(confusion.numpy(), classes, os.path.join(model_dir, f"confusion_{tag}.png"), title=title)
+    task.plot_evaluation(details, classes, model_dir, tag, title)

@@ -86,6 +86,13 @@ def gallery_items(dataset, details, fixed, wrong, classes):
     return items
 
 
+def plot_evaluation(details, classes, model_dir, tag, title):
+    """evaluate.py's figure: confusion_<tag>.png."""
+    import os
+
+    plot_confusion(details["confusion"].numpy(), classes, os.path.join(model_dir, f"confusion_{tag}.png"), title)
+
+
 def plot_confusion(confusion, classes, path, title=""):
     """The confusion matrix with the count of images in each cell."""
     import numpy as np

@@ -8,7 +8,7 @@ What the machinery calls, the same for every task (model/segmentation/ provides 
     model       build_model, head_of, HEAD                                                      net.py
     loss        build_loss (training), loss_fn (validation), build_batch_mix                    net.py, data_loader.py
     metrics     EpochMetrics, OVERFIT_METRIC (METRICS is read through model/tasks.py)           metrics.py
-    evaluation  predictor, evaluation_report, report_markdown, plot_confusion, best_figures,    report.py
+    evaluation  predictor, evaluation_report, report_markdown, plot_evaluation, best_figures,   report.py
                 draw_best
     params      check_params                                                                    below
 """
@@ -33,6 +33,7 @@ from model.classification.report import (
     draw_best,
     evaluation_report,
     plot_confusion,
+    plot_evaluation,
     predictor,
     report_markdown,
 )

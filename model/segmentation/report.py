@@ -56,6 +56,13 @@ def report_markdown(metrics, title):
             f"{len(present)} classes present), pixel accuracy {metrics['pixel_accuracy']:.4f}\n")
 
 
+def plot_evaluation(details, classes, model_dir, tag, title):
+    """evaluate.py's figure: confusion_<tag>.png."""
+    import os
+
+    plot_confusion(details["confusion"].numpy(), classes, os.path.join(model_dir, f"confusion_{tag}.png"), title)
+
+
 def plot_confusion(confusion, classes, path, title=""):
     """The pixel confusion matrix as percentages of each true class's pixels (raw pixel counts are unreadable)."""
     from core.rundir import plots

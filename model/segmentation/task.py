@@ -29,6 +29,7 @@ from model.segmentation.report import (
     draw_best,
     evaluation_report,
     plot_confusion,
+    plot_evaluation,
     predictor,
     report_markdown,
 )

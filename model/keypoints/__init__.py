@@ -1,0 +1,1 @@
+"""Keypoint regression: K named (x, y) points per image. The machinery reads task.py; metrics.py stays torch-free."""

@@ -1,0 +1,220 @@
+"""Keypoint data: an image and K named (x, y, visibility) points per sample, augmented together by albumentations.
+
+    DATA_DIR/{train,valid,test}/images/NAME.png
+    DATA_DIR/{train,valid,test}/keypoints.json   {"names": [K point names, in order],
+                                                  "images": {"NAME.png": [[x, y, v], ... K of them]}}
+    or DATA_DIR/{split}/keypoints.csv            image,NAME_x,NAME_y,NAME_v,...  (one row per image)
+
+x, y are pixels of the image as stored (0..width, 0..height); v is COCO's flag: 0 not labelled (no loss, no
+metric), 1 labelled but hidden, 2 visible (both count). Every split names the same points in the same order: train's
+names are the "classes" (n_clas is K).
+
+Geometric augmentation moves the points with the image. A point it pushes out of the image is no longer labelled
+for that sample (v becomes 0). The presets do not flip: a mirrored left corner would become a right one, which needs
+a symmetry map this template does not keep.
+"""
+
+import csv
+import json
+import os
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network here: skip albumentations' version check
+
+import albumentations as A  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from albumentations.pytorch import ToTensorV2  # noqa: E402
+from PIL import Image, UnidentifiedImageError  # noqa: E402
+
+from data.build_dataset import IMAGE_EXTS  # noqa: E402
+from model.images import MEAN, STD, augmentation_steps, load_image  # noqa: E402
+from utils import UserError  # noqa: E402
+
+PRESETS = {
+    "none": lambda sz: [],
+    # small shifts, zooms and turns: the points follow the image
+    "light": lambda sz: [A.Affine(scale=(0.9, 1.1), translate_percent=(-0.06, 0.06), rotate=(-10, 10), p=0.8)],
+    "standard": lambda sz: [
+        A.Affine(scale=(0.8, 1.2), translate_percent=(-0.1, 0.1), rotate=(-20, 20), p=0.9),
+        A.ColorJitter(0.2, 0.2, 0.2, 0.05, p=0.5),
+    ],
+}
+# what albumentations 2.0.8's to_dict leaves out of KeypointParams, recorded beside it in augmentation.json
+KEYPOINT_PARAMS = {"format": "xy", "remove_invisible": False}
+
+
+def build_transforms(params):
+    """(train, eval) pipelines over image and points together, both resized to im_sz x im_sz (the model predicts
+    points as fractions of its input, so a resize loses nothing)."""
+    augment = augmentation_steps(params, PRESETS)
+    head = [A.Resize(params.im_sz, params.im_sz)]
+    tail = [A.Normalize(mean=MEAN, std=STD), ToTensorV2()]
+    return tuple(A.Compose(steps, keypoint_params=A.KeypointParams(**KEYPOINT_PARAMS), seed=params.seed)
+                 for steps in (head + augment + tail, head + tail))
+
+
+def transforms_record(train_tf, eval_tf):
+    return {"train": A.to_dict(train_tf), "eval": A.to_dict(eval_tf), "keypoint_params": KEYPOINT_PARAMS}
+
+
+def decoder(params):
+    """(decode, recipe, row_shape) for the image cache: the image as stored; its points stay in the item."""
+
+    def row_shape(items):
+        sizes = {image_size(image) for image, _ in items}
+        return (*next(iter(sizes))[::-1], 3) if len(sizes) == 1 else None
+
+    return (lambda item: load_image(item[0])), "rgb, as stored, v1", row_shape
+
+
+# ---------------------------------------------------------------- the files
+
+
+def points_file(split_dir):
+    """The split's keypoints.json or keypoints.csv (not both: which one would be the truth?)."""
+    found = [os.path.join(split_dir, f"keypoints.{ext}") for ext in ("json", "csv")
+             if os.path.exists(os.path.join(split_dir, f"keypoints.{ext}"))]
+    if not found:
+        raise UserError(f"{split_dir}: no keypoints.json or keypoints.csv")
+    if len(found) > 1:
+        raise UserError(f"{found[0]}: and {os.path.basename(found[1])} both exist; keep one")
+    return found[0]
+
+
+def read_points(path):
+    """(names, {image file name: [[x, y, v], ...]}) from a keypoints.json or keypoints.csv."""
+    if path.endswith(".json"):
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path}: not valid JSON ({e})") from None
+        if not (isinstance(data, dict) and isinstance(data.get("names"), list)
+                and isinstance(data.get("images"), dict)):
+            raise UserError(f"{path}: expected {{\"names\": [point names], \"images\": {{NAME: [[x, y, v], ...]}}}}")
+        return data["names"], data["images"]
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    header = rows[0] if rows else []
+    names = [h[:-2] for h in header[1::3]]
+    if not header or header[0] != "image" or (len(header) - 1) % 3 or header[1:] != [
+            f"{n}_{c}" for n in names for c in "xyv"]:
+        raise UserError(f"{path}: header must be image,NAME_x,NAME_y,NAME_v,... (one triple per point)")
+    out = {}
+    for line, row in enumerate(rows[1:], start=2):
+        try:
+            values = [float(v) for v in row[1:]]
+        except ValueError:
+            raise UserError(f"{path}: line {line}: not numbers") from None
+        if len(values) != 3 * len(names):
+            raise UserError(f"{path}: line {line}: {len(values)} values, expected {3 * len(names)}")
+        out[row[0]] = [values[i:i + 3] for i in range(0, len(values), 3)]
+    return names, out
+
+
+def check_names(names, path):
+    if not (names and all(isinstance(n, str) and n for n in names) and len(set(names)) == len(names)):
+        raise UserError(f"{path}: 'names' must be a list of distinct point names")
+
+
+def find_classes(data_dir):
+    """The point names of the training split, in order."""
+    path = points_file(os.path.join(data_dir, "train"))
+    names, _ = read_points(path)
+    check_names(names, path)
+    return names
+
+
+def scan_split(data_dir, split, classes):
+    """[(image path, points as a tuple of (x, y, v))] of DATA_DIR/split, images sorted by name; an entry without
+    its image, an image without an entry, or points named otherwise than train's are errors."""
+    split_dir = os.path.join(data_dir, split)
+    folder = os.path.join(split_dir, "images")
+    if not os.path.isdir(folder):
+        raise UserError(f"{split_dir}: no images/ folder (expected {split}/images/NAME.png beside "
+                        f"{split}/keypoints.json)")
+    path = points_file(split_dir)
+    names, table = read_points(path)
+    check_names(names, path)
+    if classes is not None and names != classes:
+        raise UserError(f"{path}: points {names}, but train names {classes} (the same points, in the same order)")
+    images = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTS))
+    for name in sorted(set(table) - set(images)):
+        raise UserError(f"{path}: points for {name}, which is not in {folder}/")
+    for name in images:
+        if name not in table:
+            raise UserError(f"{os.path.join(folder, name)}: no points in {path}")
+    if not images:
+        raise UserError(f"{folder}: no images")
+    return [(os.path.join(folder, name), tuple(tuple(p) if isinstance(p, list) else p for p in table[name]))
+            for name in images]
+
+
+def item_files(item):
+    """The files a sample is read from (what the image cache stamps): its image, and the split's points file."""
+    split_dir = os.path.dirname(os.path.dirname(item[0]))
+    return [item[0], points_file(split_dir)]
+
+
+def check_item(item, classes):
+    """The image is readable; it has K points, each [x, y, v] with v in 0, 1, 2 and a labelled point inside."""
+    image, points = item
+    try:
+        with Image.open(image) as im:
+            im.verify()
+        w, h = image_size(image)
+    except (OSError, UnidentifiedImageError):
+        raise UserError(f"{image}: cannot read image") from None
+    where = f"{image}: points"
+    if len(points) != len(classes):
+        raise UserError(f"{where}: {len(points)} points, expected {len(classes)} ({', '.join(classes)})")
+    for name, p in zip(classes, points):
+        if not (isinstance(p, (list, tuple)) and len(p) == 3 and all(isinstance(v, (int, float)) for v in p)):
+            raise UserError(f"{where}: '{name}' is {json.dumps(p)}, expected [x, y, visibility]")
+        x, y, v = p
+        if v not in (0, 1, 2):
+            raise UserError(f"{where}: '{name}' has visibility {v}, expected 0 (not labelled), 1 or 2")
+        if v and not (0 <= x <= w and 0 <= y <= h):
+            raise UserError(f"{where}: '{name}' at ({x}, {y}) is outside the {w}x{h} image")
+
+
+def image_size(path):
+    with Image.open(path) as im:
+        return im.size
+
+
+def class_counts(dataset, n_clas):
+    """Labelled samples per point (what class_weights would weigh by; check_params refuses class weights)."""
+    return [sum(1 for points in dataset.points if points[k][2] > 0) for k in range(n_clas)]
+
+
+class KeypointDataset(torch.utils.data.Dataset):
+    """(image tensor [3,S,S], target [K,5]) per sample, S = im_sz: each point's x and y as fractions of the image
+    (0..1), its visibility (0 after augmentation pushed it out), and the stored image's width and height, so errors
+    are measured in the pixels of the image as stored. `images`: the decoded images, in item order (the cache)."""
+
+    def __init__(self, items, transform, images=None):
+        self.paths = [image for image, _ in items]
+        self.points = [points for _, points in items]
+        self.transform = transform
+        self.images = images
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        image = load_image(self.paths[i]) if self.images is None else np.array(self.images[i])
+        h, w = image.shape[:2]
+        points = np.asarray(self.points[i], dtype=np.float32).reshape(-1, 3)
+        out = self.transform(image=image, keypoints=points[:, :2])
+        side_h, side_w = out["image"].shape[1:]
+        xy = np.asarray(out["keypoints"], dtype=np.float32).reshape(-1, 2) / np.array([side_w, side_h], np.float32)
+        inside = (xy >= 0).all(1) & (xy <= 1).all(1)
+        visible = np.where(inside, points[:, 2], 0).astype(np.float32)
+        size = np.broadcast_to(np.array([w, h], np.float32), (len(points), 2))
+        return out["image"], torch.from_numpy(np.column_stack([xy, visible, size]))
+
+    def reseed(self, seed):
+        self.transform.set_random_seed(seed)
+
+    collate = staticmethod(torch.utils.data.default_collate)

@@ -1,0 +1,128 @@
+"""What a keypoint model's predictions are shown as: the predictor, the per-point evaluation report (error and PCK
+of each named point, worst first) and its figure, and the gallery of true and predicted points of a new best epoch
+(fixed valid examples, then the worst by mean error)."""
+
+import math
+import os
+
+import numpy as np
+
+from model.keypoints.metrics import PCK_RADIUS
+
+COLOURS = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+           (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212))  # one per point, cycled
+
+
+def predictor(params, tta=None):
+    """predict(model, x) -> points [B,K,2]. No test-time augmentation: a mirrored image swaps left and right
+    points, which needs a symmetry map this template does not keep."""
+    if tta:
+        from utils import UserError
+
+        raise UserError(f"--tta {tta}: not for keypoints (a mirrored image swaps left and right points)")
+    return lambda model, x: model(x)
+
+
+# ---------------------------------------------------------------- evaluate.py's report
+
+
+def per_point(details, classes):
+    error, labelled = details["error"], details["labelled"]
+    rows = {}
+    for k, name in enumerate(classes):
+        n = int(labelled[:, k].sum())
+        rows[name] = {"error": (error[:, k] * labelled[:, k]).sum().item() / n if n else None, "points": n}
+    return rows
+
+
+def evaluation_report(details, dataset, classes):
+    """{"per_point": {name: {error (pixels), points (labelled)}}}."""
+    return {"per_point": per_point(details, classes)}
+
+
+def report_markdown(metrics, title):
+    """The per-point table, largest error first, then the overall error and PCK."""
+    from tabulate import tabulate
+
+    rows = sorted(((n, m) for n, m in metrics["per_point"].items() if m["error"] is not None),
+                  key=lambda kv: -kv[1]["error"])
+    table = [[name, f"{m['error']:.3f}", m["points"]] for name, m in rows]
+    text = tabulate(table, headers=["point", "error (px)", "labelled"], tablefmt="github", disable_numparse=True)
+    return (f"# {title}\n\n{text}\n\nmean point error {metrics['point_error']:.3f} px, PCK@{PCK_RADIUS} of the "
+            f"image diagonal {metrics['pck']:.4f}\n")
+
+
+def plot_evaluation(details, classes, model_dir, tag, title):
+    """errors_<tag>.png: each point's mean error in pixels."""
+    from core.rundir.plots import plt, save_figure
+
+    rows = per_point(details, classes)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.7 * len(classes) + 1.5), 3.2))
+    ax.bar(range(len(classes)), [rows[c]["error"] or 0 for c in classes],
+           color=[np.array(COLOURS[k % len(COLOURS)]) / 255 for k in range(len(classes))])
+    ax.set_xticks(range(len(classes)), classes, rotation=30 if len(classes) > 6 else 0, fontsize=8)
+    ax.set_ylabel("mean error (px)")
+    ax.set_title(title, fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    save_figure(fig, os.path.join(model_dir, f"errors_{tag}.png"))
+
+
+# ---------------------------------------------------------------- the figures of a new best epoch
+
+
+def best_figures(epoch, details, dataset, classes, fixed):
+    """What predictions.png needs, as plain data for the plotter process: fixed examples, then the worst."""
+    labelled = details["labelled"].float()
+    error = (details["error"] * labelled).sum(1) / labelled.sum(1).clamp(min=1)
+    worst = sorted(range(len(error)), key=lambda i: -error[i].item())[:max(4, len(fixed) // 2)]
+    gallery = [{"image": dataset.paths[i], "truth": [list(p) for p in dataset.points[i]],
+                "prediction": details["prediction"][i].tolist(), "error": error[i].item(), "worst": group}
+               for group, indices in ((False, fixed), (True, worst)) for i in indices]
+    return {"epoch": epoch, "gallery": gallery, "classes": classes}
+
+
+def draw_best(best, model_dir):
+    title = f"{model_dir}: valid, best epoch {best['epoch']}"
+    return [lambda: plot_gallery(best, os.path.join(model_dir, "predictions.png"), title)]
+
+
+def mark(tile, x, y, colour, filled, radius=3):
+    """A dot (filled: the truth) or a ring (the prediction) at (x, y) of an RGB tile, in place."""
+    h, w = tile.shape[:2]
+    yy, xx = np.ogrid[:h, :w]
+    d = np.sqrt((xx + 0.5 - x) ** 2 + (yy + 0.5 - y) ** 2)
+    tile[(d <= radius) if filled else ((d <= radius + 1) & (d >= radius - 0.5))] = colour
+
+
+def plot_gallery(best, path, title, per_row=6, side=128):
+    """Each image scaled to side x side with its true points as dots and the predicted ones as rings, one colour
+    per point; titled with its mean error (red: one of the worst). One mosaic, one imshow."""
+    from PIL import Image
+
+    from core.rundir.plots import DPI, plt, save_figure
+    from model.images import load_image
+
+    items, band, top = best["gallery"], 18, 30
+    rows = max(1, math.ceil(len(items) / per_row))
+    mosaic = np.full((top + rows * (side + band), per_row * (side + 8), 3), 255, dtype=np.uint8)
+    fig = plt.figure(figsize=(mosaic.shape[1] / DPI, mosaic.shape[0] / DPI))
+    ax = fig.add_axes((0, 0, 1, 1))
+    for n, item in enumerate(items):
+        image = load_image(item["image"])
+        scale = np.array([side / image.shape[1], side / image.shape[0]])
+        tile = np.array(Image.fromarray(image).resize((side, side), Image.NEAREST))
+        for k, (truth, pred) in enumerate(zip(item["truth"], item["prediction"])):
+            colour = COLOURS[k % len(COLOURS)]
+            if truth[2] > 0:
+                mark(tile, *(np.array(truth[:2]) * scale), colour, filled=True)
+            mark(tile, *(np.array(pred) * scale), colour, filled=False)
+        y, x = top + (n // per_row) * (side + band) + band, (n % per_row) * (side + 8) + 4
+        mosaic[y:y + side, x:x + side] = tile
+        ax.text(x + side / 2, y - band / 2, f"{'worst: ' if item['worst'] else ''}{item['error']:.2f} px",
+                ha="center", va="center", fontsize=7, color="red" if item["worst"] else "black")
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.axis("off")
+    ax.text(mosaic.shape[1] / 2, top / 2, f"{title}   (dots: true, rings: predicted)", ha="center", va="center",
+            fontsize=8)
+    save_figure(fig, path, fixed_size=True)
+
