@@ -3,7 +3,8 @@
     python bench/bare_train.py --model_dir experiments/base_model [--data_dir data/digits] [KEY=VALUE ...]
 
 What anyone would write by hand: seed, load the data, build the model and the training loss of the experiment's
-task, then per epoch train and validate (the validation loss printed), and save the final weights once. No history,
+task, then per epoch train and validate (the loss and the task's metrics, the monitored one printed), and save the
+final weights once. No history,
 metrics files, figures, checkpoints per epoch, record, status or lock. bench/bench_train_process.py times this
 script against train.py, start to exit.
 """
@@ -46,7 +47,7 @@ def main():
         for x, y in loaders["train"]:
             x, y = rt.to_device(x, y)
             with rt.autocast():
-                loss = loss_fn(model(x), y)
+                loss = loss_fn(task.forward(model, x, y), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -55,12 +56,14 @@ def main():
         if scheduler is not None and params.scheduler not in PER_BATCH + ("plateau",):
             scheduler.step()
         model.eval()
-        total = 0.0
+        metrics, predict = task.EpochMetrics(len(classes), rt.device), task.predictor(params)
         with torch.inference_mode(), rt.autocast():
             for x, y in loaders["valid"]:
                 x, y = rt.to_device(x, y)
-                total += task.loss_fn(model(x), y).item() * len(x)
-        print(f"epoch {epoch}: valid loss {total / len(loaders['valid'].dataset):.4f}")
+                outputs = predict(model, x, y)
+                metrics.update(outputs, y, task.loss_fn(outputs, y))
+        monitored = params.early_stopping.monitor_metric
+        print(f"epoch {epoch}: valid {monitored} {metrics.compute()[monitored]:.4f}")
     torch.save(model.state_dict(), os.path.join(args.model_dir, "bare_final.pt"))
 
 

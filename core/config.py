@@ -67,7 +67,7 @@ class Key:
 
 KEYS = {
     "task": Key("classification", str, "what a sample's target is: classification (a label per image), "
-                "segmentation (a class per pixel) or keypoints (K named points); model/tasks.py",
+                "segmentation (a class per pixel), keypoints (K named points) or detection (boxes); model/tasks.py",
                 choices=tuple(TASKS)),
     # model
     "arch": Key(None, OPT_STR, "the task's architecture (null: its default, small_cnn, unet or heatmap_unet): "
@@ -87,6 +87,11 @@ KEYS = {
                     check=at_least(0)),
     "aux_weight": Key(0.4, float, "segmentation: weight of the auxiliary head's loss (fcn, deeplabv3)",
                       check=at_least(0)),
+    "box_loss_weights": Key(None, ANY, "detection training loss: {term: weight} over the detector's loss terms "
+                            "(a term left out weighs 1); null: their plain sum", check=(
+                                lambda v: v is None or (isinstance(v, dict) and all(
+                                    isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0
+                                    for w in v.values())), "null or an object of weights >= 0")),
     "point_loss": Key("smooth_l1", str, "keypoints training loss over the labelled points, in pixels",
                       choices=("smooth_l1", "l1", "mse")),
     "label_smoothing": Key(0.0, float, "training loss: spread this much of each target over all classes",

@@ -11,7 +11,8 @@ offline. Splits are stratified and seeded: the same command always gives the sam
 
 --task segmentation builds the default segmentation set instead: scenes of 1-3 of those digits with a mask and
 boxes each, in DST/{train,valid,test}/{images,masks}/ (data/scenes.py, which describes the layout). --task keypoints
-builds one-digit scenes with the corners and centre of the digit's box as named points (data/points.py).
+builds one-digit scenes with the corners and centre of the digit's box as named points (data/points.py); --task
+detection writes the digit scenes with their boxes in the COCO layout (data/boxes.py).
 """
 
 import argparse
@@ -21,6 +22,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
 
+from data.boxes import DEFAULT_BOXES, build_boxes  # noqa: E402
 from data.folders import SPLITS, build_in_place, split_indices  # noqa: E402, F401  (SPLITS: read by others)
 from data.points import DEFAULT_POINTS, build_points  # noqa: E402
 from data.scenes import DEFAULT_SCENES, build_scenes  # noqa: E402
@@ -99,6 +101,9 @@ def ensure_data(data_dir):
     elif os.path.normpath(data_dir) == os.path.normpath(DEFAULT_SCENES):
         print(f"building the default segmentation data set in {data_dir} (first use)")
         build_scenes(data_dir)
+    elif os.path.normpath(data_dir) == os.path.normpath(DEFAULT_BOXES):
+        print(f"building the default detection data set in {data_dir} (first use)")
+        build_boxes(data_dir)
     elif os.path.normpath(data_dir) == os.path.normpath(DEFAULT_POINTS):
         print(f"building the default keypoint data set in {data_dir} (first use)")
         build_points(data_dir)
@@ -168,9 +173,10 @@ def parse_imbalance(text):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--task", choices=("classification", "segmentation", "keypoints"), default="classification",
+    ap.add_argument("--task", choices=("classification", "segmentation", "keypoints", "detection"),
+                    default="classification",
                     help="segmentation: digit scenes with masks instead of class folders; keypoints: one-digit "
-                         "scenes with five named points each")
+                         "scenes with five named points each; detection: the scenes' boxes, COCO layout")
     ap.add_argument("--src", help="folder of class sub-folders (default: scikit-learn's digits)")
     ap.add_argument("--dst", help="output folder (default: data/digits; segmentation: data/digit_scenes)")
     ap.add_argument("--size", type=int, default=None, help="output images are SIZE x SIZE (digits: 32, else 64)")
@@ -203,10 +209,11 @@ def main(argv=None):
 def main_scenes(args):
     """--task segmentation or keypoints: the digit scenes (data/scenes.py, data/points.py); the class-folder options
     do not apply."""
-    for flag in ("src", "imbalance", "fractions") + (("test_size",) if args.task == "keypoints" else ()):
+    for flag in ("src", "imbalance", "fractions") + (("test_size",) if args.task != "segmentation" else ()):
         if getattr(args, flag) is not None:
             raise UserError(f"--{flag}: not with --task {args.task} (the scenes are built from scikit-learn's digits)")
-    dst = args.dst or (DEFAULT_SCENES if args.task == "segmentation" else DEFAULT_POINTS)
+    defaults = {"segmentation": DEFAULT_SCENES, "keypoints": DEFAULT_POINTS, "detection": DEFAULT_BOXES}
+    dst = args.dst or defaults[args.task]
     if os.path.exists(dst):
         raise UserError(f"--dst {dst}: already exists; remove it first to rebuild")
     for flag in ("size", "test_size"):
@@ -214,6 +221,8 @@ def main_scenes(args):
             raise UserError(f"--{flag} {getattr(args, flag)}: must be >= 8 for scenes")
     if args.task == "keypoints":
         build_points(dst, args.size or 64, seed=args.seed)
+    elif args.task == "detection":
+        build_boxes(dst, args.size or 64, seed=args.seed)
     else:
         build_scenes(dst, args.size or 64, args.test_size, seed=args.seed)
     counts = {s: len(os.listdir(os.path.join(dst, s, "images"))) for s in SPLITS}

@@ -35,6 +35,7 @@ TASKS = {
     "classification": Task("model.classification", data="data/digits", arch="small_cnn", monitor="accuracy"),
     "segmentation": Task("model.segmentation", data="data/digit_scenes", arch="unet", monitor="miou"),
     "keypoints": Task("model.keypoints", data="data/digit_points", arch="heatmap_unet", monitor="point_error"),
+    "detection": Task("model.detection", data="data/digit_boxes", arch="small_fcos", monitor="map"),
 }
 
 
@@ -60,6 +61,12 @@ def all_metrics():
                 raise AssertionError(f"metric {metric}: tasks disagree on its direction")
             out.setdefault(metric, m)
     return out
+
+
+def plain_forward(model, x, targets):
+    """A training step's forward pass, for tasks whose model needs only the images (all but detection, whose
+    losses are computed inside the model)."""
+    return model(x)
 
 
 def check_classes(params, classes, where, found="classes"):

@@ -54,6 +54,20 @@ def points_dir(tmp_path_factory):
     return build_points(str(tmp_path_factory.mktemp("data") / "points"), size=32, counts=(96, 32, 16))
 
 
+# detection on small digit-box scenes
+DET_PARAMS = {"task": "detection", "im_sz": 32, "batch_size": 16, "bs_test": 32, "learning_rate": 0.003, "ps": 0.0,
+              "num_epochs": 2, "train_subset": 64, "valid_subset": 32, "cache_images": 1, "gallery_size": 4,
+              "save_summary_steps": 5}
+
+
+@pytest.fixture(scope="session")
+def boxes_dir(tmp_path_factory):
+    """The default detection set in small: 32-px scenes of 1-3 digits, COCO layout."""
+    from data.boxes import build_boxes
+
+    return build_boxes(str(tmp_path_factory.mktemp("data") / "boxes"), size=32, counts=(96, 32, 16))
+
+
 @pytest.fixture(scope="session")
 def digits_dir(tmp_path_factory):
     from data.build_dataset import build_digits

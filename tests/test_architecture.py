@@ -195,7 +195,8 @@ def test_dry_run_catches_an_unknown_augmentation_preset(tmp_path, digits_dir):
 TASK_INTERFACE = ("find_classes", "scan_split", "item_files", "check_item", "PRESETS", "build_transforms", "decoder",
                   "transforms_record", "Dataset", "class_counts", "build_model", "head_of", "HEAD", "build_loss",
                   "loss_fn", "build_batch_mix", "EpochMetrics", "OVERFIT_METRIC", "predictor", "evaluation_report",
-                  "report_markdown", "plot_evaluation", "best_figures", "draw_best", "check_params", "SPLIT_LAYOUT")
+                  "report_markdown", "plot_evaluation", "best_figures", "draw_best", "check_params", "SPLIT_LAYOUT",
+                  "forward")
 
 
 def test_every_task_provides_the_whole_interface_the_machinery_calls():

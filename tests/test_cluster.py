@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import FAST_PARAMS, KP_PARAMS, ROOT, SEG_PARAMS, read
+from conftest import DET_PARAMS, FAST_PARAMS, KP_PARAMS, ROOT, SEG_PARAMS, read
 from core.rundir.folder import read_status
 
 REQUIRED = os.environ.get("REQUIRE_CLUSTER_TESTS") == "1"
@@ -237,3 +237,35 @@ def test_ray_runs_a_keypoint_search_with_successive_halving(ray_installed, tmp_p
     proc = search(parent, points_dir, "--launcher", "ray", "--cpus_per_cell", "1")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert_keypoint_cells(parent)
+
+
+def detection_parent(tmp_path):
+    """A TPE search over the detector's learning rate: each cell's folder is a detection run."""
+    parent = tmp_path / "det_search"
+    parent.mkdir()
+    hyper = {"method": "tpe", "n_samples": 2, "learning_rate": {"loguniform": [0.001, 0.01]}}
+    (parent / "params.json").write_text(json.dumps({**DET_PARAMS, "num_epochs": 1, "hyper_search": hyper}))
+    return str(parent)
+
+
+def assert_detection_cells(parent):
+    cells = [d for d in os.listdir(parent) if os.path.exists(os.path.join(parent, d, "history.json"))]
+    assert len(cells) == 2
+    for cell in cells:
+        assert read_status(os.path.join(parent, cell))["status"] == "completed"
+        assert "map_50" in read(os.path.join(parent, cell, "metrics_val_best_weights.json"))
+    assert "val_map" in open(os.path.join(parent, "results.md")).read()
+
+
+def test_slurm_runs_a_detection_tpe_search(slurm, tmp_path, boxes_dir):
+    parent = detection_parent(tmp_path)
+    proc = search(parent, boxes_dir, "--launcher", "slurm", "--time_min", "10")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert_detection_cells(parent)
+
+
+def test_ray_runs_a_detection_tpe_search(ray_installed, tmp_path, boxes_dir):
+    parent = detection_parent(tmp_path)
+    proc = search(parent, boxes_dir, "--launcher", "ray", "--cpus_per_cell", "1")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert_detection_cells(parent)

@@ -107,7 +107,7 @@ def train_one_epoch(state, loader, rt, n_clas, summary_steps=10, monitor=None, d
         x, y = rt.to_device(x, y)
         x, targets = state.mix(x, y) if state.mix is not None else (x, y)  # targets: indices, or probabilities
         with rt.autocast():
-            outputs = model(x)  # a tensor, or a dict (torchvision's segmenters): the task's loss reads either
+            outputs = state.task.forward(model, x, targets)  # a tensor, or a dict: the task's loss reads either
             loss = state.criterion(outputs, targets)
         group_start = step - step % accumulate
         (loss / min(accumulate, n_batches - group_start)).backward()  # the group's mean: a short last one too
@@ -142,13 +142,14 @@ def optimizer_step(state, monitor, index, scheduler):
 def evaluate(model, loader, rt, task, n_clas, predict, desc="eval"):
     """Metrics over the whole of `loader` (the plain loss of the task, loss_fn), and details: what the task keeps
     per sample for its report and gallery (the confusion matrix, each sample's prediction, ...), in loader order.
-    predict(model, x): the task's predictor (test-time augmentation, sliding windows)."""
+    predict(model, x, y): the task's predictor (test-time augmentation, sliding windows; a detector needs the
+    targets to report a loss)."""
     model.eval()
     metrics = task.EpochMetrics(n_clas, rt.device, keep_details=True)
     for x, y in progress(loader, desc):
         x, y = rt.to_device(x, y)
         with rt.autocast():
-            outputs = predict(model, x)
+            outputs = predict(model, x, y)
             loss = task.loss_fn(outputs, y)
         metrics.update(outputs, y, loss)
     return metrics.compute(), metrics.details()

@@ -15,9 +15,9 @@ def predictor(params, tta=None):
     cross-entropy). The mean is taken in log space (logsumexp), so a confident wrong answer gives a large finite
     loss, not log(0)."""
     if tta is None:
-        return lambda model, x: model(x).float()
+        return lambda model, x, targets=None: model(x).float()
 
-    def predict(model, x):
+    def predict(model, x, targets=None):
         logp = torch.stack([model(x).float().log_softmax(1), model(torch.flip(x, dims=[3])).float().log_softmax(1)])
         return torch.logsumexp(logp, 0) - math.log(2)
 

@@ -38,6 +38,7 @@ from model.classification.report import (
     report_markdown,
 )
 from model.tasks import check_classes
+from model.tasks import plain_forward as forward
 from utils import UserError
 
 SPLIT_LAYOUT = "<class>/"  # what a split folder holds, for the error that names a missing one

@@ -20,7 +20,7 @@ def predictor(params, tta=None):
         from utils import UserError
 
         raise UserError(f"--tta {tta}: not for keypoints (a mirrored image swaps left and right points)")
-    return lambda model, x: model(x)
+    return lambda model, x, targets=None: model(x)
 
 
 # ---------------------------------------------------------------- evaluate.py's report

@@ -29,6 +29,7 @@ from model.keypoints.report import (
     predictor,
     report_markdown,
 )
+from model.tasks import plain_forward as forward
 from utils import UserError
 
 SPLIT_LAYOUT = "images/ and keypoints.json"  # what a split folder holds, for the error that names a missing one

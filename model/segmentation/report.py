@@ -19,13 +19,13 @@ def predictor(params, tta=None):
     window = params.eval_window if params else 0
     stride = (params.eval_stride or max(1, window // 2)) if window else 0
 
-    def logits(model, x):
+    def logits(model, x, targets=None):
         return sliding_window(lambda tiles: outputs_of(model(tiles))[0], x, None, window, stride)
 
     if tta is None:
         return logits
 
-    def predict(model, x):
+    def predict(model, x, targets=None):
         plain = logits(model, x).log_softmax(1)
         mirrored = torch.flip(logits(model, torch.flip(x, dims=[3])), dims=[3]).log_softmax(1)
         return torch.logsumexp(torch.stack([plain, mirrored]), 0) - math.log(2)

@@ -34,6 +34,7 @@ from model.segmentation.report import (
     report_markdown,
 )
 from model.tasks import check_classes
+from model.tasks import plain_forward as forward
 from utils import UserError
 
 HEAD = "the layers that score classes (model/segmentation/net.py head_of)"

@@ -1,0 +1,1 @@
+"""Object detection: boxes and classes per image. The machinery reads task.py; metrics.py stays torch-free."""
