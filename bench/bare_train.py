@@ -50,6 +50,8 @@ def main():
                 loss = loss_fn(task.forward(model, x, y), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if params.grad_clip:  # the experiment's recipe, as its optimizer is: not bookkeeping
+                torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
             optimizer.step()
             if params.scheduler in PER_BATCH:
                 scheduler.step()

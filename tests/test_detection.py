@@ -250,3 +250,49 @@ def test_a_malformed_yolo_line_is_one_line_naming_the_file(det_experiment, boxes
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {label}: line ") and "expected 'class cx cy w h'" in err
     assert os.listdir(exp) == ["params.json"]
+
+
+# ---------------------------------------------------------------- models, loss weights, smoke
+
+
+@pytest.mark.parametrize("arch", ["fasterrcnn_mobilenet_v3_large_320_fpn", "fasterrcnn_resnet50_fpn",
+                                  "fasterrcnn_resnet50_fpn_v2", "retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2",
+                                  "fcos_resnet50_fpn", "ssdlite320_mobilenet_v3_large"])
+def test_each_torchvision_detector_builds_offline_trains_a_step_and_detects(arch, tmp_path, det_experiment):
+    from model.detection.net import build_model, head_of
+
+    params = load_params(os.path.join(det_experiment(arch=arch, im_sz=64), "params.json"))
+    model = build_model(params, 10)
+    assert head_of(model) is not None
+    x = torch.randn(2, 3, 64, 64)
+    y = torch.tensor([[[4.0, 4.0, 30.0, 40.0, 3.0]], [[10.0, 20.0, 50.0, 60.0, 9.0]]])
+    losses = model.train()(x, y)
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(v) for v in losses.values())
+    with torch.no_grad():
+        out = model.eval()(x, y)
+    assert out["detections"].shape[0] == 2 and out["detections"].shape[-1] == 6 and out["losses"]
+
+
+def test_box_loss_weights_weigh_the_terms_and_validation_sums_them_plainly(det_experiment):
+    from model.detection import task
+
+    terms = {"classification": torch.tensor(2.0), "bbox_regression": torch.tensor(3.0)}
+    params = load_params(os.path.join(det_experiment(box_loss_weights={"bbox_regression": 0.5}), "params.json"))
+    assert task.build_loss(params, [])(terms, None).item() == 3.5
+    assert task.loss_fn({"detections": None, "losses": terms}, None).item() == 5.0
+    with pytest.raises(Exception, match="box_loss_weights' must be null or an object of weights >= 0"):
+        load_params(os.path.join(det_experiment("bad", box_loss_weights={"classification": -1}), "params.json"))
+
+
+def test_search_smoke_tries_a_batch_of_every_detection_cell_before_training_them(tmp_path, boxes_dir):
+    parent = tmp_path / "search"
+    parent.mkdir()
+    hyper = {"arch": ["small_fcos", "retinanet_resnet50_fpn"]}
+    (parent / "params.json").write_text(json.dumps({**DET_PARAMS, "num_epochs": 1, "hyper_search": hyper}))
+    proc = subprocess.run([sys.executable, "search_hyperparams.py", "--parent_dir", str(parent), "--data_dir",
+                           boxes_dir, "--smoke"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "smoke test of 2 cell(s)" in proc.stdout and "smoke:" not in proc.stdout  # no cell failed its batch
+    for cell in ("arch_small_fcos", "arch_retinanet_resnet50_fpn"):
+        assert read(parent / cell / "status.json")["status"] == "completed"

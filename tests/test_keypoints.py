@@ -122,7 +122,7 @@ def test_asha_search_over_the_point_loss_then_results_and_plots(tmp_path, points
 
 
 def test_overfit_mode_reaches_full_pck_and_mixing_is_refused(kp_experiment, points_dir, capsys):
-    exp = kp_experiment("overfit", overfit_batches=1, num_epochs=60, learning_rate=0.03, scheduler="none",
+    exp = kp_experiment("overfit", overfit_batches=1, batch_size=4, num_epochs=60, learning_rate=0.03, scheduler="none",
                         early_stopping={"patience": 0}, monitor_gradients=0)
     assert run_train(exp, points_dir) == 0
     assert read(os.path.join(exp, "status.json"))["overfit_check"]["train_pck"] > 0.9
@@ -240,3 +240,13 @@ def test_the_default_set_is_deterministic_and_its_points_are_the_digit_box(tmp_p
         (x0, y0, _), (x1, _, _), (_, y1, _), _, (cx, cy, _) = points
         assert x0 < x1 and y0 < y1 and (cx, cy) == ((x0 + x1) / 2, (y0 + y1) / 2)
     assert b == str(tmp_path / "b")
+
+
+def test_a_torchvision_classifier_regresses_the_points_directly(kp_experiment):
+    from model.keypoints.net import build_model, head_of
+
+    params = load_params(os.path.join(kp_experiment(arch="resnet18"), "params.json"))
+    model = build_model(params, 5)
+    out = model(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 5, 2) and ((out > 0) & (out < 1)).all()
+    assert head_of(model).out_features == 10

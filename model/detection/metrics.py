@@ -87,8 +87,7 @@ class EpochMetrics:
             if self.map is None:
                 from torchmetrics.detection import MeanAveragePrecision
 
-                self.map = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools",
-                                                class_metrics=self.keep_details)
+                self.map = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
             self.map.update(preds, truths)
             if self.keep_details:
                 self.kept["detections"] += [p for p in outputs["detections"].cpu()]
@@ -109,7 +108,14 @@ class EpochMetrics:
         out.update({name: value / self.n for name, value in self.terms.items()})
         return out
 
+    def per_class(self):
+        """torchmetrics' result with per-class AP: a second, slower pass over pycocotools, for evaluate.py only."""
+        if self.map is None:
+            return {}
+        self.map.class_metrics = True
+        return self.coco()
+
     def details(self):
         """Per image, in loader order: its detections [M,6] (padded rows have label -1) and its mistakes; and
-        torchmetrics' whole result (per-class AP among it)."""
-        return {**self.kept, "coco": getattr(self, "result", None) or (self.coco() if self.map else {})}
+        per_class(), a function: evaluate.py's per-class AP."""
+        return {**self.kept, "per_class": self.per_class}

@@ -69,7 +69,10 @@ def plain_transform(im_sz):
 def torchvision_detector(arch, n_labels, im_sz, pretrain, pretrained_path):
     import torchvision.models.detection as tvd
 
-    model = getattr(tvd, arch)(weights=None, weights_backbone=None, num_classes=n_labels, **plain_transform(im_sz))
+    transform = plain_transform(im_sz)
+    if arch.startswith("ssdlite"):  # SSD resizes to its fixed 320 x 320 whatever it is given: only the normalisation
+        transform = {k: v for k, v in transform.items() if k.startswith("image_")}
+    model = getattr(tvd, arch)(weights=None, weights_backbone=None, num_classes=n_labels, **transform)
     if pretrain:
         from core.training.tv_models import pretrained_state
 

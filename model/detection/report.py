@@ -23,8 +23,10 @@ def predictor(params, tta=None):
 # ---------------------------------------------------------------- evaluate.py's report
 
 
-def class_ap(coco, classes):
-    """{class: its mAP@[.5:.95], or None where the split has no box of it} from torchmetrics' result."""
+def class_ap(details, classes):
+    """{class: its mAP@[.5:.95], or None where the split has no box of it}: torchmetrics' per-class result,
+    computed only now (evaluate.py), since training's validation does not need it."""
+    coco = details["per_class"]()
     ap = dict(zip([int(c) for c in np.atleast_1d(coco.get("classes", []))],
                   np.atleast_1d(coco.get("map_per_class", []))))
     return {name: float(ap[k + 1]) if k + 1 in ap and ap[k + 1] >= 0 else None for k, name in enumerate(classes)}
@@ -34,7 +36,7 @@ def evaluation_report(details, dataset, classes):
     """{"per_class": {class: {ap (mAP@[.5:.95] of that class), boxes (in the split)}}}."""
     from model.detection.data_loader import class_counts
 
-    ap, counts = class_ap(details["coco"], classes), class_counts(dataset, len(classes))
+    ap, counts = class_ap(details, classes), class_counts(dataset, len(classes))
     return {"per_class": {name: {"ap": ap[name], "boxes": counts[k]} for k, name in enumerate(classes)}}
 
 
@@ -53,7 +55,7 @@ def plot_evaluation(details, classes, model_dir, tag, title):
     """ap_<tag>.png: each class's AP."""
     from core.rundir.plots import plt, save_figure
 
-    ap = class_ap(details["coco"], classes)
+    ap = class_ap(details, classes)
     fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * len(classes) + 1.5), 3.2))
     ax.bar(range(len(classes)), [ap[c] or 0 for c in classes], color="C0")
     ax.set_xticks(range(len(classes)), classes, rotation=30 if len(classes) > 12 else 0, fontsize=8)
@@ -88,33 +90,51 @@ def draw_best(best, model_dir):
     return [lambda: plot_gallery(best, os.path.join(model_dir, "predictions.png"), title)]
 
 
-def plot_gallery(best, path, title, per_row=6, side=160):
-    """Each image at side x side with its true boxes (green) and detections (red, 'class score'), titled with its
-    mistakes (red: one of the worst)."""
-    from matplotlib.patches import Rectangle
+def outline(tile, box, colour, dashed=False):
+    """A one-pixel rectangle (x1, y1, x2, y2 in tile pixels) drawn into an RGB tile, in place."""
+    h, w = tile.shape[:2]
+    x1, y1 = (int(np.clip(round(v), 0, n - 1)) for v, n in zip(box[:2], (w, h)))
+    x2, y2 = (int(np.clip(round(v) - 1, 0, n - 1)) for v, n in zip(box[2:4], (w, h)))
+    keep = (np.arange(max(w, h)) // 3) % 2 == 0 if dashed else np.ones(max(w, h), bool)
+    for y in (y1, y2):
+        cols = np.arange(x1, x2 + 1)
+        tile[y, cols[keep[:len(cols)]]] = colour
+    for x in (x1, x2):
+        rows = np.arange(y1, y2 + 1)
+        tile[rows[keep[:len(rows)]], x] = colour
 
-    from core.rundir.plots import plt, save_figure
+
+def plot_gallery(best, path, title, per_row=6, side=160):
+    """Each image at side x side with its true boxes (green) and detections (dashed red, 'class score' above),
+    titled with its mistakes (red: one of the worst). One mosaic and one imshow: cheap to redraw every best epoch."""
+    from PIL import Image
+
+    from core.rundir.plots import DPI, plt, save_figure
     from model.images import load_image
 
-    items, classes = best["gallery"], best["classes"]
+    items, classes, band, top = best["gallery"], best["classes"], 18, 30
     rows = max(1, math.ceil(len(items) / per_row))
-    fig, axes = plt.subplots(rows, per_row, figsize=(per_row * side / 100, rows * (side + 22) / 100 + 0.3),
-                             squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, item in zip(axes.flat, items):
+    mosaic = np.full((top + rows * (side + band), per_row * (side + 8), 3), 255, dtype=np.uint8)
+    fig = plt.figure(figsize=(mosaic.shape[1] / DPI, mosaic.shape[0] / DPI))
+    ax = fig.add_axes((0, 0, 1, 1))
+    for n, item in enumerate(items):
         image = load_image(item["image"])
         h, w = image.shape[:2]
-        ax.imshow(image, extent=(0, w, h, 0), interpolation="nearest")
+        tile = np.array(Image.fromarray(image).resize((side, side), Image.NEAREST))
+        y, x = top + (n // per_row) * (side + band) + band, (n % per_row) * (side + 8) + 4
         for x1, y1, x2, y2, _ in item["truth"]:
-            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color="lime", lw=1.2))
-        sx, sy = w / item["side"], h / item["side"]
+            outline(tile, (x1 * side / w, y1 * side / h, x2 * side / w, y2 * side / h), (0, 255, 0))
+        scale = side / item["side"]
         for x1, y1, x2, y2, score, label in item["detections"]:
-            ax.add_patch(Rectangle((x1 * sx, y1 * sy), (x2 - x1) * sx, (y2 - y1) * sy, fill=False, color="red",
-                                   lw=1, ls="--"))
-            ax.text(x1 * sx, y1 * sy, f"{classes[int(label) - 1]} {score:.2f}", color="red", fontsize=6, va="bottom")
-        n = item["mistakes"]
-        ax.set_title(f"{'worst: ' if item['worst'] else ''}{n} mistake{'' if n == 1 else 's'}", fontsize=7,
-                     color="red" if item["worst"] else "black")
-    fig.suptitle(f"{title}   (green: true, red: detected >= {SCORE_SHOWN})", fontsize=8)
-    save_figure(fig, path)
+            outline(tile, [v * scale for v in (x1, y1, x2, y2)], (255, 40, 40), dashed=True)
+            ax.text(x + x1 * scale, y + y1 * scale, f"{classes[int(label) - 1]} {score:.2f}", color="red",
+                    fontsize=6, va="bottom")
+        mosaic[y:y + side, x:x + side] = tile
+        k = item["mistakes"]
+        ax.text(x + side / 2, y - band / 2, f"{'worst: ' if item['worst'] else ''}{k} mistake{'' if k == 1 else 's'}",
+                ha="center", va="center", fontsize=7, color="red" if item["worst"] else "black")
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.axis("off")
+    ax.text(mosaic.shape[1] / 2, top / 2, f"{title}   (green: true, red: detected >= {SCORE_SHOWN})", ha="center",
+            va="center", fontsize=8)
+    save_figure(fig, path, fixed_size=True)
