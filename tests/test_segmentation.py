@@ -283,8 +283,9 @@ def test_loss_weights_are_keys_and_bad_terms_are_refused(tmp_path):
     with pytest.raises(UserError, match="key 'early_stopping.monitor_metric' is accuracy, not a metric of task "
                                         "segmentation"):
         resolve({"task": "segmentation", "early_stopping": {"monitor_metric": "accuracy"}}, "p.json")
-    with pytest.raises(UserError, match="key 'task' must be one of classification, segmentation"):
-        resolve({"task": "detection"}, "p.json")
+    with pytest.raises(UserError, match="key 'task' must be one of classification, segmentation, keypoints, "
+                                        "detection, got \"tracking\""):
+        resolve({"task": "tracking"}, "p.json")
 
 
 def test_search_smoke_tries_every_segmentation_cell_and_writes_nothing(tmp_path, scenes_dir):
