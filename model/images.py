@@ -35,3 +35,36 @@ def load_image(path):
             return np.asarray(im.convert("RGB"))
     except (OSError, UnidentifiedImageError):
         raise UserError(f"{path}: cannot read image") from None
+
+
+def image_size(path):
+    """(width, height) from the file's header."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, UnidentifiedImageError):
+        raise UserError(f"{path}: cannot read image") from None
+
+
+def readable_size(path):
+    """(width, height) of an image that PIL can verify: what a task's check_item starts from."""
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except (OSError, UnidentifiedImageError):
+        raise UserError(f"{path}: cannot read image") from None
+    return image_size(path)
+
+
+def uniform_shape(paths, channels):
+    """(H, W, channels) when every image shares one size, else None: the image cache's row shape (a split of
+    several sizes is read from its files)."""
+    sizes = {image_size(p) for p in paths}
+    return (*next(iter(sizes))[::-1], channels) if len(sizes) == 1 else None
+
+
+def image_decoder():
+    """(decode, recipe, row_shape) for the image cache of a task whose items are (image path, targets): the cache
+    holds the image as stored, the targets stay in the item."""
+    return (lambda item: load_image(item[0])), "rgb, as stored, v1", lambda items: uniform_shape(
+        [image for image, _ in items], 3)

@@ -26,10 +26,9 @@ import albumentations as A  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
-from PIL import Image, UnidentifiedImageError  # noqa: E402
 
 from data.build_dataset import scan_image_folder  # noqa: E402
-from model.images import MEAN, STD, augmentation_steps, load_image  # noqa: E402
+from model.images import MEAN, STD, augmentation_steps, load_image, readable_size  # noqa: E402
 from utils import UserError  # noqa: E402
 
 PRESETS = {
@@ -124,11 +123,7 @@ def item_files(item):
 def check_item(item, classes):
     """Check the file's structure without decoding pixels (cheap), so a broken or truncated file is reported
     before training starts."""
-    try:
-        with Image.open(item[0]) as im:
-            im.verify()
-    except (OSError, UnidentifiedImageError):
-        raise UserError(f"{item[0]}: cannot read image") from None
+    readable_size(item[0])
 
 
 def class_counts(dataset, n_clas):

@@ -12,7 +12,6 @@ Augmentation moves the boxes with the image; a box cropped to less than MIN_VISI
 label. The presets do not flip digits (a mirrored 3 is no digit); "standard" does, for photos.
 """
 
-import json
 import os
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network here: skip albumentations' version check
@@ -21,11 +20,10 @@ import albumentations as A  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
-from PIL import Image, UnidentifiedImageError  # noqa: E402
 
 from data.build_dataset import IMAGE_EXTS  # noqa: E402
-from model.images import MEAN, STD, augmentation_steps, load_image  # noqa: E402
-from utils import UserError  # noqa: E402
+from model.images import MEAN, STD, augmentation_steps, image_decoder, image_size, load_image, readable_size  # noqa: E402
+from utils import UserError, read_json  # noqa: E402
 
 PRESETS = {
     "none": lambda sz: [],
@@ -58,23 +56,10 @@ def transforms_record(train_tf, eval_tf):
 
 def decoder(params):
     """(decode, recipe, row_shape) for the image cache: the image as stored; its boxes stay in the item."""
-
-    def row_shape(items):
-        sizes = {image_size(image) for image, _ in items}
-        return (*next(iter(sizes))[::-1], 3) if len(sizes) == 1 else None
-
-    return (lambda item: load_image(item[0])), "rgb, as stored, v1", row_shape
+    return image_decoder()
 
 
 # ---------------------------------------------------------------- the folders
-
-
-def read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: not valid JSON ({e})") from None
 
 
 def coco_categories(path):
@@ -206,22 +191,9 @@ def item_files(item):
 
 def check_item(item, classes):
     image, boxes = item
-    try:
-        with Image.open(image) as im:
-            im.verify()
-        w, h = image_size(image)
-    except (OSError, UnidentifiedImageError):
-        raise UserError(f"{image}: cannot read image") from None
+    w, h = readable_size(image)
     for box in boxes:
         check_box(box[:4], w, h, image)
-
-
-def image_size(path):
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except (OSError, UnidentifiedImageError):
-        raise UserError(f"{path}: cannot read image") from None
 
 
 def class_counts(dataset, n_clas):

@@ -24,11 +24,10 @@ import albumentations as A  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
-from PIL import Image, UnidentifiedImageError  # noqa: E402
 
 from data.build_dataset import IMAGE_EXTS  # noqa: E402
-from model.images import MEAN, STD, augmentation_steps, load_image  # noqa: E402
-from utils import UserError  # noqa: E402
+from model.images import MEAN, STD, augmentation_steps, image_decoder, load_image, readable_size  # noqa: E402
+from utils import UserError, read_json  # noqa: E402
 
 PRESETS = {
     "none": lambda sz: [],
@@ -59,12 +58,7 @@ def transforms_record(train_tf, eval_tf):
 
 def decoder(params):
     """(decode, recipe, row_shape) for the image cache: the image as stored; its points stay in the item."""
-
-    def row_shape(items):
-        sizes = {image_size(image) for image, _ in items}
-        return (*next(iter(sizes))[::-1], 3) if len(sizes) == 1 else None
-
-    return (lambda item: load_image(item[0])), "rgb, as stored, v1", row_shape
+    return image_decoder()
 
 
 # ---------------------------------------------------------------- the files
@@ -84,11 +78,7 @@ def points_file(split_dir):
 def read_points(path):
     """(names, {image file name: [[x, y, v], ...]}) from a keypoints.json or keypoints.csv."""
     if path.endswith(".json"):
-        try:
-            with open(path) as f:
-                data = json.load(f)
-        except (OSError, ValueError) as e:
-            raise UserError(f"{path}: not valid JSON ({e})") from None
+        data = read_json(path)
         if not (isinstance(data, dict) and isinstance(data.get("names"), list)
                 and isinstance(data.get("images"), dict)):
             raise UserError(f"{path}: expected {{\"names\": [point names], \"images\": {{NAME: [[x, y, v], ...]}}}}")
@@ -159,12 +149,7 @@ def item_files(item):
 def check_item(item, classes):
     """The image is readable; it has K points, each [x, y, v] with v in 0, 1, 2 and a labelled point inside."""
     image, points = item
-    try:
-        with Image.open(image) as im:
-            im.verify()
-        w, h = image_size(image)
-    except (OSError, UnidentifiedImageError):
-        raise UserError(f"{image}: cannot read image") from None
+    w, h = readable_size(image)
     where = f"{image}: points"
     if len(points) != len(classes):
         raise UserError(f"{where}: {len(points)} points, expected {len(classes)} ({', '.join(classes)})")
@@ -176,11 +161,6 @@ def check_item(item, classes):
             raise UserError(f"{where}: '{name}' has visibility {v}, expected 0 (not labelled), 1 or 2")
         if v and not (0 <= x <= w and 0 <= y <= h):
             raise UserError(f"{where}: '{name}' at ({x}, {y}) is outside the {w}x{h} image")
-
-
-def image_size(path):
-    with Image.open(path) as im:
-        return im.size
 
 
 def class_counts(dataset, n_clas):

@@ -13,7 +13,6 @@ evaluation sees every image at its own size (larger test images are what eval_wi
 of several sizes is padded: images with 0, masks with IGNORE, so padding counts in no metric.
 """
 
-import json
 import os
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network here: skip albumentations' version check
@@ -25,9 +24,9 @@ from albumentations.pytorch import ToTensorV2  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 
 from data.build_dataset import IMAGE_EXTS  # noqa: E402
-from model.images import MEAN, STD, augmentation_steps, load_image  # noqa: E402
+from model.images import MEAN, STD, augmentation_steps, load_image, readable_size, uniform_shape  # noqa: E402
 from model.segmentation.metrics import IGNORE  # noqa: E402
-from utils import UserError  # noqa: E402
+from utils import UserError, read_json  # noqa: E402
 
 PRESETS = {
     "none": lambda sz: [],
@@ -65,11 +64,7 @@ def decoder(params):
     def decode(item):
         return np.dstack([load_image(item[0]), load_mask(item[1])])
 
-    def row_shape(items):
-        sizes = {image_size(image) for image, _ in items}
-        return (*next(iter(sizes))[::-1], 4) if len(sizes) == 1 else None
-
-    return decode, "rgb+mask, as stored, v1", row_shape
+    return decode, "rgb+mask, as stored, v1", lambda items: uniform_shape([image for image, _ in items], 4)
 
 
 # ---------------------------------------------------------------- the folders
@@ -79,11 +74,7 @@ def find_classes(data_dir):
     """The class names: DATA_DIR/classes.json, else "0".."K-1" with K from the training masks."""
     path = os.path.join(data_dir, "classes.json")
     if os.path.exists(path):
-        try:
-            with open(path) as f:
-                names = json.load(f)
-        except (OSError, ValueError) as e:
-            raise UserError(f"{path}: not valid JSON ({e})") from None
+        names = read_json(path)
         if not (isinstance(names, list) and len(names) >= 2 and all(isinstance(n, str) for n in names)
                 and len(set(names)) == len(names)):
             raise UserError(f"{path}: expected a list of at least 2 distinct class names, in index order")
@@ -133,12 +124,7 @@ def item_files(item):
 def check_item(item, classes):
     """The image is readable and its mask is a one-channel map of known class indices, of the image's size."""
     image, mask = item
-    try:
-        with Image.open(image) as im:
-            im.verify()
-        size = image_size(image)
-    except (OSError, UnidentifiedImageError):
-        raise UserError(f"{image}: cannot read image") from None
+    size = readable_size(image)
     indices = load_mask(mask)
     if indices.shape[::-1] != size:
         raise UserError(f"{mask}: {indices.shape[1]}x{indices.shape[0]} pixels, but its image {image} is "
@@ -152,11 +138,6 @@ def check_item(item, classes):
 def labelled(indices):
     """The pixels of a mask that carry a class (not IGNORE)."""
     return indices[indices != IGNORE]
-
-
-def image_size(path):
-    with Image.open(path) as im:
-        return im.size
 
 
 def load_mask(path):
