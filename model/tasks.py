@@ -69,6 +69,31 @@ def plain_forward(model, x, targets):
     return model(x)
 
 
+# keys that only classification or segmentation honour, and what each does there: refused by the other tasks
+IMAGE_LABEL_KEYS = {"mixup_alpha": "mixes images", "cutmix_alpha": "mixes images", "label_smoothing": "smooths labels",
+                    "class_weights": "weighs classes", "eval_window": "tiles segmentation masks",
+                    "eval_stride": "tiles segmentation masks"}
+
+
+def refuse_keys(params, where, task, refused):
+    """One line naming the first key of `refused` ({key: what it does}) that params set: `task` cannot honour it."""
+    from utils import UserError
+
+    for key, what in refused.items():
+        if getattr(params, key):
+            raise UserError(f"{where}: key '{key}' {what}; not for {task} (leave it out)")
+
+
+def check_plain_loss(params, where, why):
+    """params.loss left at its default (ce 1, every other term 0), for a task whose loss is not the loss block's
+    weighted terms; `why` says what it trains on instead."""
+    from utils import UserError
+
+    for term, value in vars(params.loss).items():
+        if value != (1 if term == "ce" else 0):
+            raise UserError(f"{where}: key 'loss.{term}' is {value}, but {why}")
+
+
 def check_classes(params, classes, where, found="classes"):
     """n_clas and a class_weights list against the data's classes (`found`: how the data names them), for any
     task whose targets are class indices."""

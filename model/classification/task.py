@@ -37,7 +37,7 @@ from model.classification.report import (
     predictor,
     report_markdown,
 )
-from model.tasks import check_classes
+from model.tasks import check_classes, check_plain_loss
 from model.tasks import plain_forward as forward
 from utils import UserError
 
@@ -50,10 +50,7 @@ def check_params(params, classes, where):
     if len(classes) < METRICS[metric].min_classes:
         raise UserError(f"{where}: key 'early_stopping.monitor_metric' is {metric} but the data has only "
                         f"{len(classes)} classes (it needs {METRICS[metric].min_classes})")
-    for term, value in vars(params.loss).items():
-        if value != (1 if term == "ce" else 0):
-            raise UserError(f"{where}: key 'loss.{term}' is {value}, but a classifier trains on plain cross-entropy "
-                            f"(loss terms are for segmentation)")
+    check_plain_loss(params, where, "a classifier trains on plain cross-entropy (loss terms are for segmentation)")
     for key in ("eval_window", "eval_stride"):
         if getattr(params, key):
             raise UserError(f"{where}: key '{key}' is for segmentation (sliding-window evaluation of large images)")

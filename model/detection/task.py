@@ -30,8 +30,7 @@ from model.detection.report import (
     predictor,
     report_markdown,
 )
-from model.tasks import check_classes
-from utils import UserError
+from model.tasks import IMAGE_LABEL_KEYS, check_classes, check_plain_loss, refuse_keys
 
 SPLIT_LAYOUT = "images/ and annotations.json (COCO) or labels/ (YOLO)"
 
@@ -48,13 +47,5 @@ def build_batch_mix(params, n_clas):
 def check_params(params, classes, where):
     """What params.json says that the data or this task cannot honour, before anything is written."""
     check_classes(params, classes, where)
-    refused = {"mixup_alpha": "mixes images", "cutmix_alpha": "mixes images", "label_smoothing": "smooths labels",
-               "class_weights": "weighs classes", "eval_window": "tiles segmentation masks",
-               "eval_stride": "tiles segmentation masks", "compile": "compiles a fixed-shape model"}
-    for key, what in refused.items():
-        if getattr(params, key):
-            raise UserError(f"{where}: key '{key}' {what}; not for detection (leave it out)")
-    for term, value in vars(params.loss).items():
-        if value != (1 if term == "ce" else 0):
-            raise UserError(f"{where}: key 'loss.{term}' is for classification and segmentation; a detector sums "
-                            f"its own loss terms (weights: box_loss_weights)")
+    refuse_keys(params, where, "detection", {**IMAGE_LABEL_KEYS, "compile": "compiles a fixed-shape model"})
+    check_plain_loss(params, where, "a detector sums its own loss terms (weights: box_loss_weights)")

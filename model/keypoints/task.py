@@ -29,6 +29,7 @@ from model.keypoints.report import (
     predictor,
     report_markdown,
 )
+from model.tasks import IMAGE_LABEL_KEYS, check_plain_loss, refuse_keys
 from model.tasks import plain_forward as forward
 from utils import UserError
 
@@ -49,13 +50,5 @@ def check_params(params, classes, where):
     """What params.json says that the data or this task cannot honour, before anything is written."""
     if params.n_clas is not None and params.n_clas != len(classes):
         raise UserError(f"{where}: key 'n_clas' is {params.n_clas} but the data names {len(classes)} points")
-    refused = {"mixup_alpha": "mixes images", "cutmix_alpha": "mixes images", "label_smoothing": "smooths labels",
-               "class_weights": "weighs classes", "eval_window": "tiles segmentation masks",
-               "eval_stride": "tiles segmentation masks"}
-    for key, what in refused.items():
-        if getattr(params, key):
-            raise UserError(f"{where}: key '{key}' {what}; keypoints have no such thing (leave it out)")
-    for term, value in vars(params.loss).items():
-        if value != (1 if term == "ce" else 0):
-            raise UserError(f"{where}: key 'loss.{term}' is for classification and segmentation; keypoints train "
-                            f"on point_loss (smooth_l1, l1 or mse)")
+    refuse_keys(params, where, "keypoints", IMAGE_LABEL_KEYS)
+    check_plain_loss(params, where, "keypoints train on point_loss (smooth_l1, l1 or mse)")
