@@ -60,8 +60,8 @@ def synthesize(parent_dir, metric=None, split="val", budget=False):
     parent = read_optional(os.path.join(parent_dir, "params.json"), []) or {}
     schedule = schedule_of(parent, parent_dir)
     markdown = markdown_table(rows, keys, metrics, parent_dir, split, schedule)
-    mattered = importance_markdown(cells_of(runs, keys, metric, schedule), axis_scales(parent, keys, runs), metric,
-                                   schedule, split)
+    cells = cells_of(runs, keys, metric, schedule, read_histories=schedule is not None)  # rung values only
+    mattered = importance_markdown(cells, axis_scales(parent, keys, runs), metric, schedule, split)
     markdown += "\n\n" + mattered if mattered else ""
     if budget:
         markdown += "\n\n" + budget_line(*budget_of(runs))

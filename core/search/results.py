@@ -199,11 +199,12 @@ def cell_value(run, history, schedule, metric):
     return value if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
-def cells_of(runs, keys, metric, schedule=None):
-    """Cells (repetitions grouped), best first: completed cells, then stopped ones, then those without a value."""
+def cells_of(runs, keys, metric, schedule=None, read_histories=True):
+    """Cells (repetitions grouped), best first: completed cells, then stopped ones, then those without a value.
+    read_histories=False leaves history.json unread where nothing needs it (a table of a search without a schedule)."""
     cells = []
     for group in group_repetitions(runs, keys):
-        histories = [load_history(r["folder"]) for r in group]
+        histories = [load_history(r["folder"]) if read_histories else [] for r in group]
         outcomes = {OUTCOMES.get(r["status"], "running") for r in group}
         values = [v for r, h in zip(group, histories) if (v := cell_value(r, h, schedule, metric)) is not None]
         cells.append(Cell(group, {k: group[0]["params"].get(k) for k in keys},
