@@ -97,3 +97,60 @@ def run_train(model_dir, data_dir, *extra):
     import train
 
     return train.main(["--model_dir", model_dir, "--data_dir", data_dir, *extra])
+
+
+def train_cmd(model_dir, data_dir, *extra):
+    return [sys.executable, "train.py", "--model_dir", model_dir, "--data_dir", data_dir, *extra]
+
+
+def kill_mid_run_then_resume(whole, killed, data_dir, after_first_epoch_s=0.3):
+    """Train `whole` uninterrupted; train `killed` until its first checkpoint exists, SIGKILL it that long after
+    (somewhere inside epoch 2), and resume it with --restore_file last. Returns both last checkpoints."""
+    import signal
+    import subprocess
+    import time
+
+    from utils import load_checkpoint
+
+    assert subprocess.run(train_cmd(whole, data_dir), cwd=ROOT, capture_output=True).returncode == 0
+    proc = subprocess.Popen(train_cmd(killed, data_dir), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not os.path.exists(os.path.join(killed, "last.pth.tar")):
+        time.sleep(0.01)
+    time.sleep(after_first_epoch_s)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = subprocess.run(train_cmd(killed, data_dir, "--restore_file", "last"), cwd=ROOT, capture_output=True,
+                             text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    return tuple(load_checkpoint(os.path.join(d, "last.pth.tar")) for d in (whole, killed))
+
+
+def copy_data(src, dst):
+    """A copy of a built data set to corrupt, without its image cache."""
+    import shutil
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".cache"))
+    return dst
+
+
+def loader_batches(data_dir, params_path, splits=("train", "valid")):
+    """Every batch of the splits' loaders as train.py builds them, in order, and the class names."""
+    from core.config import load_params
+    from core.data.loaders import fetch_dataloader
+
+    loaders, classes = fetch_dataloader(list(splits), str(data_dir), load_params(params_path))
+    return classes, [b for split in splits for b in loaders[split]]
+
+
+def assert_one_line_error(run, capsys, named, message, model_dir):
+    """run() exits 2 with one stderr line starting 'error: <named>' and holding `message`; model_dir untouched."""
+    from utils import run_cli
+
+    with pytest.raises(SystemExit) as e:
+        run_cli(run)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {named}") and message in err[0], err
+    assert os.listdir(model_dir) == ["params.json"]

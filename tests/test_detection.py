@@ -3,19 +3,24 @@ successive-halving search, results and plots; COCO and YOLO layouts; the data ch
 
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
-from conftest import DET_PARAMS, ROOT, read, run_train
+from conftest import (
+    DET_PARAMS,
+    ROOT,
+    assert_one_line_error,
+    copy_data,
+    kill_mid_run_then_resume,
+    loader_batches,
+    read,
+    run_train,
+)
 from core.config import load_params
-from core.data.loaders import fetch_dataloader
-from utils import load_checkpoint, run_cli
+from utils import run_cli
 
 FIGURES = ["train_history.png", "gradients.png", "predictions.png"]
 
@@ -29,10 +34,6 @@ def det_experiment(tmp_path):
         return str(folder)
 
     return make
-
-
-def train_cmd(model_dir, data_dir, *extra):
-    return [sys.executable, "train.py", "--model_dir", model_dir, "--data_dir", data_dir, *extra]
 
 
 # ---------------------------------------------------------------- end to end
@@ -56,21 +57,8 @@ def test_train_writes_every_output_with_coco_metrics_and_loss_terms(det_experime
 @pytest.mark.slow
 def test_sigkill_then_resume_gives_the_uninterrupted_weights(det_experiment, boxes_dir):
     params = {"num_epochs": 3, "ema_decay": 0.9, "grad_clip": 1.0, "augmentation": "light"}
-    whole = det_experiment("whole", **params)
-    assert subprocess.run(train_cmd(whole, boxes_dir), cwd=ROOT, capture_output=True).returncode == 0
-    killed = det_experiment("killed", **params)
-    proc = subprocess.Popen(train_cmd(killed, boxes_dir), cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and not os.path.exists(os.path.join(killed, "last.pth.tar")):
-        time.sleep(0.01)
-    time.sleep(0.5)  # somewhere inside epoch 2
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    resumed = subprocess.run(train_cmd(killed, boxes_dir, "--restore_file", "last"), cwd=ROOT,
-                             capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
-    a, b = (load_checkpoint(os.path.join(d, "last.pth.tar")) for d in (whole, killed))
+    whole, killed = det_experiment("whole", **params), det_experiment("killed", **params)
+    a, b = kill_mid_run_then_resume(whole, killed, boxes_dir, after_first_epoch_s=0.5)
     assert a["epoch"] == b["epoch"] == 3
     for part in ("model", "ema"):
         for k in a[part]:
@@ -147,19 +135,12 @@ def write_yolo(split_dir, classes):
     (split_dir.parent / "data.yaml").write_text("names:\n" + "".join(f"  {i}: '{c}'\n" for i, c in enumerate(classes)))
 
 
-def batches(data_dir, params_path):
-    params = load_params(params_path)
-    loaders, classes = fetch_dataloader(["train", "valid"], data_dir, params)
-    return classes, [b for split in ("train", "valid") for b in loaders[split]]
-
-
-def test_coco_and_yolo_layouts_of_the_same_boxes_give_the_same_batches(boxes_dir, tmp_path, det_experiment):
-    data = tmp_path / "yolo"
-    shutil.copytree(boxes_dir, data, ignore=shutil.ignore_patterns(".cache"))
+def test_coco_and_yolo_layouts_of_the_same_boxes_give_the_same_loader_batches(boxes_dir, tmp_path, det_experiment):
+    data = copy_data(boxes_dir, tmp_path / "yolo")
     for split in ("train", "valid", "test"):
         write_yolo(data / split, [str(d) for d in range(10)])
     params = os.path.join(det_experiment(augmentation="light", cache_images=0), "params.json")
-    (names_a, a), (names_b, b) = batches(boxes_dir, params), batches(str(data), params)
+    (names_a, a), (names_b, b) = loader_batches(boxes_dir, params), loader_batches(str(data), params)
     assert names_a == names_b and len(a) == len(b)
     for (xa, ya), (xb, yb) in zip(a, b):
         assert torch.equal(xa, xb) and torch.allclose(ya, yb, atol=1e-3)
@@ -224,21 +205,14 @@ BAD = {
 def test_bad_coco_data_is_one_line_naming_the_file_and_nothing_is_written(case, det_experiment, boxes_dir, tmp_path,
                                                                            capsys):
     change, message = BAD[case]
-    data = tmp_path / "data"
-    shutil.copytree(boxes_dir, data, ignore=shutil.ignore_patterns(".cache"))
+    data = copy_data(boxes_dir, tmp_path / "data")
     named = change(data)
     exp = det_experiment()
-    with pytest.raises(SystemExit) as e:
-        run_cli(lambda: run_train(exp, str(data)))
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"error: {named}") and message in err[0], err
-    assert os.listdir(exp) == ["params.json"]
+    assert_one_line_error(lambda: run_train(exp, str(data)), capsys, named, message, exp)
 
 
 def test_a_malformed_yolo_line_is_one_line_naming_the_file(det_experiment, boxes_dir, tmp_path, capsys):
-    data = tmp_path / "yolo"
-    shutil.copytree(boxes_dir, data, ignore=shutil.ignore_patterns(".cache"))
+    data = copy_data(boxes_dir, tmp_path / "yolo")
     for split in ("train", "valid", "test"):
         write_yolo(data / split, [str(d) for d in range(10)])
     label = sorted((data / "train" / "labels").iterdir())[0]

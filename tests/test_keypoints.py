@@ -4,20 +4,25 @@ successive-halving search, results and plots; the data checks (JSON and CSV); th
 import csv
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
-from conftest import KP_PARAMS, ROOT, read, run_train
+from conftest import (
+    KP_PARAMS,
+    ROOT,
+    assert_one_line_error,
+    copy_data,
+    kill_mid_run_then_resume,
+    loader_batches,
+    read,
+    run_train,
+)
 from core.config import load_params
-from core.data.loaders import fetch_dataloader
 from data.points import NAMES, build_points
-from utils import load_checkpoint, run_cli
+from utils import run_cli
 
 FIGURES = ["train_history.png", "gradients.png", "predictions.png"]
 
@@ -31,10 +36,6 @@ def kp_experiment(tmp_path):
         return str(folder)
 
     return make
-
-
-def train_cmd(model_dir, data_dir, *extra):
-    return [sys.executable, "train.py", "--model_dir", model_dir, "--data_dir", data_dir, *extra]
 
 
 # ---------------------------------------------------------------- end to end
@@ -58,21 +59,8 @@ def test_train_writes_every_output_with_point_metrics(kp_experiment, points_dir)
 @pytest.mark.slow
 def test_sigkill_then_resume_gives_the_uninterrupted_weights(kp_experiment, points_dir):
     params = {"num_epochs": 3, "ema_decay": 0.9, "accumulate_steps": 2, "grad_clip": 1.0, "augmentation": "light"}
-    whole = kp_experiment("whole", **params)
-    assert subprocess.run(train_cmd(whole, points_dir), cwd=ROOT, capture_output=True).returncode == 0
-    killed = kp_experiment("killed", **params)
-    proc = subprocess.Popen(train_cmd(killed, points_dir), cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and not os.path.exists(os.path.join(killed, "last.pth.tar")):
-        time.sleep(0.01)
-    time.sleep(0.3)  # somewhere inside epoch 2
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    resumed = subprocess.run(train_cmd(killed, points_dir, "--restore_file", "last"), cwd=ROOT,
-                             capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
-    a, b = (load_checkpoint(os.path.join(d, "last.pth.tar")) for d in (whole, killed))
+    whole, killed = kp_experiment("whole", **params), kp_experiment("killed", **params)
+    a, b = kill_mid_run_then_resume(whole, killed, points_dir)
     assert a["epoch"] == b["epoch"] == 3
     for part in ("model", "ema"):
         for k in a[part]:
@@ -176,16 +164,10 @@ BAD = {
 def test_bad_data_is_one_line_naming_the_file_and_nothing_is_written(case, kp_experiment, points_dir, tmp_path,
                                                                        capsys):
     change, message = BAD[case]
-    data = tmp_path / "data"
-    shutil.copytree(points_dir, data, ignore=shutil.ignore_patterns(".cache"))
+    data = copy_data(points_dir, tmp_path / "data")
     named = change(data)
     exp = kp_experiment()
-    with pytest.raises(SystemExit) as e:
-        run_cli(lambda: run_train(exp, str(data)))
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"error: {named}") and message in err[0], err
-    assert os.listdir(exp) == ["params.json"]
+    assert_one_line_error(lambda: run_train(exp, str(data)), capsys, named, message, exp)
 
 
 def write_csv(split_dir):
@@ -199,19 +181,12 @@ def write_csv(split_dir):
     (split_dir / "keypoints.json").unlink()
 
 
-def batches(data_dir, params_path):
-    params = load_params(params_path)
-    loaders, classes = fetch_dataloader(["train", "valid"], data_dir, params)
-    return classes, [b for split in ("train", "valid") for b in loaders[split]]
-
-
 def test_a_csv_layout_gives_the_same_batches_as_json(points_dir, tmp_path, kp_experiment):
-    data = tmp_path / "csv"
-    shutil.copytree(points_dir, data, ignore=shutil.ignore_patterns(".cache"))
+    data = copy_data(points_dir, tmp_path / "csv")
     for split in ("train", "valid", "test"):
         write_csv(data / split)
     params = os.path.join(kp_experiment(augmentation="light", cache_images=0), "params.json")
-    (names_a, a), (names_b, b) = batches(points_dir, params), batches(str(data), params)
+    (names_a, a), (names_b, b) = loader_batches(points_dir, params), loader_batches(str(data), params)
     assert names_a == names_b == NAMES and len(a) == len(b)
     for (xa, ya), (xb, yb) in zip(a, b):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
@@ -219,8 +194,8 @@ def test_a_csv_layout_gives_the_same_batches_as_json(points_dir, tmp_path, kp_ex
 
 def test_geometric_augmentation_moves_the_points_with_the_image(points_dir, tmp_path, kp_experiment):
     shift = {"__class_fullname__": "Affine", "translate_px": {"x": [3, 3], "y": [0, 0]}, "p": 1.0}
-    plain = batches(points_dir, os.path.join(kp_experiment("plain", augmentation="none"), "params.json"))[1][0]
-    moved = batches(points_dir, os.path.join(kp_experiment("moved", augmentation=shift), "params.json"))[1][0]
+    plain = loader_batches(points_dir, os.path.join(kp_experiment("plain", augmentation="none"), "params.json"))[1][0]
+    moved = loader_batches(points_dir, os.path.join(kp_experiment("moved", augmentation=shift), "params.json"))[1][0]
     (xa, ya), (xb, yb) = plain, moved
     assert torch.allclose(xa[..., :-3], xb[..., 3:], atol=1e-5)  # the image, 3 px to the right
     inside = ya[..., 0] + 3 / 32 <= 1

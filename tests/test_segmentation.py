@@ -4,21 +4,26 @@ joint augmentation; the image cache."""
 
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, SEG_PARAMS, read, run_train
+from conftest import (
+    ROOT,
+    SEG_PARAMS,
+    assert_one_line_error,
+    copy_data,
+    kill_mid_run_then_resume,
+    read,
+    run_train,
+)
 from core.config import load_params
 from core.data.loaders import fetch_dataloader
-from utils import UserError, load_checkpoint, run_cli
+from utils import UserError, run_cli
 
 SEG = SEG_PARAMS
 FIGURES = ["train_history.png", "gradients.png", "predictions.png", "confusion_valid_best.png"]
@@ -33,14 +38,6 @@ def seg_experiment(tmp_path):
         return str(folder)
 
     return make
-
-
-def train_cmd(model_dir, data_dir, *extra):
-    return [sys.executable, "train.py", "--model_dir", model_dir, "--data_dir", data_dir, *extra]
-
-
-def weights(model_dir):
-    return load_checkpoint(os.path.join(model_dir, "last.pth.tar"))
 
 
 # ---------------------------------------------------------------- end to end
@@ -64,21 +61,8 @@ def test_train_writes_every_output_with_pixel_metrics(seg_experiment, scenes_dir
 @pytest.mark.slow
 def test_sigkill_then_resume_gives_the_uninterrupted_weights(seg_experiment, scenes_dir):
     params = {"num_epochs": 3, "ema_decay": 0.9, "accumulate_steps": 2, "grad_clip": 1.0}
-    whole = seg_experiment("whole", **params)
-    assert subprocess.run(train_cmd(whole, scenes_dir), cwd=ROOT, capture_output=True).returncode == 0
-    killed = seg_experiment("killed", **params)
-    proc = subprocess.Popen(train_cmd(killed, scenes_dir), cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and not os.path.exists(os.path.join(killed, "last.pth.tar")):
-        time.sleep(0.01)
-    time.sleep(0.3)  # somewhere inside epoch 2
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    resumed = subprocess.run(train_cmd(killed, scenes_dir, "--restore_file", "last"), cwd=ROOT,
-                             capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
-    a, b = weights(whole), weights(killed)
+    whole, killed = seg_experiment("whole", **params), seg_experiment("killed", **params)
+    a, b = kill_mid_run_then_resume(whole, killed, scenes_dir)
     assert a["epoch"] == b["epoch"] == 3
     for part in ("model", "ema"):
         for k in a[part]:
@@ -151,12 +135,6 @@ def test_overfit_mode_smoke_and_refused_mixing(seg_experiment, scenes_dir, capsy
 # ---------------------------------------------------------------- the data
 
 
-def corrupt_copy(scenes_dir, tmp_path, change):
-    data = tmp_path / "data"
-    shutil.copytree(scenes_dir, data, ignore=shutil.ignore_patterns(".cache"))
-    return str(data), change(data)
-
-
 def first(data, split, kind):
     return sorted((data / split / kind).iterdir())[0]
 
@@ -185,21 +163,16 @@ BAD = {
 def test_bad_data_is_one_line_naming_the_file_and_nothing_is_written(case, seg_experiment, scenes_dir, tmp_path,
                                                                        capsys):
     change, message = BAD[case]
-    data, named = corrupt_copy(scenes_dir, tmp_path, change)
+    data = copy_data(scenes_dir, tmp_path / "data")
+    named = change(data)
     exp = seg_experiment()
-    with pytest.raises(SystemExit) as e:
-        run_cli(lambda: run_train(exp, data))
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"error: {named}") and message in err[0], err
-    assert os.listdir(exp) == ["params.json"]
+    assert_one_line_error(lambda: run_train(exp, str(data)), capsys, named, message, exp)
 
 
 def test_palette_masks_count_as_indices_and_classes_come_from_the_masks_without_classes_json(scenes_dir, tmp_path):
     from model.segmentation import data_loader
 
-    data = tmp_path / "data"
-    shutil.copytree(scenes_dir, data, ignore=shutil.ignore_patterns(".cache"))
+    data = copy_data(scenes_dir, tmp_path / "data")
     (data / "classes.json").unlink()
     for mask in (data / "train" / "masks").iterdir():  # as Pascal VOC stores them
         with Image.open(mask) as im:
