@@ -11,15 +11,11 @@ import pytest
 import torch
 
 import train
-from conftest import ROOT, read, run_train
+from conftest import ROOT, read, run_train, train_cmd
 from core.training import engine
 from utils import load_checkpoint
 
 FIGURES = ["train_history.png", "gradients.png", "predictions.png", "confusion_valid_best.png"]
-
-
-def train_cmd(model_dir, data_dir, *extra):
-    return [sys.executable, "train.py", "--model_dir", model_dir, "--data_dir", data_dir, *extra]
 
 
 def test_every_figure_exists_after_a_completed_run_drawn_once_at_the_end(make_experiment, digits_dir):
