@@ -162,7 +162,7 @@ def apply_scale(ax, scale):
         ax.set_xscale("log")
         decades = math.log10(scale.high / scale.low)
         ax.xaxis.set_major_locator(FixedLocator(scale.spaced_marks()) if scale.marks else
-                                   LogLocator(subs=(1.0,) if decades >= 2 else (1.0, 2.0, 5.0)))
+                                   LogLocator(subs=scale.log_subs()))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels are what overprinted each other
         ax.set_xlim(scale.low / 10 ** (decades * 0.05 or 0.1), scale.high * 10 ** (decades * 0.05 or 0.1))

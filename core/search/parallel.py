@@ -57,8 +57,7 @@ def ticks(scale):
         return [(scale.position(v), f"{v:g}") for v in scale.spaced_marks(0.05)]
     if scale.kind == "log":
         lo, hi = math.floor(math.log10(scale.low)), math.ceil(math.log10(scale.high))
-        subs = (1,) if math.log10(scale.high / scale.low) >= 2 else (1, 2, 5)
-        values = [m * 10.0 ** e for e in range(lo, hi + 1) for m in subs]
+        values = [m * 10.0 ** e for e in range(lo, hi + 1) for m in scale.log_subs()]
         values = [v for v in values if scale.low * 0.999 <= v <= scale.high * 1.001] or [scale.low, scale.high]
         return [(scale.position(v), f"{v:g}") for v in values]
     values = [scale.low + i * (scale.high - scale.low) / (N_TICKS - 1) for i in range(N_TICKS)]

@@ -49,6 +49,11 @@ class Scale:
                 out.append(v)
         return out
 
+    def log_subs(self):
+        """The mantissas a log axis is ticked at: decades alone over two decades or more, else 1, 2 and 5 per
+        decade (fewer would leave a narrow axis with one tick)."""
+        return (1.0,) if math.log10(self.high / self.low) >= 2 else (1.0, 2.0, 5.0)
+
     def label(self, value):
         return value if isinstance(value, str) else json.dumps(value)
 

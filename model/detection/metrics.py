@@ -102,8 +102,7 @@ class EpochMetrics:
             return {}
         out = {"loss": self.loss_sum / self.n}
         if self.map is not None:
-            self.result = self.coco()
-            sums = {"coco": self.result}
+            sums = {"coco": self.coco()}
             out.update({name: m.formula(None, sums) for name, m in METRICS.items() if name != "loss"})
         out.update({name: value / self.n for name, value in self.terms.items()})
         return out
