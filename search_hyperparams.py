@@ -17,16 +17,18 @@ from core.config import KEYS
 from core.rundir.folder import Status, read_status
 from core.search import cluster
 from core.search.asha import Asha
+from core.search.container import RUNTIMES, find_container
 from core.search.pool import (
     OK,
     TODO,
     Queue,
+    cell_command,
+    cell_env,
     cell_state,
     estimate_hours,
     load_search,
     prepare,
     run_pool,
-    train_command,
 )
 from core.search.results import budget_line
 from core.search.smoke import smoke_cells
@@ -76,6 +78,11 @@ def parse_args(argv=None):
     cluster.add_argument("--max_requeues", type=int, default=3, help="slurm: requeues allowed per cell")
     cluster.add_argument("--no_wait", action="store_true", help="slurm: submit and return; rerun later to collect")
     cluster.add_argument("--ray_address", help="ray: 'auto' or HOST:PORT of a running cluster (default: start one)")
+    image = ap.add_argument_group("containers (docs/containers.md)")
+    image.add_argument("--container", metavar="IMAGE",
+                       help="train each cell as one run of this image (make image builds it), its folder at /cell")
+    image.add_argument("--container_runtime", choices=RUNTIMES,
+                       help="default: podman, else docker; apptainer for a .sif file")
     args = ap.parse_args(argv)
     for name in ("workers", "cpus_per_cell", "time_min", "array_parallelism"):
         value = getattr(args, name)
@@ -89,6 +96,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.container:  # before anything runs: a missing runtime or image is a one-line error
+        args.container = find_container(args.container, args.container_runtime)
     cells, schedule, sampler = load_search(args.parent_dir)
     args.data_dir = args.data_dir or default_data(cells)
     for cell in cells:
@@ -112,7 +121,7 @@ def main(argv=None):
     if args.print_commands:
         for cell in todo:
             prepare(cell)
-            print(shlex.join(train_command(cell, args.data_dir)))
+            print(shlex.join(cell_command(cell, args.data_dir, cell_env(), args.container)))
         return 0
 
     report_skipped(cells, todo)
@@ -140,7 +149,7 @@ def launch_cells(source, args):
     if args.launcher == "local":
         gpus = parse_gpus(args.gpus)
         return run_pool(source, args.data_dir, args.workers or max(1, len(gpus)), gpus, fail_fast=args.fail_fast,
-                        warm=not args.cold, meanwhile=import_summary)
+                        warm=not args.cold, meanwhile=import_summary, container=args.container)
     # TPE learns from finished cells: waves of array_parallelism, not every proposal at once
     limit = args.array_parallelism if getattr(source, "sampler", None) else float("inf")
     failed, locked = 0, set()
@@ -223,6 +232,10 @@ def print_plan(cells, todo, args, source):
           else f"estimated compute: unknown ({basis})")
     if args.launcher == "slurm":
         print(cluster.describe_slurm(todo, args))
+    if args.container:
+        print(f"each cell runs in {args.container.runtime} image {args.container.image}, for example:")
+        for cell in todo[:3]:
+            print("  " + shlex.join(cell_command(cell, args.data_dir, cell_env(), args.container)))
 
 
 def action(cell, todo, source):

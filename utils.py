@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -46,13 +47,13 @@ def one_line(exc):
     return text.removeprefix(f"{UserError.__module__}.UserError: ").removeprefix("UserError: ")
 
 
-def die_with_parent():
-    """Linux: this process gets SIGKILL when its parent dies, so a killed run or search leaves no orphan behind."""
+def die_with_parent(signum=signal.SIGKILL):
+    """Linux: this process gets `signum` (SIGKILL) when its parent dies, so a killed run or search leaves no orphan
+    behind."""
     import ctypes
-    import signal
 
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signum)  # PR_SET_PDEATHSIG
     except OSError:
         pass
 

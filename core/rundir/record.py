@@ -2,7 +2,8 @@
 
 record.json holds one entry per session (a first run, then each resume): command line, git commit and dirty flag
 (the diff saved beside it), a hash of model/ (snapshotted into code/), library versions, hardware, seed, and at the
-end wall time and images/s. Only this module knows the layout, so evaluate.py and synthesize read it through here.
+end wall time and images/s, and the container image when a search ran the session in one. Only this module knows the
+layout, so evaluate.py and synthesize read it through here.
 """
 
 import hashlib
@@ -19,6 +20,8 @@ from utils import atomic_write, now, read_json_field, write_json
 
 RECORD = "record.json"
 MODEL_CODE = os.path.join(ROOT, "model")
+# what a search's container launcher (core/search/container.py) tells a cell about the image it runs in
+IMAGE_ENV = {"runtime": "CELL_RUNTIME", "image": "CELL_IMAGE", "id": "CELL_IMAGE_ID", "digest": "CELL_IMAGE_DIGEST"}
 
 
 def git(*args):
@@ -81,6 +84,15 @@ def environment(rt):
     }
 
 
+def container():
+    """{"container": runtime, image name, id and registry digest} of a session started in a container, so a result
+    traces back to the image that made it; {} outside one. A container started by hand says only that it was one."""
+    info = {key: os.environ[var] for key, var in IMAGE_ENV.items() if var in os.environ}
+    if not info and (os.path.exists("/.dockerenv") or os.path.exists("/run/.containerenv")):
+        info = {"image": None}
+    return {"container": info} if info else {}
+
+
 def torchvision_version():
     """torchvision.__version__ without importing torchvision (which costs ~1 s): read from its version.py."""
     spec = find_spec("torchvision")
@@ -100,7 +112,7 @@ def start_session(model_dir, params, argv, rt, start_epoch):
                "cwd": os.getcwd(), "start_epoch": start_epoch, "seed": params.seed,
                "git": {"commit": commit, "dirty": dirty if commit else None,
                        "untracked": (git("ls-files", "--others", "--exclude-standard") or "").split()},
-               **environment(rt)}
+               **environment(rt), **container()}
     digest = code_hash()
     session["model_code"] = {"sha1": digest, "snapshot": snapshot_code(model_dir, digest)}
     if dirty:
@@ -129,12 +141,14 @@ def sessions(model_dir):
 
 
 def provenance(model_dir):
-    """'abc1234', 'abc1234+dirty' or '' for a folder's first session: where to look for the code that made it."""
+    """'abc1234', 'abc1234+dirty', 'image 40da0347ccbe' (a container's, which has no git) or '' for a folder's first
+    session: where to look for the code that made it."""
     record = sessions(model_dir)
     if not record:
         return ""
     g = record[0].get("git", {})
     commit = (g.get("commit") or "")[:7]
     snap = record[0].get("model_code", {}).get("snapshot", "")
-    label = commit + ("+dirty" if g.get("dirty") else "") if commit else "no git"
+    image = (record[0].get("container", {}).get("id") or "").removeprefix("sha256:")[:12]
+    label = commit + ("+dirty" if g.get("dirty") else "") if commit else f"image {image}" if image else "no git"
     return f"{label} ({snap})" if snap else label

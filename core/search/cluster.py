@@ -30,8 +30,8 @@ class SlurmCell:
     """The callable each array task runs. Checkpointable: on preemption or time limit submitit requeues it, and the
     requeued task resumes from last.pth.tar because train_cell passes --restore_file last when a checkpoint exists."""
 
-    def __init__(self, data_dir, threads, max_requeues):
-        self.data_dir, self.threads, self.max_requeues = data_dir, threads, max_requeues
+    def __init__(self, data_dir, threads, max_requeues, container=None):
+        self.data_dir, self.threads, self.max_requeues, self.container = data_dir, threads, max_requeues, container
 
     def __call__(self, cell):
         if is_locked(cell.folder):  # a hand-run train.py or another search trains it: its status is not ours
@@ -43,7 +43,8 @@ class SlurmCell:
         if restarts > self.max_requeues:
             write_status(cell.folder, Status.FAILED, reason=f"requeued {restarts} times (limit {self.max_requeues})")
             return Status.FAILED
-        return train_cell(cell, self.data_dir, cell_env(threads=self.threads))
+        # a container is given the GPUs Slurm gave this task (core/search/container.py reads SLURM_JOB_GPUS)
+        return train_cell(cell, self.data_dir, cell_env(threads=self.threads), self.container)
 
     def checkpoint(self, cell):
         import submitit
@@ -84,7 +85,7 @@ def run_slurm(cells, data_dir, parent_dir, opts):
     for cell in cells:
         prepare(cell)
     before = [read_status(cell.folder) for cell in cells]
-    jobs = executor.map_array(SlurmCell(data_dir, opts.cpus_per_cell, opts.max_requeues), cells)
+    jobs = executor.map_array(SlurmCell(data_dir, opts.cpus_per_cell, opts.max_requeues, opts.container), cells)
     for cell, job, record in zip(cells, jobs, before):
         if read_status(cell.folder) == record:  # untouched since submitting: a fast task may already be ahead
             write_status(cell.folder, Status.QUEUED, slurm_job_id=job.job_id)  # a rerun sees it queued, not lost
@@ -136,7 +137,7 @@ def run_ray(cells, data_dir, opts):
     ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         remote = ray.remote(num_cpus=opts.cpus_per_cell, num_gpus=opts.gpus_per_cell or 0)(ray_train_cell)
-        pending = {remote.remote(cell, data_dir, opts.cpus_per_cell): cell for cell in cells}
+        pending = {remote.remote(cell, data_dir, opts.cpus_per_cell, opts.container): cell for cell in cells}
         progress = Progress(len(cells))
         progress.update(len(pending))
         try:
@@ -160,6 +161,6 @@ def wait_ray(ray, pending, progress):
     return progress.failed
 
 
-def ray_train_cell(cell, data_dir, threads):
-    # Ray sets CUDA_VISIBLE_DEVICES for the GPUs it assigned; the child inherits it through os.environ
-    return train_cell(cell, data_dir, cell_env(threads=threads))
+def ray_train_cell(cell, data_dir, threads, container=None):
+    # Ray sets CUDA_VISIBLE_DEVICES for the GPUs it assigned; the child (or the container, given those) inherits it
+    return train_cell(cell, data_dir, cell_env(threads=threads), container)

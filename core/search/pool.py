@@ -22,6 +22,7 @@ from core.config import KEYS, resolve
 from core.paths import ROOT, TRAIN
 from core.rundir.folder import LOG, Status, checkpoint_path, is_locked, read_status, write_status
 from core.search.asha import find_schedule, parse_schedule
+from core.search.container import run_command
 from core.search.forkserver import ForkServer, ServerGone
 from core.search.grid import base_params, child_params, child_path, corners, plan, tpe_block
 from core.search.results import load_history
@@ -156,12 +157,23 @@ def estimate_hours(cells, epochs):
 
 
 def train_command(cell, data_dir):
-    cmd = [sys.executable, TRAIN, "--model_dir", cell.folder, "--data_dir", os.path.abspath(data_dir)]
-    if os.path.exists(checkpoint_path(cell.folder)):
-        cmd += ["--restore_file", "last"]
+    return [sys.executable, TRAIN, "--model_dir", cell.folder, "--data_dir", os.path.abspath(data_dir),
+            *train_args(cell)]
+
+
+def train_args(cell):
+    """What train.py is told beyond the folders: resume the cell if it has a checkpoint, stop at its rung."""
+    args = ["--restore_file", "last"] if os.path.exists(checkpoint_path(cell.folder)) else []
     if cell.stop_at and cell.stop_at < cell.params.get("num_epochs", KEYS["num_epochs"].default):
-        cmd += ["--stop_at_epoch", str(cell.stop_at)]
-    return cmd
+        args += ["--stop_at_epoch", str(cell.stop_at)]
+    return args
+
+
+def cell_command(cell, data_dir, env, container=None):
+    """The command that trains `cell`: train.py here, or one run of `container`'s image (core/search/container.py)."""
+    if container is None:
+        return train_command(cell, data_dir)
+    return run_command(container, cell.folder, data_dir, cell.params, train_args(cell), env)
 
 
 def cell_env(gpu=None, threads=None):
@@ -189,23 +201,26 @@ def prepare(cell):
         write_json(os.path.join(cell.folder, "params.json"), cell.params)
 
 
-def launch(cell, data_dir, env):
-    """Start a cell cold: a fresh interpreter that imports everything itself."""
+def launch(cell, data_dir, env, container=None):
+    """Start a cell cold: a fresh interpreter that imports everything itself, or a container run."""
     prepare(cell)
-    # train.py logs to train.log itself; its stderr (errors, tracebacks) is appended there too
+    # train.py logs to train.log itself; its stderr (errors, tracebacks, the runtime's own) is appended there too.
+    # A container outlives a SIGKILLed client: its runtime gets SIGTERM instead, which it passes on to train.py
+    signum = signal.SIGKILL if container is None else signal.SIGTERM
     with open(os.path.join(cell.folder, LOG), "a") as err:
-        return subprocess.Popen(train_command(cell, data_dir), stdout=subprocess.DEVNULL, stderr=err, env=env,
-                                preexec_fn=die_with_parent, cwd=ROOT)
+        return subprocess.Popen(cell_command(cell, data_dir, env, container), stdout=subprocess.DEVNULL, stderr=err,
+                                env=env, preexec_fn=functools.partial(die_with_parent, signum), cwd=ROOT)
 
 
 class Launcher:
     """Starts the local pool's cells: warm (forked from a server that has imported torch & co. once, see
     core/search/forkserver.py) or cold (launch()). Without a server, because it would not start or it died, cells start
-    cold: slower, never different."""
+    cold: slower, never different. Containers always start cold: each is its own interpreter in its own image."""
 
-    def __init__(self, warm, env, torchvision=True):
-        warm = warm and sys.platform.startswith("linux")
+    def __init__(self, warm, env, torchvision=True, container=None):
+        warm = warm and sys.platform.startswith("linux") and container is None
         self.server = ForkServer(env, torchvision) if warm else None  # a failed start shows at the first cell
+        self.container = container
 
     def start(self, cell, data_dir, env):
         if self.server:
@@ -214,7 +229,7 @@ class Launcher:
                 return self.server.spawn(train_command(cell, data_dir)[1:], env, os.path.join(cell.folder, LOG))
             except ServerGone as e:
                 self.fall_back(e)
-        return launch(cell, data_dir, env)
+        return launch(cell, data_dir, env, self.container)
 
     def fall_back(self, error):
         tqdm.write(f"{error}; cells start cold (--cold)", file=sys.stderr)
@@ -234,9 +249,9 @@ class Launcher:
             self.server.close()
 
 
-def train_cell(cell, data_dir, env):
+def train_cell(cell, data_dir, env, container=None):
     """Train one cell to the end and return its result (what a Slurm task or a Ray task runs)."""
-    proc = launch(cell, data_dir, env)
+    proc = launch(cell, data_dir, env, container)
     return collect(cell, proc.wait())
 
 
@@ -253,6 +268,8 @@ def collect(cell, returncode):
         return Status.INTERRUPTED
     tail = log_tail(cell.folder)
     reason = tail[-1] if tail else f"exit code {returncode}"
+    if returncode in (-signal.SIGKILL, 128 + signal.SIGKILL):  # its log ends mid-run: say what stopped it
+        reason = f"killed (SIGKILL, exit code {returncode}): out of memory, a `kill -9`/`podman kill`, or a lost node"
     write_status(cell.folder, Status.FAILED, reason=reason, exit_code=returncode, log_tail=tail)
     return Status.FAILED
 
@@ -291,7 +308,7 @@ def threads_per_worker(workers):
     return max(1, len(os.sched_getaffinity(0)) // workers)
 
 
-def run_pool(source, data_dir, workers, gpus, fail_fast, warm=True, meanwhile=None):
+def run_pool(source, data_dir, workers, gpus, fail_fast, warm=True, meanwhile=None, container=None):
     """Train the jobs `source` hands out (a JobSource) with at most `workers` at a time; the next starts as soon as
     one ends. `meanwhile()` runs while the cell server imports: what the search does then costs no time, the server
     uses a single core. Returns the number of failed jobs."""
@@ -299,7 +316,8 @@ def run_pool(source, data_dir, workers, gpus, fail_fast, warm=True, meanwhile=No
     pool = Pool(source, data_dir, workers, gpus, threads)
     try:
         # the server imports with the cells' thread settings, so libraries that size their pools then agree too
-        pool.launcher = Launcher(warm and source.planned > 0, cell_env(threads=threads), needs_torchvision(source))
+        pool.launcher = Launcher(warm and source.planned > 0, cell_env(threads=threads), needs_torchvision(source),
+                                 container)
         if meanwhile:
             meanwhile()
         while pool.start_free() or pool.running:

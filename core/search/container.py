@@ -1,0 +1,134 @@
+"""search_hyperparams.py --container IMAGE: each cell trains as one container run of the image the repository's
+Dockerfile builds, with the cell folder mounted at /cell and its data set read-only at /data.
+
+The folder stays the state, as without containers: the command after the image is what train.py would get
+(--restore_file last, --stop_at_epoch N), so rerun-is-resume, pauses, locks and statuses work unchanged. The
+image's own filesystem is mounted read-only: a cell can write into its folder and a throw-away /tmp, nowhere else.
+"""
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+from core.config import KEYS
+from core.paths import ROOT
+from core.rundir.record import IMAGE_ENV
+from utils import UserError
+
+CELL, DATA, APP = "/cell", "/data", "/app"  # where the Dockerfile's entry point looks; its WORKDIR
+RUNTIMES = ("podman", "docker", "apptainer")
+# params keys naming a file a run reads besides its data: mounted read-only where the container looks for them
+FILE_KEYS = ("pretrained_path", "init_weights_path")
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+SHM = "2g"  # DataLoader workers hand batches over in /dev/shm; the runtimes' 64 MB default is too small
+assert all(k in KEYS for k in FILE_KEYS)
+
+
+@dataclass(frozen=True)
+class Container:
+    """An image found on this machine: what record.json names as where a cell ran."""
+
+    runtime: str
+    image: str
+    image_id: str
+    digest: str | None = None
+
+    def record(self):
+        """The environment that tells train.py (record.json) which image it runs in."""
+        values = {"runtime": self.runtime, "image": self.image, "id": self.image_id, "digest": self.digest}
+        return {IMAGE_ENV[k]: v for k, v in values.items() if v}
+
+
+def find_container(image, runtime=None):
+    """The Container for `image`, or a one-line UserError when the runtime or the image is missing."""
+    runtime = runtime or default_runtime(image)
+    if not shutil.which(runtime):
+        raise UserError(f"--container_runtime {runtime}: not found on PATH (install it, or pick one of "
+                        f"{', '.join(RUNTIMES)})")
+    if runtime == "apptainer":
+        if not os.path.isfile(image):
+            raise UserError(f"--container {image}: no such file (apptainer runs a .sif image: apptainer build "
+                            f"IMAGE.sif docker-daemon://IMAGE:latest)")
+        st = os.stat(image)
+        return Container(runtime, os.path.abspath(image), f"{st.st_size}-{st.st_mtime_ns}")
+    proc = subprocess.run([runtime, "image", "inspect", "--format", "{{.Id}} {{range .RepoDigests}}{{.}} {{end}}",
+                           image], capture_output=True, text=True)
+    if proc.returncode != 0 or not proc.stdout.split():
+        raise UserError(f"--container {image}: no such image in {runtime} (build it with `make image`, or "
+                        f"`{runtime} pull` it)")
+    image_id, *digests = proc.stdout.split()
+    return Container(runtime, image, image_id, digests[0] if digests else None)
+
+
+def default_runtime(image):
+    if image.endswith(".sif"):
+        return "apptainer"
+    return next((r for r in ("podman", "docker") if shutil.which(r)), "podman")
+
+
+def container_name(folder):
+    """A name `podman ps` shows and `podman kill` takes: the cell's folder name, made unique by its path."""
+    tag = hashlib.sha1(os.path.abspath(folder).encode()).hexdigest()[:8]
+    return f"cell-{re.sub(r'[^A-Za-z0-9_.-]', '_', os.path.basename(folder))[:60]}-{tag}"
+
+
+def visible_gpus(env):
+    """The GPUs a cell may use, as the host numbers them: Slurm's allocation (SLURM_JOB_GPUS holds physical ids,
+    where CUDA_VISIBLE_DEVICES may be renumbered inside the job's cgroup), else the local pool's choice."""
+    ids = env.get("SLURM_JOB_GPUS") or env.get("CUDA_VISIBLE_DEVICES") or ""
+    return [g for g in ids.split(",") if g.strip()]
+
+
+def file_mounts(params):
+    """(host path, container path) of each file a params key names: where train.py, run from /app, will look."""
+    mounts = []
+    for key in FILE_KEYS:
+        path = params.get(key)
+        if isinstance(path, str) and path:
+            host = path if os.path.isabs(path) else os.path.join(ROOT, path)
+            mounts.append((host, path if os.path.isabs(path) else os.path.join(APP, path)))
+    return mounts
+
+
+def run_command(ct, folder, data_dir, params, train_args, env):
+    """The command that trains the cell in `folder` in a container of `ct`; train_args are train.py's beyond
+    --model_dir and --data_dir (which the image's entry point sets to /cell and /data)."""
+    folder, data_dir = os.path.abspath(folder), os.path.abspath(data_dir)
+    mounts = [(folder, CELL, "rw"), (data_dir, DATA, "ro")] + [(h, c, "ro") for h, c in file_mounts(params)]
+    pass_env = {k: env[k] for k in THREAD_VARS if k in env} | ct.record()
+    gpus = visible_gpus(env)
+    if ct.runtime == "apptainer":
+        return ["apptainer", "run", "--containall", "--no-home", *(["--nv"] if gpus else []),
+                *[a for h, c, mode in mounts for a in ("--bind", f"{h}:{c}:{mode}")],
+                *[a for k, v in (pass_env | gpu_env(gpus)).items() for a in ("--env", f"{k}={v}")],
+                ct.image, *train_args]
+    return [ct.runtime, "run", "--rm", "--name", container_name(folder), "--read-only", "--tmpfs", "/tmp",
+            "--shm-size", SHM, "--security-opt", "label=disable", *user_flags(ct.runtime), *gpu_flags(ct.runtime, gpus),
+            *[a for h, c, mode in mounts for a in ("-v", f"{h}:{c}:{mode}")],
+            *[a for k, v in pass_env.items() for a in ("-e", f"{k}={v}")],
+            ct.image, *train_args]
+
+
+def user_flags(runtime):
+    """Run as the invoking user, so what a cell writes is never root-owned on a shared filesystem. Rootless podman
+    maps that user into the container (keep-id); rootful podman and docker are told the ids."""
+    if runtime == "podman" and os.geteuid() != 0:
+        return ["--userns=keep-id"]
+    return ["--user", f"{os.getuid()}:{os.getgid()}"]
+
+
+def gpu_flags(runtime, gpus):
+    """Exactly these GPUs inside the container, where they are numbered from 0."""
+    if not gpus:
+        return []
+    if runtime == "docker":  # docker reads the value as CSV: several ids need the quotes
+        return ["--gpus", f"device={gpus[0]}" if len(gpus) == 1 else f'"device={",".join(gpus)}"']
+    return [a for g in gpus for a in ("--device", f"nvidia.com/gpu={g}")]  # podman: CDI names
+
+
+def gpu_env(gpus):
+    """apptainer --nv shows every GPU: CUDA_VISIBLE_DEVICES narrows it to the cell's."""
+    return {"CUDA_VISIBLE_DEVICES": ",".join(gpus)} if gpus else {}
