@@ -1,6 +1,7 @@
-"""What a search costs beyond its cells' training: 8 short cells on 2 workers, warm (default) vs --cold cells.
+"""What a search costs beyond its cells' training: 8 short cells on 2 workers, warm (default) vs --cold cells, and
+with --container IMAGE also each cell in its own container (search_hyperparams.py --container).
 
-    python bench/bench_search.py [--rounds 2] [--workers 2] [--epochs 3]
+    python bench/bench_search.py [--rounds 2] [--workers 2] [--epochs 3] [--container cs230-template]
 
 Each round runs `search_hyperparams.py` on a fresh parent folder of 8 cells (4 learning rates x 2 dropouts,
 small_cnn on the whole digits training set), once with the default warm launcher and once with `--cold`, in
@@ -16,6 +17,9 @@ Two measures of what a cell does itself, both read from its folder:
 Prints each run and the medians over rounds, then the floor no launcher can go below: every cell needs torch & co.
 imported before it trains, an import runs on one core, so for the server's import time T no worker trains, and
 even a launcher that cost nothing else would reach at most sum(cell time) / (sum(cell time) + workers x T).
+
+With --container, also what a container costs per cell beyond each non-container path:
+(workers x (container wall - that wall)) / cells, the container's start and its cold imports included.
 """
 
 import argparse
@@ -38,12 +42,12 @@ PARENT = {"arch": "small_cnn", "im_sz": 32, "batch_size": 64, "cache_images": 1,
           "hyper_search": {"learning_rate": [0.001, 0.002, 0.004, 0.008], "ps": [0.1, 0.3]}}
 
 
-def search(scratch, mode, workers, epochs, data_dir):
+def search(scratch, mode, workers, epochs, data_dir, image=None):
     parent = tempfile.mkdtemp(dir=scratch, prefix=f"{mode}-")
     with open(os.path.join(parent, "params.json"), "w") as f:
         json.dump({**PARENT, "num_epochs": epochs}, f)
     cmd = [sys.executable, "search_hyperparams.py", "--parent_dir", parent, "--data_dir", data_dir,
-           "--workers", str(workers)] + (["--cold"] if mode == "cold" else [])
+           "--workers", str(workers)] + {"cold": ["--cold"], "container": ["--container", image]}.get(mode, [])
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -91,20 +95,27 @@ def main():
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--data_dir", default=os.path.join(ROOT, DEFAULT_DST))
+    ap.add_argument("--container", metavar="IMAGE", help="also run every cell in a container of IMAGE")
     args = ap.parse_args()
     os.chdir(ROOT)
     ensure_data(os.path.relpath(args.data_dir))
-    runs = {"warm": [], "cold": []}
+    runs = {"warm": [], "cold": []} | ({"container": []} if args.container else {})
     with tempfile.TemporaryDirectory() as scratch:
-        search(scratch, "warm", args.workers, 1, args.data_dir)  # warm-up: image cache, OS file cache
+        for mode in runs:  # warm-up: image cache, OS file cache (the image's files too)
+            search(scratch, mode, args.workers, 1, args.data_dir, args.container)
         for r in range(args.rounds):
-            for mode in (("warm", "cold") if r % 2 == 0 else ("cold", "warm")):
-                runs[mode].append(search(scratch, mode, args.workers, args.epochs, args.data_dir))
+            for mode in list(runs)[r % len(runs):] + list(runs)[:r % len(runs)]:  # each order in turn
+                runs[mode].append(search(scratch, mode, args.workers, args.epochs, args.data_dir, args.container))
                 print(f"round {r + 1} {mode}: {describe(runs[mode][-1])}")
     for mode, ms in runs.items():
         print(f"{mode}, median of {args.rounds}: {describe({k: statistics.median(m[k] for m in ms) for k in ms[0]})}")
     ratio = statistics.median(m["wall"] for m in runs["warm"]) / statistics.median(m["wall"] for m in runs["cold"])
     print(f"wall time warm / cold = {ratio:.2f}")
+    if args.container:
+        wall = {mode: statistics.median(m["wall"] for m in ms) for mode, ms in runs.items()}
+        for base in ("cold", "warm"):
+            extra = args.workers * (wall["container"] - wall[base]) / runs["warm"][0]["cells"]
+            print(f"container vs {base}: wall {wall['container'] / wall[base]:.2f}x, {extra:+.2f} s per cell")
     t = statistics.median(server_import_s(args.workers) for _ in range(3))
     own, cells = statistics.median(m["run own"] for m in runs["warm"]), runs["warm"][0]["cells"]
     print(f"floor: the cell server imports for {t:.2f} s (median of 3), while no worker can train; a launcher with "

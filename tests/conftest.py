@@ -154,3 +154,30 @@ def assert_one_line_error(run, capsys, named, message, model_dir):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {named}") and message in err[0], err
     assert os.listdir(model_dir) == ["params.json"]
+
+
+TEST_IMAGE = os.environ.get("TEST_IMAGE", "cs230-template:test")
+
+
+def unavailable(reason, required_by="REQUIRE_CLUSTER_TESTS"):
+    """Skip, saying why; fail instead where CI requires the test to run (REQUIRE_CLUSTER_TESTS=1)."""
+    if os.environ.get(required_by) == "1":
+        pytest.fail(f"{required_by}=1 but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def image():
+    """TEST_IMAGE built from this tree's Dockerfile by tests/container/build_image.sh (podman; cached layers make a
+    rebuild after a code edit take seconds, so the tests never run stale code)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("podman") is None and os.geteuid() != 0:
+        unavailable("podman is not installed and installing it needs root")
+    script = ROOT / "tests" / "container" / "build_image.sh"
+    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=1800,
+                          env=dict(os.environ, IMAGE=TEST_IMAGE))
+    if proc.returncode != 0:
+        unavailable(f"the test image did not build: {(proc.stderr or proc.stdout).strip()[-400:]}")
+    return TEST_IMAGE

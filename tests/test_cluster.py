@@ -14,18 +14,11 @@ import time
 
 import pytest
 
-from conftest import DET_PARAMS, FAST_PARAMS, KP_PARAMS, ROOT, SEG_PARAMS, read
+from conftest import DET_PARAMS, FAST_PARAMS, KP_PARAMS, ROOT, SEG_PARAMS, read, unavailable
 from core.rundir.folder import read_status
 
-REQUIRED = os.environ.get("REQUIRE_CLUSTER_TESTS") == "1"
 pytestmark = pytest.mark.slow  # real Slurm and Ray
 CELLS = ["learning_rate_0.002", "learning_rate_0.004"]
-
-
-def unavailable(reason):
-    if REQUIRED:
-        pytest.fail(f"REQUIRE_CLUSTER_TESTS=1 but {reason}")
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
@@ -199,6 +192,16 @@ def test_slurm_runs_a_segmentation_search(slurm, tmp_path, scenes_dir):
     proc = search(parent, scenes_dir, "--launcher", "slurm", "--time_min", "10")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert_segmentation_cells(parent)
+
+
+def test_slurm_runs_each_cell_of_a_segmentation_search_in_its_own_container(slurm, image, tmp_path, scenes_dir):
+    parent = segmentation_parent(tmp_path)
+    proc = search(parent, scenes_dir, "--launcher", "slurm", "--time_min", "10", "--container", image)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert_segmentation_cells(parent)
+    cells = [d for d in os.listdir(parent) if os.path.exists(os.path.join(parent, d, "record.json"))]
+    assert {read(os.path.join(parent, c, "record.json"))["sessions"][0]["container"]["image"] for c in cells} == {image}
+    assert os.path.getsize(os.path.join(parent, "history_plots.png")) > 5000
 
 
 def test_ray_runs_a_segmentation_search(ray_installed, tmp_path, scenes_dir):

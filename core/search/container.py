@@ -57,8 +57,9 @@ def find_container(image, runtime=None):
     proc = subprocess.run([runtime, "image", "inspect", "--format", "{{.Id}} {{range .RepoDigests}}{{.}} {{end}}",
                            image], capture_output=True, text=True)
     if proc.returncode != 0 or not proc.stdout.split():
-        raise UserError(f"--container {image}: no such image in {runtime} (build it with `make image`, or "
-                        f"`{runtime} pull` it)")
+        said = (proc.stderr.strip().splitlines() or ["image not known"])[-1].removeprefix("Error: ")
+        raise UserError(f"--container {image}: {runtime} cannot use it ({said}); build it with `make image`, or "
+                        f"`{runtime} pull` it")
     image_id, *digests = proc.stdout.split()
     return Container(runtime, image, image_id, digests[0] if digests else None)
 
@@ -101,7 +102,8 @@ def run_command(ct, folder, data_dir, params, train_args, env):
     pass_env = {k: env[k] for k in THREAD_VARS if k in env} | ct.record()
     gpus = visible_gpus(env)
     if ct.runtime == "apptainer":
-        return ["apptainer", "run", "--containall", "--no-home", *(["--nv"] if gpus else []),
+        # apptainer ignores the image's WORKDIR: --pwd, so relative paths in params resolve as they do elsewhere
+        return ["apptainer", "run", "--containall", "--no-home", "--pwd", APP, *(["--nv"] if gpus else []),
                 *[a for h, c, mode in mounts for a in ("--bind", f"{h}:{c}:{mode}")],
                 *[a for k, v in (pass_env | gpu_env(gpus)).items() for a in ("--env", f"{k}={v}")],
                 ct.image, *train_args]
