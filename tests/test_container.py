@@ -165,29 +165,6 @@ def test_container_search_trains_every_cell_then_rerun_skips(image, tmp_path, di
 
 
 @pytest.mark.slow
-def test_a_container_killed_mid_cell_is_failed_and_the_retry_resumes_it(image, tmp_path, digits_dir):
-    parent = make_parent(tmp_path, {"learning_rate": [0.01]}, num_epochs=4, train_subset=400)
-    cell = os.path.join(parent, "learning_rate_0.01")
-    cmd = [sys.executable, "search_hyperparams.py", "--parent_dir", parent, "--data_dir", digits_dir,
-           "--container", image]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 300
-    while read_status(cell).get("epoch", 0) < 1:
-        assert time.time() < deadline and proc.poll() is None
-        time.sleep(0.05)
-    subprocess.run(["podman", "kill", container_name(cell)], check=True, capture_output=True)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 1, out
-    status = read_status(cell)
-    assert status["status"] == "failed" and status["exit_code"] == 137 and "killed (SIGKILL" in status["reason"]
-
-    rerun = search(parent, digits_dir, "--container", image, "--retry_failed")
-    assert rerun.returncode == 0, rerun.stdout[-2000:]
-    assert read_status(cell)["status"] == "completed" and "resuming at epoch" in open(f"{cell}/train.log").read()
-    assert epochs_of(cell) == [1, 2, 3, 4]  # every epoch exactly once
-
-
-@pytest.mark.slow
 def test_successive_halving_promotes_a_paused_cell_into_a_new_container_bit_identically(image, tmp_path, digits_dir):
     schedule = {"type": "asha", "min_epochs": 1, "reduction_factor": 2}
     parent = make_parent(tmp_path, {"learning_rate": [0.002, 0.01], "schedule": schedule})
@@ -210,21 +187,41 @@ def test_successive_halving_promotes_a_paused_cell_into_a_new_container_bit_iden
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.slow
-def test_ctrl_c_interrupts_the_container_and_the_rerun_resumes(image, tmp_path, digits_dir):
-    parent = make_parent(tmp_path, {"learning_rate": [0.01]}, num_epochs=3, train_subset=400)
-    cell = os.path.join(parent, "learning_rate_0.01")
-    cmd = [sys.executable, "search_hyperparams.py", "--parent_dir", parent, "--data_dir", digits_dir,
-           "--container", image]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+def start_search(parent, data, image, **kw):
+    cmd = [sys.executable, "search_hyperparams.py", "--parent_dir", parent, "--data_dir", data, "--container", image]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def wait_for_epoch(cell, epoch, proc):
     deadline = time.time() + 300
-    while read_status(cell).get("epoch", 0) < 1:
+    while read_status(cell).get("epoch", 0) < epoch:
         assert time.time() < deadline and proc.poll() is None
         time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_ctrl_c_then_podman_kill_mid_cell_and_each_rerun_resumes_it(image, tmp_path, digits_dir):
+    parent = make_parent(tmp_path, {"learning_rate": [0.01]}, num_epochs=4, train_subset=400)
+    cell = os.path.join(parent, "learning_rate_0.01")
+    # Ctrl-C on the search: the runtime passes it on, train.py records 'interrupted', the container is removed
+    proc = start_search(parent, digits_dir, image, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    wait_for_epoch(cell, 1, proc)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130 and read_status(cell)["status"] == "interrupted", out
-    assert subprocess.run(["podman", "container", "exists", container_name(cell)]).returncode == 1  # removed
-    rerun = search(parent, digits_dir, "--container", image)
-    assert rerun.returncode == 0 and epochs_of(cell) == [1, 2, 3]
+    assert subprocess.run(["podman", "container", "exists", container_name(cell)]).returncode == 1
+    # the rerun resumes it; killed from outside, it is failed, and --retry_failed resumes it again
+    proc = start_search(parent, digits_dir, image)
+    wait_for_epoch(cell, read_status(cell)["epoch"] + 1, proc)
+    subprocess.run(["podman", "kill", container_name(cell)], check=True, capture_output=True)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1, out
+    status = read_status(cell)
+    assert status["status"] == "failed" and status["exit_code"] == 137 and "killed (SIGKILL" in status["reason"]
+    assert "skip (failed; --retry_failed)" in search(parent, digits_dir, "--container", image, "--dry_run").stdout
+
+    rerun = search(parent, digits_dir, "--container", image, "--retry_failed")
+    assert rerun.returncode == 0, rerun.stdout[-2000:]
+    assert read_status(cell)["status"] == "completed"
+    assert open(f"{cell}/train.log").read().count("resuming at epoch") == 2
+    assert epochs_of(cell) == [1, 2, 3, 4]  # every epoch exactly once
