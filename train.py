@@ -31,11 +31,12 @@ from core.rundir.folder import (
     write_status,
 )
 from core.rundir.outputs import RunFolder, tensorboard_writer
+from core.stages import stage_of
 from core.training.compiling import compile_model
 from core.training.engine import epoch_seed, evaluate, pick_runtime, seed_everything, train_one_epoch
 from core.training.monitor import GradMonitor, gradient_warnings
 from core.training.optim import layer_lrs, step_per_epoch
-from core.training.state import build_state
+from core.training.state import advance_stage, build_state, params_of_stage
 from data.build_dataset import ensure_data
 from model.tasks import TASKS
 from utils import UserError, load_checkpoint, one_line, run_cli, set_logger, write_json
@@ -75,31 +76,34 @@ def main(argv=None):
     rt = pick_runtime(params.cuda)  # the runtime: device, autocast dtype, memory format
     seed_everything(params.seed)
     data_dir = ensure_data(args.data_dir or TASKS[params.task].data)
-    loaders, classes = fetch_dataloader(["train", "valid"], data_dir, params, rt.pin_memory)
-    state, notes = build_state(params, classes, rt, loaders["train"], params_path, init_weights=not ckpt)
+    first = ckpt["epoch"] + 1 if ckpt else 1  # in a plan, its stage decides batch size and augmentation
+    loaders, classes = fetch_dataloader(["train", "valid"], data_dir, stage_at(params, first), rt.pin_memory)
+    state, notes = build_state(params, classes, rt, loaders["train"], params_path, init_weights=not ckpt, epoch=first)
     x = preflight(state.model, loaders, rt, params_path)
     if params.compile:
         notes.append(compile_model(state.model, x, rt))
     start_epoch = state.load(ckpt, resume_path) if ckpt else 1
+    reload = lambda sp: fetch_dataloader(["train"], data_dir, sp, rt.pin_memory)[0]["train"]  # noqa: E731
     tensorboard = tensorboard_writer(args.model_dir, params.tensorboard)
 
     stop_on_signals()
     with claim(args.model_dir, seen):  # the folder's lock, if nobody trained here since we looked
         start_run(args, argv, params, loaders, classes, rt, start_epoch, state, notes)
         folder = RunFolder(args.model_dir, params, classes, state.task, tensorboard)
-        status, reason, history, timing = session(folder, params, state, loaders, rt, start_epoch, args.stop_at_epoch)
+        status, reason, history, timing = session(folder, params, state, loaders, rt, start_epoch, args.stop_at_epoch,
+                                                  reload)
         finish(args.model_dir, params, state.task, status, reason, history, start_epoch, timing)
     log.info(f"{status}: {reason}; {state.tracker.summary()}")
     return status.exit_code
 
 
-def session(folder, params, state, loaders, rt, start_epoch, stop_at):
+def session(folder, params, state, loaders, rt, start_epoch, stop_at, reload):
     """fit(), then the folder's last writes, whatever happens; a failure or an interruption is recorded in the
     status and the record before it propagates. Returns fit's (status, reason, history) and the timing."""
     started = time.perf_counter()
     try:
         try:
-            status, reason, history = fit(folder, params, state, loaders, rt, start_epoch, stop_at)
+            status, reason, history = fit(folder, params, state, loaders, rt, start_epoch, stop_at, reload)
         finally:
             closing_s = folder.close()  # however the run ends: the last checkpoint lands, every figure is drawn
     except BaseException as e:
@@ -108,6 +112,11 @@ def session(folder, params, state, loaders, rt, start_epoch, stop_at):
         record.end_session(folder.dir, outcome, time.perf_counter() - started)
         raise
     return status, reason, history, {"wall_time_s": time.perf_counter() - started, "closing_s": closing_s}
+
+
+def stage_at(params, epoch):
+    """The params of the stage that trains `epoch` (the run's own without a plan)."""
+    return params_of_stage(params, stage_of(params.to_dict(), epoch))
 
 
 def stop_on_signals():
@@ -157,15 +166,17 @@ def start_run(args, argv, params, loaders, classes, rt, start_epoch, state, note
         log.info(note)
 
 
-def fit(folder, params, state, loaders, rt, start_epoch, stop_at=None):
+def fit(folder, params, state, loaders, rt, start_epoch, stop_at=None, reload=None):
     """The epoch loop, up to num_epochs or a pause after epoch `stop_at`. Returns (status, reason, history).
     A pause changes nothing the run computes (the schedule still spans num_epochs): resuming it gives the run
-    that never paused."""
+    that never paused. With a plan (core/stages.py), each stage begins at its first epoch: reload(stage params)
+    gives its train loader when its batch size or augmentation differ."""
     history = folder.load_history(start_epoch - 1)
     monitor = GradMonitor(state.model, params.save_summary_steps) if params.monitor_gradients else None
     n_clas, tracker, predict = len(folder.classes), state.tracker, state.task.predictor(params)
     for epoch in range(start_epoch, params.num_epochs + 1):
         epoch_start = time.perf_counter()
+        loaders["train"] = advance_stage(state, params, epoch, loaders["train"], reload)
         # reseed data order and augmentation per epoch: a resumed run sees what an uninterrupted one would
         reseed_epoch(loaders["train"], epoch_seed(params.seed, epoch))
         if monitor:
@@ -177,7 +188,7 @@ def fit(folder, params, state, loaders, rt, start_epoch, stop_at=None):
         row = {"epoch": epoch, "lr": layer_lrs(state.optimizer),
                **{k: train_m.pop(k) for k in ("time_s", "data_time_s", "images_per_s")},
                "epoch_s": time.perf_counter() - epoch_start,  # train + valid: what a cost estimate needs
-               "train": train_m, "val": val_m}
+               "train": train_m, "val": val_m, **({"stage": state.stage} if params.stages else {})}
         if monitor:
             row["grad_norm"], row["update_ratio"] = monitor.end_epoch()
             row["grad_warnings"] = gradient_warnings(row["grad_norm"])
@@ -185,7 +196,7 @@ def fit(folder, params, state, loaders, rt, start_epoch, stop_at=None):
             log.info(f"epoch {epoch}: non-finite loss (train {train_m['loss']}, valid {val_m['loss']})")
             return Status.DIVERGED, f"non-finite loss at epoch {epoch}", history
         improved = tracker.update(val_m[tracker.metric], epoch)
-        step_per_epoch(state.scheduler, params, val_m[tracker.metric])
+        step_per_epoch(state.scheduler, state.stage_params, val_m[tracker.metric])
         history.append(row)
         log.info(epoch_line(row, params.num_epochs, improved))
         last = epoch == params.num_epochs or tracker.should_stop

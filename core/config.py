@@ -13,6 +13,7 @@ import json
 import math
 from dataclasses import dataclass
 
+from core.stages import PLANS, check_freeze, check_plan, stage_flat
 from model.tasks import TASKS, all_metrics, metrics_of  # no torch there: search planning and tables stay fast
 from utils import UserError, read_json
 
@@ -139,7 +140,14 @@ KEYS = {
     "step_size": Key(5, int, "step: epochs between decays", check=at_least(1)),
     "gamma": Key(0.1, float, "step and plateau: factor applied to the lr at each decay", check=above(0)),
     "plateau_patience": Key(2, int, "plateau: epochs without improvement before the lr decays", check=at_least(0)),
-    "num_epochs": Key(10, int, "number of epochs", check=at_least(1)),
+    "num_epochs": Key(10, int, "number of epochs (with stages: their sum)", check=at_least(1)),
+    # training plans (core/stages.py)
+    "stages": Key([], ANY, "a training plan: [{num_epochs, and training keys for those epochs only}, ...]; epochs "
+                  "are numbered across stages, each gets a fresh optimizer and its own schedule"),
+    "plan": Key("none", str, "a preset plan: fine_tune (1 epoch on a frozen body, then discriminative rates)",
+                choices=PLANS),
+    "freeze": Key("none", ANY, "parameters not trained: none, body (all but the head), or N layer groups from the "
+                  "input (of learning_rate's groups); frozen BatchNorm keeps its statistics"),
     "early_stopping.patience": Key(10, int, "stop after this many epochs without improvement (0: never)",
                                    check=at_least(0)),
     "early_stopping.monitor_metric": Key(None, OPT_STR, "validation metric that picks best.pth.tar and drives "
@@ -240,8 +248,10 @@ def flatten_user(d, where):
 
 
 def hyperparams(d):
-    """The flattened keys of a params dict that are hyperparameters (not search settings)."""
-    return {k: v for k, v in flatten(d).items() if k not in KEYS or KEYS[k].hyperparam}
+    """The flattened keys of a params dict that are hyperparameters (not search settings); a plan's stages as
+    stages.<i>.<key>."""
+    flat = {k: v for k, v in flatten(d).items() if k != "stages" and (k not in KEYS or KEYS[k].hyperparam)}
+    return flat | stage_flat(d, flatten)
 
 
 def fixed_overrides(use):
@@ -347,6 +357,8 @@ def resolve(user, where, overrides=()):
     es = out["early_stopping"]
     es["monitor_metric"] = es["monitor_metric"] or task.monitor
     es["minimize"] = monitor_direction(es, out["task"], where)
+    check_plan(out, user | {k: v for k, v in flat.items() if k == "num_epochs"}, where, check_value, flatten)
+    check_freeze(out, where)
     return out
 
 

@@ -48,8 +48,13 @@ def plot_history(rows, path, title=""):
     lr_ax.plot(epochs, [r["lr"][-1] for r in rows], "o-", ms=3, color="gray")
     lr_ax.set_title("learning rate (head, end of epoch)")
     lr_ax.grid(alpha=0.3)
+    boundaries = stage_boundaries(rows)
     for ax in panels[:len(names) + 1]:
         ax.set_xlabel("epoch")
+        for x, stage in boundaries:  # a plan's stages: where each begins
+            ax.axvline(x, color="gray", ls="--", lw=0.8)
+            ax.annotate(f"stage {stage}", (x, 1), xycoords=("data", "axes fraction"), xytext=(2, -2),
+                        textcoords="offset points", va="top", fontsize=7, color="gray")
     for ax in panels[len(names) + 1:]:
         ax.axis("off")
     if title:
@@ -57,6 +62,12 @@ def plot_history(rows, path, title=""):
     margins(fig, left=0.55, bottom=0.5, right=0.15, top=0.75 if title else 0.5, wspace=0.3)
     fig.subplots_adjust(hspace=0.55)
     save_figure(fig, path, fixed_size=True)
+
+
+def stage_boundaries(rows):
+    """[(x, stage)]: halfway between the last epoch of a stage and the first of the next, in history rows."""
+    return [(r["epoch"] - 0.5, r["stage"]) for prev, r in zip(rows, rows[1:])
+            if "stage" in r and r["stage"] != prev.get("stage")]
 
 
 def plot_confusion(cm, classes, path, title=""):

@@ -112,7 +112,7 @@ def start_session(model_dir, params, argv, rt, start_epoch):
                "cwd": os.getcwd(), "start_epoch": start_epoch, "seed": params.seed,
                "git": {"commit": commit, "dirty": dirty if commit else None,
                        "untracked": (git("ls-files", "--others", "--exclude-standard") or "").split()},
-               **environment(rt), **container()}
+               **environment(rt), **container(), **({"stages": params.stages} if params.stages else {})}
     digest = code_hash()
     session["model_code"] = {"sha1": digest, "snapshot": snapshot_code(model_dir, digest)}
     if dirty:

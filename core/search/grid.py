@@ -18,6 +18,7 @@ import re
 
 from core.config import KEYS, resolve, set_dotted, suggest, type_name
 from core.search.sampling import DISTRIBUTIONS, METHODS, SAMPLED, check_distribution, is_distribution, sample
+from core.stages import STAGE_KEYS, set_stage_key
 from utils import UserError
 
 MAX_NAME = 100
@@ -128,6 +129,9 @@ def zip_axis(group, where):
 
 
 def check_key(key, where):
+    parts = key.split(".", 2)
+    if parts[0] == "stages" and len(parts) == 3 and parts[1].isdigit() and parts[2] in STAGE_KEYS:
+        return  # a key of one stage of the plan: set_stage_key checks the stage exists
     if key not in KEYS or not KEYS[key].hyperparam:
         raise UserError(f"{where}: unknown key '{key}'{suggest(key)}")
 
@@ -196,7 +200,10 @@ def base_params(parent_params):
 def child_params(base, cell):
     child = copy.deepcopy(base)
     for key, value in cell.items():
-        set_dotted(child, key, copy.deepcopy(value))
+        if key.startswith("stages."):
+            set_stage_key(child, key, copy.deepcopy(value), "hyper_search")
+        else:
+            set_dotted(child, key, copy.deepcopy(value))
     return child
 
 

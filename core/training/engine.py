@@ -97,6 +97,8 @@ def train_one_epoch(state, loader, rt, n_clas, summary_steps=10, monitor=None, d
     model, optimizer = state.model, state.optimizer
     scheduler = state.scheduler if state.per_batch else None
     model.train()
+    for norm in state.frozen_norms:  # frozen BatchNorm keeps its running statistics
+        norm.eval()
     metrics = state.task.EpochMetrics(n_clas, rt.device)
     n_seen, data_time, n_batches, accumulate = 0, 0.0, len(loader), state.accumulate_steps
     start = tick = time.perf_counter()

@@ -19,10 +19,11 @@ class GradMonitor:
     """
 
     def __init__(self, model, every):
-        self.named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and p.dim() > 1]
+        self.all = [(n, p) for n, p in model.named_parameters() if p.dim() > 1]
         self.every = max(1, every)
 
     def start_epoch(self):
+        self.named = [(n, p) for n, p in self.all if p.requires_grad]  # a frozen layer is neither watched nor warned of
         params = [p for _, p in self.named]
         self.start = [p.detach().clone() for p in params]
         self.sums = torch.zeros(len(params), device=params[0].device) if params else None

@@ -55,11 +55,33 @@ def param_groups(params, model, task):
     lrs = learning_rates(params)
     groups = []
     for i, (ps, lr) in enumerate(zip(layer_groups(model, len(lrs), task), lrs)):
+        ps = [p for p in ps if p.requires_grad]  # frozen: no gradient, no decay, no optimizer state
         decay = [p for p in ps if decays(p, params.wd_norm_bias)]
         rest = [p for p in ps if not decays(p, params.wd_norm_bias)]
         groups += [{"params": decay, "lr": lr, "layer_group": i}] if decay else []
         groups += [{"params": rest, "lr": lr, "layer_group": i, "weight_decay": 0.0}] if rest else []
     return groups
+
+
+def freeze(model, task, spec, n_groups):
+    """Freeze "body" (all but the task's head), the first N of the n_groups layer groups, or nothing ("none");
+    unfreeze the rest. Returns the BatchNorm layers left with nothing to train, which must stay in eval mode: in
+    train mode they would go on updating their running statistics."""
+    frozen = set()
+    if spec == "body":
+        head = task.head_of(model)
+        if head is None:
+            raise UserError(f"params key 'freeze': \"body\" freezes all but the head, which ends at {task.HEAD}; "
+                            f"{type(model).__name__} has none")
+        head_ids = {id(p) for p in head.parameters()}
+        frozen = {id(p) for p in model.parameters() if id(p) not in head_ids}
+    elif isinstance(spec, int) and spec > 0:
+        frozen = {id(p) for group in layer_groups(model, n_groups, task)[:spec] for p in group}
+    for p in model.parameters():
+        p.requires_grad_(id(p) not in frozen)
+    return tuple(m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                 and any(True for _ in m.parameters(recurse=False))
+                 and all(id(p) in frozen for p in m.parameters(recurse=False)))
 
 
 def layer_lrs(optimizer):

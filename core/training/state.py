@@ -12,9 +12,11 @@ from dataclasses import dataclass
 
 import torch
 
+from core.config import Params
 from core.rundir.folder import BestTracker
+from core.stages import stage_of, stage_params
 from core.training.engine import rng_state, set_rng_state
-from core.training.optim import PER_BATCH, build_optimizer, build_scheduler, optimizer_steps
+from core.training.optim import PER_BATCH, build_optimizer, build_scheduler, freeze, learning_rates, optimizer_steps
 from model import tasks
 from utils import UserError, load_checkpoint, one_line
 
@@ -34,6 +36,11 @@ class TrainingState:
     ema: object = None  # torch.optim.swa_utils.AveragedModel of the weights, or None
     accumulate_steps: int = 1  # batches per optimizer step
     grad_clip: float = 0.0  # max gradient norm (0: no clipping)
+    stage: int = 0  # the stage of the plan being trained (core/stages.py; 0 for a run without stages)
+    stage_params: object = None  # the params that stage trains with
+    frozen_norms: tuple = ()  # BatchNorm layers of frozen parts: kept in eval mode, their statistics unchanged
+    counts: tuple = ()  # images (or pixels) per class, for a stage's "balanced" class weights
+    n_classes: int = 0
 
     @property
     def eval_model(self):
@@ -50,15 +57,18 @@ class TrainingState:
                 "ema": self.ema.state_dict() if self.ema is not None else None,
                 "weights": "ema" if self.ema is not None else "raw",  # which weights were validated
                 "tracker": self.tracker.state(), "rng": rng_state(), "params": params.to_dict(), "classes": classes,
-                "stop_reason": stop_reason}
+                "stop_reason": stop_reason, "stage": self.stage}
 
     def load(self, ckpt, path):
         """Restore a checkpoint's training state in place; returns the epoch to continue from."""
         try:
             self.model.load_state_dict(ckpt["model"])
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-            if self.scheduler is not None and ckpt.get("scheduler"):
-                self.scheduler.load_state_dict(ckpt["scheduler"])
+            # at a stage's first epoch the optimizer and schedule are the new stage's, fresh, as they would be
+            # in a run that never stopped; within a stage they continue from the checkpoint
+            if ckpt.get("stage", 0) == self.stage:
+                self.optimizer.load_state_dict(ckpt["optimizer"])
+                if self.scheduler is not None and ckpt.get("scheduler"):
+                    self.scheduler.load_state_dict(ckpt["scheduler"])
             if self.ema is not None:
                 self.ema.load_state_dict(ckpt["ema"])
         except (KeyError, ValueError, RuntimeError, TypeError) as e:
@@ -118,30 +128,63 @@ def ema_update(decay):
     return update
 
 
-def build_state(params, classes, runtime, train_loader, where, init_weights=True):
-    """A fresh training state for `classes`, and notes to log. train_loader: its batches per epoch size the
-    schedule, its images per class weigh class_weights "balanced". init_weights: copy init_weights_path's weights
-    (not when a checkpoint is about to replace them)."""
+def build_state(params, classes, runtime, train_loader, where, init_weights=True, epoch=1):
+    """A fresh training state for `classes` at the stage that trains `epoch`, and notes to log. train_loader: its
+    batches per epoch size the schedule, its images per class weigh class_weights "balanced". init_weights: copy
+    init_weights_path's weights (not when a checkpoint is about to replace them)."""
     task = tasks.load(params.task)
     task.check_params(params, classes, where)
     # counting each class (images, or a segmentation's pixels: every mask read) matters only to "balanced" weights
     counts = (task.class_counts(train_loader.dataset, len(classes)) if params.class_weights == "balanced"
               else [1] * len(classes))
-    n_batches = len(train_loader)
     model, notes = task.build_model(params, len(classes)), []
     if params.init_weights_path and init_weights:
         skipped = load_init_weights(model, params.init_weights_path)
         notes.append(f"initial weights from {params.init_weights_path}; not matched: {skipped or 'none'}")
     model = runtime.prepare(model)
-    optimizer = build_optimizer(params, model, task)
-    scheduler = build_scheduler(params, optimizer, optimizer_steps(n_batches, params.accumulate_steps))
-    ema = build_ema(model, params.ema_decay) if params.ema_decay else None
-    if ema is not None:
-        notes.append(f"validating the EMA of the weights (ema_decay {params.ema_decay}); best.pth.tar holds both")
-    state = TrainingState(task, model, optimizer, scheduler, BestTracker.from_params(params.early_stopping),
-                          per_batch=params.scheduler in PER_BATCH, criterion=task.build_loss(params, counts),
-                          # the overfit check learns its fixed batches as they are: no mixing, as no augmentation
-                          mix=None if params.overfit_batches else task.build_batch_mix(params, len(classes)),
-                          ema=ema,
-                          accumulate_steps=params.accumulate_steps, grad_clip=params.grad_clip)
+    state = TrainingState(task, model, None, None, BestTracker.from_params(params.early_stopping), False, None,
+                          counts=counts, n_classes=len(classes))
+    enter_stage(state, params, stage_of(params.to_dict(), epoch), train_loader)
+    if state.ema is not None:
+        notes.append(f"validating the EMA of the weights (ema_decay {state.stage_params.ema_decay}); best.pth.tar "
+                     f"holds both")
     return state, notes
+
+
+def params_of_stage(params, i):
+    return Params(stage_params(params.to_dict(), i))
+
+
+def enter_stage(state, params, i, train_loader):
+    """Set `state` up for stage i of the run's plan: its frozen parts, a fresh optimizer and its own schedule over
+    its own epochs, its loss, mixing, EMA decay, accumulation and clipping. The weights, their EMA, the best so
+    far and the early-stopping count carry over."""
+    sp = params_of_stage(params, i)
+    state.stage, state.stage_params = i, sp
+    state.frozen_norms = freeze(state.model, state.task, sp.freeze, len(learning_rates(sp)))
+    state.optimizer = build_optimizer(sp, state.model, state.task)
+    state.scheduler = build_scheduler(sp, state.optimizer, optimizer_steps(len(train_loader), sp.accumulate_steps))
+    state.per_batch = sp.scheduler in PER_BATCH
+    state.criterion = state.task.build_loss(sp, list(state.counts))
+    # the overfit check learns its fixed batches as they are: no mixing, as no augmentation
+    state.mix = None if sp.overfit_batches else state.task.build_batch_mix(sp, state.n_classes)
+    if not sp.ema_decay:
+        state.ema = None
+    elif state.ema is None:
+        state.ema = build_ema(state.model, sp.ema_decay)
+    else:
+        state.ema.multi_avg_fn = ema_update(sp.ema_decay)
+    state.accumulate_steps, state.grad_clip = sp.accumulate_steps, sp.grad_clip
+
+
+def advance_stage(state, params, epoch, train_loader, reload):
+    """Before `epoch`: enter its stage if it begins a new one. Returns the train loader for it, from reload(stage
+    params) when the stage changes the batch size or the augmentation."""
+    i = stage_of(params.to_dict(), epoch)
+    if i == state.stage:
+        return train_loader
+    sp, now = params_of_stage(params, i), state.stage_params
+    if (sp.batch_size, sp.augmentation) != (now.batch_size, now.augmentation):
+        train_loader = reload(sp)
+    enter_stage(state, params, i, train_loader)
+    return train_loader

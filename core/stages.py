@@ -1,0 +1,133 @@
+"""Training plans: a run as a list of stages, each overriding training keys for its own epochs.
+
+    "stages": [{"num_epochs": 2, "freeze": "body", "learning_rate": 0.01},
+               {"num_epochs": 8, "learning_rate": [1e-4, 1e-3, 1e-2], "loss": {"ce": 0.3, "dice": 0.7}}]
+    "plan": "fine_tune"        the same written for you (PLANS below)
+
+Epochs are numbered across stages. Each stage gets a fresh optimizer and its own schedule over its own epochs; the
+model, its EMA, the best-so-far and the early-stopping count carry over. No torch here: the search validates
+every cell's plan while it plans.
+"""
+
+import copy
+import json
+
+from utils import UserError
+
+# what a stage may change: how the model is trained, never what it is (arch, data, task, seed, subsets)
+STAGE_KEYS = ("learning_rate", "wd", "wd_norm_bias", "optimizer", "momentum", "scheduler", "div_factor", "pct_start",
+              "step_size", "gamma", "plateau_patience", "freeze", "loss.ce", "loss.dice", "loss.bce", "aux_weight",
+              "box_loss_weights", "label_smoothing", "augmentation", "mixup_alpha", "cutmix_alpha", "mix_prob",
+              "ema_decay", "accumulate_steps", "grad_clip", "batch_size")
+PLANS = ("none", "fine_tune")
+
+
+def fine_tune(params):
+    """fastai's fine_tune: one epoch of the head on a frozen body at learning_rate (one cycle, almost all warm-up),
+    then the rest unfrozen with discriminative rates, base/100 .. base for three layer groups, base halved."""
+    lr = params["learning_rate"][-1] if isinstance(params["learning_rate"], list) else params["learning_rate"]
+    base = lr / 2
+    return [{"num_epochs": 1, "freeze": "body", "learning_rate": lr, "scheduler": "one_cycle", "pct_start": 0.99},
+            {"num_epochs": params["num_epochs"] - 1, "learning_rate": [base / 100, base / 10, base],
+             "scheduler": "one_cycle", "pct_start": 0.3, "div_factor": 5.0}]
+
+
+def check_plan(out, user, where, check_value, flatten):
+    """Validate out["stages"] (or expand out["plan"]) in a resolved params dict, in place; num_epochs becomes the sum
+    of the stages'. `user`: the params as written (was num_epochs given?). check_value and flatten: core/config.py's,
+    passed in because config imports this module."""
+    stages, plan = out.get("stages"), out.get("plan", "none")
+    if not isinstance(stages, list):
+        raise UserError(f"{where}: key 'stages' expects a list of objects, got {json.dumps(stages)[:80]}")
+    if plan != "none":
+        if out["num_epochs"] < 2:
+            raise UserError(f"{where}: key 'plan' {json.dumps(plan)} needs num_epochs >= 2 (1 frozen epoch, then "
+                            f"the rest), got {out['num_epochs']}")
+        if stages and stages != fine_tune(out):  # equal: params already resolved once (params_effective.json)
+            raise UserError(f"{where}: key 'plan' is {json.dumps(plan)} and 'stages' is given too; use one of them")
+        out["stages"] = stages = fine_tune(out)
+    if not stages:
+        return
+    for i, stage in enumerate(stages):
+        check_stage(stage, f"{where}: stages.{i}", check_value, flatten)
+    total = sum(s["num_epochs"] for s in stages)
+    if "num_epochs" in user and user["num_epochs"] != total and plan == "none":
+        raise UserError(f"{where}: key 'num_epochs' is {user['num_epochs']} but the stages add up to {total}; "
+                        f"leave num_epochs out or make them agree")
+    out["num_epochs"] = total
+    for i in range(len(stages)):  # each stage's own values must make a valid run too (e.g. freeze vs rates)
+        check_freeze(stage_params(out, i), f"{where}: stages.{i}")
+
+
+def check_stage(stage, where, check_value, flatten):
+    if not isinstance(stage, dict):
+        raise UserError(f"{where}: expected an object with num_epochs, got {json.dumps(stage)[:80]}")
+    n = stage.get("num_epochs")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise UserError(f"{where}: key 'num_epochs' must be an int >= 1, got {json.dumps(n)}")
+    for key, value in flatten({k: v for k, v in stage.items() if k != "num_epochs"}).items():
+        if key not in STAGE_KEYS:
+            raise UserError(f"{where}: key '{key}' cannot change within a run (a stage may set: "
+                            f"{', '.join(STAGE_KEYS)})")
+        check_value(key, value, where)
+
+
+def check_freeze(params, where):
+    """freeze: "none", "body", or N layer groups counted from the input, N below the stage's number of rates."""
+    freeze, rates = params["freeze"], params["learning_rate"]
+    n_groups = len(rates) if isinstance(rates, list) else 1
+    if freeze in ("none", "body"):
+        return
+    if isinstance(freeze, bool) or not isinstance(freeze, int) or freeze < 0:
+        raise UserError(f"{where}: key 'freeze' must be \"none\", \"body\" or a number of layer groups >= 0, got "
+                        f"{json.dumps(freeze)}")
+    if freeze >= n_groups and freeze > 0:
+        raise UserError(f"{where}: key 'freeze' {freeze} leaves nothing to train: learning_rate has {n_groups} "
+                        f"layer group(s), head last (freeze at most {n_groups - 1}, or \"body\")")
+
+
+def stage_params(params, i):
+    """The resolved params dict stage i trains with: the run's, its overrides applied, num_epochs its own."""
+    out = {k: copy.deepcopy(v) for k, v in params.items() if k not in ("stages", "plan")}
+    if not params.get("stages"):
+        return out
+    for key, value in params["stages"][i].items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "box_loss_weights":
+            out[key] = {**out[key], **value}  # a block (loss) sets only the terms it names
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def stage_starts(params):
+    """The first epoch of each stage ([1] for a run without stages)."""
+    starts, epoch = [], 1
+    for stage in params.get("stages") or [{"num_epochs": params["num_epochs"]}]:
+        starts.append(epoch)
+        epoch += stage["num_epochs"]
+    return starts
+
+
+def stage_of(params, epoch):
+    """The index of the stage that trains `epoch`."""
+    return sum(start <= epoch for start in stage_starts(params)) - 1
+
+
+def set_stage_key(d, key, value, where):
+    """hyper_search's "stages.1.learning_rate": set that key of the params dict's stage 1."""
+    _, index, rest = key.split(".", 2)
+    stages = d.get("stages")
+    if not isinstance(stages, list) or not index.isdigit() or int(index) >= len(stages):
+        raise UserError(f"{where}: key '{key}': params.json has no stage {index} (its 'stages' list has "
+                        f"{len(stages) if isinstance(stages, list) else 0})")
+    target = stages[int(index)]
+    *parents, last = rest.split(".")
+    for p in parents:
+        target = target.setdefault(p, {})
+    target[last] = value
+
+
+def stage_flat(params, flatten):
+    """{"stages.0.learning_rate": ...}: each stage's keys, as results tables and TPE name them (flatten: config's)."""
+    return {f"stages.{i}.{k}": v for i, stage in enumerate(params.get("stages") or [])
+            for k, v in flatten(stage).items()}
