@@ -69,8 +69,10 @@ class TrainingState:
                 self.optimizer.load_state_dict(ckpt["optimizer"])
                 if self.scheduler is not None and ckpt.get("scheduler"):
                     self.scheduler.load_state_dict(ckpt["scheduler"])
-            if self.ema is not None:
+            if self.ema is not None and ckpt.get("ema") is not None:
                 self.ema.load_state_dict(ckpt["ema"])
+            elif self.ema is not None:  # the EMA begins with this stage: an average of the weights as they are now
+                self.ema = build_ema(self.model, self.stage_params.ema_decay)
         except (KeyError, ValueError, RuntimeError, TypeError) as e:
             raise UserError(f"{path}: does not match params.json (arch or learning_rate changed?): "
                             f"{one_line(e)[:200]}") from None
