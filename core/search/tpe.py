@@ -19,6 +19,7 @@ from core.search.asha import read_progress
 from core.search.grid import base_params, child_params, child_path, folder_name
 from core.search.results import read_optional
 from core.search.sampling import round_sig
+from core.stages import stage_flat
 from utils import UserError
 
 TRIES, RANDOM_TRIES = 20, 200  # TPE proposals, then random ones, before concluding the space is exhausted
@@ -68,7 +69,7 @@ class Tpe:
 
     def values(self, params):
         """{key: value} when `params` is a cell of this space (the base plus one value per key), else None."""
-        flat = flatten(params)
+        flat = flatten(params) | stage_flat(params, flatten)  # stage keys of a plan: stages.1.learning_rate
         values = {key: flat.get(key) for key, _, _ in self.dims}
         if any(v is None for v in values.values()) or child_params(self.base, values) != params:
             return None
