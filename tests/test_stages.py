@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from conftest import ROOT, assert_one_line_error, kill_mid_run_then_resume, read, run_train, train_cmd
+from core.rundir.plots import stage_boundaries
 
 FROZEN_THEN_STEP = [{"num_epochs": 2, "freeze": "body", "learning_rate": 0.01, "scheduler": "none"},
                     {"num_epochs": 2, "learning_rate": 0.004, "scheduler": "step", "step_size": 1, "gamma": 0.5}]
@@ -54,6 +55,7 @@ def test_a_frozen_body_and_its_batchnorm_are_unchanged_through_stage_0_and_train
 
     history = read(os.path.join(exp, "history.json"))["epochs"]
     assert [r["stage"] for r in history] == [0, 0, 1, 1]
+    assert stage_boundaries(history) == [(2.5, 1)]  # where train_history.png draws stage 1's line
     # each stage its own schedule over its own epochs (the rate each epoch trained with): constant 0.01, then
     # 0.004 halved after every epoch
     assert [r["lr"][-1] for r in history] == pytest.approx([0.01, 0.01, 0.004, 0.002])
