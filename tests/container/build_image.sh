@@ -13,16 +13,6 @@ if ! command -v podman >/dev/null || ! command -v runc >/dev/null || ! command -
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc mmdebstrap >/dev/null
 fi
-# podman's defaults fail in this sandbox: crun (cgroup hybrid mode), and rlimits above its nofile hard limit
-if [ ! -e /etc/containers/containers.conf ] && [ -z "${CONTAINERS_CONF:-}" ]; then
-  cat > /etc/containers/containers.conf <<'CONF'
-[containers]
-default_ulimits = ["nofile=20000:20000", "nproc=4096:4096"]
-[engine]
-runtime = "runc"
-CONF
-fi
-
 if ! podman image exists "$BASE"; then
   mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
   tmp=$(mktemp -d)
@@ -30,6 +20,20 @@ if ! podman image exists "$BASE"; then
   mmdebstrap --quiet --variant=minbase --include=ca-certificates,python3,python3-venv bookworm "$tmp/rootfs.tar" \
     "${mirror:-http://deb.debian.org/debian}"
   podman import --quiet "$tmp/rootfs.tar" "$BASE" >/dev/null
+fi
+
+# podman's defaults fail in this sandbox (crun in cgroup hybrid mode; rlimits above its nofile hard limit): only
+# where a container cannot start with them, and no containers.conf is set yet, write one
+if ! podman run --rm --network none "$BASE" true >/dev/null 2>&1; then
+  if [ -e /etc/containers/containers.conf ] || [ -n "${CONTAINERS_CONF:-}" ]; then
+    echo "container tests: podman cannot start a container with this machine's containers.conf" >&2; exit 1
+  fi
+  cat > /etc/containers/containers.conf <<'CONF'
+[containers]
+default_ulimits = ["nofile=20000:20000", "nproc=4096:4096"]
+[engine]
+runtime = "runc"
+CONF
 fi
 
 # this machine's pip: wheels on local disk (torch's CUDA build among them) and a proxy with its own CA
