@@ -200,8 +200,8 @@ def wait_for_epoch(cell, epoch, proc):
 
 
 @pytest.mark.slow
-def test_ctrl_c_then_podman_kill_mid_cell_and_each_rerun_resumes_it(image, tmp_path, digits_dir):
-    parent = make_parent(tmp_path, {"learning_rate": [0.01]}, num_epochs=4, train_subset=400)
+def test_ctrl_c_a_killed_search_and_podman_kill_mid_cell_and_each_rerun_resumes_it(image, tmp_path, digits_dir):
+    parent = make_parent(tmp_path, {"learning_rate": [0.01]}, num_epochs=5, train_subset=400)
     cell = os.path.join(parent, "learning_rate_0.01")
     # Ctrl-C on the search: the runtime passes it on, train.py records 'interrupted', the container is removed
     proc = start_search(parent, digits_dir, image, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
@@ -210,6 +210,15 @@ def test_ctrl_c_then_podman_kill_mid_cell_and_each_rerun_resumes_it(image, tmp_p
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130 and read_status(cell)["status"] == "interrupted", out
     assert subprocess.run(["podman", "container", "exists", container_name(cell)]).returncode == 1
+    # the search SIGKILLed: its runtime client gets SIGTERM (PDEATHSIG) and passes it on, so again 'interrupted'
+    proc = start_search(parent, digits_dir, image)
+    wait_for_epoch(cell, read_status(cell)["epoch"] + 1, proc)
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 60
+    while read_status(cell)["status"] == "running" and time.time() < deadline:
+        time.sleep(0.1)
+    assert read_status(cell)["status"] == "interrupted" and read_status(cell)["reason"] == "SIGTERM"
     # the rerun resumes it; killed from outside, it is failed, and --retry_failed resumes it again
     proc = start_search(parent, digits_dir, image)
     wait_for_epoch(cell, read_status(cell)["epoch"] + 1, proc)
@@ -223,5 +232,5 @@ def test_ctrl_c_then_podman_kill_mid_cell_and_each_rerun_resumes_it(image, tmp_p
     rerun = search(parent, digits_dir, "--container", image, "--retry_failed")
     assert rerun.returncode == 0, rerun.stdout[-2000:]
     assert read_status(cell)["status"] == "completed"
-    assert open(f"{cell}/train.log").read().count("resuming at epoch") == 2
-    assert epochs_of(cell) == [1, 2, 3, 4]  # every epoch exactly once
+    assert open(f"{cell}/train.log").read().count("resuming at epoch") == 3
+    assert epochs_of(cell) == [1, 2, 3, 4, 5]  # every epoch exactly once

@@ -107,7 +107,10 @@ def run_command(ct, folder, data_dir, params, train_args, env):
                 *[a for h, c, mode in mounts for a in ("--bind", f"{h}:{c}:{mode}")],
                 *[a for k, v in (pass_env | gpu_env(gpus)).items() for a in ("--env", f"{k}={v}")],
                 ct.image, *train_args]
-    return [ct.runtime, "run", "--rm", "--name", container_name(folder), "--read-only", "--tmpfs", "/tmp",
+    # podman: a container of this name that outlived its run (still being removed after a kill) is replaced; one
+    # that trains holds the cell's folder lock, so the search never starts the cell while it does
+    replace = ["--replace"] if ct.runtime == "podman" else []
+    return [ct.runtime, "run", "--rm", *replace, "--name", container_name(folder), "--read-only", "--tmpfs", "/tmp",
             "--shm-size", SHM, "--security-opt", "label=disable", *user_flags(ct.runtime), *gpu_flags(ct.runtime, gpus),
             *[a for h, c, mode in mounts for a in ("-v", f"{h}:{c}:{mode}")],
             *[a for k, v in pass_env.items() for a in ("-e", f"{k}={v}")],
