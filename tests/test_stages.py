@@ -151,3 +151,14 @@ def test_a_successive_halving_search_over_a_stage_key_with_rungs_in_both_stages(
     subprocess.run(train_cmd(str(fresh), digits_dir), cwd=ROOT, env=env, check=True, capture_output=True)
     a, b = checkpoint(promoted)["model"], checkpoint(fresh)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_stage_key_the_task_cannot_honour_is_refused_like_the_run_key(tmp_path, boxes_dir, capsys):
+    from conftest import DET_PARAMS
+
+    exp = tmp_path / "det"
+    exp.mkdir()
+    stages = [{"num_epochs": 1}, {"num_epochs": 1, "mixup_alpha": 0.2}]
+    (exp / "params.json").write_text(json.dumps({**DET_PARAMS, "num_epochs": 2, "stages": stages}))
+    assert_one_line_error(lambda: run_train(str(exp), boxes_dir), capsys, f"{exp}/params.json: key 'mixup_alpha'",
+                          "not for detection", str(exp))

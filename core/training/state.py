@@ -135,7 +135,8 @@ def build_state(params, classes, runtime, train_loader, where, init_weights=True
     batches per epoch size the schedule, its images per class weigh class_weights "balanced". init_weights: copy
     init_weights_path's weights (not when a checkpoint is about to replace them)."""
     task = tasks.load(params.task)
-    task.check_params(params, classes, where)
+    for i in range(max(1, len(params.stages))):  # every stage's keys must suit the task (mixup for boxes: no)
+        task.check_params(params_of_stage(params, i), classes, where)
     # counting each class (images, or a segmentation's pixels: every mask read) matters only to "balanced" weights
     counts = (task.class_counts(train_loader.dataset, len(classes)) if params.class_weights == "balanced"
               else [1] * len(classes))
