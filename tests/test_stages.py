@@ -73,7 +73,7 @@ def test_sigkill_across_a_stage_boundary_then_resume_is_bit_identical(make_exper
     epoch is quick, so only a one-epoch stage 0 is frozen: the kill must not come after the run has ended."""
     stages = [{"num_epochs": epochs[0], "freeze": "body" if epochs[0] == 1 else "none", "learning_rate": 0.01},
               {"num_epochs": epochs[1], "learning_rate": [0.001, 0.004], "batch_size": 16, "ema_decay": 0.9,
-               "accumulate_steps": 2, "grad_clip": 1.0, "loss": {"ce": 0.5}}]
+               "accumulate_steps": 2, "grad_clip": 1.0, "label_smoothing": 0.1}]
     whole = make_experiment("whole", num_epochs=3, stages=stages, train_subset=400)
     killed = make_experiment("killed", num_epochs=3, stages=stages, train_subset=400)
     a, b = kill_mid_run_then_resume(whole, killed, digits_dir, after_first_epoch_s=0.4)
