@@ -357,7 +357,7 @@ def resolve(user, where, overrides=()):
     es = out["early_stopping"]
     es["monitor_metric"] = es["monitor_metric"] or task.monitor
     es["minimize"] = monitor_direction(es, out["task"], where)
-    check_plan(out, user | {k: v for k, v in flat.items() if k == "num_epochs"}, where, check_value, flatten)
+    check_plan(out, flat.get("num_epochs"), where, check_value, flatten)
     check_freeze(out, where)
     return out
 

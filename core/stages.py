@@ -20,6 +20,7 @@ STAGE_KEYS = ("learning_rate", "wd", "wd_norm_bias", "optimizer", "momentum", "s
               "box_loss_weights", "label_smoothing", "augmentation", "mixup_alpha", "cutmix_alpha", "mix_prob",
               "ema_decay", "accumulate_steps", "grad_clip", "batch_size")
 PLANS = ("none", "fine_tune")
+BLOCKS = {key.split(".")[0] for key in STAGE_KEYS if "." in key}  # nested params blocks a stage may set terms of
 
 
 def fine_tune(params):
@@ -32,10 +33,10 @@ def fine_tune(params):
              "scheduler": "one_cycle", "pct_start": 0.3, "div_factor": 5.0}]
 
 
-def check_plan(out, user, where, check_value, flatten):
+def check_plan(out, given_epochs, where, check_value, flatten):
     """Validate out["stages"] (or expand out["plan"]) in a resolved params dict, in place; num_epochs becomes the sum
-    of the stages'. `user`: the params as written (was num_epochs given?). check_value and flatten: core/config.py's,
-    passed in because config imports this module."""
+    of the stages'. given_epochs: num_epochs as params.json or an override set it (None: left out). check_value and
+    flatten: core/config.py's, passed in because config imports this module."""
     stages, plan = out.get("stages"), out.get("plan", "none")
     if not isinstance(stages, list):
         raise UserError(f"{where}: key 'stages' expects a list of objects, got {json.dumps(stages)[:80]}")
@@ -51,8 +52,8 @@ def check_plan(out, user, where, check_value, flatten):
     for i, stage in enumerate(stages):
         check_stage(stage, f"{where}: stages.{i}", check_value, flatten)
     total = sum(s["num_epochs"] for s in stages)
-    if "num_epochs" in user and user["num_epochs"] != total and plan == "none":
-        raise UserError(f"{where}: key 'num_epochs' is {user['num_epochs']} but the stages add up to {total}; "
+    if given_epochs is not None and given_epochs != total and plan == "none":
+        raise UserError(f"{where}: key 'num_epochs' is {given_epochs} but the stages add up to {total}; "
                         f"leave num_epochs out or make them agree")
     out["num_epochs"] = total
     for i in range(len(stages)):  # each stage's own values must make a valid run too (e.g. freeze vs rates)
@@ -92,7 +93,7 @@ def stage_params(params, i):
     if not params.get("stages"):
         return out
     for key, value in params["stages"][i].items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "box_loss_weights":
+        if key in BLOCKS and isinstance(value, dict):
             out[key] = {**out[key], **value}  # a block (loss) sets only the terms it names
         else:
             out[key] = copy.deepcopy(value)
@@ -111,20 +112,6 @@ def stage_starts(params):
 def stage_of(params, epoch):
     """The index of the stage that trains `epoch`."""
     return sum(start <= epoch for start in stage_starts(params)) - 1
-
-
-def set_stage_key(d, key, value, where):
-    """hyper_search's "stages.1.learning_rate": set that key of the params dict's stage 1."""
-    _, index, rest = key.split(".", 2)
-    stages = d.get("stages")
-    if not isinstance(stages, list) or not index.isdigit() or int(index) >= len(stages):
-        raise UserError(f"{where}: key '{key}': params.json has no stage {index} (its 'stages' list has "
-                        f"{len(stages) if isinstance(stages, list) else 0})")
-    target = stages[int(index)]
-    *parents, last = rest.split(".")
-    for p in parents:
-        target = target.setdefault(p, {})
-    target[last] = value
 
 
 def stage_flat(params, flatten):

@@ -9,7 +9,8 @@ import time
 
 from core.paths import ROOT
 from core.rundir.folder import Status, is_locked, read_status, write_status
-from core.search.pool import Progress, cell_env, prepare, slurm_alive, train_cell
+from core.search.pool import Progress, cell_env, prepare, train_cell
+from core.search.squeue import slurm_alive
 from utils import UserError
 
 EXTRA = "pip install -r requirements-cluster.txt"

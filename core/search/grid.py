@@ -18,7 +18,7 @@ import re
 
 from core.config import KEYS, resolve, set_dotted, suggest, type_name
 from core.search.sampling import DISTRIBUTIONS, METHODS, SAMPLED, check_distribution, is_distribution, sample
-from core.stages import STAGE_KEYS, set_stage_key
+from core.stages import STAGE_KEYS
 from utils import UserError
 
 MAX_NAME = 100
@@ -195,6 +195,16 @@ def child_path(parent, name):
 def base_params(parent_params):
     """What every cell shares: the parent's params without the search-only keys."""
     return {k: v for k, v in parent_params.items() if k not in KEYS or KEYS[k].hyperparam}
+
+
+def set_stage_key(d, key, value, where):
+    """hyper_search's "stages.1.learning_rate": set that key of the params dict's stage 1."""
+    _, index, rest = key.split(".", 2)
+    stages = d.get("stages")
+    if not isinstance(stages, list) or not index.isdigit() or int(index) >= len(stages):
+        raise UserError(f"{where}: key '{key}': params.json has no stage {index} (its 'stages' list has "
+                        f"{len(stages) if isinstance(stages, list) else 0})")
+    set_dotted(stages[int(index)], rest, value)
 
 
 def child_params(base, cell):
