@@ -19,7 +19,7 @@ from core.data.loaders import fetch_dataloader
 from core.rundir.folder import check_model_dir, checkpoint_path
 from core.rundir.record import provenance
 from core.rundir.report import check_same_data, variant_of, write_report
-from core.training.engine import evaluate, pick_runtime
+from core.training.engine import evaluate, keep_freed_memory, pick_runtime
 from core.training.state import evaluated_weights
 from data.build_dataset import ensure_data
 from model import tasks
@@ -41,6 +41,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    keep_freed_memory()
     ckpt_paths = [trained_checkpoint(d, args.restore_file) for d in args.model_dir]
     window = [f"{k}={v}" for k in ("eval_window", "eval_stride") if (v := getattr(args, k)) is not None]
     variant = variant_of(args.tta, args.eval_window, args.eval_stride)

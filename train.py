@@ -33,7 +33,7 @@ from core.rundir.folder import (
 from core.rundir.outputs import RunFolder, tensorboard_writer
 from core.stages import stage_of
 from core.training.compiling import compile_model
-from core.training.engine import epoch_seed, evaluate, pick_runtime, seed_everything, train_one_epoch
+from core.training.engine import epoch_seed, evaluate, keep_freed_memory, pick_runtime, seed_everything, train_one_epoch
 from core.training.monitor import GradMonitor, gradient_warnings
 from core.training.optim import layer_lrs, step_per_epoch
 from core.training.state import advance_stage, build_state, params_of_stage
@@ -74,6 +74,7 @@ def main(argv=None):
 
     # Everything below up to start_run() only reads: bad input fails here, before a single file is written.
     rt = pick_runtime(params.cuda)  # the runtime: device, autocast dtype, memory format
+    keep_freed_memory()  # no page faults for each batch's activations
     seed_everything(params.seed)
     data_dir = ensure_data(args.data_dir or TASKS[params.task].data)
     first = ckpt["epoch"] + 1 if ckpt else 1  # in a plan, its stage decides batch size and augmentation
