@@ -53,7 +53,7 @@ def keep_freed_memory():
     """Have glibc keep freed memory for reuse rather than return it to the OS. Its defaults map large blocks
     afresh and trim the heap on free, so a run's activations were page-faulted in again every batch (train.py on
     the detector: 660,000 page faults and about 3 s of system time an epoch, where a bare loop took 9,000; see
-    docs/speed.md). Blocks under 32 MB then come from the heap, and up to 256 MB of free heap is kept. Not glibc
+    docs/detection.md). Blocks under 32 MB then come from the heap, and up to 256 MB of free heap is kept. Not glibc
     (macOS, musl): nothing to do."""
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
