@@ -96,17 +96,16 @@ def mark(tile, x, y, colour, filled, radius=3):
 
 def plot_gallery(best, path, title, per_row=6, side=128):
     """Each image scaled to side x side with its true points as dots and the predicted ones as rings, one colour
-    per point; titled with its mean error (red: one of the worst). One mosaic, one imshow."""
+    per point; titled with its mean error (red: one of the worst). One mosaic, written by Pillow."""
     from PIL import Image
 
-    from core.rundir.plots import DPI, plt, save_figure
+    from core.rundir.plots import Text, save_mosaic
     from model.images import load_image
 
     items, band, top = best["gallery"], 18, 30
     rows = max(1, math.ceil(len(items) / per_row))
     mosaic = np.full((top + rows * (side + band), per_row * (side + 8), 3), 255, dtype=np.uint8)
-    fig = plt.figure(figsize=(mosaic.shape[1] / DPI, mosaic.shape[0] / DPI))
-    ax = fig.add_axes((0, 0, 1, 1))
+    labels = [Text(mosaic.shape[1] / 2, top / 2, f"{title}   (dots: true, rings: predicted)", size=8)]
     for n, item in enumerate(items):
         image = load_image(item["image"])
         scale = np.array([side / image.shape[1], side / image.shape[0]])
@@ -118,11 +117,7 @@ def plot_gallery(best, path, title, per_row=6, side=128):
             mark(tile, *(np.array(pred) * scale), colour, filled=False)
         y, x = top + (n // per_row) * (side + band) + band, (n % per_row) * (side + 8) + 4
         mosaic[y:y + side, x:x + side] = tile
-        ax.text(x + side / 2, y - band / 2, f"{'worst: ' if item['worst'] else ''}{item['error']:.2f} px",
-                ha="center", va="center", fontsize=7, color="red" if item["worst"] else "black")
-    ax.imshow(mosaic, interpolation="nearest")
-    ax.axis("off")
-    ax.text(mosaic.shape[1] / 2, top / 2, f"{title}   (dots: true, rings: predicted)", ha="center", va="center",
-            fontsize=8)
-    save_figure(fig, path, fixed_size=True)
+        labels.append(Text(x + side / 2, y - band / 2, f"{'worst: ' if item['worst'] else ''}{item['error']:.2f} px",
+                           "red" if item["worst"] else "black"))
+    save_mosaic(mosaic, labels, path)
 
