@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model.segmentation.loss import TERMS, build_loss, cross_entropy, dice_loss, loss_fn
-from model.segmentation.metrics import IGNORE, METRICS, EpochMetrics, per_class
+from model.segmentation.metrics import IGNORE, METRICS, EpochMetrics, per_class, predicted_classes
 from model.segmentation.net import TORCHVISION, UNet, build_model, head_of, outputs_of, sliding_window
 from utils import UserError, one_line
 
@@ -50,6 +50,12 @@ def test_confusion_and_formulas_by_hand():
     assert rows["a"] == {"iou": 0.5, "dice": pytest.approx(2 / 3), "pixels": 3, "predicted": 3}
     assert rows["b"]["iou"] == pytest.approx(2 / 3) and rows["b"]["predicted"] == 3
     assert rows["d"] == {"iou": None, "dice": None, "pixels": 0, "predicted": 0}
+
+
+def test_predicted_classes_is_argmax_with_the_first_of_equal_maxima():
+    logits = torch.randint(0, 3, (4, 11, 16, 16)).float()  # small integers: many ties across the classes
+    assert torch.equal(predicted_classes(logits), logits.argmax(1))
+    assert predicted_classes(torch.zeros(1, 5, 2, 2)).eq(0).all()
 
 
 def test_nothing_seen_computes_nothing():

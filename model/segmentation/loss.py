@@ -11,7 +11,7 @@ object 1). Pixels labelled IGNORE count in no term, and a batch without one labe
 import torch
 import torch.nn.functional as F
 
-from model.segmentation.metrics import IGNORE
+from model.segmentation.metrics import IGNORE, predicted_classes
 from model.segmentation.net import outputs_of
 from utils import UserError
 
@@ -93,7 +93,7 @@ def dice_loss(logits, masks, smooth=1.0):
     overlap = (probs * target).sum(dims)
     sizes = probs.sum(dims) + target.sum(dims)
     score = (2 * overlap + smooth) / (sizes + smooth)
-    predicted = F.one_hot(logits.argmax(1), k).permute(0, 3, 1, 2) * valid
+    predicted = F.one_hot(predicted_classes(logits), k).permute(0, 3, 1, 2) * valid
     present = (target.sum(dims) + predicted.sum(dims)) > 0
     # a mean under a mask, without the sync that score[present] would cost; 0 when nothing is labelled
     return ((1 - score) * present).sum() / present.sum().clamp(min=1)
