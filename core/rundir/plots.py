@@ -136,6 +136,14 @@ def plot_gallery(items, slots, path, title="", cols=8):
     save_mosaic(mosaic, labels, path)
 
 
+def mosaic_grid(n, per_row, cell_w, cell_h, top):
+    """A white canvas for a gallery of n cells of cell_w x cell_h pixels, per_row to a row, under a title band `top`
+    pixels high; and each cell's top-left corner (y, x)."""
+    rows = max(1, -(-n // per_row))
+    canvas = np.full((top + rows * cell_h, per_row * cell_w, 3), 255, dtype=np.uint8)
+    return canvas, [(top + (k // per_row) * cell_h, (k % per_row) * cell_w) for k in range(n)]
+
+
 class Text(NamedTuple):
     """A label on a mosaic, at pixel (x, y); anchor is Pillow's: "mm" centres it, "ld" puts its bottom-left there."""
     x: float

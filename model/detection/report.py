@@ -2,7 +2,6 @@
 and the gallery of a new best epoch: fixed valid images, then those with the most mistakes, with true boxes (green)
 and detections scored >= SCORE_SHOWN (red, with class and score)."""
 
-import math
 import os
 
 import numpy as np
@@ -109,18 +108,17 @@ def plot_gallery(best, path, title, per_row=6, side=160):
     titled with its mistakes (red: one of the worst). One mosaic, written by Pillow: cheap to redraw."""
     from PIL import Image
 
-    from core.rundir.plots import Text, save_mosaic
+    from core.rundir.plots import Text, mosaic_grid, save_mosaic
     from model.images import load_image
 
     items, classes, band, top = best["gallery"], best["classes"], 18, 30
-    rows = max(1, math.ceil(len(items) / per_row))
-    mosaic = np.full((top + rows * (side + band), per_row * (side + 8), 3), 255, dtype=np.uint8)
+    mosaic, corners = mosaic_grid(len(items), per_row, side + 8, side + band, top)
     labels = [Text(mosaic.shape[1] / 2, top / 2, f"{title}   (green: true, red: detected >= {SCORE_SHOWN})", size=8)]
-    for n, item in enumerate(items):
+    for (y, x), item in zip(corners, items):
+        y, x = y + band, x + 4  # the image's corner, under its cell's title
         image = load_image(item["image"])
         h, w = image.shape[:2]
         tile = np.array(Image.fromarray(image).resize((side, side), Image.NEAREST))
-        y, x = top + (n // per_row) * (side + band) + band, (n % per_row) * (side + 8) + 4
         for x1, y1, x2, y2, _ in item["truth"]:
             outline(tile, (x1 * side / w, y1 * side / h, x2 * side / w, y2 * side / h), (0, 255, 0))
         scale = side / item["side"]

@@ -2,7 +2,6 @@
 of each named point, worst first) and its figure, and the gallery of true and predicted points of a new best epoch
 (fixed valid examples, then the worst by mean error)."""
 
-import math
 import os
 
 import numpy as np
@@ -99,14 +98,14 @@ def plot_gallery(best, path, title, per_row=6, side=128):
     per point; titled with its mean error (red: one of the worst). One mosaic, written by Pillow."""
     from PIL import Image
 
-    from core.rundir.plots import Text, save_mosaic
+    from core.rundir.plots import Text, mosaic_grid, save_mosaic
     from model.images import load_image
 
     items, band, top = best["gallery"], 18, 30
-    rows = max(1, math.ceil(len(items) / per_row))
-    mosaic = np.full((top + rows * (side + band), per_row * (side + 8), 3), 255, dtype=np.uint8)
+    mosaic, corners = mosaic_grid(len(items), per_row, side + 8, side + band, top)
     labels = [Text(mosaic.shape[1] / 2, top / 2, f"{title}   (dots: true, rings: predicted)", size=8)]
-    for n, item in enumerate(items):
+    for (y, x), item in zip(corners, items):
+        y, x = y + band, x + 4  # the image's corner, under its cell's title
         image = load_image(item["image"])
         scale = np.array([side / image.shape[1], side / image.shape[0]])
         tile = np.array(Image.fromarray(image).resize((side, side), Image.NEAREST))
@@ -115,7 +114,6 @@ def plot_gallery(best, path, title, per_row=6, side=128):
             if truth[2] > 0:
                 mark(tile, *(np.array(truth[:2]) * scale), colour, filled=True)
             mark(tile, *(np.array(pred) * scale), colour, filled=False)
-        y, x = top + (n // per_row) * (side + band) + band, (n % per_row) * (side + 8) + 4
         mosaic[y:y + side, x:x + side] = tile
         labels.append(Text(x + side / 2, y - band / 2, f"{'worst: ' if item['worst'] else ''}{item['error']:.2f} px",
                            "red" if item["worst"] else "black"))

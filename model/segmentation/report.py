@@ -132,20 +132,19 @@ def plot_gallery(best, path, title, per_row=4, side=160):
     triplet titled with its IoU (red: one of the worst). One mosaic, written by Pillow: cheap to redraw."""
     from PIL import Image
 
-    from core.rundir.plots import Text, save_mosaic
+    from core.rundir.plots import Text, mosaic_grid, save_mosaic
     from model.images import load_image
     from model.segmentation.data_loader import load_mask
 
     items, colours = best["gallery"], palette(len(best["classes"]))
-    rows, band, top = max(1, -(-len(items) // per_row)), 18, 30
-    cell_w, cell_h = 3 * side + 12, side + band
-    mosaic = np.full((top + rows * cell_h, per_row * cell_w, 3), 255, dtype=np.uint8)
+    band, top, cell_w = 18, 30, 3 * side + 12
+    mosaic, corners = mosaic_grid(len(items), per_row, cell_w, side + band, top)
     labels = [Text(mosaic.shape[1] / 2, top / 2, title, size=9)]
-    for k, item in enumerate(items):
+    for (y, x), item in zip(corners, items):
+        y += band  # the images' top, under the triplet's title
         image, truth = load_image(item["image"]), load_mask(item["mask"])
         h, w = truth.shape
         pred = unpacked(item["prediction"])[:h, :w]  # a padded batch's prediction, cropped to the image
-        y, x = top + (k // per_row) * cell_h + band, (k % per_row) * cell_w
         for j, panel in enumerate((image, overlay(image, truth, colours), overlay(image, pred, colours))):
             tile = np.asarray(Image.fromarray(panel).resize((side, side), Image.NEAREST))
             mosaic[y:y + side, x + j * side:x + (j + 1) * side] = tile
