@@ -19,10 +19,10 @@ from core.data.loaders import fetch_dataloader
 from core.rundir.folder import check_model_dir, checkpoint_path
 from core.rundir.record import provenance
 from core.rundir.report import check_same_data, variant_of, write_report
-from core.training.engine import evaluate, keep_freed_memory, pick_runtime
+from core.training.engine import keep_freed_memory, pick_runtime
 from core.training.state import evaluated_weights
-from data.build_dataset import ensure_data
 from model import tasks
+from model.loop import evaluate
 from utils import UserError, load_checkpoint, one_line, run_cli
 
 
@@ -50,7 +50,7 @@ def main(argv=None):
     for model_dir, (metrics, *_) in zip(args.model_dir, results):
         check_same_data(model_dir, args.split, args.restore_file, variant, metrics["data_dir"])
     rows = []
-    names = list(dict.fromkeys(name for metrics, _, _, _ in results for name in tasks.metric_names(metrics["task"])))
+    names = list(dict.fromkeys(name for *_, task in results for name in task.metric_names()))
     for model_dir, (metrics, details, classes, task) in zip(args.model_dir, results):
         write_report(model_dir, args.split, args.restore_file, variant, metrics, details, classes, task)
         rows.append([model_dir, metrics["epoch"]] + [metrics.get(k) for k in names] + [provenance(model_dir)])
@@ -78,7 +78,7 @@ def evaluate_checkpoint(path, data_dir, split, tta=None, overrides=()):
     # the whole split, and the model as trained (weights come from the checkpoint, not from pretraining)
     params = Params(resolve(ckpt["params"], f"{path} (params)", [*fixed_overrides("evaluate"), *overrides]))
     rt, task = pick_runtime(params.cuda), tasks.load(params.task)
-    data_dir = ensure_data(data_dir or tasks.TASKS[params.task].data)
+    data_dir = tasks.ensure_data(data_dir or task.data)
     loaders, classes = fetch_dataloader([split], data_dir, params, rt.pin_memory, training=False)
     if classes != ckpt["classes"]:
         raise UserError(f"{data_dir}: classes {classes} differ from those {path} was trained on {ckpt['classes']}")

@@ -17,9 +17,9 @@ import os
 from core.search.asha import schedule_of
 from core.search.figures import history_figure, rungs_figure
 from core.search.parallel import parallel_figure, parallel_html
-from core.search.results import cells_of, gather, ranking_metric, read_optional, varied_keys
+from core.search.results import cells_of, gather, ranking_metric, read_optional, task_of, varied_keys
 from core.search.space import axis_scales
-from model.tasks import all_metrics
+from model.tasks import TASKS
 from utils import UserError, run_cli
 
 CURVES = 3
@@ -53,7 +53,8 @@ def plot(parent_dir, metric=None, top_k=8):
     if not any(c.histories and all(c.histories) for c in cells):
         raise UserError(f"--parent_dir {parent_dir}: no run with a history.json yet")
     scales = axis_scales(parent, keys, runs)
-    reported = [m for m in all_metrics() if any(m in row["val"] for c in cells for h in c.histories for row in h)]
+    task = TASKS.get(task_of(runs), TASKS["classification"])
+    reported = [m for m in task.metrics if any(m in row["val"] for c in cells for h in c.histories for row in h)]
     curves = sorted(reported, key=lambda m: (m != "loss", m != metric))[:CURVES]  # one row: loss, metric, the next
     out = [os.path.join(parent_dir, name) for name in ("history_plots.png", "parallel.png", "parallel.html",
                                                        "rungs.png")]

@@ -32,8 +32,7 @@ from core.search.pool import (
 )
 from core.search.results import budget_line
 from core.search.smoke import smoke_cells
-from data.build_dataset import ensure_data
-from model.tasks import TASKS
+from model.tasks import TASKS, ensure_data
 from utils import UserError, run_cli
 
 ACTIONS = {
@@ -205,10 +204,10 @@ def check_presets(cells):
 
     for cell in cells:
         name = cell.params.get("augmentation")
-        PRESETS = tasks.load(cell.params.get("task", KEYS["task"].default)).PRESETS
-        if isinstance(name, str) and name not in PRESETS:
+        presets = tasks.load(cell.params.get("task", KEYS["task"].default)).presets
+        if isinstance(name, str) and name not in presets:
             raise UserError(f"cell {cell.name}: params key 'augmentation': unknown preset '{name}' "
-                            f"(presets: {', '.join(PRESETS)}; or an albumentations dict)")
+                            f"(presets: {', '.join(presets)}; or an albumentations dict)")
 
 
 def print_plan(cells, todo, args, source):

@@ -26,8 +26,11 @@ from core.search.results import (
     numbers,
     ranking_metric,
     read_optional,
+    runs_by_task,
+    varied_keys,
 )
 from core.search.space import axis_scales
+from model.tasks import TASKS
 from utils import UserError, atomic_write, run_cli
 
 
@@ -55,19 +58,32 @@ def synthesize(parent_dir, metric=None, split="val", budget=False):
     runs = gather(parent_dir, split)
     if not runs:
         raise UserError(f"--parent_dir {parent_dir}: no run folders (folders with a params.json) found")
-    metric = ranking_metric(runs, metric)
-    keys, metrics, rows = build_rows(runs, metric)
     parent = read_optional(os.path.join(parent_dir, "params.json"), []) or {}
     schedule = schedule_of(parent, parent_dir)
-    markdown = markdown_table(rows, keys, metrics, parent_dir, split, schedule)
-    cells = cells_of(runs, keys, metric, schedule, read_histories=schedule is not None)  # rung values only
-    mattered = importance_markdown(cells, axis_scales(parent, keys, runs), metric, schedule, split)
-    markdown += "\n\n" + mattered if mattered else ""
+    by_task = runs_by_task(runs)
+    if len(by_task) == 1:
+        markdown = task_markdown(runs, metric, parent, parent_dir, split, schedule)
+    else:  # --metric ranks the tasks that report it; each other task ranks by its monitored metric
+        own = {task: metric if task in TASKS and metric in TASKS[task].metrics else None for task in by_task}
+        markdown = "\n\n".join(f"## {task}\n\n" + task_markdown(task_runs, own[task], parent, parent_dir, split,
+                                                                   schedule) for task, task_runs in by_task.items())
+    keys = varied_keys(runs)
     if budget:
         markdown += "\n\n" + budget_line(*budget_of(runs))
     atomic_write(os.path.join(parent_dir, "results.md"), lambda f: f.write(markdown + "\n"))
     atomic_write(os.path.join(parent_dir, "results.csv"), lambda f: f.write(csv_text(runs, keys)), mode="w")
     return markdown
+
+
+def task_markdown(runs, metric, parent, parent_dir, split, schedule):
+    """The table of one task's runs, ranked by `metric` when the task reports it (else by its monitored one), and
+    which searched keys mattered."""
+    metric = ranking_metric(runs, metric)
+    keys, metrics, rows = build_rows(runs, metric)
+    markdown = markdown_table(rows, keys, metrics, parent_dir, split, schedule)
+    cells = cells_of(runs, keys, metric, schedule, read_histories=schedule is not None)  # rung values only
+    mattered = importance_markdown(cells, axis_scales(parent, keys, runs), metric, schedule, split)
+    return markdown + ("\n\n" + mattered if mattered else "")
 
 
 def cell_text(value):

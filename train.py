@@ -33,12 +33,12 @@ from core.rundir.folder import (
 from core.rundir.outputs import RunFolder, tensorboard_writer
 from core.stages import stage_of
 from core.training.compiling import compile_model
-from core.training.engine import epoch_seed, evaluate, keep_freed_memory, pick_runtime, seed_everything, train_one_epoch
+from core.training.engine import epoch_seed, keep_freed_memory, pick_runtime, seed_everything
 from core.training.monitor import GradMonitor, gradient_warnings
 from core.training.optim import layer_lrs, step_per_epoch
 from core.training.state import advance_stage, build_state, params_of_stage
-from data.build_dataset import ensure_data
-from model.tasks import TASKS
+from model.loop import evaluate, train_one_epoch
+from model.tasks import TASKS, ensure_data
 from utils import UserError, load_checkpoint, one_line, run_cli, set_logger, write_json
 
 log = logging.getLogger(__name__)
@@ -218,7 +218,7 @@ def finish(model_dir, params, task, status, reason, history, start_epoch, timing
     images_per_s = sum(r["images_per_s"] for r in session) / len(session) if session else None
     extra = {}
     if params.overfit_batches and history:
-        metric = task.OVERFIT_METRIC
+        metric = task.overfit_metric
         acc = history[-1]["val"][metric]
         passed = acc >= OVERFIT_TARGET
         extra["overfit_check"] = {f"train_{metric}": acc, "passed": passed, "target": OVERFIT_TARGET}

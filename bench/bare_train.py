@@ -21,8 +21,8 @@ from core.config import load_params  # noqa: E402
 from core.data.loaders import fetch_dataloader, reseed_epoch  # noqa: E402
 from core.training.engine import epoch_seed, pick_runtime, seed_everything  # noqa: E402
 from core.training.optim import PER_BATCH, build_optimizer, build_scheduler  # noqa: E402
-from data.build_dataset import ensure_data  # noqa: E402
 from model import tasks  # noqa: E402
+from model.tasks import ensure_data  # noqa: E402
 
 
 def main():
@@ -35,7 +35,7 @@ def main():
     rt = pick_runtime(params.cuda)
     seed_everything(params.seed)
     task = tasks.load(params.task)
-    data_dir = ensure_data(args.data_dir or tasks.TASKS[params.task].data)
+    data_dir = ensure_data(args.data_dir or tasks.load(params.task).data)
     loaders, classes = fetch_dataloader(["train", "valid"], data_dir, params, rt.pin_memory)
     model = rt.prepare(task.build_model(params, len(classes)))
     optimizer = build_optimizer(params, model, task)
@@ -58,7 +58,7 @@ def main():
         if scheduler is not None and params.scheduler not in PER_BATCH + ("plateau",):
             scheduler.step()
         model.eval()
-        metrics, predict = task.EpochMetrics(len(classes), rt.device), task.predictor(params)
+        metrics, predict = task.epoch_metrics(len(classes), rt.device), task.predictor(params)
         with torch.inference_mode(), rt.autocast():
             for x, y in loaders["valid"]:
                 x, y = rt.to_device(x, y)

@@ -23,7 +23,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from data.build_dataset import DEFAULT_DST, ensure_data  # noqa: E402
+from model.tasks import TASKS, ensure_data  # noqa: E402
 
 EXAMPLE = os.path.join(ROOT, "experiments", "asha_search", "params.json")
 
@@ -67,7 +67,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--keep", help="keep the search folders in this folder (default: a temp folder, removed)")
     args = ap.parse_args()
-    data_dir = ensure_data(DEFAULT_DST)
+    data_dir = ensure_data(TASKS["classification"].data)
     scratch = args.keep or tempfile.mkdtemp(prefix="bench-asha-")
     os.makedirs(scratch, exist_ok=True)
     runs = {"asha": [], "grid": []}

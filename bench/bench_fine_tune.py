@@ -28,7 +28,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from data.build_dataset import DEFAULT_DST, ensure_data  # noqa: E402
+from model.tasks import TASKS, ensure_data  # noqa: E402
 
 BASE = {"arch": "small_cnn", "im_sz": 32, "batch_size": 32, "learning_rate": 0.004, "cache_images": 1,
         "plot_every_s": 1000, "monitor_gradients": 0}
@@ -58,7 +58,7 @@ def main():
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--train_subset", type=int, default=100)
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--data_dir", default=os.path.join(ROOT, DEFAULT_DST))
+    ap.add_argument("--data_dir", default=os.path.join(ROOT, TASKS["classification"].data))
     args = ap.parse_args()
     os.chdir(ROOT)
     ensure_data(os.path.relpath(args.data_dir))

@@ -36,7 +36,7 @@ sys.path.insert(0, ROOT)
 
 from core.search.forkserver import ForkServer  # noqa: E402
 from core.search.pool import cell_env, threads_per_worker  # noqa: E402
-from data.build_dataset import DEFAULT_DST, ensure_data  # noqa: E402
+from model.tasks import TASKS, ensure_data  # noqa: E402
 
 PARENT = {"arch": "small_cnn", "im_sz": 32, "batch_size": 64, "cache_images": 1,
           "hyper_search": {"learning_rate": [0.001, 0.002, 0.004, 0.008], "ps": [0.1, 0.3]}}
@@ -94,7 +94,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--data_dir", default=os.path.join(ROOT, DEFAULT_DST))
+    ap.add_argument("--data_dir", default=os.path.join(ROOT, TASKS["classification"].data))
     ap.add_argument("--container", metavar="IMAGE", help="also run every cell in a container of IMAGE")
     args = ap.parse_args()
     os.chdir(ROOT)

@@ -22,10 +22,11 @@ import torch  # noqa: E402
 
 from core.config import Params, fixed_overrides, resolve  # noqa: E402
 from core.data.loaders import fetch_dataloader  # noqa: E402
-from core.training.engine import evaluate, pick_runtime  # noqa: E402
+from core.training.engine import pick_runtime  # noqa: E402
 from core.training.state import evaluated_weights  # noqa: E402
 from data.scenes import build_scenes  # noqa: E402
 from model import tasks  # noqa: E402
+from model.loop import evaluate  # noqa: E402
 from utils import load_checkpoint  # noqa: E402
 
 

@@ -2,7 +2,7 @@
 
     python bench/bench_train_loop.py [--rounds 5] [--model_dir experiments/base_model]   # or experiments/segmentation
 
-"Ours" is core.training.engine.train_one_epoch exactly as train.py calls it: epoch metrics accumulated on the device,
+"Ours" is model/loop.py's train_one_epoch exactly as train.py calls it: epoch metrics accumulated on the device,
 the per-batch one_cycle schedule, gradient monitoring, the progress bar's bookkeeping. "Bare" is the minimal
 loop: to(device), forward, the task's loss, zero_grad, backward, step. Both read the same DataLoader (images cached in
 RAM, so the data pipeline is shared, not measured twice). The two alternate round by round so drift in machine
@@ -21,12 +21,13 @@ import torch  # noqa: E402
 
 from core.config import load_params  # noqa: E402
 from core.data.loaders import fetch_dataloader  # noqa: E402
-from core.training.engine import pick_runtime, train_one_epoch  # noqa: E402
+from core.training.engine import pick_runtime  # noqa: E402
 from core.training.monitor import GradMonitor  # noqa: E402
 from core.training.optim import PER_BATCH, build_optimizer, build_scheduler  # noqa: E402
 from core.training.state import TrainingState  # noqa: E402
-from data.build_dataset import ensure_data  # noqa: E402
 from model import tasks  # noqa: E402
+from model.loop import train_one_epoch  # noqa: E402
+from model.tasks import ensure_data  # noqa: E402
 
 
 def fresh(task, params, n_clas, rt, steps):
@@ -79,7 +80,7 @@ def main():
         torch.set_num_threads(args.threads)
     params = load_params(os.path.join(args.model_dir, "params.json"), ["cache_images=1", "num_workers=0"])
     rt, task = pick_runtime(params.cuda), tasks.load(params.task)
-    data_dir = ensure_data(args.data_dir or tasks.TASKS[params.task].data)
+    data_dir = ensure_data(args.data_dir or tasks.load(params.task).data)
     loaders, classes = fetch_dataloader(["train"], data_dir, params, rt.pin_memory)
     loader, n_clas = loaders["train"], len(classes)
     ours_state = fresh(task, params, n_clas, rt, len(loader) * (args.rounds + 1))

@@ -11,7 +11,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from data.build_dataset import ensure_data  # noqa: E402
+from model.tasks import ensure_data  # noqa: E402
 
 
 def parse_args(doc, rounds):

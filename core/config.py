@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 
 from core.stages import PLANS, check_freeze, check_plan, stage_flat
-from model.tasks import TASKS, all_metrics, metrics_of  # no torch there: search planning and tables stay fast
+from model.tasks import TASKS, loss_defaults, metrics_of  # no torch there: search planning and tables stay fast
 from utils import UserError, read_json
 
 FLAG, LR, OPT_INT, AUG, ANY = "0/1", "float or list of floats", "int or null", "preset name or dict", "any"
@@ -44,6 +44,21 @@ def fraction(closed_low=True):
 
 
 SAME = "same as the default"
+
+
+def loss_keys():
+    """{"loss.<term>": Key, "loss.<term>_<setting>": Key} over every task's loss terms (model/<task>/loss.py
+    TERMS): the loss block's keys, learned from the tasks. A run's params carry every task's terms, the others'
+    at their defaults (each task's check_params refuses another's term turned on)."""
+    docs, users = {}, {}
+    for task in TASKS.values():
+        for name, term in task.loss_terms.items():
+            docs.setdefault(name, f"training loss: weight of {term.doc}")
+            docs.update({f"{name}_{s}": f"training loss: {name}'s {s}" for s in term.settings})
+        for key in task.loss_keys():
+            users.setdefault(key, []).append(task.name)
+    return {f"loss.{key}": Key(default, float, f"{docs[key]} ({', '.join(users[key])})", check=at_least(0))
+            for key, default in loss_defaults().items()}
 
 
 @dataclass(frozen=True)
@@ -81,11 +96,8 @@ KEYS = {
     "n_clas": Key(None, OPT_INT, "number of classes; null: the number of class folders in the data",
                   check=(lambda v: v is None or v >= 2, ">= 2")),
     "ps": Key(0.25, float, "dropout before the head", check=fraction()),
-    # loss and labels (model/<task>/net.py or loss.py: build_loss)
-    "loss.ce": Key(1.0, float, "training loss: weight of cross-entropy", check=at_least(0)),
-    "loss.dice": Key(0.0, float, "segmentation training loss: weight of soft Dice", check=at_least(0)),
-    "loss.bce": Key(0.0, float, "segmentation training loss: weight of binary cross-entropy (one-class masks)",
-                    check=at_least(0)),
+    # loss and labels (model/<task>/loss.py): loss.<term> and loss.<term>_<setting> come from the tasks' TERMS
+    **loss_keys(),
     "aux_weight": Key(0.4, float, "segmentation: weight of the auxiliary head's loss (fcn, deeplabv3)",
                       check=at_least(0)),
     "box_loss_weights": Key(None, ANY, "detection training loss: {term: weight} over the detector's loss terms "
@@ -151,8 +163,7 @@ KEYS = {
     "early_stopping.patience": Key(10, int, "stop after this many epochs without improvement (0: never)",
                                    check=at_least(0)),
     "early_stopping.monitor_metric": Key(None, OPT_STR, "validation metric that picks best.pth.tar and drives "
-                                         "stopping (null: the task's, accuracy or miou; model/<task>/metrics.py)",
-                                         choices=tuple(all_metrics())),
+                                         "stopping: one of the task's (null: its headline; model/<task>/metrics.py)"),
     "early_stopping.min_delta": Key(0.0, float, "smallest change that counts as an improvement", check=at_least(0)),
     "early_stopping.minimize": Key(None, OPT_FLAG, "1 when a smaller monitor_metric is better; null: the metric's "
                                    "own direction (model/<task>/metrics.py)"),
@@ -300,7 +311,9 @@ def type_ok(value, expected):
 
 
 def check_value(key, value, where):
-    entry = KEYS[key]
+    entry = KEYS.get(key)
+    if entry is None:  # a stage's loss term no task declares
+        raise UserError(f"{where}: unknown key '{key}'{suggest(key)}")
     if not type_ok(value, entry.type):
         want = entry.type if isinstance(entry.type, str) else type_name(entry.type())
         raise UserError(f"{where}: key '{key}' expects {want}, got {type_name(value)} {json.dumps(value)}")
@@ -359,6 +372,9 @@ def resolve(user, where, overrides=()):
     es["minimize"] = monitor_direction(es, out["task"], where)
     check_plan(out, flat.get("num_epochs"), where, check_value, flatten)
     check_freeze(out, where)
+    for i, stage in enumerate(out["stages"] or [{}]):  # a stage too may turn on only its task's terms
+        task.check_loss({**out["loss"], **stage.get("loss", {})}, f"{where}: stages.{i}" if stage else where,
+                        loss_defaults())
     return out
 
 

@@ -16,11 +16,11 @@ from utils import UserError
 
 # what a stage may change: how the model is trained, never what it is (arch, data, task, seed, subsets)
 STAGE_KEYS = ("learning_rate", "wd", "wd_norm_bias", "optimizer", "momentum", "scheduler", "div_factor", "pct_start",
-              "step_size", "gamma", "plateau_patience", "freeze", "loss.ce", "loss.dice", "loss.bce", "aux_weight",
+              "step_size", "gamma", "plateau_patience", "freeze", "aux_weight",
               "box_loss_weights", "label_smoothing", "augmentation", "mixup_alpha", "cutmix_alpha", "mix_prob",
               "ema_decay", "accumulate_steps", "grad_clip", "batch_size")
 PLANS = ("none", "fine_tune")
-BLOCKS = {key.split(".")[0] for key in STAGE_KEYS if "." in key}  # nested params blocks a stage may set terms of
+BLOCKS = ("loss",)  # params blocks a stage may set any key of (the loss terms the task's loss.py declares)
 
 
 def fine_tune(params):
@@ -67,10 +67,15 @@ def check_stage(stage, where, check_value, flatten):
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise UserError(f"{where}: key 'num_epochs' must be an int >= 1, got {json.dumps(n)}")
     for key, value in flatten({k: v for k, v in stage.items() if k != "num_epochs"}).items():
-        if key not in STAGE_KEYS:
+        if not is_stage_key(key):
             raise UserError(f"{where}: key '{key}' cannot change within a run (a stage may set: "
-                            f"{', '.join(STAGE_KEYS)})")
+                            f"{', '.join(STAGE_KEYS)} and the loss block's terms)")
         check_value(key, value, where)
+
+
+def is_stage_key(key):
+    """Whether a stage may set `key` (a flattened params key)."""
+    return key in STAGE_KEYS or key.split(".")[0] in BLOCKS
 
 
 def check_freeze(params, where):

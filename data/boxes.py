@@ -15,11 +15,9 @@ the same pictures; each digit's box is its strokes' tight box, in pixels.
 import json
 import os
 
-from data.folders import SPLITS, build_in_place
-from data.scenes import draw_scenes, source_splits
-from utils import UserError
+from data.folders import SPLITS
+from data.scenes import build_scene_set, draw_scenes
 
-DEFAULT_BOXES = os.path.join("data", "digit_boxes")
 CATEGORIES = [{"id": d + 1, "name": str(d)} for d in range(10)]
 
 
@@ -40,23 +38,12 @@ def coco_split(scenes, folder):
     return {"images": images, "annotations": annotations, "categories": CATEGORIES}
 
 
-def build_boxes(dst=DEFAULT_BOXES, size=64, counts=(1200, 300, 300), seed=230):
+def build_boxes(dst, size=64, counts=(1200, 300, 300), seed=230):
     """Build the digit boxes in dst (never over an existing one). Returns dst."""
-    from sklearn.datasets import load_digits
 
-    if os.path.exists(dst):
-        raise UserError(f"{dst}: already exists; remove it first to rebuild")
-    if size < 8:
-        raise UserError(f"scene size {size}: must be >= 8 pixels")
-    digits = load_digits()
-    labels = [int(y) for y in digits.target]
-    pools = source_splits(labels, seed)
+    def write_split(folder, split, count, size, pool, scans, labels):
+        coco = coco_split(draw_scenes(split, count, size, pool, scans, labels, seed), folder)
+        with open(os.path.join(folder, "annotations.json"), "w") as f:
+            json.dump(coco, f)
 
-    def fill(tmp):
-        for split, count in zip(SPLITS, counts):
-            folder = os.path.join(tmp, split)
-            coco = coco_split(draw_scenes(split, count, size, pools[split], digits.images, labels, seed), folder)
-            with open(os.path.join(folder, "annotations.json"), "w") as f:
-                json.dump(coco, f)
-
-    return build_in_place(dst, fill)
+    return build_scene_set(dst, dict.fromkeys(SPLITS, size), counts, seed, write_split)

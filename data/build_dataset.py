@@ -17,104 +17,22 @@ detection writes the digit scenes with their boxes in the COCO layout (data/boxe
 
 import argparse
 import os
-import random
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
 
-from data.boxes import DEFAULT_BOXES, build_boxes  # noqa: E402
-from data.folders import SPLITS, build_in_place, split_indices  # noqa: E402, F401  (SPLITS: read by others)
-from data.points import DEFAULT_POINTS, build_points  # noqa: E402
-from data.scenes import DEFAULT_SCENES, build_scenes  # noqa: E402
+from data.digits import build_digits, keep_fractions, write_split  # noqa: E402
+from data.folders import IMAGE_EXTS, SPLITS, split_indices  # noqa: E402
+from model.tasks import TASKS  # noqa: E402  (no torch: each task's facts, its default data set among them)
 from utils import UserError, run_cli  # noqa: E402
-
-DEFAULT_DST = os.path.join("data", "digits")
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-
-
-def scan_image_folder(root):
-    """{class: [image file names]} for root/<class>/<image>, classes and files sorted; a class folder without
-    images maps to []. The one definition of the layout: this script's --src and the training loader
-    (core/data/loaders.py) both read folders through it, each reporting problems in its own words."""
-    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
-    return {c: sorted(f for f in os.listdir(os.path.join(root, c)) if f.lower().endswith(IMAGE_EXTS))
-            for c in classes}
-
-
-def keep_fractions(labels, keep, seed):
-    """The indices of `labels` left after keeping only the fraction keep[c] of each class c named in `keep` (a
-    seeded choice, at least one image), all of the other classes: an imbalanced variant of a data set."""
-    rng = random.Random(seed)
-    by_class = {}
-    for i, y in enumerate(labels):
-        by_class.setdefault(str(y), []).append(i)
-    unknown = sorted(set(keep) - set(by_class))
-    if unknown:
-        raise UserError(f"--imbalance: no class named {', '.join(unknown)} (classes: {', '.join(sorted(by_class))})")
-    kept = []
-    for c, idx in by_class.items():
-        n = max(1, round(keep.get(c, 1.0) * len(idx)))
-        kept += rng.sample(idx, n) if n < len(idx) else idx
-    return sorted(kept)
-
-
-def write_split(images, labels, names, splits, dst, size):
-    """Write every image as a size x size PNG into DST/<split>/<class>/, built in place (build_in_place)."""
-    from PIL import Image
-
-    def fill(tmp):
-        for split, idx in splits.items():
-            for i in idx:
-                folder = os.path.join(tmp, split, str(labels[i]))
-                os.makedirs(folder, exist_ok=True)
-                img = images(i).resize((size, size), Image.BICUBIC)
-                img.save(os.path.join(folder, names[i] + ".png"))
-
-    build_in_place(dst, fill)
-
-
-def build_digits(dst=DEFAULT_DST, size=32, fractions=(0.7, 0.15, 0.15), seed=230, keep=None):
-    """scikit-learn's digits (0..16 grey levels) as PNGs, upscaled from 8x8 to size x size. keep: {class name:
-    fraction of its images to keep}, before splitting (so every split is imbalanced alike)."""
-    import numpy as np
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    pixels = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)
-    labels = [int(y) for y in digits.target]
-    names = [f"digit_{i:04d}" for i in range(len(labels))]
-    kept = keep_fractions(labels, keep or {}, seed)
-    splits = {s: [kept[i] for i in idx] for s, idx in split_indices([labels[i] for i in kept], fractions, seed).items()}
-    write_split(lambda i: Image.fromarray(pixels[i], mode="L"), labels, names, splits, dst, size)
-    return dst
-
-
-def ensure_data(data_dir):
-    """Build a default data set (digits, digit scenes or digit points) on first use; any other missing folder is the
-    user's to provide."""
-    if os.path.exists(data_dir):
-        return data_dir
-    if os.path.normpath(data_dir) == os.path.normpath(DEFAULT_DST):
-        print(f"building the default data set in {data_dir} (first use)")
-        build_digits(data_dir)
-    elif os.path.normpath(data_dir) == os.path.normpath(DEFAULT_SCENES):
-        print(f"building the default segmentation data set in {data_dir} (first use)")
-        build_scenes(data_dir)
-    elif os.path.normpath(data_dir) == os.path.normpath(DEFAULT_BOXES):
-        print(f"building the default detection data set in {data_dir} (first use)")
-        build_boxes(data_dir)
-    elif os.path.normpath(data_dir) == os.path.normpath(DEFAULT_POINTS):
-        print(f"building the default keypoint data set in {data_dir} (first use)")
-        build_points(data_dir)
-    return data_dir
 
 
 def list_images(src):
     """[(path, class_name)] for src/<class>/<image>; class folders without images are an error."""
     if not os.path.isdir(src):
         raise UserError(f"--src {src}: not a directory")
-    found = scan_image_folder(src)
+    found = {c: sorted(f for f in os.listdir(os.path.join(src, c)) if f.lower().endswith(IMAGE_EXTS))
+             for c in sorted(d for d in os.listdir(src) if os.path.isdir(os.path.join(src, d)))}
     if not found:
         raise UserError(f"--src {src}: no class sub-folders (expected {src}/<class>/<image>)")
     items = []
@@ -173,12 +91,12 @@ def parse_imbalance(text):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--task", choices=("classification", "segmentation", "keypoints", "detection"),
-                    default="classification",
+    ap.add_argument("--task", choices=tuple(TASKS), default="classification",
                     help="segmentation: digit scenes with masks instead of class folders; keypoints: one-digit "
                          "scenes with five named points each; detection: the scenes' boxes, COCO layout")
     ap.add_argument("--src", help="folder of class sub-folders (default: scikit-learn's digits)")
-    ap.add_argument("--dst", help="output folder (default: data/digits; segmentation: data/digit_scenes)")
+    ap.add_argument("--dst", help="output folder (default: the task's own, " +
+                    ", ".join(f"{t.name} {t.data}" for t in TASKS.values()) + ")")
     ap.add_argument("--size", type=int, default=None, help="output images are SIZE x SIZE (digits: 32, else 64)")
     ap.add_argument("--test_size", type=int, default=None,
                     help="segmentation: test scenes are TEST_SIZE x TEST_SIZE (default: --size)")
@@ -191,7 +109,7 @@ def main(argv=None):
         return main_scenes(args)
     if args.test_size is not None:
         raise UserError("--test_size: only with --task segmentation")
-    args.dst = args.dst or DEFAULT_DST
+    args.dst = args.dst or TASKS["classification"].data
     fractions = parse_fractions(args.fractions or "0.7,0.15,0.15")
     keep = parse_imbalance(args.imbalance)
     if os.path.exists(args.dst):
@@ -212,19 +130,14 @@ def main_scenes(args):
     for flag in ("src", "imbalance", "fractions") + (("test_size",) if args.task != "segmentation" else ()):
         if getattr(args, flag) is not None:
             raise UserError(f"--{flag}: not with --task {args.task} (the scenes are built from scikit-learn's digits)")
-    defaults = {"segmentation": DEFAULT_SCENES, "keypoints": DEFAULT_POINTS, "detection": DEFAULT_BOXES}
-    dst = args.dst or defaults[args.task]
+    dst = args.dst or TASKS[args.task].data
     if os.path.exists(dst):
         raise UserError(f"--dst {dst}: already exists; remove it first to rebuild")
     for flag in ("size", "test_size"):
         if getattr(args, flag) is not None and getattr(args, flag) < 8:
             raise UserError(f"--{flag} {getattr(args, flag)}: must be >= 8 for scenes")
-    if args.task == "keypoints":
-        build_points(dst, args.size or 64, seed=args.seed)
-    elif args.task == "detection":
-        build_boxes(dst, args.size or 64, seed=args.seed)
-    else:
-        build_scenes(dst, args.size or 64, args.test_size, seed=args.seed)
+    options = {k: v for k, v in (("size", args.size), ("test_size", args.test_size)) if v is not None}
+    TASKS[args.task].build_data(dst, seed=args.seed, **options)
     counts = {s: len(os.listdir(os.path.join(dst, s, "images"))) for s in SPLITS}
     print(f"wrote {dst}: " + ", ".join(f"{s} {n} scenes" for s, n in counts.items()))
 

@@ -7,6 +7,7 @@ import shutil
 import tempfile
 
 SPLITS = ("train", "valid", "test")
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")  # what counts as an image file
 
 
 def split_indices(labels, fractions, seed):

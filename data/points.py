@@ -17,11 +17,9 @@ width); v is COCO's visibility flag (0 not labelled, 1 labelled but hidden, 2 vi
 import json
 import os
 
-from data.folders import SPLITS, build_in_place
-from data.scenes import render_scene, scene_rng, source_splits
-from utils import UserError
+from data.folders import SPLITS
+from data.scenes import build_scene_set, render_scene, scene_rng
 
-DEFAULT_POINTS = os.path.join("data", "digit_points")
 NAMES = ["top_left", "top_right", "bottom_right", "bottom_left", "centre"]
 VISIBLE = 2
 
@@ -54,21 +52,10 @@ def write_points(folder, scenes):
         f.write('{"names": ' + json.dumps(NAMES) + ',\n "images": {\n' + ",\n".join(lines) + "\n}}\n")
 
 
-def build_points(dst=DEFAULT_POINTS, size=64, counts=(1200, 300, 300), seed=230):
+def build_points(dst, size=64, counts=(1200, 300, 300), seed=230):
     """Build the digit points in dst (never over an existing one). Returns dst."""
-    from sklearn.datasets import load_digits
 
-    if os.path.exists(dst):
-        raise UserError(f"{dst}: already exists; remove it first to rebuild")
-    if size < 8:
-        raise UserError(f"scene size {size}: must be >= 8 pixels")
-    digits = load_digits()
-    labels = [int(y) for y in digits.target]
-    pools = source_splits(labels, seed)
+    def write_split(folder, split, count, size, pool, scans, labels):
+        write_points(folder, draw_points(split, count, size, pool, scans, labels, seed))
 
-    def fill(tmp):
-        for split, count in zip(SPLITS, counts):
-            write_points(os.path.join(tmp, split), draw_points(split, count, size, pools[split], digits.images,
-                                                               labels, seed))
-
-    return build_in_place(dst, fill)
+    return build_scene_set(dst, dict.fromkeys(SPLITS, size), counts, seed, write_split)

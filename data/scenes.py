@@ -25,9 +25,7 @@ import numpy as np
 from data.folders import SPLITS, build_in_place, split_indices
 from utils import UserError
 
-__all__ = ["DEFAULT_SCENES", "CLASSES", "build_scenes", "source_splits", "render_scene"]
-
-DEFAULT_SCENES = os.path.join("data", "digit_scenes")
+__all__ = ["CLASSES", "build_scenes", "build_scene_set", "source_splits", "render_scene"]
 CLASSES = ["background"] + [str(d) for d in range(10)]
 SOURCE_FRACTIONS = (0.7, 0.15, 0.15)  # of the 1,797 scans, before any scene is drawn
 MAX_DIGITS = 3
@@ -139,14 +137,14 @@ def write_scenes(folder, scenes):
         f.write("{\n" + ",\n".join(lines) + "\n}\n")
 
 
-def build_scenes(dst=DEFAULT_SCENES, size=64, test_size=None, counts=(1200, 300, 300), seed=230):
-    """Build the digit scenes in dst (never over an existing one): counts scenes per split, size x size pixels
-    (test: test_size x test_size when given, to test at another resolution). Returns dst."""
+def build_scene_set(dst, sizes, counts, seed, write_split):
+    """What the scene builders share: refuse an existing dst or a scene under 8 px, draw each split's scans from
+    scikit-learn's digits (source_splits) and build dst in one step (build_in_place). sizes: {split: pixels};
+    write_split(folder, split, count, size, pool, scans, labels) fills one split's folder. Returns dst."""
     from sklearn.datasets import load_digits
 
     if os.path.exists(dst):
         raise UserError(f"{dst}: already exists; remove it first to rebuild")
-    sizes = {"train": size, "valid": size, "test": test_size or size}
     if min(sizes.values()) < 8:
         raise UserError(f"scene size {min(sizes.values())}: must be >= 8 pixels")
     if len(counts) != len(SPLITS) or min(counts) < 0:
@@ -156,10 +154,20 @@ def build_scenes(dst=DEFAULT_SCENES, size=64, test_size=None, counts=(1200, 300,
     pools = source_splits(labels, seed)
 
     def fill(tmp):
-        with open(os.path.join(tmp, "classes.json"), "w") as f:
-            f.write(json.dumps(CLASSES) + "\n")
         for split, count in zip(SPLITS, counts):
-            scenes = draw_scenes(split, count, sizes[split], pools[split], digits.images, labels, seed)
-            write_scenes(os.path.join(tmp, split), scenes)
+            write_split(os.path.join(tmp, split), split, count, sizes[split], pools[split], digits.images, labels)
 
     return build_in_place(dst, fill)
+
+
+def build_scenes(dst, size=64, test_size=None, counts=(1200, 300, 300), seed=230):
+    """Build the digit scenes in dst (never over an existing one): counts scenes per split, size x size pixels
+    (test: test_size x test_size when given, to test at another resolution), and classes.json. Returns dst."""
+
+    def write_split(folder, split, count, size, pool, scans, labels):
+        write_scenes(folder, draw_scenes(split, count, size, pool, scans, labels, seed))
+        if split == SPLITS[0]:
+            with open(os.path.join(os.path.dirname(folder), "classes.json"), "w") as f:
+                f.write(json.dumps(CLASSES) + "\n")
+
+    return build_scene_set(dst, {"train": size, "valid": size, "test": test_size or size}, counts, seed, write_split)

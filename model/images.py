@@ -68,3 +68,38 @@ def image_decoder():
     holds the image as stored, the targets stay in the item."""
     return (lambda item: load_image(item[0])), "rgb, as stored, v1", lambda items: uniform_shape(
         [image for image, _ in items], 3)
+
+
+class ItemDataset:
+    """What every task's Dataset shares: `items` are (image path, target) pairs, as the task's scan_split gives
+    them; `images`, when given, holds the decoded images in item order (the image cache), else each file is decoded
+    when read. A subclass writes __getitem__ (and collate, when batches are not a plain stack).
+
+    What the code outside model/ relies on, so keep these when editing:
+        paths      [image file path], one per item, in item order (the galleries show the files)
+        targets    [what each item's target was read as: a label, a mask path, boxes, points], in item order
+        transform  the pipeline, as build_transforms made it (train.py records it with transforms_record)
+        reseed     see below
+    """
+
+    collate = None  # the DataLoader's default: a batch is a stack of images and of targets
+
+    def __init__(self, items, transform, images=None):
+        self.paths = [path for path, _ in items]
+        self.targets = [target for _, target in items]
+        self.transform = transform
+        self.images = images
+
+    def __len__(self):
+        return len(self.paths)
+
+    def image(self, i):
+        """Item i's image, HxWxC uint8: a copy from the cache (a read-only memory map, and a transform may write
+        into its input), or the file decoded."""
+        return np.array(self.images[i]) if self.images is not None else load_image(self.paths[i])
+
+    def reseed(self, seed):
+        """Restart the augmentation's random stream at `seed`. core/data/loaders.py calls it before each epoch with
+        that epoch's seed, so a resumed run augments as an uninterrupted one would, and in each DataLoader worker as
+        it starts, so workers do not all draw the same numbers."""
+        self.transform.set_random_seed(seed)

@@ -70,7 +70,7 @@ def boxes_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def digits_dir(tmp_path_factory):
-    from data.build_dataset import build_digits
+    from data.digits import build_digits
 
     return build_digits(str(tmp_path_factory.mktemp("data") / "digits"))
 

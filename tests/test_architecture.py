@@ -92,12 +92,10 @@ def test_minimize_follows_the_monitored_metric_and_a_contradiction_is_refused():
                    f"leave it out")
 
 
-def test_monitor_metric_choices_are_the_metric_registry(monkeypatch):
-    from model.tasks import all_metrics
-
-    assert KEYS["early_stopping.monitor_metric"].choices == tuple(all_metrics())
+def test_monitor_metric_must_be_one_of_the_tasks_metrics(monkeypatch):
     msg = error_of({"early_stopping": {"monitor_metric": "auc"}})
-    assert "must be one of " + ", ".join(all_metrics()) in msg
+    assert msg == (f"{WHERE}: key 'early_stopping.monitor_metric' is auc, not a metric of task classification "
+                   f"(one of loss, accuracy, f1, balanced_accuracy, top5)")
     msg = error_of({"early_stopping": {"monitor_metric": "miou"}})  # a metric, but another task's
     assert msg == (f"{WHERE}: key 'early_stopping.monitor_metric' is miou, not a metric of task classification "
                    f"(one of loss, accuracy, f1, balanced_accuracy, top5)")
@@ -109,7 +107,7 @@ def test_a_metric_added_to_the_registry_is_computed_and_ranked():
     from core.search.results import minimized
     from model.classification import metrics
 
-    recall_0 = metrics.Metric(lambda cm, sums: (cm[0, 0] / cm[0].sum()).item())
+    recall_0 = metrics.Metric(lambda s: (s["cm"][0, 0] / s["cm"][0].sum()).item())
     with pytest.MonkeyPatch.context() as m:
         m.setitem(metrics.METRICS, "recall_0", recall_0)
         acc = metrics.EpochMetrics(3, torch.device("cpu"))
@@ -162,12 +160,14 @@ def test_a_model_without_a_final_linear_gets_a_one_line_error(make_experiment, d
     import torch.nn as nn
 
     from conftest import run_train
-    from model.classification import task as classification
+    from model.tasks import TASKS
+
+    classification = TASKS["classification"]
 
     def conv_only(params, n_clas):
         return nn.Sequential(nn.Conv2d(3, n_clas, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
-    monkeypatch.setattr(classification, "build_model", conv_only)
+    monkeypatch.setattr(classification.part("net"), "build_model", conv_only)
     exp = make_experiment(num_epochs=1, learning_rate=[0.001, 0.01])
     with pytest.raises(UserError, match="2 rates need layer groups, which end at a final nn.Linear classifier head; "
                                         "Sequential"):
@@ -192,18 +192,33 @@ def test_dry_run_catches_an_unknown_augmentation_preset(tmp_path, digits_dir):
     assert os.listdir(parent) == ["params.json"]
 
 
-TASK_INTERFACE = ("find_classes", "scan_split", "item_files", "check_item", "PRESETS", "build_transforms", "decoder",
-                  "transforms_record", "Dataset", "class_counts", "build_model", "head_of", "HEAD", "build_loss",
-                  "loss_fn", "build_batch_mix", "EpochMetrics", "OVERFIT_METRIC", "predictor", "evaluation_report",
-                  "report_markdown", "plot_evaluation", "best_figures", "draw_best", "check_params", "SPLIT_LAYOUT",
-                  "forward")
+# what model/task.py's default methods call in a task's own files
+TASK_FILES = {"data_loader": ("find_classes", "scan_split", "item_files", "check_item", "PRESETS", "build_transforms",
+                              "decoder", "transforms_record", "Dataset", "class_counts"),
+              "net": ("build_model", "head_of"), "loss": ("TERMS", "build_loss", "loss_fn"),
+              "metrics": ("METRICS", "EpochMetrics"),
+              "report": ("predictor", "evaluation_report", "report_markdown", "plot_evaluation", "best_figures",
+                         "draw_best")}
 
 
-def test_every_task_provides_the_whole_interface_the_machinery_calls():
+def test_every_task_is_a_task_with_its_facts_and_the_files_its_methods_call():
     from model import tasks
+    from model.task import Task
 
-    for name in tasks.TASKS:
-        task = tasks.load(name)
-        missing = [n for n in TASK_INTERFACE if not hasattr(task, n)]
-        assert not missing, (name, missing)
-        assert task.OVERFIT_METRIC in tasks.metrics_of(name) and tasks.TASKS[name].monitor in tasks.metrics_of(name)
+    for name, task in tasks.TASKS.items():
+        assert isinstance(task, Task) and task.name == name
+        for fact in ("data", "arch", "monitor", "overfit_metric", "split_layout", "head", "metrics", "loss_terms"):
+            assert getattr(task, fact, None) is not None, (name, fact)
+        for file, names in TASK_FILES.items():
+            missing = [n for n in names if not hasattr(task.part(file), n)]
+            assert not missing, (name, file, missing)
+        assert task.overfit_metric in task.metrics and task.monitor in task.metrics
+        assert task.metrics is task.part("metrics").METRICS and task.loss_terms is task.part("loss").TERMS
+
+
+def test_reading_the_tasks_facts_imports_no_torch():
+    """Params validation, the search's planning and the result tables read every task's facts: no torch for that."""
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import core.config, core.search.results, model.tasks; "
+            f"print(sorted(m for m in ('torch', 'albumentations') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -51,7 +51,7 @@ def test_plotter_waits_plot_every_s_then_draws_what_changed(make_experiment, dig
     exp = make_experiment(num_epochs=1, plot_every_s=3600)
     assert run_train(exp, digits_dir) == 0
     os.remove(os.path.join(exp, "train_history.png"))
-    from model.classification.task import draw_best
+    from model.classification.report import draw_best
 
     plotter = Plotter(exp, every_s=3, draw_best=draw_best)
     started = time.monotonic()

@@ -342,9 +342,6 @@ def test_infinite_learning_rate_is_rejected():
         ("optimizer", "rmsprop", "sgd, adam, adamw"),
         ("optimizer", "SGD", "sgd, adam, adamw"),
         ("scheduler", "linear", "one_cycle, cosine, step, plateau, none"),
-        ("early_stopping.monitor_metric", "acc",
-         "loss, accuracy, f1, balanced_accuracy, top5, miou, dice, pixel_accuracy, point_error, pck, map, map_50, "
-         "map_75, mar_100"),
     ],
 )
 def test_bad_choice_lists_the_choices(key, value, choices):

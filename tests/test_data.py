@@ -10,12 +10,15 @@ import torch
 from conftest import ROOT
 from core.config import load_params
 from core.data.loaders import fetch_dataloader, reseed_epoch
-from data.build_dataset import list_images, scan_image_folder
+from data.build_dataset import list_images
 
 
 def test_loader_and_build_dataset_list_the_same_images(digits_dir):
     train = os.path.join(digits_dir, "train")
-    from model.classification import task as classification
+    from model.classification.data_loader import scan_image_folder
+    from model.tasks import TASKS
+
+    classification = TASKS["classification"]
 
     classes = classification.find_classes(digits_dir)
     items = classification.scan_split(digits_dir, "train", classes)

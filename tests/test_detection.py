@@ -249,7 +249,9 @@ def test_each_torchvision_detector_builds_offline_trains_a_step_and_detects(arch
 
 
 def test_box_loss_weights_weigh_the_terms_and_validation_sums_them_plainly(det_experiment):
-    from model.detection import task
+    from model.tasks import TASKS
+
+    task = TASKS["detection"]
 
     terms = {"classification": torch.tensor(2.0), "bbox_regression": torch.tensor(3.0)}
     params = load_params(os.path.join(det_experiment(box_loss_weights={"bbox_regression": 0.5}), "params.json"))

@@ -24,7 +24,7 @@ from core.config import load_params
 from core.data import imagecache
 from core.data import loaders as core_data
 from model.classification import data_loader
-from model.classification import task as classification
+from model.tasks import TASKS
 from utils import UserError, load_checkpoint, run_cli
 
 CLASSES, PER_SPLIT = ("0", "1", "2"), {"train": 20, "valid": 6}
@@ -68,7 +68,7 @@ def calls(monkeypatch):
         counts["decoded"] += 1
         return load(path)
 
-    monkeypatch.setattr(classification, "check_item", counting_check)
+    monkeypatch.setattr(data_loader, "check_item", counting_check)
     monkeypatch.setattr(data_loader, "load_image", counting_load)
     return counts
 
@@ -248,6 +248,7 @@ np.save(out, np.asarray(imagecache.split_array(data_dir, "train", items, lambda 
 
 
 def train_items(data):
+    classification = TASKS["classification"]
     return classification.scan_split(str(data), "train", classification.find_classes(str(data)))
 
 

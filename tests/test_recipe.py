@@ -16,15 +16,18 @@ from conftest import read, run_train
 from core.config import Params, resolve
 from core.rundir.folder import BestTracker
 from core.training.compiling import compile_model
-from core.training.engine import optimizer_step, pick_runtime, train_one_epoch
+from core.training.engine import pick_runtime
 from core.training.optim import build_optimizer, build_scheduler, layer_lrs, optimizer_steps
 from core.training.state import TrainingState, build_ema, evaluated_weights
-from model.classification import task as classification
 from model.classification.data_loader import build_batch_mix
+from model.classification.loss import build_loss, class_weight_tensor
 from model.classification.metrics import METRICS, EpochMetrics
-from model.classification.net import SmallCNN, build_loss, class_weight_tensor
+from model.classification.net import SmallCNN
+from model.loop import optimizer_step, train_one_epoch
+from model.tasks import TASKS
 from utils import UserError, load_checkpoint
 
+classification = TASKS["classification"]
 RARE = {"0": 0.1, "1": 0.1}  # the imbalanced digits: 10 % of the 0s and 1s kept
 ALL_KEYS = {"label_smoothing": 0.1, "class_weights": "balanced", "mixup_alpha": 0.4, "cutmix_alpha": 1.0,
             "mix_prob": 0.8, "grad_clip": 1.0, "accumulate_steps": 2, "ema_decay": 0.9}
@@ -36,7 +39,7 @@ def params(**kw):
 
 @pytest.fixture(scope="module")
 def imbalanced_dir(tmp_path_factory):
-    from data.build_dataset import build_digits
+    from data.digits import build_digits
 
     return build_digits(str(tmp_path_factory.mktemp("data") / "imbalanced"), keep=RARE)
 

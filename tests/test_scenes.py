@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data.build_dataset import SPLITS, ensure_data, main
-from data.scenes import CLASSES, DEFAULT_SCENES, build_scenes, source_splits
+from data.build_dataset import SPLITS, main
+from data.scenes import CLASSES, build_scenes, source_splits
+from model.tasks import TASKS, ensure_data
 from utils import UserError
 
 COUNTS = (40, 10, 10)
+DEFAULT_SCENES = TASKS["segmentation"].data
 
 
 @pytest.fixture(scope="module")
@@ -137,10 +139,8 @@ def test_cli_builds_scenes_and_refuses_class_folder_options(tmp_path, capsys):
 
 
 def test_ensure_data_builds_the_default_scenes_on_first_use(tmp_path, monkeypatch):
-    import data.build_dataset
-
     built = []
-    monkeypatch.setattr(data.build_dataset, "build_scenes", lambda dst: built.append(dst) or dst)
+    monkeypatch.setattr(type(TASKS["segmentation"]), "build_data", lambda self, dst: built.append(dst) or dst)
     monkeypatch.chdir(tmp_path)
     assert ensure_data(DEFAULT_SCENES) == DEFAULT_SCENES and built == [DEFAULT_SCENES]
     assert ensure_data("./" + DEFAULT_SCENES) and len(built) == 2  # the same folder, spelled another way

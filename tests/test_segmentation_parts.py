@@ -8,7 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.segmentation.loss import TERMS, build_loss, cross_entropy, dice_loss, loss_fn
+from model.segmentation.loss import TERMS, cross_entropy, dice_loss, loss_fn
+from model.segmentation.loss import terms_loss as build_loss
 from model.segmentation.metrics import IGNORE, METRICS, EpochMetrics, per_class, predicted_classes
 from model.segmentation.net import TORCHVISION, UNet, build_model, head_of, outputs_of, sliding_window
 from utils import UserError, one_line

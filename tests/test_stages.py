@@ -100,7 +100,9 @@ def test_plan_fine_tune_trains_the_head_then_everything_with_discriminative_rate
      "leaves nothing to train"),
     ([{"num_epochs": 2, "freeze": "head"}], "params.json: stages.0: key 'freeze'", "must be \"none\", \"body\""),
     ([{"num_epochs": 2, "scheduler": "warp"}], "params.json: stages.0: key 'scheduler'", "must be one of"),
-    ([{"num_epochs": 2, "loss": {"focal": 1}}], "params.json: stages.0: key 'loss.focal'", "cannot change"),
+    ([{"num_epochs": 2, "loss": {"focal": 1}}], "params.json: stages.0: unknown key 'loss.focal'", "did you mean"),
+    ([{"num_epochs": 2, "loss": {"dice": 1}}], "params.json: stages.0: key 'loss.dice' is 1",
+     "not a loss term of classification (its terms: ce)"),
     ({"num_epochs": 2}, "params.json: key 'stages'", "expects a list of objects"),
     ([{"num_epochs": 1}, {"num_epochs": 2}], "params.json: key 'num_epochs' is 2", "the stages add up to 3"),
 ])

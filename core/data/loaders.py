@@ -28,7 +28,7 @@ def fetch_dataloader(splits, data_dir, params, pin_memory=False, training=True):
     augmentation are reproducible and a resumed run sees what an uninterrupted run would.
     """
     task = tasks.load(params.task)
-    check_folders(data_dir, splits, task.SPLIT_LAYOUT)
+    check_folders(data_dir, splits, task.split_layout)
     classes = task.find_classes(data_dir)
     train_tf, eval_tf = task.build_transforms(params)
     if params.overfit_batches:
@@ -43,7 +43,7 @@ def fetch_dataloader(splits, data_dir, params, pin_memory=False, training=True):
         is_train = training and split == "train"
         images = (imagecache.images_for(data_dir, source, every, items, task.item_files, decode, recipe, row_shape)
                   if params.cache_images else None)
-        loaders[split] = make_loader(task.Dataset(items, train_tf if is_train else eval_tf, images), params,
+        loaders[split] = make_loader(task.dataset(items, train_tf if is_train else eval_tf, images), params,
                                      is_train, pin_memory)
     return loaders, classes
 

@@ -18,7 +18,7 @@ import re
 
 from core.config import KEYS, resolve, set_dotted, suggest, type_name
 from core.search.sampling import DISTRIBUTIONS, METHODS, SAMPLED, check_distribution, is_distribution, sample
-from core.stages import STAGE_KEYS
+from core.stages import is_stage_key
 from utils import UserError
 
 MAX_NAME = 100
@@ -130,7 +130,7 @@ def zip_axis(group, where):
 
 def check_key(key, where):
     parts = key.split(".", 2)
-    if parts[0] == "stages" and len(parts) == 3 and parts[1].isdigit() and parts[2] in STAGE_KEYS:
+    if parts[0] == "stages" and len(parts) == 3 and parts[1].isdigit() and is_stage_key(parts[2]):
         return  # a key of one stage of the plan: set_stage_key checks the stage exists
     if key not in KEYS or not KEYS[key].hyperparam:
         raise UserError(f"{where}: unknown key '{key}'{suggest(key)}")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from core.config import KEYS, hyperparams, resolve
 from core.rundir.folder import HISTORY, STATUS, Status, metrics_file
 from core.rundir.record import provenance
-from model.tasks import all_metrics
+from model.tasks import TASKS
 from utils import UserError, read_json, read_json_field
 
 
@@ -69,6 +69,19 @@ def load_history(folder):
 
 def gather(parent, split="val"):
     return [r for r in (load_run(f, split) for f in find_runs(parent)) if r is not None]
+
+
+def task_of(runs):
+    """The task the runs train (the first one's; a parent of several tasks is split by runs_by_task first)."""
+    return runs[0]["params"].get("task", KEYS["task"].default) if runs else KEYS["task"].default
+
+
+def runs_by_task(runs):
+    """{task: its runs}: metric names mean different things in different tasks, so each gets its own table."""
+    out = {}
+    for r in runs:
+        out.setdefault(r["params"].get("task", KEYS["task"].default), []).append(r)
+    return out
 
 
 def ranking_metric(runs, metric=None):
@@ -132,15 +145,18 @@ def build_rows(runs, metric):
     keys = varied_keys(runs)
     metrics = [("best", m) for m in metric_names(runs, "best")] + [("test", m) for m in metric_names(runs, "test")]
     rows = [group_row(g, keys, metrics, metric) for g in group_repetitions(runs, keys)]
-    sign = 1 if minimized(metric) else -1
+    sign = 1 if minimized(metric, task_of(runs)) else -1
     # finished rows first, best first; rows without the metric (failed, not started) last
     rows.sort(key=lambda r: (r["sort"] is None, r["status"] != Status.COMPLETED, sign * (r["sort"] or 0)))
     return keys, metrics, rows
 
 
-def minimized(metric):
-    """Whether smaller is better (the task's metrics.py says; an unknown name sorts as larger-is-better)."""
-    return metric in all_metrics() and all_metrics()[metric].minimize
+def minimized(metric, task=None):
+    """Whether smaller is better for `task`'s metric (its metrics.py says); without a task, when every task that
+    reports the name says so. An unknown name sorts as larger-is-better."""
+    found = [t.metrics[metric].minimize for t in ([TASKS[task]] if task in TASKS else TASKS.values())
+             if metric in t.metrics]
+    return bool(found) and all(found)
 
 
 def metric_names(runs, source):
@@ -211,6 +227,6 @@ def cells_of(runs, keys, metric, schedule=None, read_histories=True):
                           outcomes.pop() if len(outcomes) == 1 else "running",
                           statistics.fmean(values) if values else None,
                           max(r["epoch"] or 0 for r in group), histories))
-    sign = 1 if minimized(metric) else -1
+    sign = 1 if minimized(metric, task_of(runs)) else -1
     cells.sort(key=lambda c: (c.value is None, c.outcome != "completed", sign * (c.value or 0)))
     return cells

@@ -11,8 +11,9 @@ def smoke_cell(cell, data_dir):
     from core.config import Params, fixed_overrides, resolve
     from core.data.loaders import fetch_dataloader
     from core.rundir.folder import is_finite
-    from core.training.engine import evaluate, pick_runtime, seed_everything, train_one_epoch
+    from core.training.engine import pick_runtime, seed_everything
     from core.training.state import build_state
+    from model.loop import evaluate, train_one_epoch
 
     try:
         params = Params(resolve(cell.params, cell.name, fixed_overrides("smoke")))

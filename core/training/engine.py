@@ -1,17 +1,13 @@
-"""The device decision and the two loops: train_one_epoch and evaluate. Each returns a metrics dict.
-
-Both serve every task: what a batch's target is, how an epoch's metrics accumulate and what evaluation predicts
-come from the task (model/<task>/): its EpochMetrics, its loss_fn and its predictor."""
+"""The machinery around the training loop (model/loop.py): the device decision (Runtime), seeding, the RNG states a
+checkpoint holds, and keeping freed memory for reuse."""
 
 import contextlib
 import ctypes
 import random
-import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 
 @dataclass
@@ -95,78 +91,3 @@ def set_rng_state(state):
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def progress(loader, desc):
-    # disable=None: a bar on a terminal, nothing in a redirected log (search cells)
-    return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None)
-
-
-def train_one_epoch(state, loader, rt, n_clas, summary_steps=10, monitor=None, desc="train"):
-    """One pass over `loader`, updating `state` (core.training.state.TrainingState).
-
-    Per batch: mix it (state.mix: MixUp/CutMix), forward, backward of the loss scaled by the batches in its
-    accumulation group. Every state.accumulate_steps batches, and at the epoch's end for a remainder, one
-    optimizer step: `monitor` (a core.training.monitor.GradMonitor) samples the gradients, they are clipped to
-    state.grad_clip, the optimizer steps, then a per-batch scheduler (one_cycle, cosine) and the EMA."""
-    model, optimizer = state.model, state.optimizer
-    scheduler = state.scheduler if state.per_batch else None
-    model.train()
-    for norm in state.frozen_norms:  # frozen BatchNorm keeps its running statistics
-        norm.eval()
-    metrics = state.task.EpochMetrics(n_clas, rt.device)
-    n_seen, data_time, n_batches, accumulate = 0, 0.0, len(loader), state.accumulate_steps
-    start = tick = time.perf_counter()
-    bar = progress(loader, desc)
-    optimizer.zero_grad(set_to_none=True)
-    for step, (x, y) in enumerate(bar):
-        data_time += time.perf_counter() - tick
-        x, y = rt.to_device(x, y)
-        x, targets = state.mix(x, y) if state.mix is not None else (x, y)  # targets: indices, or probabilities
-        with rt.autocast():
-            outputs = state.task.forward(model, x, targets)  # a tensor, or a dict: the task's loss reads either
-            loss = state.criterion(outputs, targets)
-        group_start = step - step % accumulate
-        (loss / min(accumulate, n_batches - group_start)).backward()  # the group's mean: a short last one too
-        if step + 1 == group_start + accumulate or step + 1 == n_batches:
-            optimizer_step(state, monitor, step // accumulate, scheduler)
-        metrics.update(outputs, None if state.mix is not None else y, loss)
-        n_seen += x.shape[0]
-        if step % summary_steps == 0 and not bar.disable:
-            bar.set_postfix(loss=f"{loss.item():.4f}")  # .item() waits for the GPU: only every summary_steps
-        tick = time.perf_counter()
-    out = metrics.compute()  # syncs once
-    elapsed = time.perf_counter() - start
-    out.update(time_s=elapsed, data_time_s=data_time, images_per_s=n_seen / max(elapsed, 1e-9))
-    return out
-
-
-def optimizer_step(state, monitor, index, scheduler):
-    """One update from the accumulated gradients. `index`: the optimizer step's number within the epoch."""
-    if monitor is not None:
-        monitor.after_backward(index)  # the gradients as computed, before clipping
-    if state.grad_clip:
-        torch.nn.utils.clip_grad_norm_(state.model.parameters(), state.grad_clip)
-    state.optimizer.step()
-    state.optimizer.zero_grad(set_to_none=True)
-    if scheduler is not None:
-        scheduler.step()
-    if state.ema is not None:
-        state.ema.update_parameters(state.model)
-
-
-@torch.inference_mode()
-def evaluate(model, loader, rt, task, n_clas, predict, desc="eval"):
-    """Metrics over the whole of `loader` (the plain loss of the task, loss_fn), and details: what the task keeps
-    per sample for its report and gallery (the confusion matrix, each sample's prediction, ...), in loader order.
-    predict(model, x, y): the task's predictor (test-time augmentation, sliding windows; a detector needs the
-    targets to report a loss)."""
-    model.eval()
-    metrics = task.EpochMetrics(n_clas, rt.device, keep_details=True)
-    for x, y in progress(loader, desc):
-        x, y = rt.to_device(x, y)
-        with rt.autocast():
-            outputs = predict(model, x, y)
-            loss = task.loss_fn(outputs, y)
-        metrics.update(outputs, y, loss)
-    return metrics.compute(), metrics.details()

@@ -22,7 +22,7 @@ def layer_groups(model, n_groups, task):
         return [list(model.parameters())]
     if not head_params:
         raise UserError(f"params key 'learning_rate': {n_groups} rates need layer groups, which end at "
-                        f"{task.HEAD}; {type(model).__name__} (model/{task.__name__.split('.')[-1]}/net.py) has none")
+                        f"{task.head}; {type(model).__name__} (model/{task.name}/net.py) has none")
     head_ids = {id(p) for p in head_params}
     body = [p for p in model.parameters() if id(p) not in head_ids]
     if n_groups == 1:
@@ -71,7 +71,7 @@ def freeze(model, task, spec, n_groups):
     if spec == "body":
         head = task.head_of(model)
         if head is None:
-            raise UserError(f"params key 'freeze': \"body\" freezes all but the head, which ends at {task.HEAD}; "
+            raise UserError(f"params key 'freeze': \"body\" freezes all but the head, which ends at {task.head}; "
                             f"{type(model).__name__} has none")
         head_ids = {id(p) for p in head.parameters()}
         frozen = {id(p) for p in model.parameters() if id(p) not in head_ids}

@@ -5,7 +5,7 @@ Edit PRESETS to add augmentations; `params.augmentation` picks one by name, or i
 (`A.to_dict(...)` output) so a hyperparameter search can vary augmentation without code changes.
 
 The machinery around this file (checking every item once per data set, subsets, overfit mode, the image cache, the
-DataLoaders and their seeding) is core/data/loaders.py; it uses only what the task's __init__.py exports.
+DataLoaders and their seeding) is core/data/loaders.py; it calls this file through model/task.py.
 
 To use torchvision transforms instead of albumentations, change this file alone:
   - PRESETS and build_transforms: torchvision.transforms.v2 pipelines, starting with v2.ToImage() (takes the
@@ -23,12 +23,11 @@ import os
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network here: skip albumentations' version check
 
 import albumentations as A  # noqa: E402
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
 
-from data.build_dataset import scan_image_folder  # noqa: E402
-from model.images import MEAN, STD, augmentation_steps, load_image, readable_size  # noqa: E402
+from data.folders import IMAGE_EXTS  # noqa: E402
+from model.images import MEAN, STD, ItemDataset, augmentation_steps, load_image, readable_size  # noqa: E402
 from utils import UserError  # noqa: E402
 
 PRESETS = {
@@ -92,6 +91,14 @@ def transforms_record(train_tf, eval_tf):
 # ---------------------------------------------------------------- the folders
 
 
+def scan_image_folder(root):
+    """{class: [image file names]} for root/<class>/<image>, classes and files sorted; a class folder without
+    images maps to []: the layout of a split, the one place it is defined."""
+    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    return {c: sorted(f for f in os.listdir(os.path.join(root, c)) if f.lower().endswith(IMAGE_EXTS))
+            for c in classes}
+
+
 def find_classes(data_dir):
     """The class names: the sorted folder names of DATA_DIR/train."""
     return list(scan_image_folder(os.path.join(data_dir, "train")))
@@ -128,38 +135,15 @@ def check_item(item, classes):
 
 def class_counts(dataset, n_clas):
     """Images per class in `dataset` (what class_weights "balanced" weighs by), from its labels."""
-    return torch.bincount(torch.tensor(dataset.labels, dtype=torch.long), minlength=n_clas).tolist()
+    return torch.bincount(torch.tensor(dataset.targets, dtype=torch.long), minlength=n_clas).tolist()
 
 
-class ImageDataset(torch.utils.data.Dataset):
-    """(image tensor, label) for each (path, label) of items. `images`, when given, holds the decoded images in
-    the same order (the image cache); otherwise each file is decoded when read.
-
-    What the code outside model/ relies on, so keep these when editing:
-        paths      [image file path], one per item, in item order (the prediction gallery shows the files)
-        labels     [int class index], in item order (the gallery and the confidently-wrong examples)
-        transform  the pipeline, as build_transforms made it (train.py records it with transforms_record)
-        reseed     see below
-    """
-
-    collate = None  # the DataLoader's default: a batch is a stack of images and a tensor of labels
-
-    def __init__(self, items, transform, images=None):
-        self.paths = [p for p, _ in items]
-        self.labels = [y for _, y in items]
-        self.transform = transform
-        self.images = images
-
-    def __len__(self):
-        return len(self.paths)
+class ImageDataset(ItemDataset, torch.utils.data.Dataset):
+    """(image tensor, label) for each (path, label) of items; targets are int class indices (the gallery and the
+    confidently-wrong examples read them)."""
 
     def __getitem__(self, i):
-        # a copy: the cache is a read-only memory map, and a transform may write into its input
-        image = np.array(self.images[i]) if self.images is not None else load_image(self.paths[i])
-        return self.transform(image=image)["image"], self.labels[i]
+        return self.transform(image=self.image(i))["image"], self.targets[i]
 
-    def reseed(self, seed):
-        """Restart the augmentation's random stream at `seed`. core/data/loaders.py calls it before each epoch with that
-        epoch's seed, so a resumed run augments as an uninterrupted one would, and in each DataLoader worker as it
-        starts, so workers do not all draw the same numbers."""
-        self.transform.set_random_seed(seed)
+
+Dataset = ImageDataset

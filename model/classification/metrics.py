@@ -12,20 +12,15 @@ calls each formula once per epoch. No torch import at the top, so the search and
 cheaply.
 """
 
-from model.tasks import Metric
-
-OVERFIT_METRIC = "accuracy"  # what overfit mode's sanity check reads on its training batches
+from model.task import LOSS, Metric, metric_names
 
 
-def loss(cm, sums):
-    return sums["loss"] / sums["n"]
+def accuracy(s):
+    return s["cm"].diag().sum().item() / s["n"]
 
 
-def accuracy(cm, sums):
-    return cm.diag().sum().item() / sums["n"]
-
-
-def macro_f1(cm, sums):
+def macro_f1(s):
+    cm = s["cm"]
     tp = cm.diag()
     true_count, pred_count = cm.sum(1), cm.sum(0)
     precision, recall = tp / pred_count.clamp(min=1), tp / true_count.clamp(min=1)
@@ -34,20 +29,21 @@ def macro_f1(cm, sums):
     return f1[seen].mean().item()
 
 
-def balanced_accuracy(cm, sums):
+def balanced_accuracy(s):
     """The mean of per-class recall over the classes present: what accuracy would be if every class were equally
     common, so a model that ignores a rare class cannot score high (scikit-learn's balanced_accuracy_score)."""
+    cm = s["cm"]
     true_count = cm.sum(1)
     present = true_count > 0
     return (cm.diag()[present] / true_count[present]).mean().item()
 
 
-def top5(cm, sums):
-    return sums["top5_hits"] / sums["n"]
+def top5(s):
+    return s["top5_hits"] / s["n"]
 
 
 METRICS = {
-    "loss": Metric(loss, minimize=True),
+    "loss": LOSS,
     "accuracy": Metric(accuracy),
     "f1": Metric(macro_f1),
     "balanced_accuracy": Metric(balanced_accuracy),
@@ -98,8 +94,8 @@ class EpochMetrics:
         if self.loss_only:
             return {"loss": self.loss_sum.item() / self.n}
         cm = self.confusion.double().cpu()  # the one sync of the epoch
-        sums = {"n": self.n, "loss": self.loss_sum.item(), "top5_hits": self.top5_hits.item()}
-        return {name: METRICS[name].formula(cm, sums) for name in metric_names(self.n_clas)}
+        sums = {"cm": cm, "n": self.n, "loss": self.loss_sum.item(), "top5_hits": self.top5_hits.item()}
+        return {name: METRICS[name].formula(sums) for name in metric_names(METRICS, self.n_clas)}
 
     def details(self):
         """The confusion matrix (rows: true class, columns: predicted) and each sample's predicted class and
@@ -108,7 +104,3 @@ class EpochMetrics:
 
         return {"confusion": self.confusion.cpu(), **{k: torch.cat(v).cpu() for k, v in self.kept.items()}}
 
-
-def metric_names(n_clas=None):
-    """The metrics an epoch reports, in order; with n_clas, only those that make sense for that many classes."""
-    return [name for name, m in METRICS.items() if n_clas is None or n_clas >= m.min_classes]

@@ -1,6 +1,5 @@
-"""The classifier and its loss: `build_model(params, n_clas)`, `head_of(model)` (the layers that get the last
-learning rate), `build_loss(params, class_counts)` (the training objective) and `loss_fn(outputs, labels)` (the loss
-every validation and evaluation reports).
+"""The classifier: `build_model(params, n_clas)` and `head_of(model)` (the layers that get the last learning rate).
+Its losses are in loss.py.
 
 `arch` is "small_cnn" (defined below: edit it freely) or any torchvision classifier ("resnet18", "resnet50",
 "efficientnet_b0", ...), whose last Linear layer is replaced by dropout (`ps`) and a fresh `n_clas` head.
@@ -8,13 +7,9 @@ every validation and evaluation reports).
 
 import difflib
 
-import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from utils import UserError
-
-HEAD = "a final nn.Linear classifier head"  # what head_of finds, for the error when a model has none
 
 
 def conv_block(c_in, c_out):
@@ -41,45 +36,6 @@ class SmallCNN(nn.Module):
 
     def forward(self, x):
         return self.head(self.features(x))
-
-
-def loss_fn(outputs, labels):
-    """Plain cross-entropy (mean over the batch): the `loss` of validation and evaluate.py. It ignores
-    label_smoothing and class_weights, so runs that differ in them still compare on the same loss."""
-    return F.cross_entropy(outputs, labels)
-
-
-def build_loss(params, class_counts):
-    """The training objective: cross-entropy with `label_smoothing` and `class_weights`. Returns
-    loss(outputs, targets), where targets are class indices or, for mixed batches (MixUp/CutMix), class
-    probabilities of shape [batch, classes]; the train `loss` of every epoch is this loss.
-
-    class_counts: the number of training images of each class, for "balanced" weights."""
-    weight = class_weight_tensor(params.class_weights, class_counts)
-
-    def loss(outputs, targets):
-        if weight is None:
-            return F.cross_entropy(outputs, targets, label_smoothing=params.label_smoothing)
-        w = weight.to(outputs.device)
-        if targets.dim() == 1:  # class indices: PyTorch divides by the batch's summed weights
-            return F.cross_entropy(outputs, targets, weight=w, label_smoothing=params.label_smoothing)
-        # probabilities (mixed batches): PyTorch would divide by the batch size; divide by the summed weights too,
-        # so mixed and plain batches train at the same scale (equal for one-hot targets)
-        total = F.cross_entropy(outputs, targets, weight=w, label_smoothing=params.label_smoothing, reduction="sum")
-        return total / (targets @ w).sum()
-
-    return loss
-
-
-def class_weight_tensor(class_weights, class_counts):
-    """None (all classes weigh 1), the given list, or "balanced": n / (n_classes * count_c), scikit-learn's
-    definition, so a class with half the images weighs twice as much and the mean weight per image is 1."""
-    if class_weights is None:
-        return None
-    if class_weights == "balanced":
-        counts = torch.tensor(class_counts, dtype=torch.float32)
-        return counts.sum() / (len(counts) * counts.clamp(min=1))  # a class absent from training: no inf
-    return torch.tensor(class_weights, dtype=torch.float32)
 
 
 def build_model(params, n_clas):

@@ -32,7 +32,7 @@ def evaluation_report(details, dataset, classes):
     class never predicted has precision 0 (scikit-learn's zero_division=0), not a warning."""
     from sklearn.metrics import precision_recall_fscore_support
 
-    p, r, f, s = precision_recall_fscore_support(dataset.labels, details["prediction"].tolist(),
+    p, r, f, s = precision_recall_fscore_support(dataset.targets, details["prediction"].tolist(),
                                                  labels=list(range(len(classes))), zero_division=0)
     return {"per_class": {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
                           for i, c in enumerate(classes)}}
@@ -63,7 +63,7 @@ def best_figures(epoch, details, dataset, classes, fixed):
     """What predictions.png and confusion_valid_best.png need, as plain data for the plotter process: the fixed
     examples (indices into the valid set), then the most confidently wrong ones."""
     k = max(4, len(fixed) // 2)  # slots for wrong examples, kept even when there are fewer mistakes
-    wrong = confidently_wrong(details, dataset.labels, k)
+    wrong = confidently_wrong(details, dataset.targets, k)
     return {"epoch": epoch, "gallery": gallery_items(dataset, details, fixed, wrong, classes),
             "slots": len(fixed) + k, "confusion": details["confusion"].tolist(), "classes": classes}
 
@@ -80,7 +80,7 @@ def gallery_items(dataset, details, fixed, wrong, classes):
     items = []
     for group, indices in (("", fixed), ("wrong: ", wrong)):
         for i in indices:
-            pred, conf, true = details["prediction"][i].item(), details["confidence"][i].item(), dataset.labels[i]
+            pred, conf, true = details["prediction"][i].item(), details["confidence"][i].item(), dataset.targets[i]
             title = f"{group}{classes[true]} → {classes[pred]} ({conf:.2f})"
             items.append((dataset.paths[i], title, pred == true))
     return items

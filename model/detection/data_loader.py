@@ -21,8 +21,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
 
-from data.build_dataset import IMAGE_EXTS  # noqa: E402
-from model.images import MEAN, STD, augmentation_steps, image_decoder, image_size, load_image, readable_size  # noqa: E402
+from data.folders import IMAGE_EXTS  # noqa: E402
+from model.images import MEAN, STD, ItemDataset, augmentation_steps, image_decoder, image_size, readable_size  # noqa: E402
 from utils import UserError, read_json  # noqa: E402
 
 PRESETS = {
@@ -199,33 +199,21 @@ def check_item(item, classes):
 def class_counts(dataset, n_clas):
     """Boxes per class (what class_weights would weigh by; check_params refuses class weights)."""
     counts = [0] * n_clas
-    for boxes in dataset.boxes:
+    for boxes in dataset.targets:
         for box in boxes:
             counts[int(box[4]) - 1] += 1
     return counts
 
 
-class DetectionDataset(torch.utils.data.Dataset):
-    """(image tensor [3,S,S], boxes [N,5]: x1, y1, x2, y2 in pixels of the S x S input, label) per sample."""
-
-    def __init__(self, items, transform, images=None):
-        self.paths = [image for image, _ in items]
-        self.boxes = [boxes for _, boxes in items]
-        self.transform = transform
-        self.images = images
-
-    def __len__(self):
-        return len(self.paths)
+class DetectionDataset(ItemDataset, torch.utils.data.Dataset):
+    """(image tensor [3,S,S], boxes [N,5]: x1, y1, x2, y2 in pixels of the S x S input, label) per sample; targets
+    are each image's boxes as stored."""
 
     def __getitem__(self, i):
-        image = load_image(self.paths[i]) if self.images is None else np.array(self.images[i])
-        boxes = np.asarray(self.boxes[i], dtype=np.float32).reshape(-1, 5)
-        out = self.transform(image=image, bboxes=boxes[:, :4], labels=boxes[:, 4])
+        boxes = np.asarray(self.targets[i], dtype=np.float32).reshape(-1, 5)
+        out = self.transform(image=self.image(i), bboxes=boxes[:, :4], labels=boxes[:, 4])
         kept = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
         return out["image"], torch.from_numpy(np.column_stack([kept, np.asarray(out["labels"], np.float32)]))
-
-    def reseed(self, seed):
-        self.transform.set_random_seed(seed)
 
     @staticmethod
     def collate(batch):
@@ -235,3 +223,6 @@ class DetectionDataset(torch.utils.data.Dataset):
         for k, (_, b) in enumerate(batch):
             targets[k, :len(b)] = b
         return torch.stack([x for x, _ in batch]), targets
+
+
+Dataset = DetectionDataset

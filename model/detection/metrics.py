@@ -9,26 +9,21 @@ Each epoch also reports the model's loss terms (loss_classification, loss_bbox_r
 names them), so history.json keeps each term. No torch import at module level: the tables read METRICS cheaply.
 """
 
-from model.tasks import Metric
+from model.task import LOSS, Metric
 
-OVERFIT_METRIC = "map_50"  # what overfit mode's sanity check reads on its training batches
 SCORE_SHOWN = 0.5  # detections at least this confident are drawn and counted as found in the gallery
 
 
-def loss(cm, sums):
-    return sums["loss"] / sums["n"]
-
-
 def from_coco(name):
-    return lambda cm, sums: sums["coco"][name]
+    return lambda s: s["coco"][name]
 
 
 METRICS = {
-    "loss": Metric(loss, minimize=True, min_classes=1),
-    "map": Metric(from_coco("map"), min_classes=1),
-    "map_50": Metric(from_coco("map_50"), min_classes=1),
-    "map_75": Metric(from_coco("map_75"), min_classes=1),
-    "mar_100": Metric(from_coco("mar_100"), min_classes=1),
+    "loss": LOSS,
+    "map": Metric(from_coco("map")),
+    "map_50": Metric(from_coco("map_50")),
+    "map_75": Metric(from_coco("map_75")),
+    "mar_100": Metric(from_coco("mar_100")),
 }
 
 
@@ -73,7 +68,7 @@ class EpochMetrics:
     def update(self, outputs, targets, loss):
         import torch
 
-        from model.detection.net import loss_terms
+        from model.detection.loss import loss_terms
 
         with torch.no_grad():
             b = targets.shape[0] if targets is not None else 1
@@ -103,7 +98,7 @@ class EpochMetrics:
         out = {"loss": self.loss_sum / self.n}
         if self.map is not None:
             sums = {"coco": self.coco()}
-            out.update({name: m.formula(None, sums) for name, m in METRICS.items() if name != "loss"})
+            out.update({name: m.formula(sums) for name, m in METRICS.items() if name != "loss"})
         out.update({name: value / self.n for name, value in self.terms.items()})
         return out
 

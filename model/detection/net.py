@@ -26,7 +26,6 @@ TORCHVISION = {  # detector -> the ImageNet classifier of its backbone
     "ssdlite320_mobilenet_v3_large": "mobilenet_v3_large",
 }
 ARCHS = ("small_fcos", *TORCHVISION)
-HEAD = "the detector's box and class predictors (model/detection/net.py head_of)"
 
 
 def conv(c_in, c_out):
@@ -162,26 +161,3 @@ class Detector(nn.Module):
         finally:
             for m, mode in modes:
                 m.training = mode
-
-
-def forward(model, x, targets):
-    """What a training step runs: the detector needs the boxes to compute its losses."""
-    return model(x, targets)
-
-
-def loss_terms(outputs):
-    """The loss dict of a training step, or of a validation step (its "losses")."""
-    return outputs["losses"] if "losses" in outputs else outputs
-
-
-def build_loss(weights):
-    """The sum of the model's loss terms, each times its weight in `weights` (default 1)."""
-    def loss(outputs, targets):
-        terms = loss_terms(outputs)
-        return sum(weights.get(name, 1.0) * value for name, value in terms.items())
-    return loss
-
-
-def loss_fn(outputs, targets):
-    """The validation loss: the plain sum of the terms, whatever the training weights."""
-    return sum(loss_terms(outputs).values())

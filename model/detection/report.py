@@ -79,7 +79,7 @@ def best_figures(epoch, details, dataset, classes, fixed):
         for i in indices:
             det = details["detections"][i]
             det = det[(det[:, 5] >= 0) & (det[:, 4] >= SCORE_SHOWN)].tolist()
-            gallery.append({"image": dataset.paths[i], "truth": [list(b) for b in dataset.boxes[i]],
+            gallery.append({"image": dataset.paths[i], "truth": [list(b) for b in dataset.targets[i]],
                             "detections": det, "side": side, "mistakes": details["mistakes"][i], "worst": group})
     return {"epoch": epoch, "gallery": gallery, "classes": classes}
 

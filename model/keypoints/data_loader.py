@@ -25,8 +25,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
 
-from data.build_dataset import IMAGE_EXTS  # noqa: E402
-from model.images import MEAN, STD, augmentation_steps, image_decoder, load_image, readable_size  # noqa: E402
+from data.folders import IMAGE_EXTS  # noqa: E402
+from model.images import MEAN, STD, ItemDataset, augmentation_steps, image_decoder, readable_size  # noqa: E402
 from utils import UserError, read_json  # noqa: E402
 
 PRESETS = {
@@ -165,27 +165,18 @@ def check_item(item, classes):
 
 def class_counts(dataset, n_clas):
     """Labelled samples per point (what class_weights would weigh by; check_params refuses class weights)."""
-    return [sum(1 for points in dataset.points if points[k][2] > 0) for k in range(n_clas)]
+    return [sum(1 for points in dataset.targets if points[k][2] > 0) for k in range(n_clas)]
 
 
-class KeypointDataset(torch.utils.data.Dataset):
+class KeypointDataset(ItemDataset, torch.utils.data.Dataset):
     """(image tensor [3,S,S], target [K,5]) per sample, S = im_sz: each point's x and y as fractions of the image
     (0..1), its visibility (0 after augmentation pushed it out), and the stored image's width and height, so errors
-    are measured in the pixels of the image as stored. `images`: the decoded images, in item order (the cache)."""
-
-    def __init__(self, items, transform, images=None):
-        self.paths = [image for image, _ in items]
-        self.points = [points for _, points in items]
-        self.transform = transform
-        self.images = images
-
-    def __len__(self):
-        return len(self.paths)
+    are measured in the pixels of the image as stored. targets: each image's points as stored."""
 
     def __getitem__(self, i):
-        image = load_image(self.paths[i]) if self.images is None else np.array(self.images[i])
+        image = self.image(i)
         h, w = image.shape[:2]
-        points = np.asarray(self.points[i], dtype=np.float32).reshape(-1, 3)
+        points = np.asarray(self.targets[i], dtype=np.float32).reshape(-1, 3)
         out = self.transform(image=image, keypoints=points[:, :2])
         side_h, side_w = out["image"].shape[1:]
         xy = np.asarray(out["keypoints"], dtype=np.float32).reshape(-1, 2) / np.array([side_w, side_h], np.float32)
@@ -194,7 +185,5 @@ class KeypointDataset(torch.utils.data.Dataset):
         size = np.broadcast_to(np.array([w, h], np.float32), (len(points), 2))
         return out["image"], torch.from_numpy(np.column_stack([xy, visible, size]))
 
-    def reseed(self, seed):
-        self.transform.set_random_seed(seed)
 
-    collate = staticmethod(torch.utils.data.default_collate)
+Dataset = KeypointDataset

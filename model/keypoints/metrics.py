@@ -7,29 +7,23 @@ Points that are not labelled (visibility 0, or pushed out of the image by augmen
 No torch import at module level: params validation and the result tables read METRICS cheaply.
 """
 
-from model.tasks import Metric
+from model.task import LOSS, Metric
 
 PCK_RADIUS = 0.05  # of the image diagonal: PCK@0.05
-OVERFIT_METRIC = "pck"  # what overfit mode's sanity check reads on its training batches
 
 
-def loss(cm, sums):
-    return sums["loss"] / sums["n"]
+def point_error(s):
+    return s["error"] / max(s["points"], 1)
 
 
-def point_error(cm, sums):
-    return sums["error"] / max(sums["points"], 1)
+def pck(s):
+    return s["within"] / max(s["points"], 1)
 
 
-def pck(cm, sums):
-    return sums["within"] / max(sums["points"], 1)
-
-
-# formula(cm, sums): keypoints keep no confusion matrix, cm is None
 METRICS = {
-    "loss": Metric(loss, minimize=True, min_classes=1),
-    "point_error": Metric(point_error, minimize=True, min_classes=1),
-    "pck": Metric(pck, min_classes=1),
+    "loss": LOSS,
+    "point_error": Metric(point_error, minimize=True),
+    "pck": Metric(pck),
 }
 
 
@@ -78,7 +72,7 @@ class EpochMetrics:
             return {"loss": self.loss_sum.item() / self.n}
         error, points, within = self.sums.tolist()
         sums = {"n": self.n, "loss": self.loss_sum.item(), "error": error, "points": points, "within": within}
-        return {name: m.formula(None, sums) for name, m in METRICS.items()}
+        return {name: m.formula(sums) for name, m in METRICS.items()}
 
     def details(self):
         """Per sample, in loader order: its predicted points in pixels [K,2], each point's error [K] and whether

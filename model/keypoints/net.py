@@ -1,5 +1,5 @@
 """Keypoint models: `build_model(params, n_points)` returns a model whose output is [B, K, 2], each point's x and y
-as fractions of the input image (0..1), and its loss.
+as fractions of the input image (0..1). Its losses are in loss.py.
 
 `arch` is
 - "heatmap_unet" (the default): model/segmentation/net.py's UNet scores every pixel for each point, and a spatial
@@ -15,8 +15,6 @@ import torch.nn.functional as F
 from model.classification.net import head_of as linear_head
 from model.classification.net import torchvision_model
 from model.segmentation.net import UNet
-
-HEAD = "a heatmap head (heatmap_unet) or a final nn.Linear (torchvision)"
 
 
 class HeatmapPoints(nn.Module):
@@ -56,20 +54,3 @@ def build_model(params, n_points):
 def head_of(model):
     """The layers that turn features into points: the UNet's 1x1 score conv, or the regression Linear."""
     return model.net.head if isinstance(model, HeatmapPoints) else linear_head(model.backbone)
-
-
-LOSSES = {"smooth_l1": F.smooth_l1_loss, "l1": F.l1_loss, "mse": F.mse_loss}
-
-
-def point_loss(kind, pred, target):
-    """The `kind` loss over the labelled points, in pixels of the image as stored (smooth-L1's beta is then one
-    pixel), averaged over their coordinates; 0 for a batch without a labelled point."""
-    size = target[..., 3:5]
-    labelled = (target[..., 2] > 0).unsqueeze(-1).float()
-    per_coord = LOSSES[kind](pred.float() * size, target[..., :2] * size, reduction="none") * labelled
-    return per_coord.sum() / (2 * labelled.sum()).clamp(min=1)
-
-
-def loss_fn(outputs, target):
-    """The loss validation and evaluate.py report: smooth-L1 in pixels, whatever the training loss."""
-    return point_loss("smooth_l1", outputs, target)

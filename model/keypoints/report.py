@@ -74,7 +74,7 @@ def best_figures(epoch, details, dataset, classes, fixed):
     labelled = details["labelled"].float()
     error = (details["error"] * labelled).sum(1) / labelled.sum(1).clamp(min=1)
     worst = sorted(range(len(error)), key=lambda i: -error[i].item())[:max(4, len(fixed) // 2)]
-    gallery = [{"image": dataset.paths[i], "truth": [list(p) for p in dataset.points[i]],
+    gallery = [{"image": dataset.paths[i], "truth": [list(p) for p in dataset.targets[i]],
                 "prediction": details["prediction"][i].tolist(), "error": error[i].item(), "worst": group}
                for group, indices in ((False, fixed), (True, worst)) for i in indices]
     return {"epoch": epoch, "gallery": gallery, "classes": classes}

@@ -23,8 +23,8 @@ import torch  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 
-from data.build_dataset import IMAGE_EXTS  # noqa: E402
-from model.images import MEAN, STD, augmentation_steps, load_image, readable_size, uniform_shape  # noqa: E402
+from data.folders import IMAGE_EXTS  # noqa: E402
+from model.images import MEAN, STD, ItemDataset, augmentation_steps, load_image, readable_size, uniform_shape  # noqa: E402
 from model.segmentation.metrics import IGNORE  # noqa: E402
 from utils import UserError, read_json  # noqa: E402
 
@@ -161,26 +161,17 @@ def class_counts(dataset, n_clas):
     return counts.tolist()
 
 
-class SegmentationDataset(torch.utils.data.Dataset):
+class SegmentationDataset(ItemDataset, torch.utils.data.Dataset):
     """(image tensor [3,H,W], mask tensor [H,W] int64) for each (image path, mask path) of items. `images`, when
     given, holds the decoded samples (H x W x 4: RGB and mask) in the same order (the image cache).
 
-    What the code outside model/ relies on: paths (the image files, in item order), transform, reseed, collate.
+    targets: the mask files, in item order.
     """
-
-    def __init__(self, items, transform, images=None):
-        self.paths = [image for image, _ in items]
-        self.mask_paths = [mask for _, mask in items]
-        self.transform = transform
-        self.images = images
-
-    def __len__(self):
-        return len(self.paths)
 
     def sample(self, i):
         if self.images is None:
-            return load_image(self.paths[i]), load_mask(self.mask_paths[i])
-        both = np.array(self.images[i])  # a copy: the cache is a read-only memory map
+            return load_image(self.paths[i]), load_mask(self.targets[i])
+        both = self.image(i)
         return both[..., :3], both[..., 3]
 
     def mask(self, i):
@@ -190,10 +181,6 @@ class SegmentationDataset(torch.utils.data.Dataset):
         image, mask = self.sample(i)
         out = self.transform(image=image, mask=mask)
         return out["image"], out["mask"].long()
-
-    def reseed(self, seed):
-        """Restart the augmentation's random stream at `seed` (see model/classification/data_loader.py)."""
-        self.transform.set_random_seed(seed)
 
     @staticmethod
     def collate(batch):
@@ -207,3 +194,6 @@ class SegmentationDataset(torch.utils.data.Dataset):
             images[k, :, :x.shape[1], :x.shape[2]] = x
             masks[k, :y.shape[0], :y.shape[1]] = y
         return images, masks
+
+
+Dataset = SegmentationDataset

@@ -1,38 +1,47 @@
-"""The segmentation losses: `build_loss(terms, n_clas, ...)` (the training objective, a weighted sum of named
-terms) and `loss_fn(raw_outputs, masks)` (the loss every validation and evaluation reports).
+"""The segmentation losses: TERMS, the training objective's weighted terms, and loss_fn, the loss every validation
+and evaluation reports.
 
     "loss": {"ce": 0.5, "dice": 0.5}
 
 ce: pixel cross-entropy. dice: 1 - soft Dice, which weighs a class by its presence rather than its pixel count, so
 small objects are not drowned by the background. bce: binary cross-entropy, for one-class masks (background 0,
 object 1). Pixels labelled IGNORE count in no term, and a batch without one labelled pixel gives 0, not nan.
+
+To add a term: write fn(logits, masks, **settings) below and give it a line in TERMS (weight 0, its settings'
+defaults); params then weigh it (loss.<term>) and set its settings (loss.<term>_<setting>), and hyper_search and
+stages can vary both. No torch import at the top: params validation reads TERMS cheaply.
 """
 
-import torch
-import torch.nn.functional as F
-
 from model.segmentation.metrics import IGNORE, predicted_classes
-from model.segmentation.net import outputs_of
+from model.task import Term, term_keys, weighted_terms
 from utils import UserError
 
-TERMS = ("ce", "dice", "bce")
+
+def build_loss(params, counts):
+    """The training objective: params.loss's weighted terms (ce with label_smoothing and class_weights), plus
+    aux_weight times the same on an auxiliary head. counts: labelled pixels per class."""
+    from model.classification.loss import class_weight_tensor
+
+    weights = class_weight_tensor(params.class_weights, counts)
+    block = {k: v for k, v in vars(params.loss).items() if k in term_keys(TERMS)}  # not other tasks' terms
+    return terms_loss(block, len(counts), weights, params.label_smoothing, params.aux_weight)
 
 
-def build_loss(terms, n_clas, class_weights=None, label_smoothing=0.0, aux_weight=0.4):
+def terms_loss(block, n_clas, class_weights=None, label_smoothing=0.0, aux_weight=0.4):
     """Returns loss(raw_outputs, masks) -> scalar: the weighted sum of the terms on the main output, plus
     aux_weight times the same sum on the auxiliary output where the model has one (FCN, DeepLabV3).
 
-    class_weights (a list or tensor of n_clas, or None) and label_smoothing apply to ce only."""
-    weights = check_terms(terms, n_clas)
-    weight = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
-    fns = {
-        "ce": lambda out, masks: cross_entropy(out, masks, weight, label_smoothing),
-        "dice": dice_loss,
-        "bce": binary_cross_entropy,
-    }
+    block: {term: weight, <term>_<setting>: value}; class_weights (a list or tensor of n_clas, or None) and
+    label_smoothing apply to ce only."""
+    import torch
 
-    def weighted_sum(out, masks):
-        return sum(w * fns[name](out, masks) for name, w in weights.items())
+    from model.segmentation.net import outputs_of
+
+    weights = check_terms(block, n_clas)
+    weight = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
+    unweighted = {name: 0.0 for name in TERMS if name not in weights}
+    weighted_sum = weighted_terms(TERMS, {**block, **unweighted},
+                                  bound={"ce": {"weight": weight, "label_smoothing": label_smoothing}})
 
     def loss(raw_outputs, masks):
         out, aux = outputs_of(raw_outputs)
@@ -44,20 +53,20 @@ def build_loss(terms, n_clas, class_weights=None, label_smoothing=0.0, aux_weigh
     return loss
 
 
-def check_terms(terms, n_clas):
+def check_terms(block, n_clas):
     """The terms with a weight above 0, or a one-line UserError naming the params key."""
     example = 'e.g. {"ce": 0.5, "dice": 0.5}'
-    if not isinstance(terms, dict) or not terms:
-        raise UserError(f"params key 'loss': expected a dict of term weights, {example}, not {terms!r}")
-    for name, w in terms.items():
-        if name not in TERMS:
+    if not isinstance(block, dict) or not block:
+        raise UserError(f"params key 'loss': expected a dict of term weights, {example}, not {block!r}")
+    for name, w in block.items():
+        if name not in term_keys(TERMS):
             raise UserError(f"params key 'loss': unknown term '{name}' (terms: {', '.join(TERMS)})")
-        if isinstance(w, bool) or not isinstance(w, int | float) or w < 0:
+        if name in TERMS and (isinstance(w, bool) or not isinstance(w, int | float) or w < 0):
             raise UserError(f"params key 'loss': term '{name}' needs a weight >= 0, not {w!r}")
-    if terms.get("bce") and n_clas > 2:
+    if block.get("bce") and n_clas > 2:
         raise UserError(f"params key 'loss': term 'bce' is for one-class masks (n_clas 2), not n_clas {n_clas}; "
                         f"use ce or dice")
-    kept = {name: float(w) for name, w in terms.items() if w > 0}
+    kept = {name: float(w) for name, w in block.items() if name in TERMS and w > 0}
     if not kept:
         raise UserError(f"params key 'loss': every term weighs 0, nothing to train on ({example})")
     return kept
@@ -66,12 +75,16 @@ def check_terms(terms, n_clas):
 def loss_fn(raw_outputs, masks):
     """Plain pixel cross-entropy on the main output, the `loss` of validation and evaluate.py: it ignores the
     loss terms, class_weights, label_smoothing and the aux head, so runs that differ in them compare on it."""
+    from model.segmentation.net import outputs_of
+
     return cross_entropy(outputs_of(raw_outputs)[0], masks)
 
 
 def cross_entropy(logits, masks, weight=None, label_smoothing=0.0):
     """F.cross_entropy's mean over labelled pixels (divided by their summed class weights, as PyTorch does), but
     0 rather than nan when a batch has none: one unlabelled crop must not turn the epoch's loss into nan."""
+    import torch.nn.functional as F
+
     weight = None if weight is None else weight.to(logits.device)
     total = F.cross_entropy(logits, masks, weight=weight, ignore_index=IGNORE, label_smoothing=label_smoothing,
                             reduction="sum")
@@ -85,6 +98,8 @@ def dice_loss(logits, masks, smooth=1.0):
     """1 - the soft Dice score, softmax probabilities against one-hot masks, each class over all the batch's
     labelled pixels; the mean is over the classes labelled or predicted (argmax) in the batch, since an absent
     class scores (0 + smooth) / (0 + smooth) = 1 and would pull every batch's loss towards 0."""
+    import torch.nn.functional as F
+
     k = logits.shape[1]
     valid = (masks != IGNORE).unsqueeze(1)
     probs = logits.float().softmax(1) * valid
@@ -112,7 +127,16 @@ def foreground_logit(logits):
 
 def binary_cross_entropy(logits, masks):
     """Mean over labelled pixels of the binary cross-entropy of "object" (mask 1) against the rest."""
+    import torch.nn.functional as F
+
     valid = masks != IGNORE
     per_pixel = F.binary_cross_entropy_with_logits(foreground_logit(logits).float(), (masks == 1).float(),
                                                    reduction="none")
     return (per_pixel * valid).sum() / valid.sum().clamp(min=1)
+
+
+TERMS = {
+    "ce": Term(cross_entropy, 1.0, "pixel cross-entropy, with label_smoothing and class_weights"),
+    "dice": Term(dice_loss, 0.0, "1 - soft Dice over the classes present"),
+    "bce": Term(binary_cross_entropy, 0.0, "binary cross-entropy of the object class (one-class masks)"),
+}

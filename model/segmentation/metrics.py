@@ -6,10 +6,9 @@ IoU (0/0): the means are over the classes present, so an unused class neither he
 No torch import at module level: params validation and the result tables read METRICS cheaply.
 """
 
-from model.tasks import Metric
+from model.task import LOSS, Metric
 
 IGNORE = 255  # mask value of pixels without a label (borders, "void"): no loss, no metric
-OVERFIT_METRIC = "pixel_accuracy"  # what overfit mode's sanity check reads on its training batches
 
 
 def predicted_classes(logits):
@@ -24,31 +23,27 @@ def _counts(cm):
     return cm.diag(), cm.sum(1), cm.sum(0)
 
 
-def loss(cm, sums):
-    return sums["loss"] / sums["n"]
-
-
-def miou(cm, sums):
-    tp, true, pred = _counts(cm)
+def miou(s):
+    tp, true, pred = _counts(s["cm"])
     union = true + pred - tp
     present = union > 0
     return (tp[present] / union[present]).mean().item()
 
 
-def dice(cm, sums):
+def dice(s):
     """2 tp / (2 tp + fp + fn) = 2 tp / (true + predicted), the F1 score of each class's pixels."""
-    tp, true, pred = _counts(cm)
+    tp, true, pred = _counts(s["cm"])
     total = true + pred
     present = total > 0  # the same classes as miou: union > 0 exactly when true + predicted > 0
     return (2 * tp[present] / total[present]).mean().item()
 
 
-def pixel_accuracy(cm, sums):
-    return (cm.diag().sum() / cm.sum()).item()
+def pixel_accuracy(s):
+    return (s["cm"].diag().sum() / s["cm"].sum()).item()
 
 
 METRICS = {
-    "loss": Metric(loss, minimize=True),
+    "loss": LOSS,
     "miou": Metric(miou),
     "dice": Metric(dice),
     "pixel_accuracy": Metric(pixel_accuracy),
@@ -135,8 +130,8 @@ class EpochMetrics:
         if self.loss_only:
             return {"loss": self.loss_sum.item() / self.n}
         cm = self.confusion.double().cpu()  # the one sync of the epoch
-        sums = {"n": self.n, "loss": self.loss_sum.item()}
-        return {name: m.formula(cm, sums) for name, m in METRICS.items()}
+        sums = {"cm": cm, "n": self.n, "loss": self.loss_sum.item()}
+        return {name: m.formula(sums) for name, m in METRICS.items()}
 
     def details(self):
         """The pixel confusion matrix (rows: true class, columns: predicted), and per image its predicted mask

@@ -81,7 +81,7 @@ def best_figures(epoch, details, dataset, classes, fixed):
     iou = details["image_iou"]
     scored = [i for i in range(len(iou)) if not math.isnan(iou[i].item())]
     worst = sorted(scored, key=lambda i: iou[i].item())[:max(4, len(fixed) // 2)]
-    gallery = [{"image": dataset.paths[i], "mask": dataset.mask_paths[i], "iou": iou[i].item(), "worst": group,
+    gallery = [{"image": dataset.paths[i], "mask": dataset.targets[i], "iou": iou[i].item(), "worst": group,
                 "prediction": packed(details["prediction"][i])}
                for group, indices in ((False, fixed), (True, worst)) for i in indices]
     return {"epoch": epoch, "gallery": gallery, "confusion": details["confusion"].tolist(), "classes": classes}

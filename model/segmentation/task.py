@@ -1,66 +1,40 @@
-"""The segmentation task as the machinery sees it (`"task": "segmentation"`): a class index per pixel.
+"""Segmentation (`"task": "segmentation"`): a class index per pixel.
 
     DATA_DIR/{train,valid,test}/images/NAME.png + masks/NAME.png (255 = ignore), DATA_DIR/classes.json
 
-It provides the names model/classification/task.py lists (a new task provides them too): the data from
-data_loader.py, the models and head from net.py, the losses from loss.py (build_loss below), the epoch metrics
-from metrics.py, the predictor, report and figures from report.py, and check_params below.
+Every method of Task (model/task.py) that is not below calls the function of its name in this package's
+data_loader.py, net.py, loss.py, metrics.py or report.py.
 """
 
-from model.classification.net import class_weight_tensor
-from model.segmentation import loss
-from model.segmentation.data_loader import (
-    PRESETS,
-    build_transforms,
-    check_item,
-    class_counts,
-    decoder,
-    find_classes,
-    item_files,
-    scan_split,
-    transforms_record,
-)
-from model.segmentation.data_loader import SegmentationDataset as Dataset
-from model.segmentation.loss import loss_fn
-from model.segmentation.metrics import OVERFIT_METRIC, EpochMetrics
-from model.segmentation.net import build_model, head_of
-from model.segmentation.report import (
-    best_figures,
-    draw_best,
-    evaluation_report,
-    plot_confusion,
-    plot_evaluation,
-    predictor,
-    report_markdown,
-)
-from model.tasks import check_classes
-from model.tasks import plain_forward as forward
-from utils import UserError
-
-HEAD = "the layers that score classes (model/segmentation/net.py head_of)"
-SPLIT_LAYOUT = "images/ and masks/"  # what a split folder holds, for the error that names a missing one
+from model.segmentation.loss import TERMS
+from model.segmentation.metrics import METRICS
+from model.task import Task
 
 
-def build_loss(params, counts):
-    """The training objective: params.loss's weighted terms (ce with label_smoothing and class_weights, dice,
-    bce), plus aux_weight times the same on an auxiliary head. counts: labelled pixels per class."""
-    weights = class_weight_tensor(params.class_weights, counts)
-    return loss.build_loss(vars(params.loss), len(counts), weights, params.label_smoothing, params.aux_weight)
+class Segmentation(Task):
+    name = "segmentation"
+    data = "data/digit_scenes"
+    arch = "unet"
+    monitor = "miou"
+    overfit_metric = "pixel_accuracy"
+    split_layout = "images/ and masks/"
+    head = "the layers that score classes (model/segmentation/net.py head_of)"
+    metrics = METRICS
+    loss_terms = TERMS
+    refused = {"mixup_alpha": "mixes labels per image (masks cannot be mixed so)",
+               "cutmix_alpha": "mixes labels per image (masks cannot be mixed so)"}
 
+    def build_data(self, dst, **options):
+        from data.scenes import build_scenes
 
-def build_batch_mix(params, n_clas):
-    """No batch mixing: check_params refuses MixUp and CutMix for masks."""
-    return None
+        build_scenes(dst, **options)
 
+    def check_params(self, params, classes, where):
+        from utils import UserError
 
-def check_params(params, classes, where):
-    """What params.json says that the data or this task cannot honour, before anything is written."""
-    check_classes(params, classes, where)
-    for key in ("mixup_alpha", "cutmix_alpha"):
-        if getattr(params, key):
-            raise UserError(f"{where}: key '{key}' mixes labels per image; segmentation masks cannot be mixed so "
-                            f"(set it to 0)")
-    if params.eval_window and params.eval_stride > params.eval_window:
-        raise UserError(f"{where}: key 'eval_stride' is {params.eval_stride}, more than eval_window "
-                        f"{params.eval_window}: the tiles would leave gaps")
-    loss.check_terms(vars(params.loss), len(classes))
+        super().check_params(params, classes, where)
+        if params.eval_window and params.eval_stride > params.eval_window:
+            raise UserError(f"{where}: key 'eval_stride' is {params.eval_stride}, more than eval_window "
+                            f"{params.eval_window}: the tiles would leave gaps")
+        self.part("loss").check_terms({k: v for k, v in vars(params.loss).items() if k in self.loss_keys()},
+                                      len(classes))

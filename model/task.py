@@ -1,0 +1,255 @@
+"""What a task is: the one interface the machinery in core/ calls, written down once.
+
+A task is everything that depends on what a sample's target is: how a split is found and checked, the Dataset and
+its augmentation, the architectures, the loss terms, what an epoch accumulates and its metrics, the evaluation
+report and the figures. Each task is a package model/<name>/ whose task.py subclasses Task:
+
+    model/<name>/task.py         class <Name>(Task): its facts (below) and the methods it does differently
+    model/<name>/data_loader.py  find_classes, scan_split, item_files, check_item, PRESETS, build_transforms,
+                                 decoder, transforms_record, Dataset, class_counts
+    model/<name>/net.py          build_model, head_of
+    model/<name>/loss.py         TERMS, build_loss, loss_fn
+    model/<name>/metrics.py      METRICS, EpochMetrics
+    model/<name>/report.py       predictor, evaluation_report, report_markdown, plot_evaluation, best_figures,
+                                 draw_best
+
+Each method below says what it must return; by default it calls the function of the same name in the file named
+beside it, so a task overrides a method only where it does something else (detection's forward, segmentation's
+check_params). To add a task: copy a package, subclass Task in its task.py, add one line to TASKS in
+model/tasks.py.
+
+No torch import here, nor at the top of a task's task.py, metrics.py or loss.py: params validation, the search and
+the result tables read a task's facts (metrics, loss terms, defaults) without loading torch.
+"""
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Metric:
+    formula: Callable  # (sums) -> float: sums is what the task's EpochMetrics added up over an epoch
+    minimize: bool = False  # True when lower is better
+    min_classes: int = 1  # computed only with at least this many classes
+
+
+def metric_names(metrics, n_clas=None):
+    """The names of `metrics` ({name: Metric}) an epoch reports, in order; with n_clas, only those that make sense
+    for that many classes."""
+    return [name for name, m in metrics.items() if n_clas is None or n_clas >= m.min_classes]
+
+
+# every task reports its validation loss, the epoch's summed batch losses over its samples
+LOSS = Metric(lambda s: s["loss"] / s["n"], minimize=True)
+
+
+@dataclass(frozen=True)
+class Term:
+    """One term of a task's training loss: params' loss block weighs it ("loss": {"dice": 0.5}) and sets its own
+    settings ("loss": {"focal_gamma": 3}); hyper_search varies either as loss.<term> or loss.<term>_<setting>."""
+
+    fn: Callable  # fn(outputs, targets, **settings) -> a scalar tensor
+    weight: float  # its default weight (0: off unless params turn it on)
+    doc: str  # one line: what it measures
+    settings: dict = field(default_factory=dict)  # {setting: default number}: passed to fn as keyword arguments
+
+
+def term_keys(terms):
+    """{key of the loss block: default} for `terms` ({name: Term}): each weight, each setting as <term>_<setting>."""
+    return {k: v for name, term in terms.items()
+            for k, v in {name: term.weight, **{f"{name}_{s}": d for s, d in term.settings.items()}}.items()}
+
+
+def weighted_terms(terms, loss_block, bound=None):
+    """loss(outputs, targets): the sum of weight x term over `terms` ({name: Term}) weighted above 0 in
+    `loss_block` (params.loss), each with its own settings from the block. bound: {term: {keyword: value}} of
+    what the run decides for a term (class weights, label smoothing)."""
+    block = vars(loss_block) if not isinstance(loss_block, dict) else loss_block
+    parts = []
+    for name, term in terms.items():
+        weight = float(block.get(name, term.weight))
+        if weight > 0:
+            kwargs = {s: block.get(f"{name}_{s}", default) for s, default in term.settings.items()}
+            parts.append((weight, term.fn, {**kwargs, **(bound or {}).get(name, {})}))
+
+    def loss(outputs, targets):
+        return sum(w * fn(outputs, targets, **kw) for w, fn, kw in parts)
+
+    return loss
+
+
+# keys that only classification or segmentation honour, and what each does there: the other tasks refuse them
+IMAGE_LABEL_KEYS = {"mixup_alpha": "mixes images", "cutmix_alpha": "mixes images", "label_smoothing": "smooths labels",
+                    "class_weights": "weighs classes", "eval_window": "tiles segmentation masks",
+                    "eval_stride": "tiles segmentation masks"}
+
+
+class Task:
+    """The interface; a subclass sets the facts and overrides what differs."""
+
+    # ---- facts, read without importing torch ------------------------------------------------------------------
+    name: str  # the "task" params key
+    data: str  # the default data set's folder, built by build_data on first use
+    arch: str  # the default architecture (params "arch": null)
+    monitor: str  # the headline metric: default early_stopping.monitor_metric, it picks best.pth.tar
+    overfit_metric: str  # what overfit mode's sanity check reads on its training batches (must reach 0.99)
+    split_layout: str  # what a split folder holds, for the error that names a missing one
+    head: str = "a final nn.Linear classifier head"  # what head_of finds, for the error when a model has none
+    classes_are: str = "classes"  # what the data's classes are, in messages ("class folders", "points")
+    metrics: dict  # {name: Metric}, in the order an epoch reports them (metrics.py METRICS)
+    loss_terms: dict = {}  # {name: Term} (loss.py TERMS); {}: the task's loss is not the loss block's terms
+    trains_on: str = "the loss block's terms"  # what its training loss is, for the error that refuses a term
+    refused: dict = {}  # {params key: what it does}: keys this task cannot honour, refused when set
+
+    def part(self, file):
+        """The task's module model/<name>/<file>.py, imported on first use."""
+        return importlib.import_module(f"{type(self).__module__.rsplit('.', 1)[0]}.{file}")
+
+    def metric_names(self, n_clas=None):
+        """The metrics an epoch reports, in order; with n_clas, only those that make sense for that many classes."""
+        return metric_names(self.metrics, n_clas)
+
+    # ---- data (data_loader.py) --------------------------------------------------------------------------------
+    def build_data(self, dst, **options):
+        """Write the default data set into `dst`, offline; options: the builder's (size, seed), from
+        data/build_dataset.py --task NAME."""
+        raise NotImplementedError(f"task {self.name} has no default data set; give --data_dir")
+
+    def find_classes(self, data_dir):
+        """[class name] in index order: what the model's outputs are numbered by (point names for keypoints)."""
+        return self.part("data_loader").find_classes(data_dir)
+
+    def scan_split(self, data_dir, split, classes):
+        """[item] of one split, in a fixed order: whatever Dataset takes, e.g. (image path, label)."""
+        return self.part("data_loader").scan_split(data_dir, split, classes)
+
+    def item_files(self, item):
+        """The files one item reads (image, mask, ...): the start-up check and the image cache key on them."""
+        return self.part("data_loader").item_files(item)
+
+    def check_item(self, item, classes):
+        """Raise a one-line UserError naming the file when an item cannot be trained on; checked once per data set."""
+        return self.part("data_loader").check_item(item, classes)
+
+    @property
+    def presets(self):
+        """{name: steps(im_sz)}: the augmentation presets params.augmentation may name."""
+        return self.part("data_loader").PRESETS
+
+    def build_transforms(self, params):
+        """(train transform, eval transform) for params (im_sz, augmentation)."""
+        return self.part("data_loader").build_transforms(params)
+
+    def decoder(self, params):
+        """(decode(item) -> HxWxC uint8 array, recipe text, row shape or None): what the image cache stores."""
+        return self.part("data_loader").decoder(params)
+
+    def transforms_record(self, train_tf, eval_tf):
+        """The pipelines as JSON (augmentation.json)."""
+        return self.part("data_loader").transforms_record(train_tf, eval_tf)
+
+    def dataset(self, items, transform, images=None):
+        """A torch Dataset of (x, target) with .paths, .transform, .reseed(seed) and .collate (None: default)."""
+        return self.part("data_loader").Dataset(items, transform, images)
+
+    def class_counts(self, dataset, n_clas):
+        """[samples (or pixels) of each class] in dataset: what class_weights "balanced" weighs by."""
+        return self.part("data_loader").class_counts(dataset, n_clas)
+
+    # ---- model (net.py) ---------------------------------------------------------------------------------------
+    def build_model(self, params, n_clas):
+        """An nn.Module with n_clas outputs per prediction (params.arch, ps, pretrain)."""
+        return self.part("net").build_model(params, n_clas)
+
+    def head_of(self, model):
+        """The module that makes the predictions (the last layer group: its own rate, never frozen), or None."""
+        return self.part("net").head_of(model)
+
+    def forward(self, model, x, targets):
+        """A training step's forward pass: x [B,3,H,W] -> what build_loss's loss and EpochMetrics read. Only a
+        model that computes its losses itself (a detector) needs the targets."""
+        return model(x)
+
+    # ---- loss (loss.py) ---------------------------------------------------------------------------------------
+    def build_loss(self, params, counts):
+        """loss(outputs, targets) -> scalar: the training objective for these params (the loss block's weighted
+        terms, class_weights from counts). The train `loss` of each epoch is this."""
+        return self.part("loss").build_loss(params, counts)
+
+    def loss_fn(self, outputs, targets):
+        """The fixed loss validation and evaluate.py report, the same whatever the params' loss block, so runs
+        that train on different terms compare on it."""
+        return self.part("loss").loss_fn(outputs, targets)
+
+    def build_batch_mix(self, params, n_clas):
+        """mix(x, y) -> (x, targets) applied to each training batch (MixUp, CutMix), or None."""
+        return None
+
+    # ---- metrics (metrics.py) ---------------------------------------------------------------------------------
+    def epoch_metrics(self, n_clas, device, keep_details=False):
+        """An accumulator with update(outputs, targets or None, batch loss), compute() -> {metric: float} (one
+        sync an epoch) and, with keep_details, details(): what the report and the gallery need per sample."""
+        return self.part("metrics").EpochMetrics(n_clas, device, keep_details)
+
+    # ---- evaluation and figures (report.py) -------------------------------------------------------------------
+    def predictor(self, params, tta=None):
+        """predict(model, x, targets) -> outputs, in eval mode: plain, test-time augmented or tiled."""
+        return self.part("report").predictor(params, tta)
+
+    def evaluation_report(self, details, dataset, classes):
+        """{name: value}: per-class numbers evaluate.py adds to its metrics file."""
+        return self.part("report").evaluation_report(details, dataset, classes)
+
+    def report_markdown(self, metrics, title):
+        """report_<tag>.md's text from evaluate.py's metrics."""
+        return self.part("report").report_markdown(metrics, title)
+
+    def plot_evaluation(self, details, classes, model_dir, tag, title):
+        """evaluate.py's figures into model_dir."""
+        return self.part("report").plot_evaluation(details, classes, model_dir, tag, title)
+
+    def best_figures(self, epoch, details, dataset, classes, fixed):
+        """Plain data (JSON-able) for the figures of a new best epoch; `fixed`: the gallery's sample indices."""
+        return self.part("report").best_figures(epoch, details, dataset, classes, fixed)
+
+    def draw_best(self, best, model_dir):
+        """Draw best_figures' data into model_dir (in the plotter's process)."""
+        return self.part("report").draw_best(best, model_dir)
+
+    # ---- params -----------------------------------------------------------------------------------------------
+    def check_params(self, params, classes, where):
+        """A one-line UserError for what params say that this task or the data cannot honour, before anything is
+        written: n_clas and class weights against the data, the keys in `refused`, a loss with no term on."""
+        from utils import UserError
+
+        if params.n_clas is not None and params.n_clas != len(classes):
+            raise UserError(f"{where}: key 'n_clas' is {params.n_clas} but the data has {len(classes)} "
+                            f"{self.classes_are}")
+        weights = params.class_weights
+        if isinstance(weights, list) and len(weights) != len(classes):
+            raise UserError(f"{where}: key 'class_weights' has {len(weights)} weights but the data has "
+                            f"{len(classes)} classes")
+        for key, what in self.refused.items():
+            if getattr(params, key):
+                raise UserError(f"{where}: key '{key}' {what}; not for {self.name} (leave it out)")
+        self.check_loss(vars(params.loss), where)
+
+    def check_loss(self, block, where, defaults=None):
+        """The loss block turns on only this task's terms (another task's stays at its default, in `defaults`), and
+        one of them weighs above 0."""
+        from utils import UserError
+
+        own = self.loss_keys()
+        for key, value in block.items():
+            if key not in own and defaults is not None and value != defaults.get(key):
+                why = (f"it is not a loss term of {self.name} (its terms: {', '.join(self.loss_terms)})"
+                       if self.loss_terms else f"{self.name} trains on {self.trains_on}")
+                raise UserError(f"{where}: key 'loss.{key}' is {value}, but {why}")
+        if self.loss_terms and not any(block.get(t, term.weight) > 0 for t, term in self.loss_terms.items()):
+            raise UserError(f"{where}: key 'loss': every term weighs 0, nothing to train on (terms: "
+                            f"{', '.join(self.loss_terms)})")
+
+    def loss_keys(self):
+        """{key of the loss block: default}: each term's weight and its settings (<term>_<setting>)."""
+        return term_keys(self.loss_terms)
