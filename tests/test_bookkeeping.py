@@ -80,7 +80,7 @@ def test_figures_exist_after_an_interrupted_run(make_experiment, digits_dir, mon
 
 def test_figures_and_checkpoint_exist_after_a_failed_run(make_experiment, digits_dir, monkeypatch):
     exp = make_experiment(num_epochs=3, plot_every_s=3600)
-    original, calls = engine.evaluate, []
+    original, calls = train.evaluate, []
 
     def evaluate_then_break(*args, **kwargs):
         calls.append(1)

@@ -282,7 +282,7 @@ def test_balanced_accuracy_metric_matches_scikit_learn():
     cm = torch.zeros(4, 4, dtype=torch.float64)  # class 3 never occurs: not counted
     for t, p in zip(y, pred):
         cm[t, p] += 1
-    assert METRICS["balanced_accuracy"].formula(cm, {"n": 6}) == pytest.approx(balanced_accuracy_score(y, pred))
+    assert METRICS["balanced_accuracy"].formula({"cm": cm, "n": 6}) == pytest.approx(balanced_accuracy_score(y, pred))
 
 
 def test_a_checkpoint_older_than_the_recipe_keys_resumes_with_what_it_did(make_experiment, digits_dir):
