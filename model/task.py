@@ -40,8 +40,36 @@ def metric_names(metrics, n_clas=None):
     return [name for name, m in metrics.items() if n_clas is None or n_clas >= m.min_classes]
 
 
-# every task reports its validation loss, the epoch's summed batch losses over its samples
+# every task reports its validation loss, the epoch's summed batch losses over its samples (EpochSums)
 LOSS = Metric(lambda s: s["loss"] / s["n"], minimize=True)
+
+
+class EpochSums:
+    """What every task's EpochMetrics sums: the loss, each batch's mean weighted back by its size (so a short last
+    batch counts for its samples only), and the samples seen, on the device: an epoch syncs once, in `sums`."""
+
+    def __init__(self, device):
+        import torch
+
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.n, self.loss_only = 0, False  # samples seen (a Python int: known without a sync); a targetless batch
+
+    def add_loss(self, loss, n, targets):
+        """Add a batch of n samples; False when it has no targets (mixed by MixUp/CutMix), which count for the loss
+        only from then on (loss_only)."""
+        self.loss_sum += loss.detach().double() * n
+        self.n += n
+        self.loss_only = self.loss_only or targets is None
+        return targets is not None
+
+    def sums(self):
+        return {"n": self.n, "loss": self.loss_sum.item()}
+
+    def loss_alone(self):
+        """compute()'s answer when the epoch has only a loss to report ({} when empty), else None."""
+        if self.n == 0:
+            return {}
+        return {"loss": self.loss_sum.item() / self.n} if self.loss_only else None
 
 
 @dataclass(frozen=True)
@@ -88,7 +116,7 @@ IMAGE_LABEL_KEYS = {"mixup_alpha": "mixes images", "cutmix_alpha": "mixes images
 class Task:
     """The interface; a subclass sets the facts and overrides what differs."""
 
-    # ---- facts, read without importing torch ------------------------------------------------------------------
+    # ---- facts, read without importing torch (metrics.py and loss.py import none at the top) ------------------
     name: str  # the "task" params key
     data: str  # the default data set's folder, built by build_data on first use
     arch: str  # the default architecture (params "arch": null)
@@ -97,10 +125,18 @@ class Task:
     split_layout: str  # what a split folder holds, for the error that names a missing one
     head: str = "a final nn.Linear classifier head"  # what head_of finds, for the error when a model has none
     classes_are: str = "classes"  # what the data's classes are, in messages ("class folders", "points")
-    metrics: dict  # {name: Metric}, in the order an epoch reports them (metrics.py METRICS)
-    loss_terms: dict = {}  # {name: Term} (loss.py TERMS); {}: the task's loss is not the loss block's terms
     trains_on: str = "the loss block's terms"  # what its training loss is, for the error that refuses a term
     refused: dict = {}  # {params key: what it does}: keys this task cannot honour, refused when set
+
+    @property
+    def metrics(self):
+        """{name: Metric}, in the order an epoch reports them: metrics.py's METRICS."""
+        return self.part("metrics").METRICS
+
+    @property
+    def loss_terms(self):
+        """{name: Term}: loss.py's TERMS; {} when the task's loss is not the loss block's terms."""
+        return self.part("loss").TERMS
 
     def part(self, file):
         """The task's module model/<name>/<file>.py, imported on first use."""

@@ -12,7 +12,6 @@ import torch
 
 import train
 from conftest import ROOT, read, run_train, train_cmd
-from core.training import engine
 from utils import load_checkpoint
 
 FIGURES = ["train_history.png", "gradients.png", "predictions.png", "confusion_valid_best.png"]

@@ -24,6 +24,19 @@ def save_figure(fig, path, fixed_size=False):
     plt.close(fig)
 
 
+def bar_per_class(path, classes, values, ylabel, title, color="C0", ylim=None, tick_width=0.45, rotate_over=12):
+    """evaluate.py's per-class bar chart (detection's AP, keypoints' error): one bar per class, None drawn as 0."""
+    fig, ax = plt.subplots(figsize=(max(4.0, tick_width * len(classes) + 1.5), 3.2))
+    ax.bar(range(len(classes)), [v or 0 for v in values], color=color)
+    ax.set_xticks(range(len(classes)), classes, rotation=30 if len(classes) > rotate_over else 0, fontsize=8)
+    ax.set_ylabel(ylabel)
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.set_title(title, fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    save_figure(fig, path)
+
+
 def margins(fig, left, bottom, right, top, wspace=0.2):
     """Fixed margins in inches: a layout that needs no extra drawing pass (tight layouts and tight bounding boxes
     draw the figure twice), which halves the cost of the figures a run redraws."""

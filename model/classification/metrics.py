@@ -12,7 +12,7 @@ calls each formula once per epoch. No torch import at the top, so the search and
 cheaply.
 """
 
-from model.task import LOSS, Metric, metric_names
+from model.task import LOSS, EpochSums, Metric, metric_names
 
 
 def accuracy(s):
@@ -51,7 +51,7 @@ METRICS = {
 }
 
 
-class EpochMetrics:
+class EpochMetrics(EpochSums):
     """What the formulas above need, summed over an epoch on the device: a GPU epoch syncs once, in `compute`, not
     once per batch. With keep_details, also each sample's predicted class and confidence, for the gallery and the
     report (`details`)."""
@@ -59,11 +59,10 @@ class EpochMetrics:
     def __init__(self, n_clas, device, keep_details=False):
         import torch
 
+        super().__init__(device)
         self.n_clas = n_clas
         self.confusion = torch.zeros(n_clas, n_clas, dtype=torch.long, device=device)  # rows: true, cols: predicted
-        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.top5_hits = torch.zeros((), dtype=torch.long, device=device)
-        self.n, self.loss_only = 0, False  # images seen (a Python int: known without a sync); a mixed batch seen
         self.kept = {"prediction": [], "confidence": []} if keep_details else None
 
     def update(self, logits, targets, loss):
@@ -72,12 +71,9 @@ class EpochMetrics:
         import torch
 
         with torch.no_grad():
-            k, n = self.n_clas, logits.shape[0]
-            self.loss_sum += loss.detach().double() * n
-            self.n += n
-            if targets is None:
-                self.loss_only = True
+            if not self.add_loss(loss, logits.shape[0], targets):
                 return
+            k = self.n_clas
             self.confusion += torch.bincount(targets * k + logits.argmax(1), minlength=k * k).view(k, k)
             if k >= 5:
                 self.top5_hits += (logits.topk(5, dim=1).indices == targets[:, None]).any(1).sum()
@@ -89,12 +85,10 @@ class EpochMetrics:
     def compute(self):
         """The metrics above. Only the loss when a batch was mixed: accuracy against blended labels would be
         neither the model's accuracy nor comparable with validation, so it is not reported."""
-        if self.n == 0:
-            return {}
-        if self.loss_only:
-            return {"loss": self.loss_sum.item() / self.n}
+        if (alone := self.loss_alone()) is not None:
+            return alone
         cm = self.confusion.double().cpu()  # the one sync of the epoch
-        sums = {"cm": cm, "n": self.n, "loss": self.loss_sum.item(), "top5_hits": self.top5_hits.item()}
+        sums = {"cm": cm, **self.sums(), "top5_hits": self.top5_hits.item()}
         return {name: METRICS[name].formula(sums) for name in metric_names(METRICS, self.n_clas)}
 
     def details(self):

@@ -1,26 +1,14 @@
 """Classification (`"task": "classification"`, the default): one label per image.
 
     DATA_DIR/{train,valid,test}/<class>/*.png       classes: the sorted folder names of train/
-
-Every method of Task (model/task.py) that is not below calls the function of its name in this package's
-data_loader.py, net.py, loss.py, metrics.py or report.py.
 """
 
-from model.classification.loss import TERMS
-from model.classification.metrics import METRICS
 from model.task import Task
 
 
 class Classification(Task):
-    name = "classification"
-    data = "data/digits"
-    arch = "small_cnn"
-    monitor = "accuracy"
-    overfit_metric = "accuracy"
-    split_layout = "<class>/"
-    classes_are = "class folders"
-    metrics = METRICS
-    loss_terms = TERMS
+    name, data, arch, monitor = "classification", "data/digits", "small_cnn", "accuracy"
+    overfit_metric, split_layout, classes_are = "accuracy", "<class>/", "class folders"
     refused = {"eval_window": "tiles segmentation masks", "eval_stride": "tiles segmentation masks"}
 
     def build_data(self, dst, **options):
@@ -36,6 +24,6 @@ class Classification(Task):
 
         super().check_params(params, classes, where)
         metric = params.early_stopping.monitor_metric
-        if len(classes) < METRICS[metric].min_classes:
+        if len(classes) < self.metrics[metric].min_classes:
             raise UserError(f"{where}: key 'early_stopping.monitor_metric' is {metric} but the data has only "
-                            f"{len(classes)} classes (it needs {METRICS[metric].min_classes})")
+                            f"{len(classes)} classes (it needs {self.metrics[metric].min_classes})")

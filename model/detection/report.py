@@ -52,17 +52,11 @@ def report_markdown(metrics, title):
 
 def plot_evaluation(details, classes, model_dir, tag, title):
     """ap_<tag>.png: each class's AP."""
-    from core.rundir.plots import plt, save_figure
+    from core.rundir.plots import bar_per_class
 
     ap = class_ap(details, classes)
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * len(classes) + 1.5), 3.2))
-    ax.bar(range(len(classes)), [ap[c] or 0 for c in classes], color="C0")
-    ax.set_xticks(range(len(classes)), classes, rotation=30 if len(classes) > 12 else 0, fontsize=8)
-    ax.set_ylabel("AP@[.5:.95]")
-    ax.set_ylim(0, 1)
-    ax.set_title(title, fontsize=8)
-    ax.grid(alpha=0.3, axis="y")
-    save_figure(fig, os.path.join(model_dir, f"ap_{tag}.png"))
+    bar_per_class(os.path.join(model_dir, f"ap_{tag}.png"), classes, [ap[c] for c in classes], "AP@[.5:.95]", title,
+                  ylim=(0, 1))
 
 
 # ---------------------------------------------------------------- the figures of a new best epoch

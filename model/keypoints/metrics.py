@@ -7,7 +7,7 @@ Points that are not labelled (visibility 0, or pushed out of the image by augmen
 No torch import at module level: params validation and the result tables read METRICS cheaply.
 """
 
-from model.task import LOSS, Metric
+from model.task import LOSS, EpochSums, Metric
 
 PCK_RADIUS = 0.05  # of the image diagonal: PCK@0.05
 
@@ -35,43 +35,36 @@ def point_distances(pred, target):
     return dist, target[..., 2] > 0, size.norm(dim=-1)
 
 
-class EpochMetrics:
+class EpochMetrics(EpochSums):
     """Sums over an epoch on the device (one sync, in `compute`): the loss, the labelled points, their summed
     error and how many fall within PCK_RADIUS. With keep_details, each sample's predicted points and errors too."""
 
     def __init__(self, n_clas, device, keep_details=False):
         import torch
 
-        self.sums = torch.zeros(3, dtype=torch.float64, device=device)  # error, points, within
-        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        self.n, self.loss_only = 0, False
+        super().__init__(device)
+        self.points = torch.zeros(3, dtype=torch.float64, device=device)  # error, points, within
         self.kept = {"prediction": [], "error": [], "labelled": []} if keep_details else None
 
     def update(self, pred, target, loss):
         import torch
 
         with torch.no_grad():
-            b = pred.shape[0]
-            self.loss_sum += loss.detach().double() * b
-            self.n += b
-            if target is None:
-                self.loss_only = True
+            if not self.add_loss(loss, pred.shape[0], target):
                 return
             dist, labelled, diagonal = point_distances(pred, target)
             within = (dist <= PCK_RADIUS * diagonal) & labelled
-            self.sums += torch.stack([(dist * labelled).sum(), labelled.sum(), within.sum()]).double()
+            self.points += torch.stack([(dist * labelled).sum(), labelled.sum(), within.sum()]).double()
             if self.kept is not None:
                 self.kept["prediction"].append((pred.float() * target[..., 3:5]).cpu())  # pixels of the image
                 self.kept["error"].append(dist.cpu())
                 self.kept["labelled"].append(labelled.cpu())
 
     def compute(self):
-        if self.n == 0:
-            return {}
-        if self.loss_only:
-            return {"loss": self.loss_sum.item() / self.n}
-        error, points, within = self.sums.tolist()
-        sums = {"n": self.n, "loss": self.loss_sum.item(), "error": error, "points": points, "within": within}
+        if (alone := self.loss_alone()) is not None:
+            return alone
+        error, points, within = self.points.tolist()
+        sums = {**self.sums(), "error": error, "points": points, "within": within}
         return {name: m.formula(sums) for name, m in METRICS.items()}
 
     def details(self):

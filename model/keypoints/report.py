@@ -53,17 +53,12 @@ def report_markdown(metrics, title):
 
 def plot_evaluation(details, classes, model_dir, tag, title):
     """errors_<tag>.png: each point's mean error in pixels."""
-    from core.rundir.plots import plt, save_figure
+    from core.rundir.plots import bar_per_class
 
     rows = per_point(details, classes)
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.7 * len(classes) + 1.5), 3.2))
-    ax.bar(range(len(classes)), [rows[c]["error"] or 0 for c in classes],
-           color=[np.array(COLOURS[k % len(COLOURS)]) / 255 for k in range(len(classes))])
-    ax.set_xticks(range(len(classes)), classes, rotation=30 if len(classes) > 6 else 0, fontsize=8)
-    ax.set_ylabel("mean error (px)")
-    ax.set_title(title, fontsize=8)
-    ax.grid(alpha=0.3, axis="y")
-    save_figure(fig, os.path.join(model_dir, f"errors_{tag}.png"))
+    colours = [np.array(COLOURS[k % len(COLOURS)]) / 255 for k in range(len(classes))]  # as the gallery's dots
+    bar_per_class(os.path.join(model_dir, f"errors_{tag}.png"), classes, [rows[c]["error"] for c in classes],
+                  "mean error (px)", title, color=colours, tick_width=0.7, rotate_over=6)
 
 
 # ---------------------------------------------------------------- the figures of a new best epoch

@@ -6,7 +6,7 @@ IoU (0/0): the means are over the classes present, so an unused class neither he
 No torch import at module level: params validation and the result tables read METRICS cheaply.
 """
 
-from model.task import LOSS, Metric
+from model.task import LOSS, EpochSums, Metric
 
 IGNORE = 255  # mask value of pixels without a label (borders, "void"): no loss, no metric
 
@@ -67,22 +67,20 @@ def per_class(cm, classes):
     return rows
 
 
-class EpochMetrics:
+class EpochMetrics(EpochSums):
     """What the formulas above need, summed over an epoch on the device: the pixel confusion matrix, the loss and
-    the image count. The same interface as core/training/engine.py's EpochMetrics, so one training loop serves
-    both tasks; a GPU epoch syncs once, in `compute`. With keep_details, also each image's predicted mask and its
+    the image count; a GPU epoch syncs once, in `compute`. With keep_details, also each image's predicted mask and its
     own mean IoU, for the gallery (`details`)."""
 
     def __init__(self, n_clas, device, keep_details=False):
         import torch
 
+        super().__init__(device)
         self.n_clas = n_clas
         # one bin more than the k*k (true, predicted) pairs: ignored pixels land there, so no mask indexing (which
         # would sync to count the pixels kept) is needed; .confusion is a view of the first k*k bins
         self._bins = torch.zeros(n_clas * n_clas + 1, dtype=torch.long, device=device)
         self.confusion = self._bins[:-1].view(n_clas, n_clas)  # rows: true, columns: predicted
-        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        self.n, self.loss_only = 0, False  # images seen (a Python int: known without a sync); a maskless batch seen
         self.kept = {"prediction": [], "image_iou": []} if keep_details else None
 
     def update(self, logits, masks, loss):
@@ -94,12 +92,9 @@ class EpochMetrics:
 
         with torch.no_grad():
             logits = outputs_of(logits)[0]
-            k, b = self.n_clas, logits.shape[0]
-            self.loss_sum += loss.detach().double() * b
-            self.n += b
-            if masks is None:
-                self.loss_only = True
+            if not self.add_loss(loss, logits.shape[0], masks):
                 return
+            k = self.n_clas
             pred = predicted_classes(logits)
             pairs = torch.where(masks == IGNORE, k * k, masks * k + pred).flatten()
             # index_add_ rather than bincount: CUDA's bincount reads max() back to size its output, a sync a batch
@@ -125,12 +120,10 @@ class EpochMetrics:
         self.kept["prediction"].append(pred.to(torch.uint8))
 
     def compute(self):
-        if self.n == 0:
-            return {}
-        if self.loss_only:
-            return {"loss": self.loss_sum.item() / self.n}
+        if (alone := self.loss_alone()) is not None:
+            return alone
         cm = self.confusion.double().cpu()  # the one sync of the epoch
-        sums = {"cm": cm, "n": self.n, "loss": self.loss_sum.item()}
+        sums = {"cm": cm, **self.sums()}
         return {name: m.formula(sums) for name, m in METRICS.items()}
 
     def details(self):

@@ -1,26 +1,15 @@
 """Segmentation (`"task": "segmentation"`): a class index per pixel.
 
     DATA_DIR/{train,valid,test}/images/NAME.png + masks/NAME.png (255 = ignore), DATA_DIR/classes.json
-
-Every method of Task (model/task.py) that is not below calls the function of its name in this package's
-data_loader.py, net.py, loss.py, metrics.py or report.py.
 """
 
-from model.segmentation.loss import TERMS
-from model.segmentation.metrics import METRICS
 from model.task import Task
 
 
 class Segmentation(Task):
-    name = "segmentation"
-    data = "data/digit_scenes"
-    arch = "unet"
-    monitor = "miou"
-    overfit_metric = "pixel_accuracy"
-    split_layout = "images/ and masks/"
+    name, data, arch, monitor = "segmentation", "data/digit_scenes", "unet", "miou"
+    overfit_metric, split_layout = "pixel_accuracy", "images/ and masks/"
     head = "the layers that score classes (model/segmentation/net.py head_of)"
-    metrics = METRICS
-    loss_terms = TERMS
     refused = {"mixup_alpha": "mixes labels per image (masks cannot be mixed so)",
                "cutmix_alpha": "mixes labels per image (masks cannot be mixed so)"}
 
