@@ -367,6 +367,8 @@ def resolve(user, where, overrides=()):
         set_dotted(out, key, value)
     task = TASKS[out["task"]]
     out["arch"] = out["arch"] or task.arch
+    for key, default in task.loss_keys().items():  # the task's own defaults, where a term name is shared
+        out["loss"][key] = flat.get(f"loss.{key}", default)
     es = out["early_stopping"]
     es["monitor_metric"] = es["monitor_metric"] or task.monitor
     es["minimize"] = monitor_direction(es, out["task"], where)

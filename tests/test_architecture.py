@@ -80,6 +80,15 @@ def test_no_import_cycle_among_core_model_and_data():
         visit(module, [])
 
 
+def test_core_imports_run_down_the_stages_never_back_up():
+    """core/training knows no run folder or search; core/rundir knows no search (imports inside functions too)."""
+    below = {"core.training": ("core.rundir", "core.search"), "core.rundir": ("core.search",)}
+    for module, imports in module_graph(("core",)).items():
+        for package, forbidden in below.items():
+            if module.startswith(package):
+                assert not [m for m in imports if m.startswith(forbidden)], (module, imports)
+
+
 # ---------------------------------------------------------------- one record per key, one registry of metrics
 
 

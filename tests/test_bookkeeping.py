@@ -98,7 +98,7 @@ def test_figures_and_checkpoint_exist_after_a_failed_run(make_experiment, digits
 
 
 def test_best_is_a_link_to_last_when_the_last_epoch_is_best(make_experiment, digits_dir, monkeypatch):
-    from core.rundir.folder import BestTracker
+    from core.training.state import BestTracker
 
     exp = make_experiment(num_epochs=3)
     improves = iter([True, True, False])  # epochs 1 and 2 improve, epoch 3 does not

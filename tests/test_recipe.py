@@ -14,11 +14,10 @@ import evaluate
 import synthesize_results
 from conftest import read, run_train
 from core.config import Params, resolve
-from core.rundir.folder import BestTracker
 from core.training.compiling import compile_model
 from core.training.engine import pick_runtime
 from core.training.optim import build_optimizer, build_scheduler, layer_lrs, optimizer_steps
-from core.training.state import TrainingState, build_ema, evaluated_weights
+from core.training.state import BestTracker, TrainingState, build_ema, evaluated_weights
 from model.classification.data_loader import build_batch_mix
 from model.classification.loss import build_loss, class_weight_tensor
 from model.classification.metrics import METRICS, EpochMetrics

@@ -11,10 +11,9 @@ import math
 import os
 import signal
 import socket
-from dataclasses import asdict, dataclass
 
 from core.config import KEYS, flatten
-from utils import FolderBusy, UserError, now, read_json, write_json
+from utils import FolderBusy, UserError, now, read_json, read_json_field, write_json
 
 # the names of a run folder's files, known here only
 STATUS, EFFECTIVE, LOCK, LOG, HISTORY = "status.json", "params_effective.json", ".lock", "train.log", "history.json"
@@ -201,40 +200,9 @@ def check_resume(ckpt, params, status, path):
                         f"same params, or start a new folder with init_weights_path")
 
 
-@dataclass
-class BestTracker:
-    """Best value of the monitored validation metric, and the early-stopping count since it improved."""
-
-    metric: str
-    minimize: bool
-    min_delta: float
-    patience: int
-    best: float | None = None
-    best_epoch: int = 0
-    bad_epochs: int = 0
-
-    @classmethod
-    def from_params(cls, es):
-        return cls(es.monitor_metric, bool(es.minimize), es.min_delta, es.patience)
-
-    def update(self, value, epoch):
-        """Record this epoch's value; True when it is a new best."""
-        sign = -1 if self.minimize else 1
-        if self.best is None or sign * (value - self.best) > self.min_delta:
-            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
-            return True
-        self.bad_epochs += 1
-        return False
-
-    @property
-    def should_stop(self):
-        return self.patience > 0 and self.bad_epochs >= self.patience
-
-    def summary(self):
-        return f"best val {self.metric} {self.best:.4f} at epoch {self.best_epoch}" if self.best_epoch else ""
-
-    def state(self):
-        return asdict(self)
+def load_history(folder):
+    """history.json's rows, or [] when absent or unreadable (a running or broken cell)."""
+    return read_json_field(os.path.join(folder, HISTORY), "epochs", [])
 
 
 def is_finite(metrics):

@@ -11,9 +11,8 @@ import os
 import threading
 import time
 
-from core.rundir.folder import HISTORY, Status, checkpoint_path, metrics_file, write_status
+from core.rundir.folder import HISTORY, Status, checkpoint_path, load_history, metrics_file, write_status
 from core.rundir.plotter import Plotter
-from core.search.results import load_history
 from core.training.monitor import gallery_indices
 from utils import UserError, save_checkpoint, write_json
 

@@ -110,7 +110,7 @@ class Lines:
 def drawings(pending, model_dir, draw_best):
     """One function per figure to redraw."""
     from core.rundir import plots
-    from core.search.results import load_history
+    from core.rundir.folder import load_history
 
     out = []
     rows = load_history(model_dir) if "history" in pending else []

@@ -18,9 +18,8 @@ import json
 from dataclasses import dataclass
 
 from core.config import resolve
-from core.rundir.folder import Status, is_locked, read_status, write_status
+from core.rundir.folder import Status, is_locked, load_history, read_status, write_status
 from core.search.grid import base_params
-from core.search.results import load_history
 from model.tasks import metrics_of
 from utils import UserError
 

@@ -20,12 +20,11 @@ from tqdm import tqdm
 
 from core.config import KEYS, resolve
 from core.paths import ROOT, TRAIN
-from core.rundir.folder import LOG, Status, checkpoint_path, is_locked, read_status, write_status
+from core.rundir.folder import LOG, Status, checkpoint_path, is_locked, load_history, read_status, write_status
 from core.search.asha import find_schedule, parse_schedule
 from core.search.container import run_command
 from core.search.forkserver import ForkServer, ServerGone
 from core.search.grid import base_params, child_params, child_path, corners, plan, tpe_block
-from core.search.results import load_history
 from core.search.squeue import queued_elsewhere
 from model.tasks import TASKS
 from utils import FolderBusy, UserError, die_with_parent, read_json, write_json

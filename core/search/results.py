@@ -11,10 +11,10 @@ import statistics
 from dataclasses import dataclass, field
 
 from core.config import KEYS, hyperparams, resolve
-from core.rundir.folder import HISTORY, STATUS, Status, metrics_file
+from core.rundir.folder import STATUS, Status, load_history, metrics_file
 from core.rundir.record import provenance
 from model.tasks import TASKS
-from utils import UserError, read_json, read_json_field
+from utils import UserError, read_json
 
 
 def find_runs(parent):
@@ -60,11 +60,6 @@ def load_run(folder, split="val"):
     state = status.get("status") or ("not started" if best is None else "unknown")
     return {"folder": folder, "params": resolved(params or {}, folder), "status": state, "epoch": status.get("epoch"),
             "best": best or {}, "test": test or {}, "note": "; ".join(notes), "code": provenance(folder)}
-
-
-def load_history(folder):
-    """history.json's rows, or [] when absent or unreadable (a running or broken cell)."""
-    return read_json_field(os.path.join(folder, HISTORY), "epochs", [])
 
 
 def gather(parent, split="val"):

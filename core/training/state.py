@@ -8,17 +8,53 @@
 Shared by train.py and the search's smoke test (core/search/smoke.py).
 """
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 
 from core.config import Params
-from core.rundir.folder import BestTracker
 from core.stages import stage_of, stage_params
 from core.training.engine import rng_state, set_rng_state
 from core.training.optim import PER_BATCH, build_optimizer, build_scheduler, freeze, learning_rates, optimizer_steps
 from model import tasks
 from utils import UserError, load_checkpoint, one_line
+
+
+@dataclass
+class BestTracker:
+    """Best value of the monitored validation metric, and the early-stopping count since it improved."""
+
+    metric: str
+    minimize: bool
+    min_delta: float
+    patience: int
+    best: float | None = None
+    best_epoch: int = 0
+    bad_epochs: int = 0
+
+    @classmethod
+    def from_params(cls, es):
+        return cls(es.monitor_metric, bool(es.minimize), es.min_delta, es.patience)
+
+    def update(self, value, epoch):
+        """Record this epoch's value; True when it is a new best."""
+        sign = -1 if self.minimize else 1
+        if self.best is None or sign * (value - self.best) > self.min_delta:
+            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def should_stop(self):
+        return self.patience > 0 and self.bad_epochs >= self.patience
+
+    def summary(self):
+        return f"best val {self.metric} {self.best:.4f} at epoch {self.best_epoch}" if self.best_epoch else ""
+
+    def state(self):
+        return asdict(self)
+
 
 EMA_PREFIX = "module."  # AveragedModel's state_dict: the averaged model's keys under "module.", and n_averaged
 
