@@ -1,19 +1,28 @@
 """The tasks this template trains, one line each: the `task` params key picks one.
 
 A task is a package of model/ whose task.py subclasses model/task.py's Task (read that file first). To add one,
-write model/<name>/ and add its line here. Importing this module imports no torch: params validation, the search
+write model/<name>/ and add its line to REGISTRY. Importing this module imports no torch: params validation, the search
 and the result tables read the tasks' facts (metrics, loss terms, defaults) cheaply.
 """
 
 import functools
+import importlib
 import os
 
-from model.classification.task import Classification
-from model.detection.task import Detection
-from model.keypoints.task import Keypoints
-from model.segmentation.task import Segmentation
+REGISTRY = (  # one line per task: model/<name>/task.py and its Task subclass
+    "model.classification.task.Classification",
+    "model.segmentation.task.Segmentation",
+    "model.keypoints.task.Keypoints",
+    "model.detection.task.Detection",
+)
 
-TASKS = {task.name: task for task in (Classification(), Segmentation(), Keypoints(), Detection())}
+
+def instance(path):
+    module, name = path.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)()
+
+
+TASKS = {task.name: task for task in map(instance, REGISTRY)}
 
 
 def load(name):

@@ -201,6 +201,56 @@ def test_dry_run_catches_an_unknown_augmentation_preset(tmp_path, digits_dir):
     assert os.listdir(parent) == ["params.json"]
 
 
+FOCAL = """
+import json, sys
+sys.path.insert(0, {root!r})
+import torch
+from model.segmentation import loss
+from model.task import Term
+
+def focal(logits, masks, gamma):
+    ce = torch.nn.functional.cross_entropy(logits, masks, reduction="none")
+    return ((1 - (-ce).exp()) ** gamma * ce).mean()
+
+loss.TERMS["focal"] = Term(focal, 0.0, "focal loss", {{"gamma": 2.0}})  # the one edit a user makes
+from core.config import KEYS, Params, resolve
+from core.search.grid import plan
+from model.tasks import TASKS
+
+out = {{"keys": [k for k in KEYS if k.startswith("loss.")]}}
+params = resolve({{"task": "segmentation", "loss": {{"ce": 0, "focal": 1, "focal_gamma": 3}}}}, "p")
+out["loss"] = params["loss"]
+torch.manual_seed(0)
+logits, masks = torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 4, 4))
+task = TASKS["segmentation"]
+out["trained"] = task.build_loss(Params(params), [1, 1, 1])(logits, masks).item()
+out["by_hand"] = focal(logits, masks, 3).item()
+cells = plan({{"task": "segmentation", "stages": [{{"num_epochs": 1, "loss": {{"focal": 1}}}}, {{"num_epochs": 1}}],
+              "hyper_search": {{"loss.focal_gamma": [1, 3], "stages.0.loss.focal": [0.5, 1]}}}}, "search")
+out["cells"] = [name for name, _ in cells]
+for bad in ({{"loss": {{"focal": 1}}}}, {{"task": "segmentation", "loss": {{"focal_gamma": "a"}}}}):
+    try:
+        resolve(bad, "p")
+    except Exception as e:
+        out.setdefault("errors", []).append(str(e))
+print(json.dumps(out))
+"""
+
+
+def test_a_loss_term_added_to_a_tasks_terms_is_a_params_search_and_stage_key_and_trains():
+    """Adding a term (with its own setting, focal's gamma) is one edit in the task's loss.py: params, stages and
+    the search learn it from the task, and build_loss weighs it."""
+    proc = subprocess.run([sys.executable, "-c", FOCAL.format(root=str(ROOT))], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["keys"] == ["loss.ce", "loss.dice", "loss.bce", "loss.focal", "loss.focal_gamma"]
+    assert out["loss"] == {"ce": 0, "dice": 0.0, "bce": 0.0, "focal": 1, "focal_gamma": 3}
+    assert out["trained"] == pytest.approx(out["by_hand"])
+    assert len(out["cells"]) == 4 and any("focal_gamma_3" in name for name in out["cells"])
+    assert out["errors"] == ["p: key 'loss.focal' is 1, but it is not a loss term of classification (its terms: ce)",
+                             "p: key 'loss.focal_gamma' expects float, got string \"a\""]
+
+
 # what model/task.py's default methods call in a task's own files
 TASK_FILES = {"data_loader": ("find_classes", "scan_split", "item_files", "check_item", "PRESETS", "build_transforms",
                               "decoder", "transforms_record", "Dataset", "class_counts"),

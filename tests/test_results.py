@@ -221,3 +221,30 @@ def test_spearman_matches_scipys_with_ties():
     ys = [3, 1, 2, 2, 5, 4, 4, 0]
     assert spearman(xs, ys) == pytest.approx(spearmanr(xs, ys).statistic)
     assert spearman([1, 1, 1], [1, 2, 3]) is None
+
+
+def test_a_parent_of_several_tasks_gets_one_table_per_task_each_ranked_its_own_way(tmp_path):
+    """A metric name means what its task says (map: detection's COCO mAP here, another task's mean AP there): a
+    parent holding runs of several tasks gets a table per task, with only that task's columns and ranking."""
+    p = str(tmp_path / "mixed")
+    make_run(p, "cls_a", {"learning_rate": 0.1}, acc=0.7)
+    make_run(p, "cls_b", {"learning_rate": 0.01}, acc=0.9)
+    for name, error in (("kp_a", 0.4), ("kp_b", 1.2)):  # point_error: smaller is better
+        folder = make_run(p, name, {"task": "keypoints", "learning_rate": error})
+        write(os.path.join(folder, "metrics_val_best_weights.json"), {"loss": 0.1, "point_error": error, "epoch": 3})
+    md = synthesize_results.synthesize(p)
+    cls, kp = md.split("## classification\n\n")[1].split("## keypoints\n\n")
+    assert "point_error" not in cls and "accuracy" not in kp
+    assert [r[0] for r in table_rows(cls)] == ["cls_b", "cls_a"]  # larger accuracy first
+    assert [r[0] for r in table_rows(kp)] == ["kp_a", "kp_b"]  # smaller point error first
+    md = synthesize_results.synthesize(p, metric="point_error")  # ranks the task that has it, the other its own way
+    assert [r[0] for r in table_rows(md.split("## keypoints\n\n")[1])] == ["kp_a", "kp_b"]
+    assert [r[0] for r in table_rows(md.split("## classification\n\n")[1].split("## keypoints")[0])] == ["cls_b",
+                                                                                                        "cls_a"]
+
+
+def test_a_metric_name_two_tasks_share_is_ranked_by_each_tasks_direction():
+    from core.search.results import minimized
+
+    assert minimized("point_error", "keypoints") and not minimized("map", "detection")
+    assert minimized("loss") and not minimized("accuracy") and not minimized("no_such_metric", "keypoints")
