@@ -15,8 +15,8 @@ report and the figures. Each task is a package model/<name>/ whose task.py subcl
 
 Each method below says what it must return; by default it calls the function of the same name in the file named
 beside it, so a task overrides a method only where it does something else (detection's forward, segmentation's
-check_params). To add a task: copy a package, subclass Task in its task.py, add one line to TASKS in
-model/tasks.py.
+check_params). To add a task: copy a package, subclass Task in its task.py, add one line to REGISTRY in
+model/tasks.py. Below the class: what the task files build on (Metric, EpochSums, Term).
 
 No torch import here, nor at the top of a task's task.py, metrics.py or loss.py: params validation, the search and
 the result tables read a task's facts (metrics, loss terms, defaults) without loading torch.
@@ -25,92 +25,6 @@ the result tables read a task's facts (metrics, loss terms, defaults) without lo
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-
-
-@dataclass(frozen=True)
-class Metric:
-    formula: Callable  # (sums) -> float: sums is what the task's EpochMetrics added up over an epoch
-    minimize: bool = False  # True when lower is better
-    min_classes: int = 1  # computed only with at least this many classes
-
-
-def metric_names(metrics, n_clas=None):
-    """The names of `metrics` ({name: Metric}) an epoch reports, in order; with n_clas, only those that make sense
-    for that many classes."""
-    return [name for name, m in metrics.items() if n_clas is None or n_clas >= m.min_classes]
-
-
-# every task reports its validation loss, the epoch's summed batch losses over its samples (EpochSums)
-LOSS = Metric(lambda s: s["loss"] / s["n"], minimize=True)
-
-
-class EpochSums:
-    """What every task's EpochMetrics sums: the loss, each batch's mean weighted back by its size (so a short last
-    batch counts for its samples only), and the samples seen, on the device: an epoch syncs once, in `sums`."""
-
-    def __init__(self, device):
-        import torch
-
-        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        self.n, self.loss_only = 0, False  # samples seen (a Python int: known without a sync); a targetless batch
-
-    def add_loss(self, loss, n, targets):
-        """Add a batch of n samples; False when it has no targets (mixed by MixUp/CutMix), which count for the loss
-        only from then on (loss_only)."""
-        self.loss_sum += loss.detach().double() * n
-        self.n += n
-        self.loss_only = self.loss_only or targets is None
-        return targets is not None
-
-    def sums(self):
-        return {"n": self.n, "loss": self.loss_sum.item()}
-
-    def loss_alone(self):
-        """compute()'s answer when the epoch has only a loss to report ({} when empty), else None."""
-        if self.n == 0:
-            return {}
-        return {"loss": self.loss_sum.item() / self.n} if self.loss_only else None
-
-
-@dataclass(frozen=True)
-class Term:
-    """One term of a task's training loss: params' loss block weighs it ("loss": {"dice": 0.5}) and sets its own
-    settings ("loss": {"focal_gamma": 3}); hyper_search varies either as loss.<term> or loss.<term>_<setting>."""
-
-    fn: Callable  # fn(outputs, targets, **settings) -> a scalar tensor
-    weight: float  # its default weight (0: off unless params turn it on)
-    doc: str  # one line: what it measures
-    settings: dict = field(default_factory=dict)  # {setting: default number}: passed to fn as keyword arguments
-
-
-def term_keys(terms):
-    """{key of the loss block: default} for `terms` ({name: Term}): each weight, each setting as <term>_<setting>."""
-    return {k: v for name, term in terms.items()
-            for k, v in {name: term.weight, **{f"{name}_{s}": d for s, d in term.settings.items()}}.items()}
-
-
-def weighted_terms(terms, loss_block, bound=None):
-    """loss(outputs, targets): the sum of weight x term over `terms` ({name: Term}) weighted above 0 in
-    `loss_block` (params.loss), each with its own settings from the block. bound: {term: {keyword: value}} of
-    what the run decides for a term (class weights, label smoothing)."""
-    block = vars(loss_block) if not isinstance(loss_block, dict) else loss_block
-    parts = []
-    for name, term in terms.items():
-        weight = float(block.get(name, term.weight))
-        if weight > 0:
-            kwargs = {s: block.get(f"{name}_{s}", default) for s, default in term.settings.items()}
-            parts.append((weight, term.fn, {**kwargs, **(bound or {}).get(name, {})}))
-
-    def loss(outputs, targets):
-        return sum(w * fn(outputs, targets, **kw) for w, fn, kw in parts)
-
-    return loss
-
-
-# keys that only classification or segmentation honour, and what each does there: the other tasks refuse them
-IMAGE_LABEL_KEYS = {"mixup_alpha": "mixes images", "cutmix_alpha": "mixes images", "label_smoothing": "smooths labels",
-                    "class_weights": "weighs classes", "eval_window": "tiles segmentation masks",
-                    "eval_stride": "tiles segmentation masks"}
 
 
 class Task:
@@ -127,6 +41,9 @@ class Task:
     classes_are: str = "classes"  # what the data's classes are, in messages ("class folders", "points")
     trains_on: str = "the loss block's terms"  # what its training loss is, for the error that refuses a term
     refused: dict = {}  # {params key: what it does}: keys this task cannot honour, refused when set
+
+    def __repr__(self):
+        return f"<task {self.name}>"
 
     @property
     def metrics(self):
@@ -289,3 +206,92 @@ class Task:
     def loss_keys(self):
         """{key of the loss block: default}: each term's weight and its settings (<term>_<setting>)."""
         return term_keys(self.loss_terms)
+
+
+# ---------------------------------------------------------------- what a task's files build on
+
+
+@dataclass(frozen=True)
+class Metric:
+    formula: Callable  # (sums) -> float: sums is what the task's EpochMetrics added up over an epoch
+    minimize: bool = False  # True when lower is better
+    min_classes: int = 1  # computed only with at least this many classes
+
+
+def metric_names(metrics, n_clas=None):
+    """The names of `metrics` ({name: Metric}) an epoch reports, in order; with n_clas, only those that make sense
+    for that many classes."""
+    return [name for name, m in metrics.items() if n_clas is None or n_clas >= m.min_classes]
+
+
+# every task reports its validation loss, the epoch's summed batch losses over its samples (EpochSums)
+LOSS = Metric(lambda s: s["loss"] / s["n"], minimize=True)
+
+
+class EpochSums:
+    """What every task's EpochMetrics sums: the loss, each batch's mean weighted back by its size (so a short last
+    batch counts for its samples only), and the samples seen, on the device: an epoch syncs once, in `sums`."""
+
+    def __init__(self, device):
+        import torch
+
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.n, self.loss_only = 0, False  # samples seen (a Python int: known without a sync); a targetless batch
+
+    def add_loss(self, loss, n, targets):
+        """Add a batch of n samples; False when it has no targets (mixed by MixUp/CutMix), which count for the loss
+        only from then on (loss_only)."""
+        self.loss_sum += loss.detach().double() * n
+        self.n += n
+        self.loss_only = self.loss_only or targets is None
+        return targets is not None
+
+    def sums(self):
+        return {"n": self.n, "loss": self.loss_sum.item()}
+
+    def loss_alone(self):
+        """compute()'s answer when the epoch has only a loss to report ({} when empty), else None."""
+        if self.n == 0:
+            return {}
+        return {"loss": self.loss_sum.item() / self.n} if self.loss_only else None
+
+
+@dataclass(frozen=True)
+class Term:
+    """One term of a task's training loss: params' loss block weighs it ("loss": {"dice": 0.5}) and sets its own
+    settings ("loss": {"focal_gamma": 3}); hyper_search varies either as loss.<term> or loss.<term>_<setting>."""
+
+    fn: Callable  # fn(outputs, targets, **settings) -> a scalar tensor
+    weight: float  # its default weight (0: off unless params turn it on)
+    doc: str  # one line: what it measures
+    settings: dict = field(default_factory=dict)  # {setting: default number}: passed to fn as keyword arguments
+
+
+def term_keys(terms):
+    """{key of the loss block: default} for `terms` ({name: Term}): each weight, each setting as <term>_<setting>."""
+    return {k: v for name, term in terms.items()
+            for k, v in {name: term.weight, **{f"{name}_{s}": d for s, d in term.settings.items()}}.items()}
+
+
+def weighted_terms(terms, loss_block, bound=None):
+    """loss(outputs, targets): the sum of weight x term over `terms` ({name: Term}) weighted above 0 in
+    `loss_block` (params.loss), each with its own settings from the block. bound: {term: {keyword: value}} of
+    what the run decides for a term (class weights, label smoothing)."""
+    block = vars(loss_block) if not isinstance(loss_block, dict) else loss_block
+    parts = []
+    for name, term in terms.items():
+        weight = float(block.get(name, term.weight))
+        if weight > 0:
+            kwargs = {s: block.get(f"{name}_{s}", default) for s, default in term.settings.items()}
+            parts.append((weight, term.fn, {**kwargs, **(bound or {}).get(name, {})}))
+
+    def loss(outputs, targets):
+        return sum(w * fn(outputs, targets, **kw) for w, fn, kw in parts)
+
+    return loss
+
+
+# keys that only classification or segmentation honour, and what each does there: the other tasks refuse them
+IMAGE_LABEL_KEYS = {"mixup_alpha": "mixes images", "cutmix_alpha": "mixes images", "label_smoothing": "smooths labels",
+                    "class_weights": "weighs classes", "eval_window": "tiles segmentation masks",
+                    "eval_stride": "tiles segmentation masks"}

@@ -1,2 +1,2 @@
-"""Classification: one class label per image. task.py is what the machinery calls; data_loader.py, net.py,
-metrics.py and report.py are what you edit. Nothing is imported here, so reading metrics.py stays cheap."""
+"""Classification: one class label per image. task.py is what the machinery calls; data_loader.py, net.py, loss.py,
+metrics.py and report.py are what you edit. Nothing is imported here, so reading metrics.py and loss.py stays cheap."""
