@@ -61,7 +61,7 @@ EMA_PREFIX = "module."  # AveragedModel's state_dict: the averaged model's keys 
 
 @dataclass
 class TrainingState:
-    task: object  # the task package (model/<task>/): its metrics, loss and data
+    task: object  # the Task (model/task.py): its metrics, loss and data
     model: object  # torch.nn.Module, on the run's device
     optimizer: object
     scheduler: object  # None for scheduler "none"
