@@ -14,16 +14,15 @@ import os
 
 from tabulate import tabulate
 
-from core.config import Params, fixed_overrides, resolve
 from core.data.loaders import fetch_dataloader
-from core.rundir.folder import check_model_dir, checkpoint_path
+from core.rundir.folder import trained_checkpoint
 from core.rundir.record import provenance
 from core.rundir.report import check_same_data, variant_of, write_report
 from core.training.engine import keep_freed_memory, pick_runtime
-from core.training.state import evaluated_weights
+from core.training.state import trained_model, trained_run
 from model import tasks
 from model.loop import evaluate
-from utils import UserError, load_checkpoint, one_line, run_cli
+from utils import UserError, run_cli
 
 
 def parse_args(argv=None):
@@ -36,6 +35,9 @@ def parse_args(argv=None):
     ap.add_argument("--eval_window", type=int, metavar="N",
                     help="segmentation: evaluate in N x N tiles (0: whole images), whatever the run's params say")
     ap.add_argument("--eval_stride", type=int, metavar="S", help="segmentation: pixels between tiles")
+    ap.add_argument("--keep_regions", type=int, metavar="N",
+                    help="segmentation: keep each class's N largest connected regions of a predicted mask, the rest "
+                         "becomes background (0: off), whatever the run's params say")
     return ap.parse_args(argv)
 
 
@@ -43,8 +45,8 @@ def main(argv=None):
     args = parse_args(argv)
     keep_freed_memory()
     ckpt_paths = [trained_checkpoint(d, args.restore_file) for d in args.model_dir]
-    window = [f"{k}={v}" for k in ("eval_window", "eval_stride") if (v := getattr(args, k)) is not None]
-    variant = variant_of(args.tta, args.eval_window, args.eval_stride)
+    window = [f"{k}={v}" for k in ("eval_window", "eval_stride", "keep_regions") if (v := getattr(args, k)) is not None]
+    variant = variant_of(args.tta, args.eval_window, args.eval_stride, args.keep_regions)
     # evaluate every folder first, write after: one bad folder leaves no folder half done
     results = [evaluate_checkpoint(path, args.data_dir, args.split, args.tta, window) for path in ckpt_paths]
     for model_dir, (metrics, *_) in zip(args.model_dir, results):
@@ -59,43 +61,27 @@ def main(argv=None):
     return 0
 
 
-def trained_checkpoint(model_dir, restore_file):
-    check_model_dir(model_dir)
-    path = checkpoint_path(model_dir, restore_file)
-    if not os.path.isfile(path):
-        raise UserError(f"--model_dir {model_dir}: no {os.path.basename(path)} (train it first: "
-                        f"python train.py --model_dir {model_dir})")
-    return path
-
-
 def evaluate_checkpoint(path, data_dir, split, tta=None, overrides=()):
     """Metrics (per class too), the task's details (confusion matrix, predictions) and class names of one checkpoint
-    on `split`, with the params it
-    was trained with and the weights its validation saw (the EMA's when it kept one)."""
-    ckpt = load_checkpoint(path)
-    if not isinstance(ckpt, dict) or not {"params", "classes", "model", "epoch"} <= set(ckpt):
-        raise UserError(f"{path}: not a checkpoint written by train.py (needs params, classes, model, epoch)")
-    # the whole split, and the model as trained (weights come from the checkpoint, not from pretraining)
-    params = Params(resolve(ckpt["params"], f"{path} (params)", [*fixed_overrides("evaluate"), *overrides]))
-    rt, task = pick_runtime(params.cuda), tasks.load(params.task)
+    on `split`, with the params it was trained with and the weights its validation saw (the EMA's when it kept
+    one)."""
+    ckpt, params, task = trained_run(path, overrides)
+    rt = pick_runtime(params.cuda)
     data_dir = tasks.ensure_data(data_dir or task.data)
     loaders, classes = fetch_dataloader([split], data_dir, params, rt.pin_memory, training=False)
     if classes != ckpt["classes"]:
         raise UserError(f"{data_dir}: classes {classes} differ from those {path} was trained on {ckpt['classes']}")
     task.check_params(params, classes, f"{path} (params)")
-    model = task.build_model(params, len(classes))
-    try:
-        model.load_state_dict(evaluated_weights(ckpt))
-    except RuntimeError as e:
-        raise UserError(f"{path}: does not fit model/{params.task}/net.py as it is now (edited since?): "
-                        f"{one_line(e)[:200]}") from None
+    model = trained_model(ckpt, params, task, path)
     metrics, details = evaluate(rt.prepare(model), loaders[split], rt, task, len(classes),
-                                task.predictor(params, tta), split)
+                                task.predictor(params, tta, classes), split)
     metrics.update(task.evaluation_report(details, loaders[split].dataset, classes), task=params.task,
                    epoch=ckpt["epoch"], weights=ckpt.get("weights", "raw"), tta=tta or "none",
                    data_dir=os.path.abspath(data_dir))
     if params.eval_window:  # recorded: a tiled evaluation is another evaluation than a whole-image one
         metrics.update(eval_window=params.eval_window, eval_stride=params.eval_stride)
+    if params.keep_regions:
+        metrics.update(keep_regions=params.keep_regions)
     return metrics, details, classes, task
 
 

@@ -174,7 +174,8 @@ def fit(folder, params, state, loaders, rt, start_epoch, stop_at=None, reload=No
     gives its train loader when its batch size or augmentation differ."""
     history = folder.load_history(start_epoch - 1)
     monitor = GradMonitor(state.model, params.save_summary_steps) if params.monitor_gradients else None
-    n_clas, tracker, predict = len(folder.classes), state.tracker, state.task.predictor(params)
+    n_clas, tracker = len(folder.classes), state.tracker
+    predict = state.task.predictor(params, classes=folder.classes)
     for epoch in range(start_epoch, params.num_epochs + 1):
         epoch_start = time.perf_counter()
         loaders["train"] = advance_stage(state, params, epoch, loaders["train"], reload)

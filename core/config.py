@@ -39,6 +39,12 @@ def class_weights_ok(v):
     return v is None or v == "balanced" or (isinstance(v, list) and len(v) > 0 and all(x > 0 for x in v))
 
 
+def keep_regions_ok(v):
+    """0 (off), N >= 1 for every class, or {class name: N >= 1} (checked against the data's classes later)."""
+    is_int = lambda x: isinstance(x, int) and not isinstance(x, bool)  # noqa: E731
+    return (is_int(v) and v >= 0) or (isinstance(v, dict) and all(is_int(n) and n >= 1 for n in v.values()))
+
+
 def fraction(closed_low=True):
     return (lambda v: 0 <= v < 1, "in [0, 1)") if closed_low else (lambda v: 0 < v < 1, "in (0, 1)")
 
@@ -171,6 +177,9 @@ KEYS = {
     "eval_window": Key(0, int, "segmentation: evaluate in window x window tiles (pixels; 0: the whole image)",
                        check=at_least(0)),
     "eval_stride": Key(0, int, "segmentation: pixels between tiles (0: eval_window // 2)", check=at_least(0)),
+    "keep_regions": Key(0, ANY, "segmentation: keep each class's N largest connected regions of a predicted mask, the "
+                        "rest becomes background (0: off; or {class name: N} for the classes named)",
+                        check=(keep_regions_ok, "an int >= 0 or an object of ints >= 1")),
     # run
     "seed": Key(230, int, "seed for torch, numpy, random, data order and augmentation"),
     "cuda": Key(1, FLAG, "use a GPU when one is available", resumable=True),

@@ -146,8 +146,9 @@ class Task:
         return self.part("metrics").EpochMetrics(n_clas, device, keep_details)
 
     # ---- evaluation and figures (report.py) -------------------------------------------------------------------
-    def predictor(self, params, tta=None):
-        """predict(model, x, targets) -> outputs, in eval mode: plain, test-time augmented or tiled."""
+    def predictor(self, params, tta=None, classes=None):
+        """predict(model, x, targets) -> outputs, in eval mode: plain, test-time augmented or tiled (and, for
+        segmentation, cleaned: keep_regions, which may name `classes`)."""
         return self.part("report").predictor(params, tta)
 
     def evaluation_report(self, details, dataset, classes):
@@ -169,6 +170,21 @@ class Task:
     def draw_best(self, best, model_dir):
         """Draw best_figures' data into model_dir (in the plotter's process)."""
         return self.part("report").draw_best(best, model_dir)
+
+    # ---- predictions on new images (report.py): predict.py -----------------------------------------------------
+    def preprocess(self, transform, image):
+        """An HxWx3 uint8 image through the run's evaluation transform: the input tensor [3,h,w]."""
+        return transform(image=image)["image"]
+
+    def save_predictions(self, outputs, images, out_dir, classes):
+        """One JSON-able row per image of a batch's outputs (in the images' own pixels), writing the per-image files
+        (a mask, a label file) under out_dir. images: [{"image": path, "stem": its output path without extension,
+        "size": (width, height) as stored, "input": (width, height) the model saw}]."""
+        return self.part("report").save_predictions(outputs, images, out_dir, classes)
+
+    def finish_predictions(self, rows, out_dir, classes):
+        """Write the files over all images (a CSV, a COCO JSON) from every row; returns their names."""
+        return self.part("report").finish_predictions(rows, out_dir, classes)
 
     # ---- params -----------------------------------------------------------------------------------------------
     def check_params(self, params, classes, where):
@@ -291,7 +307,8 @@ def weighted_terms(terms, loss_block, bound=None):
     return loss
 
 
-# keys that only classification or segmentation honour, and what each does there: the other tasks refuse them
+# keys only segmentation honours, and keys only classification or segmentation honour: the other tasks refuse them
+MASK_KEYS = {"eval_window": "tiles segmentation masks", "eval_stride": "tiles segmentation masks",
+             "keep_regions": "cleans segmentation masks"}
 IMAGE_LABEL_KEYS = {"mixup_alpha": "mixes images", "cutmix_alpha": "mixes images", "label_smoothing": "smooths labels",
-                    "class_weights": "weighs classes", "eval_window": "tiles segmentation masks",
-                    "eval_stride": "tiles segmentation masks"}
+                    "class_weights": "weighs classes", **MASK_KEYS}

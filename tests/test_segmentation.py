@@ -95,6 +95,15 @@ def test_evaluate_whole_images_and_tiles_on_larger_test_images(seg_experiment, s
     assert read(os.path.join(exp, "metrics_test_best_weights.json")) == whole
     assert read(os.path.join(exp, "params_effective.json"))["eval_window"] == 0  # the run's params untouched
 
+    # post-processing: a third evaluation beside the others, its pixel counts those of the cleaned masks
+    assert evaluate.main(["--model_dir", exp, "--data_dir", scenes_dir, "--keep_regions", "1"]) == 0
+    cleaned = read(os.path.join(exp, "metrics_test_best_weights_regions1.json"))
+    assert cleaned["keep_regions"] == 1 and read(os.path.join(exp, "metrics_test_best_weights.json")) == whole
+    predicted = lambda m, c: m["per_class"][c]["predicted"]  # noqa: E731
+    foreground = [c for c in whole["per_class"] if c != "background"]
+    assert sum(predicted(cleaned, c) for c in foreground) <= sum(predicted(whole, c) for c in foreground)
+    assert predicted(cleaned, "background") >= predicted(whole, "background")
+
 
 def test_asha_search_over_loss_weights_then_results_and_plots(tmp_path, scenes_dir):
     parent = tmp_path / "search"

@@ -296,3 +296,50 @@ def test_sliding_window_edges():
         assert torch.allclose(sliding_window(as_dict, x, 4, 16, 8), conv(x), atol=1e-5)  # 7 < 16 < 30
     with pytest.raises(ValueError, match="stride"):
         sliding_window(conv, x, 4, 16, 17)
+
+
+def test_keep_largest_regions_keeps_each_classs_n_largest_and_gives_the_rest_to_the_background():
+    from model.segmentation.report import keep_largest_regions
+
+    mask = torch.zeros(1, 8, 8, dtype=torch.long)
+    mask[0, 0:3, 0:3] = 1  # class 1: a 9-pixel region ...
+    mask[0, 6, 6] = 1  # ... and a stray pixel
+    mask[0, 0:2, 5:8] = 2  # class 2: a 6-pixel region ...
+    mask[0, 5:7, 0:2] = 2  # ... and a 4-pixel one
+    mask[0, 4, 3] = 2  # diagonal to nothing of class 2: a region of its own
+    logits = F.one_hot(mask, 3).permute(0, 3, 1, 2).float() * 5 + torch.randn(1, 3, 8, 8) * 0.1
+    one = predicted_classes(keep_largest_regions(logits, 1))
+    expected = mask.clone()
+    expected[0, 6, 6] = expected[0, 4, 3] = 0
+    expected[0, 5:7, 0:2] = 0
+    assert torch.equal(one, expected)
+    two = predicted_classes(keep_largest_regions(logits, 2))
+    assert two[0, 6, 6] == 1 and two[0, 5, 0] == 2 and two[0, 4, 3] == 0  # the two largest of each class
+    only_1 = predicted_classes(keep_largest_regions(logits, {1: 1}))  # class 2 left whole
+    assert only_1[0, 6, 6] == 0 and only_1[0, 4, 3] == 2 and only_1[0, 5, 0] == 2
+    assert torch.equal(keep_largest_regions(logits, 3), logits)  # nothing to drop: the logits as they were
+
+
+@pytest.mark.parametrize("value, fragment", [
+    (-1, "key 'keep_regions' must be an int >= 0 or an object of ints >= 1, got -1"),
+    ({"1": 0}, "key 'keep_regions' must be an int >= 0 or an object of ints >= 1"),
+    ({"cat": 1}, "key 'keep_regions' names class 'cat', not a foreground class of the data (1, 2)"),
+    ({"background": 1}, "key 'keep_regions' names class 'background'"),
+])
+def test_bad_keep_regions_are_one_line_errors(value, fragment):
+    from core.config import Params, resolve
+    from model.tasks import TASKS
+
+    with pytest.raises(UserError) as e:
+        params = Params(resolve({"task": "segmentation", "keep_regions": value}, "p"))
+        TASKS["segmentation"].check_params(params, ["background", "1", "2"], "p")
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+def test_keep_regions_is_refused_by_the_tasks_without_masks():
+    from core.config import Params, resolve
+    from model.tasks import TASKS
+
+    for task in ("classification", "keypoints", "detection"):
+        with pytest.raises(UserError, match=f"key 'keep_regions' cleans segmentation masks; not for {task}"):
+            TASKS[task].check_params(Params(resolve({"task": task, "keep_regions": 1}, "p")), ["a", "b"], "p")

@@ -121,6 +121,16 @@ def is_locked(model_dir):
         os.close(fd)
 
 
+def trained_checkpoint(model_dir, restore_file):
+    """MODEL_DIR/<restore_file>.pth.tar, or a one-line error saying to train first."""
+    check_model_dir(model_dir)
+    path = checkpoint_path(model_dir, restore_file)
+    if not os.path.isfile(path):
+        raise UserError(f"--model_dir {model_dir}: no {os.path.basename(path)} (train it first: "
+                        f"python train.py --model_dir {model_dir})")
+    return path
+
+
 def checkpoint_stamp(model_dir):
     """(mtime, size) of last.pth.tar, or None: enough to tell whether another process has trained here since."""
     try:

@@ -24,7 +24,7 @@ def smoke_cell(cell, data_dir):
         state, _ = build_state(params, classes, rt, loaders["train"], cell.name)
         train_m = train_one_epoch(state, loaders["train"], rt, len(classes), summary_steps=1, desc="smoke")
         val_m, _ = evaluate(state.eval_model, loaders["valid"], rt, state.task, len(classes),
-                            state.task.predictor(params), "smoke")
+                            state.task.predictor(params, classes=classes), "smoke")
         if not (is_finite({"loss": train_m["loss"]}) and is_finite(val_m)):
             return f"non-finite loss on the first batch (train {train_m['loss']}, valid {val_m['loss']})"
     except Exception as e:  # any failure is the finding; report it in one line and go on to the next cell

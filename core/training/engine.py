@@ -29,8 +29,11 @@ class Runtime:
 
     def to_device(self, x, y):
         # non_blocking overlaps the copy with compute when the batch sits in pinned memory
+        return self.inputs(x), y.to(self.device, non_blocking=True)
+
+    def inputs(self, x):
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        return x.to(self.device, non_blocking=True, memory_format=fmt), y.to(self.device, non_blocking=True)
+        return x.to(self.device, non_blocking=True, memory_format=fmt)
 
     def prepare(self, model):
         model = model.to(self.device)

@@ -126,6 +126,29 @@ def evaluated_weights(ckpt):
     return {k[len(EMA_PREFIX):]: v for k, v in ckpt["ema"].items() if k.startswith(EMA_PREFIX)}
 
 
+def trained_run(path, overrides=()):
+    """(checkpoint, params, task) of a checkpoint train.py wrote, its params as evaluate.py and predict.py use them
+    (the whole data, no pretraining: the weights come from the checkpoint) plus `overrides` (KEY=VALUE)."""
+    from core.config import fixed_overrides, resolve
+
+    ckpt = load_checkpoint(path)
+    if not isinstance(ckpt, dict) or not {"params", "classes", "model", "epoch"} <= set(ckpt):
+        raise UserError(f"{path}: not a checkpoint written by train.py (needs params, classes, model, epoch)")
+    params = Params(resolve(ckpt["params"], f"{path} (params)", [*fixed_overrides("evaluate"), *overrides]))
+    return ckpt, params, tasks.load(params.task)
+
+
+def trained_model(ckpt, params, task, path):
+    """The model of `ckpt` with the weights its validation saw (the EMA's when it kept one), on the CPU."""
+    model = task.build_model(params, len(ckpt["classes"]))
+    try:
+        model.load_state_dict(evaluated_weights(ckpt))
+    except RuntimeError as e:
+        raise UserError(f"{path}: does not fit model/{params.task}/net.py as it is now (edited since?): "
+                        f"{one_line(e)[:200]}") from None
+    return model
+
+
 def load_init_weights(model, path):
     """Copy every tensor whose name and shape match from another run's checkpoint (the weights it validated: its
     EMA when it kept one); report what was skipped."""

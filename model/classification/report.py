@@ -3,6 +3,7 @@ figures of a new best epoch (the prediction gallery and the confusion matrix). P
 support are scikit-learn's."""
 
 import math
+import os
 
 import torch
 
@@ -115,3 +116,25 @@ def draw_best(best, model_dir):
         lambda: plot_confusion(best["confusion"], best["classes"], os.path.join(model_dir, "confusion_valid_best.png"),
                                title=f"valid, best epoch {best['epoch']}"),
     ]
+
+
+# ---------------------------------------------------------------- predict.py's outputs
+
+
+def save_predictions(logits, images, out_dir, classes):
+    """Each image's top classes (at most 5) and their probabilities, most likely first."""
+    probs = logits.float().softmax(1).cpu()
+    top = probs.topk(min(5, len(classes)), dim=1)
+    return [{"image": im["image"], "labels": [classes[j] for j in idx.tolist()],
+             "probs": [round(p, 6) for p in ps.tolist()]} for im, ps, idx in zip(images, top.values, top.indices)]
+
+
+def finish_predictions(rows, out_dir, classes):
+    """predictions.csv: image, then label_1, prob_1, ... label_k, prob_k."""
+    from core.rundir.predictions import write_csv
+
+    k = min(5, len(classes))
+    header = ["image", *[f"{c}_{i}" for i in range(1, k + 1) for c in ("label", "prob")]]
+    write_csv(os.path.join(out_dir, "predictions.csv"), header,
+              [[r["image"], *[v for pair in zip(r["labels"], r["probs"]) for v in pair]] for r in rows])
+    return ["predictions.csv"]

@@ -3,13 +3,13 @@
     DATA_DIR/{train,valid,test}/<class>/*.png       classes: the sorted folder names of train/
 """
 
-from model.task import Task
+from model.task import MASK_KEYS, Task
 
 
 class Classification(Task):
     name, data, arch, monitor = "classification", "data/digits", "small_cnn", "accuracy"
     overfit_metric, split_layout, classes_are = "accuracy", "<class>/", "class folders"
-    refused = {"eval_window": "tiles segmentation masks", "eval_stride": "tiles segmentation masks"}
+    refused = MASK_KEYS
 
     def build_data(self, dst, **options):
         from data.digits import build_digits

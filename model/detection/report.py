@@ -126,3 +126,43 @@ def plot_gallery(best, path, title, per_row=6, side=160):
                            f"{'worst: ' if item['worst'] else ''}{k} mistake{'' if k == 1 else 's'}",
                            "red" if item["worst"] else "black"))
     save_mosaic(mosaic, labels, path)
+
+
+# ---------------------------------------------------------------- predict.py's outputs
+
+
+def save_predictions(detections, images, out_dir, classes):
+    """Each image's boxes in its own pixels, [x1, y1, x2, y2, score, class], and labels/<image>.txt: YOLO's
+    "class cx cy w h score" lines, normalised to the image (an image without a box gets an empty file)."""
+    from core.rundir.predictions import output_path
+    from utils import atomic_write
+
+    rows = []
+    for im, det in zip(images, detections.float().cpu()):  # det [M, 6]: x1, y1, x2, y2, score, label (-1 pads)
+        (w, h), (in_w, in_h) = im["size"], im["input"]
+        det = det[det[:, 5] >= 0]
+        boxes = det[:, :4].numpy() * np.array([w / in_w, h / in_h, w / in_w, h / in_h])
+        found = [[*[round(v, 2) for v in b.tolist()], round(s, 4), int(label) - 1]  # the model's label k + 1 is k
+                 for b, s, label in zip(boxes, det[:, 4].tolist(), det[:, 5].tolist())]
+        lines = "".join(f"{k} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} {(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f} "
+                        f"{s:.4f}\n" for x1, y1, x2, y2, s, k in found)
+        atomic_write(output_path(out_dir, "labels", im["stem"], ".txt"), lambda f, t=lines: f.write(t))
+        rows.append({"image": im["image"], "size": [w, h], "boxes": found})
+    return rows
+
+
+def finish_predictions(rows, out_dir, classes):
+    """detections.json: every image and box in COCO's layout, each box with its score (ids from 1, in row order;
+    category k + 1 is classes[k], as in the training annotations)."""
+    from utils import write_json
+
+    images = [{"id": i, "file_name": r["image"], "width": r["size"][0], "height": r["size"][1]}
+              for i, r in enumerate(rows, start=1)]
+    boxes = [(i, b) for i, r in enumerate(rows, start=1) for b in r["boxes"]]
+    annotations = [{"id": n, "image_id": i, "category_id": k + 1, "bbox": [x1, y1, round(x2 - x1, 2),
+                                                                           round(y2 - y1, 2)], "score": s}
+                   for n, (i, (x1, y1, x2, y2, s, k)) in enumerate(boxes, start=1)]
+    categories = [{"id": k + 1, "name": c} for k, c in enumerate(classes)]
+    write_json(os.path.join(out_dir, "detections.json"),
+               {"images": images, "annotations": annotations, "categories": categories})
+    return ["labels/", "detections.json"]

@@ -4,33 +4,65 @@ mask | predicted mask for fixed valid examples and the worst ones by IoU, and th
 
 import base64
 import math
+import os
 
 import numpy as np
 import torch
 
-from model.segmentation.metrics import IGNORE, per_class
+from model.segmentation.metrics import IGNORE, per_class, predicted_classes
 from model.segmentation.net import outputs_of, sliding_window
 
 
-def predictor(params, tta=None):
+def predictor(params, tta=None, classes=None):
     """predict(model, x) -> logits [B,K,H,W] of batch x: the whole image, or eval_window tiles eval_stride apart
     (default half a window) averaged where they overlap. With tta "hflip", the log of the class probabilities
-    averaged over x and its mirror image, flipped back so each pixel's scores stay that pixel's."""
+    averaged over x and its mirror image, flipped back so each pixel's scores stay that pixel's. With keep_regions,
+    the small stray regions of each class then go to the background (keep_largest_regions; `classes`: the class
+    names, which a keep_regions object names)."""
     window = params.eval_window if params else 0
     stride = (params.eval_stride or max(1, window // 2)) if window else 0
+    keep = params.keep_regions if params else 0
+    if isinstance(keep, dict):
+        keep = {classes.index(name): n for name, n in keep.items()}
 
     def logits(model, x, targets=None):
         return sliding_window(lambda tiles: outputs_of(model(tiles))[0], x, None, window, stride)
 
-    if tta is None:
-        return logits
-
-    def predict(model, x, targets=None):
+    def flipped(model, x, targets=None):
         plain = logits(model, x).log_softmax(1)
         mirrored = torch.flip(logits(model, torch.flip(x, dims=[3])), dims=[3]).log_softmax(1)
         return torch.logsumexp(torch.stack([plain, mirrored]), 0) - math.log(2)
 
-    return predict
+    predict = flipped if tta else logits
+    if not keep:
+        return predict
+    return lambda model, x, targets=None: keep_largest_regions(predict(model, x), keep)
+
+
+def keep_largest_regions(logits, keep):
+    """Seed 001's post-processing: in each image's predicted mask, only the `keep` largest 8-connected regions of
+    each foreground class stay (keep: N for every class, or {class index: N} for some); every other region of it
+    goes to the background (class 0), whose logit there is raised just above the best, so the metrics, which take
+    each pixel's highest logit, see the cleaned mask. Runs on the CPU (scipy.ndimage.label)."""
+    from scipy import ndimage
+
+    pred = predicted_classes(logits).cpu().numpy()
+    dropped = np.zeros_like(pred, dtype=bool)
+    limits = keep if isinstance(keep, dict) else dict.fromkeys(range(1, logits.shape[1]), keep)
+    eight = np.ones((3, 3), dtype=bool)
+    for b in range(pred.shape[0]):
+        for k, n in limits.items():
+            regions, count = ndimage.label(pred[b] == k, structure=eight)
+            if count > n:
+                sizes = np.bincount(regions.ravel())[1:]
+                kept = np.argsort(-sizes, kind="stable")[:n] + 1
+                dropped[b] |= (regions > 0) & ~np.isin(regions, kept)
+    if not dropped.any():
+        return logits
+    drop = torch.from_numpy(dropped).to(logits.device)
+    out = logits.clone()
+    out[:, 0] = torch.where(drop, logits.max(1).values + 1, logits[:, 0])
+    return out
 
 
 # ---------------------------------------------------------------- evaluate.py's report
@@ -151,3 +183,35 @@ def plot_gallery(best, path, title, per_row=4, side=160):
         label = f"{'worst: ' if item['worst'] else ''}IoU {item['iou']:.2f}   image | true | predicted"
         labels.append(Text(x + cell_w / 2, y - band / 2, label, "red" if item["worst"] else "black"))
     save_mosaic(mosaic, labels, path)
+
+
+# ---------------------------------------------------------------- predict.py's outputs
+
+
+def save_predictions(logits, images, out_dir, classes):
+    """masks/<image>.png per image: its predicted class index per pixel (8-bit grey, the training masks' format),
+    at the image's own size; the row counts each class's pixels."""
+    from PIL import Image
+
+    from core.rundir.predictions import output_path
+    from utils import atomic_write
+
+    masks = predicted_classes(logits).to(torch.uint8).cpu().numpy()
+    rows = []
+    for im, mask in zip(images, masks):
+        w, h = im["size"]
+        mask = mask[:h, :w]  # a batch of several sizes is padded at the bottom and right
+        path = output_path(out_dir, "masks", im["stem"], ".png")
+        atomic_write(path, lambda f, m=mask: Image.fromarray(m, mode="L").save(f, format="png"), mode="wb")
+        counts = np.bincount(mask.ravel(), minlength=len(classes))
+        rows.append({"image": im["image"], "mask": os.path.relpath(path, out_dir),
+                     "pixels": {c: int(n) for c, n in zip(classes, counts) if n}})
+    return rows
+
+
+def finish_predictions(rows, out_dir, classes):
+    """classes.json beside the masks: which class each index is."""
+    from utils import write_json
+
+    write_json(os.path.join(out_dir, "classes.json"), classes)
+    return ["masks/", "classes.json"]

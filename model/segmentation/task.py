@@ -18,6 +18,9 @@ class Segmentation(Task):
 
         build_scenes(dst, **options)
 
+    def predictor(self, params, tta=None, classes=None):
+        return self.part("report").predictor(params, tta, classes)
+
     def check_params(self, params, classes, where):
         from utils import UserError
 
@@ -25,5 +28,10 @@ class Segmentation(Task):
         if params.eval_window and params.eval_stride > params.eval_window:
             raise UserError(f"{where}: key 'eval_stride' is {params.eval_stride}, more than eval_window "
                             f"{params.eval_window}: the tiles would leave gaps")
+        named = params.keep_regions if isinstance(params.keep_regions, dict) else {}
+        for name in named:
+            if name not in classes[1:]:
+                raise UserError(f"{where}: key 'keep_regions' names class {name!r}, not a foreground class of the "
+                                f"data ({', '.join(classes[1:])})")
         self.part("loss").check_terms({k: v for k, v in vars(params.loss).items() if k in self.loss_keys()},
                                       len(classes))

@@ -1,0 +1,88 @@
+"""predict.py's output folder: one fixed place per model and source, its manifest, and what is already done.
+
+    MODEL_DIR/predictions/<source name>/
+        manifest.json        the model (folder, checkpoint, epoch, code), the source, how many images, when
+        predictions.jsonl    one line per image, appended as batches finish: what a rerun skips
+        ...                  the task's files: predictions.csv, masks/, labels/ and detections.json, keypoints.json
+
+A folder that holds another model's predictions is refused (unless --overwrite); the same model's is resumed: the
+images already in predictions.jsonl are not predicted again, and a line torn by a kill is dropped and redone.
+"""
+
+import csv
+import json
+import os
+import shutil
+
+from utils import UserError, atomic_write, read_json, write_json
+
+MANIFEST, ROWS = "manifest.json", "predictions.jsonl"
+
+
+def identity(model_dir, checkpoint, ckpt, params):
+    """What makes two predictions the same: the checkpoint (path, epoch, bytes) and the options that change them."""
+    st = os.stat(checkpoint)
+    return {"model_dir": os.path.abspath(model_dir), "checkpoint": os.path.abspath(checkpoint),
+            "epoch": ckpt["epoch"], "checkpoint_bytes": st.st_size, "checkpoint_mtime_ns": st.st_mtime_ns,
+            "eval_window": params.eval_window, "eval_stride": params.eval_stride, "keep_regions": params.keep_regions}
+
+
+def claim(out_dir, ident, overwrite):
+    """Make out_dir ready for `ident`'s predictions; returns the rows already done there ({image: row})."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UserError(f"--out {out_dir}: is a file, not a folder")
+    manifest = os.path.join(out_dir, MANIFEST)
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        old = read_json(manifest).get("identity") if os.path.exists(manifest) else None
+        if old != ident and not overwrite:
+            what = (f"predictions of {old['checkpoint']} (epoch {old['epoch']})" if isinstance(old, dict)
+                    and "checkpoint" in old else "files predict.py did not write")
+            raise UserError(f"--out {out_dir}: holds {what}; give another --out, or --overwrite to replace them")
+        if old != ident:
+            shutil.rmtree(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    write_json(manifest, {"identity": ident, "status": "running"})
+    return done_rows(out_dir)
+
+
+def done_rows(out_dir):
+    """{image: row} of predictions.jsonl; the last line wins, and a line cut short by a kill is skipped."""
+    rows = {}
+    path = os.path.join(out_dir, ROWS)
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                rows[row["image"]] = row
+    return rows
+
+
+def append_rows(out_dir, rows):
+    """Add a batch's rows to predictions.jsonl, on disk before the next batch starts."""
+    with open(os.path.join(out_dir, ROWS), "a", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def output_path(out_dir, folder, stem, ext):
+    """out_dir/folder/stem.ext, its folder made: where one image's file goes."""
+    path = os.path.join(out_dir, folder, stem + ext)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return path
+
+
+def write_csv(path, header, rows):
+    atomic_write(path, lambda f: csv.writer(f).writerows([header, *rows]), mode="w")
+
+
+def finish(out_dir, ident, source, rows, files, code):
+    """The manifest of a finished run: what made the predictions, of which images, and the files written."""
+    unreadable = [r["image"] for r in rows if "error" in r]
+    write_json(os.path.join(out_dir, MANIFEST), {
+        "identity": ident, "status": "completed", "source": source, "code": code, "count": len(rows),
+        "predicted": len(rows) - len(unreadable), "unreadable": unreadable, "files": [ROWS, *files]})
+    return unreadable

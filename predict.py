@@ -1,0 +1,93 @@
+"""Apply a trained experiment folder to new, unlabelled images.
+
+    python predict.py --model_dir experiments/base_model --source photos/ [--out DIR] [--restore_file best]
+    python predict.py --model_dir experiments/segmentation --source "scans/**/*.png" [--keep_regions 1]
+
+--source is a folder (its images, sub-folders too), a glob pattern (quoted), a text file listing one image path a
+line, or one image. Each image goes through the run's own preprocessing (from the checkpoint's params), in batches
+of bs_test. Results go to MODEL_DIR/predictions/<source name>/ (or --out): manifest.json, predictions.jsonl (one
+line per image) and the task's files: predictions.csv (classification: top-5 labels and probabilities),
+masks/<image>.png (segmentation: each pixel's class index), labels/<image>.txt and detections.json (detection:
+YOLO lines and COCO boxes with scores), keypoints.json and keypoints.csv. Every image gets a result, an empty one
+too; an unreadable image gets one line naming it and the rest are still predicted. Rerunning skips the images
+already done; a folder holding another model's predictions is refused unless --overwrite.
+"""
+
+import argparse
+import os
+
+import torch
+
+from core.data.sources import image_sources, output_stem, predict_loader
+from core.rundir import predictions
+from core.rundir.folder import trained_checkpoint
+from core.rundir.record import provenance
+from core.training.engine import keep_freed_memory, pick_runtime
+from core.training.state import trained_model, trained_run
+from model.loop import progress
+from utils import UserError, run_cli
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model_dir", required=True, help="a trained experiment folder")
+    ap.add_argument("--source", required=True, help="images: a folder, a glob pattern, a list file or one image")
+    ap.add_argument("--out", help="output folder (default: MODEL_DIR/predictions/<source name>)")
+    ap.add_argument("--restore_file", default="best", choices=["best", "last"], help="which checkpoint")
+    ap.add_argument("--overwrite", action="store_true", help="replace another model's predictions in --out")
+    ap.add_argument("--batch_size", type=int, help="images per batch (default: the run's bs_test)")
+    ap.add_argument("--eval_window", type=int, metavar="N", help="segmentation: predict in N x N tiles")
+    ap.add_argument("--eval_stride", type=int, metavar="S", help="segmentation: pixels between tiles")
+    ap.add_argument("--keep_regions", type=int, metavar="N",
+                    help="segmentation: keep each class's N largest regions of a mask, the rest becomes background")
+    args = ap.parse_args(argv)
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError(f"--batch_size {args.batch_size}: must be >= 1")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    keep_freed_memory()
+    checkpoint = trained_checkpoint(args.model_dir, args.restore_file)
+    overrides = [f"{k}={v}" for k in ("eval_window", "eval_stride", "keep_regions") if (v := getattr(args, k))
+                 is not None]
+    ckpt, params, task = trained_run(checkpoint, overrides)
+    classes = ckpt["classes"]
+    task.check_params(params, classes, f"{checkpoint} (params)")
+    name, root, paths = image_sources(args.source)
+    out_dir = args.out or os.path.join(args.model_dir, "predictions", name)
+    ident = predictions.identity(args.model_dir, checkpoint, ckpt, params)
+    done = predictions.claim(out_dir, ident, args.overwrite)
+    todo = [p for p in paths if p not in done or "error" in done[p]]  # an unreadable image is tried again
+
+    rt = pick_runtime(params.cuda)
+    model = rt.prepare(trained_model(ckpt, params, task, checkpoint)).eval()
+    predict = task.predictor(params, classes=classes)
+    eval_tf = task.build_transforms(params)[1]
+    loader = predict_loader(todo, lambda image: task.preprocess(eval_tf, image), args.batch_size or params.bs_test,
+                            params.num_workers, rt.pin_memory)
+    with torch.inference_mode():
+        for x, indices, sizes, unreadable in progress(loader, "predict"):
+            rows = [{"image": todo[i], "error": "cannot read image"} for i in unreadable]
+            for row in rows:
+                print(f"{row['image']}: cannot read image (skipped)")
+            if x is not None:
+                x = rt.inputs(x)
+                with rt.autocast():
+                    outputs = predict(model, x)
+                images = [{"image": todo[i], "stem": output_stem(todo[i], root), "size": size,
+                           "input": (x.shape[3], x.shape[2])} for i, size in zip(indices, sizes)]
+                rows += task.save_predictions(outputs, images, out_dir, classes)
+            predictions.append_rows(out_dir, rows)
+
+    rows = [row for path, row in predictions.done_rows(out_dir).items() if path in set(paths)]
+    files = task.finish_predictions([r for r in rows if "error" not in r], out_dir, classes)
+    unreadable = predictions.finish(out_dir, ident, args.source, rows, files, provenance(args.model_dir))
+    print(f"{out_dir}: {len(rows) - len(unreadable)} images predicted ({len(todo)} this run), "
+          f"{len(unreadable)} unreadable; files: {', '.join(['manifest.json', predictions.ROWS, *files])}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,197 @@
+"""predict.py on trained folders of every task: what it writes, that it agrees with evaluate.py, reruns, bad input."""
+
+import csv
+import glob
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import DET_PARAMS, FAST_PARAMS, KP_PARAMS, SEG_PARAMS, read, run_train
+from utils import run_cli
+
+
+def trained(tmp_path_factory, params, data_dir):
+    folder = tmp_path_factory.mktemp("trained") / "exp"
+    folder.mkdir()
+    (folder / "params.json").write_text(json.dumps({**params, "num_epochs": 1}))
+    assert run_train(str(folder), data_dir) == 0
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory, digits_dir):
+    return trained(tmp_path_factory, FAST_PARAMS, digits_dir)
+
+
+def predict(*args):
+    import predict as script
+
+    return script.main(list(args))
+
+
+def error_line(capsys, *args):
+    """predict.py's one stderr line for bad input (exit 2)."""
+    with pytest.raises(SystemExit) as e:
+        run_cli(lambda: predict(*args))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), err
+    return err[0][len("error: "):]
+
+
+def files(folder):
+    return sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder) for f in fs)
+
+
+def rows_of(out):
+    with open(os.path.join(out, "predictions.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def test_classification_top1_is_what_evaluate_scores(classifier, digits_dir, tmp_path):
+    import evaluate
+
+    assert evaluate.main(["--model_dir", classifier, "--data_dir", digits_dir]) == 0
+    accuracy = read(os.path.join(classifier, "metrics_test_best_weights.json"))["accuracy"]
+    out = str(tmp_path / "out")
+    assert predict("--model_dir", classifier, "--source", os.path.join(digits_dir, "test"), "--out", out) == 0
+    rows = rows_of(out)
+    assert len(rows) == len(glob.glob(os.path.join(digits_dir, "test", "*", "*.png")))
+    right = [r["label_1"] == os.path.basename(os.path.dirname(r["image"])) for r in rows]
+    assert sum(right) / len(rows) == pytest.approx(accuracy)  # the same preprocessing, the same model
+    assert all(float(r["prob_1"]) >= float(r["prob_2"]) for r in rows)
+    manifest = read(os.path.join(out, "manifest.json"))
+    assert manifest["status"] == "completed" and manifest["count"] == len(rows) and manifest["unreadable"] == []
+    assert manifest["identity"]["epoch"] == 1 and "predictions.csv" in manifest["files"]
+
+
+def test_the_default_folder_a_rerun_that_skips_and_an_unreadable_image(classifier, digits_dir, tmp_path, capsys):
+    source = tmp_path / "new_images"
+    shutil.copytree(os.path.join(digits_dir, "test", "3"), source)
+    n = len(os.listdir(source))
+    assert predict("--model_dir", classifier, "--source", str(source)) == 0
+    out = os.path.join(classifier, "predictions", "new_images")
+    before = rows_of(out)
+    assert len(before) == n
+    assert predict("--model_dir", classifier, "--source", str(source)) == 0
+    assert f"{n} images predicted (0 this run)" in capsys.readouterr().out  # nothing recomputed
+    (source / "broken.png").write_bytes(b"not a png")
+    shutil.copy(os.path.join(digits_dir, "test", "7", os.listdir(os.path.join(digits_dir, "test", "7"))[0]),
+                source / "extra.png")
+    assert predict("--model_dir", classifier, "--source", str(source)) == 0
+    printed = capsys.readouterr().out
+    assert f"{source / 'broken.png'}: cannot read image (skipped)" in printed
+    assert f"{n + 1} images predicted (2 this run), 1 unreadable" in printed
+    after = {r["image"]: r for r in rows_of(out)}
+    assert all(after[r["image"]] == r for r in before) and len(after) == n + 1  # the old rows as they were
+    assert read(os.path.join(out, "manifest.json"))["unreadable"] == [str(source / "broken.png")]
+
+
+def test_a_glob_and_a_list_file_as_sources(classifier, digits_dir, tmp_path):
+    pattern = os.path.join(digits_dir, "test", "[12]", "*.png")
+    assert predict("--model_dir", classifier, "--source", pattern, "--out", str(tmp_path / "g")) == 0
+    assert len(rows_of(str(tmp_path / "g"))) == len(glob.glob(pattern))
+    listed = sorted(glob.glob(pattern))[:5]
+    (tmp_path / "list.txt").write_text("# five images\n" + "\n".join(listed) + "\n\n")
+    assert predict("--model_dir", classifier, "--source", str(tmp_path / "list.txt")) == 0
+    assert [r["image"] for r in rows_of(os.path.join(classifier, "predictions", "list"))] == listed
+
+
+def test_another_models_predictions_are_refused_unless_overwrite(classifier, digits_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    source = os.path.join(digits_dir, "test", "5")
+    assert predict("--model_dir", classifier, "--source", source, "--out", str(out)) == 0
+    other = tmp_path / "other"
+    shutil.copytree(classifier, other, ignore=shutil.ignore_patterns("predictions"))
+    os.utime(other / "best.pth.tar")  # another checkpoint as far as the folder can tell
+    before = {f: (out / f).read_bytes() for f in files(out)}
+    line = error_line(capsys, "--model_dir", str(other), "--source", source, "--out", str(out))
+    assert line.startswith(f"--out {out}: holds predictions of") and "give another --out, or --overwrite" in line
+    assert {f: (out / f).read_bytes() for f in files(out)} == before
+    assert predict("--model_dir", str(other), "--source", source, "--out", str(out), "--overwrite") == 0
+    assert read(out / "manifest.json")["identity"]["model_dir"] == str(other)
+
+
+@pytest.mark.parametrize("case", ["no_images", "missing_source", "untrained"])
+def test_bad_input_is_one_line_and_writes_nothing(case, classifier, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no images here")
+    untrained = tmp_path / "untrained"
+    untrained.mkdir()
+    (untrained / "params.json").write_text("{}")
+    model, source, named, message = {
+        "no_images": (classifier, str(empty), f"--source {empty}", "no images"),
+        "missing_source": (classifier, str(tmp_path / "nowhere"), "--source", "no such folder, file or glob"),
+        "untrained": (str(untrained), str(empty), f"--model_dir {untrained}", "no best.pth.tar"),
+    }[case]
+    before = files(model)
+    line = error_line(capsys, "--model_dir", model, "--source", source)
+    assert line.startswith(named) and message in line
+    assert files(model) == before
+
+
+def test_out_that_is_a_file_is_refused(classifier, digits_dir, tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("mine")
+    line = error_line(capsys, "--model_dir", classifier, "--source", os.path.join(digits_dir, "test", "1"), "--out",
+                      str(a_file))
+    assert line == f"--out {a_file}: is a file, not a folder" and a_file.read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_segmentation_masks_at_each_images_size_and_keep_regions(tmp_path_factory, scenes_dir, tmp_path):
+    exp = trained(tmp_path_factory, SEG_PARAMS, scenes_dir)
+    source = os.path.join(scenes_dir, "test", "images")  # 48-px scenes, the model trained on 32-px ones
+    assert predict("--model_dir", exp, "--source", source, "--out", str(tmp_path / "plain")) == 0
+    assert predict("--model_dir", exp, "--source", source, "--out", str(tmp_path / "clean"), "--keep_regions", "1") == 0
+    classes = read(os.path.join(scenes_dir, "classes.json"))
+    assert read(tmp_path / "plain" / "classes.json") == classes
+    for name in sorted(os.listdir(source)):
+        stem = os.path.splitext(name)[0]
+        mask = tmp_path / "plain" / "masks" / f"{stem}.png"
+        with Image.open(os.path.join(source, name)) as im, Image.open(mask) as m:
+            assert m.size == im.size and m.mode == "L"
+            plain = np.asarray(m)
+        assert plain.max() < len(classes)
+        clean = np.asarray(Image.open(tmp_path / "clean" / "masks" / f"{stem}.png"))
+        changed = clean != plain
+        assert (clean[changed] == 0).all()  # cleaning only ever hands pixels to the background
+
+
+@pytest.mark.slow
+def test_detection_yolo_files_for_every_image_and_one_coco_file(tmp_path_factory, boxes_dir, tmp_path):
+    exp = trained(tmp_path_factory, DET_PARAMS, boxes_dir)
+    source = os.path.join(boxes_dir, "test", "images")
+    assert predict("--model_dir", exp, "--source", source, "--out", str(tmp_path / "out")) == 0
+    names = sorted(os.listdir(source))
+    assert sorted(os.listdir(tmp_path / "out" / "labels")) == [os.path.splitext(n)[0] + ".txt" for n in names]
+    coco = read(tmp_path / "out" / "detections.json")
+    assert len(coco["images"]) == len(names) and [c["name"] for c in coco["categories"]] == [str(d) for d in range(10)]
+    for a in coco["annotations"]:
+        image = coco["images"][a["image_id"] - 1]
+        x, y, w, h = a["bbox"]
+        assert 0 <= a["score"] <= 1 and 1 <= a["category_id"] <= 10
+        assert -1 <= x and x + w <= image["width"] + 1 and -1 <= y and y + h <= image["height"] + 1
+
+
+@pytest.mark.slow
+def test_keypoints_json_in_the_training_layout_and_csv(tmp_path_factory, points_dir, tmp_path):
+    exp = trained(tmp_path_factory, KP_PARAMS, points_dir)
+    source = os.path.join(points_dir, "test", "images")
+    assert predict("--model_dir", exp, "--source", source, "--out", str(tmp_path / "out")) == 0
+    out = read(tmp_path / "out" / "keypoints.json")
+    assert out["names"] == read(os.path.join(points_dir, "test", "keypoints.json"))["names"]
+    assert len(out["images"]) == len(os.listdir(source))
+    for points in out["images"].values():
+        assert all(-8 <= x <= 40 and -8 <= y <= 40 and v == 2 for x, y, v in points)  # 32-px images
+    with open(tmp_path / "out" / "keypoints.csv") as f:
+        assert len(list(csv.reader(f))) == len(out["images"]) + 1
+
+
+def test_a_missing_model_dir_is_one_line(tmp_path, capsys):
+    assert error_line(capsys, "--model_dir", str(tmp_path / "nope"), "--source", str(tmp_path)).startswith(
+        f"--model_dir {tmp_path / 'nope'}")
