@@ -53,8 +53,9 @@ def plot(parent_dir, metric=None, top_k=8):
     if not any(c.histories and all(c.histories) for c in cells):
         raise UserError(f"--parent_dir {parent_dir}: no run with a history.json yet")
     scales = axis_scales(parent, keys, runs)
-    task = TASKS.get(task_of(runs), TASKS["classification"])
-    reported = [m for m in task.metrics if any(m in row["val"] for c in cells for h in c.histories for row in h)]
+    # a parent of several tasks: each task's metrics, each curve drawn for the runs that report it
+    names = dict.fromkeys(m for t in TASKS.values() if task_of(runs) in (None, t.name) for m in t.metrics)
+    reported = [m for m in names if any(m in row["val"] for c in cells for h in c.histories for row in h)]
     curves = sorted(reported, key=lambda m: (m != "loss", m != metric))[:CURVES]  # one row: loss, metric, the next
     out = [os.path.join(parent_dir, name) for name in ("history_plots.png", "parallel.png", "parallel.html",
                                                        "rungs.png")]

@@ -50,7 +50,7 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parent_dir", required=True, help="folder with a params.json holding 'hyper_search'")
     ap.add_argument("--data_dir", help="default: the task's own data set (" +
-                    ", ".join(t.data for t in TASKS.values()) + ")")
+                    ", ".join(t.data for t in TASKS.values() if t.data) + ")")
     ap.add_argument("--launcher", default="local", choices=["local", "slurm", "ray"])
     ap.add_argument("--fail_fast", action="store_true", help="local: stop at the first failed cell")
     ap.add_argument("--retry_failed", action="store_true", help="run failed and diverged cells again")

@@ -49,7 +49,7 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model_dir", default="experiments/base_model", help="experiment folder with params.json")
     ap.add_argument("--data_dir", help="data set with train/ and valid/ (default: the task's own, built on first use: "
-                                       + ", ".join(t.data for t in TASKS.values()) + ")")
+                                       + ", ".join(t.data for t in TASKS.values() if t.data) + ")")
     ap.add_argument("--restore_file", choices=["last", "best"], help="continue from MODEL_DIR/<name>.pth.tar")
     ap.add_argument("--stop_at_epoch", type=int, metavar="E",
                     help="pause after epoch E (status 'paused', exit 0): what a successive-halving search runs to "

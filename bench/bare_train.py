@@ -35,7 +35,7 @@ def main():
     rt = pick_runtime(params.cuda)
     seed_everything(params.seed)
     task = tasks.load(params.task)
-    data_dir = ensure_data(args.data_dir or tasks.load(params.task).data)
+    data_dir = ensure_data(args.data_dir or task.data)
     loaders, classes = fetch_dataloader(["train", "valid"], data_dir, params, rt.pin_memory)
     model = rt.prepare(task.build_model(params, len(classes)))
     optimizer = build_optimizer(params, model, task)

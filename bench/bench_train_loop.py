@@ -80,7 +80,7 @@ def main():
         torch.set_num_threads(args.threads)
     params = load_params(os.path.join(args.model_dir, "params.json"), ["cache_images=1", "num_workers=0"])
     rt, task = pick_runtime(params.cuda), tasks.load(params.task)
-    data_dir = ensure_data(args.data_dir or tasks.load(params.task).data)
+    data_dir = ensure_data(args.data_dir or task.data)
     loaders, classes = fetch_dataloader(["train"], data_dir, params, rt.pin_memory)
     loader, n_clas = loaders["train"], len(classes)
     ours_state = fresh(task, params, n_clas, rt, len(loader) * (args.rounds + 1))

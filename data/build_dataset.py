@@ -96,7 +96,7 @@ def main(argv=None):
                          "scenes with five named points each; detection: the scenes' boxes, COCO layout")
     ap.add_argument("--src", help="folder of class sub-folders (default: scikit-learn's digits)")
     ap.add_argument("--dst", help="output folder (default: the task's own, " +
-                    ", ".join(f"{t.name} {t.data}" for t in TASKS.values()) + ")")
+                    ", ".join(f"{t.name} {t.data}" for t in TASKS.values() if t.data) + ")")
     ap.add_argument("--size", type=int, default=None, help="output images are SIZE x SIZE (digits: 32, else 64)")
     ap.add_argument("--test_size", type=int, default=None,
                     help="segmentation: test scenes are TEST_SIZE x TEST_SIZE (default: --size)")
@@ -125,12 +125,15 @@ def main(argv=None):
 
 
 def main_scenes(args):
-    """--task segmentation or keypoints: the digit scenes (data/scenes.py, data/points.py); the class-folder options
-    do not apply."""
+    """--task other than classification: that task's default data set (its Task.build_data: the digit scenes of
+    data/scenes.py, data/points.py, data/boxes.py); the class-folder options do not apply."""
     for flag in ("src", "imbalance", "fractions") + (("test_size",) if args.task != "segmentation" else ()):
         if getattr(args, flag) is not None:
-            raise UserError(f"--{flag}: not with --task {args.task} (the scenes are built from scikit-learn's digits)")
+            raise UserError(f"--{flag}: not with --task {args.task} (its data set is built by its "
+                            f"model/{args.task}/task.py build_data)")
     dst = args.dst or TASKS[args.task].data
+    if dst is None:
+        raise UserError(f"--task {args.task}: has no default data set; give --dst and build it yourself")
     if os.path.exists(dst):
         raise UserError(f"--dst {dst}: already exists; remove it first to rebuild")
     for flag in ("size", "test_size"):
@@ -138,8 +141,10 @@ def main_scenes(args):
             raise UserError(f"--{flag} {getattr(args, flag)}: must be >= 8 for scenes")
     options = {k: v for k, v in (("size", args.size), ("test_size", args.test_size)) if v is not None}
     TASKS[args.task].build_data(dst, seed=args.seed, **options)
-    counts = {s: len(os.listdir(os.path.join(dst, s, "images"))) for s in SPLITS}
-    print(f"wrote {dst}: " + ", ".join(f"{s} {n} scenes" for s, n in counts.items()))
+    inputs = {s: os.path.join(dst, s, "images") if os.path.isdir(os.path.join(dst, s, "images")) else
+              os.path.join(dst, s) for s in SPLITS}  # the images, not the masks beside them
+    counts = {s: sum(f.lower().endswith(IMAGE_EXTS) for _, _, fs in os.walk(d) for f in fs) for s, d in inputs.items()}
+    print(f"wrote {dst}: " + ", ".join(f"{s} {n} images" for s, n in counts.items()))
 
 
 if __name__ == "__main__":

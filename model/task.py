@@ -11,20 +11,24 @@ report and the figures. Each task is a package model/<name>/ whose task.py subcl
     model/<name>/loss.py         TERMS, build_loss, loss_fn
     model/<name>/metrics.py      METRICS, EpochMetrics
     model/<name>/report.py       predictor, evaluation_report, report_markdown, plot_evaluation, best_figures,
-                                 draw_best
+                                 draw_best, save_predictions, finish_predictions
 
 Each method below says what it must return; by default it calls the function of the same name in the file named
-beside it, so a task overrides a method only where it does something else (detection's forward, segmentation's
-check_params). To add a task: copy a package, subclass Task in its task.py, add one line to REGISTRY in
-model/tasks.py. Below the class: what the task files build on (Metric, EpochSums, Term).
+beside it (dataset: Dataset, presets: PRESETS, epoch_metrics: EpochMetrics, metrics: METRICS, loss_terms: TERMS),
+so a task overrides a method only where it does something else (detection's forward and preprocess, segmentation's
+check_params). Four have defaults of their own: forward (model(x)), preprocess, build_batch_mix (None: no mixing;
+classification's calls its data_loader.py) and build_data (none: each task writes its own). To add a task: copy a
+package, subclass Task in its task.py, add one line to REGISTRY in model/tasks.py. Below the class: what the task
+files build on (Metric, EpochSums, Term).
 
 No torch import here, nor at the top of a task's task.py, metrics.py or loss.py: params validation, the search and
 the result tables read a task's facts (metrics, loss terms, defaults) without loading torch.
 """
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 
 class Task:
@@ -32,7 +36,7 @@ class Task:
 
     # ---- facts, read without importing torch (metrics.py and loss.py import none at the top) ------------------
     name: str  # the "task" params key
-    data: str  # the default data set's folder, built by build_data on first use
+    data: str = None  # the default data set's folder, built by build_data on first use (None: always --data_dir)
     arch: str  # the default architecture (params "arch": null)
     monitor: str  # the headline metric: default early_stopping.monitor_metric, it picks best.pth.tar
     overfit_metric: str  # what overfit mode's sanity check reads on its training batches (must reach 0.99)
@@ -40,7 +44,7 @@ class Task:
     head: str = "a final nn.Linear classifier head"  # what head_of finds, for the error when a model has none
     classes_are: str = "classes"  # what the data's classes are, in messages ("class folders", "points")
     trains_on: str = "the loss block's terms"  # what its training loss is, for the error that refuses a term
-    refused: dict = {}  # {params key: what it does}: keys this task cannot honour, refused when set
+    refused: Mapping = MappingProxyType({})  # {params key: what it does}: keys this task cannot honour, refused
 
     def __repr__(self):
         return f"<task {self.name}>"
@@ -67,7 +71,9 @@ class Task:
     def build_data(self, dst, **options):
         """Write the default data set into `dst`, offline; options: the builder's (size, seed), from
         data/build_dataset.py --task NAME."""
-        raise NotImplementedError(f"task {self.name} has no default data set; give --data_dir")
+        from utils import UserError
+
+        raise UserError(f"task {self.name} has no default data set; give --data_dir")
 
     def find_classes(self, data_dir):
         """[class name] in index order: what the model's outputs are numbered by (point names for keypoints)."""
@@ -189,9 +195,13 @@ class Task:
     # ---- params -----------------------------------------------------------------------------------------------
     def check_params(self, params, classes, where):
         """A one-line UserError for what params say that this task or the data cannot honour, before anything is
-        written: n_clas and class weights against the data, the keys in `refused`, a loss with no term on."""
+        written: the keys in `refused`, n_clas and class weights against the data, a loss with no term on (another
+        task's term turned on is refused when the params are read: core/config.py resolve)."""
         from utils import UserError
 
+        for key, what in self.refused.items():
+            if getattr(params, key):
+                raise UserError(f"{where}: key '{key}' {what}; not for {self.name} (leave it out)")
         if params.n_clas is not None and params.n_clas != len(classes):
             raise UserError(f"{where}: key 'n_clas' is {params.n_clas} but the data has {len(classes)} "
                             f"{self.classes_are}")
@@ -199,9 +209,6 @@ class Task:
         if isinstance(weights, list) and len(weights) != len(classes):
             raise UserError(f"{where}: key 'class_weights' has {len(weights)} weights but the data has "
                             f"{len(classes)} classes")
-        for key, what in self.refused.items():
-            if getattr(params, key):
-                raise UserError(f"{where}: key '{key}' {what}; not for {self.name} (leave it out)")
         self.check_loss(vars(params.loss), where)
 
     def check_loss(self, block, where, defaults=None):
@@ -231,7 +238,7 @@ class Task:
 class Metric:
     formula: Callable  # (sums) -> float: sums is what the task's EpochMetrics added up over an epoch
     minimize: bool = False  # True when lower is better
-    min_classes: int = 1  # computed only with at least this many classes
+    min_classes: int = 2  # computed only with at least this many classes (keypoints and detection: 1)
 
 
 def metric_names(metrics, n_clas=None):
@@ -241,12 +248,13 @@ def metric_names(metrics, n_clas=None):
 
 
 # every task reports its validation loss, the epoch's summed batch losses over its samples (EpochSums)
-LOSS = Metric(lambda s: s["loss"] / s["n"], minimize=True)
+LOSS = Metric(lambda s: s["loss"] / s["n"], minimize=True, min_classes=1)
 
 
 class EpochSums:
-    """What every task's EpochMetrics sums: the loss, each batch's mean weighted back by its size (so a short last
-    batch counts for its samples only), and the samples seen, on the device: an epoch syncs once, in `sums`."""
+    """What the tasks' EpochMetrics sum (detection's sums its loss terms on the CPU instead): the loss, each
+    batch's mean weighted back by its size (so a short last batch counts for its samples only), and the samples
+    seen, on the device: an epoch syncs once, in `sums`."""
 
     def __init__(self, device):
         import torch

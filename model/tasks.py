@@ -52,7 +52,8 @@ def ensure_data(data_dir):
     if os.path.exists(data_dir):
         return data_dir
     for task in TASKS.values():
-        if os.path.normpath(data_dir) == os.path.normpath(task.data):
+        if task.data and os.path.normpath(data_dir) == os.path.normpath(task.data):
             print(f"building the default {task.name} data set in {data_dir} (first use)")
             task.build_data(data_dir)
+            return data_dir  # tasks may share a default folder: built once
     return data_dir

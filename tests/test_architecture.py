@@ -257,7 +257,7 @@ TASK_FILES = {"data_loader": ("find_classes", "scan_split", "item_files", "check
               "net": ("build_model", "head_of"), "loss": ("TERMS", "build_loss", "loss_fn"),
               "metrics": ("METRICS", "EpochMetrics"),
               "report": ("predictor", "evaluation_report", "report_markdown", "plot_evaluation", "best_figures",
-                         "draw_best")}
+                         "draw_best", "save_predictions", "finish_predictions")}
 
 
 def test_every_task_is_a_task_with_its_facts_and_the_files_its_methods_call():
@@ -281,3 +281,33 @@ def test_reading_the_tasks_facts_imports_no_torch():
             f"print(sorted(m for m in ('torch', 'albumentations') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_default_data_folder_two_tasks_share_is_built_once(tmp_path, monkeypatch):
+    from model import tasks
+    from model.task import Task
+
+    built = []
+
+    class Shares(Task):
+        data = str(tmp_path / "shared")
+
+        def build_data(self, dst, **options):
+            built.append(dst)
+            os.makedirs(dst)
+
+    first, second = Shares(), Shares()
+    first.name, second.name = "first", "second"
+    monkeypatch.setattr(tasks, "TASKS", {"first": first, "second": second})
+    assert tasks.ensure_data(str(tmp_path / "shared")) == str(tmp_path / "shared") and len(built) == 1
+
+
+def test_a_classifier_needs_two_classes_and_refused_keys_come_first():
+    from core.config import Params, resolve
+    from model.tasks import TASKS
+
+    with pytest.raises(UserError, match="monitor_metric' is accuracy but the data has only 1 classes"):
+        TASKS["classification"].check_params(Params(resolve({}, WHERE)), ["only"], WHERE)
+    params = Params(resolve({"task": "keypoints", "class_weights": [1, 2]}, WHERE))
+    with pytest.raises(UserError, match="key 'class_weights' weighs classes; not for keypoints"):
+        TASKS["keypoints"].check_params(params, ["a", "b", "c"], WHERE)

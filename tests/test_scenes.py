@@ -126,7 +126,7 @@ def test_valid_and_test_scenes_use_no_train_scan(scenes_dir):
 def test_cli_builds_scenes_and_refuses_class_folder_options(tmp_path, capsys):
     dst = str(tmp_path / "cli")
     main(["--task", "segmentation", "--dst", dst, "--size", "16", "--test_size", "24"])
-    assert "train 1200 scenes" in capsys.readouterr().out
+    assert "train 1200 images" in capsys.readouterr().out
     assert Image.open(os.path.join(dst, "test", "images", "scene_00000.png")).size == (24, 24)
     with pytest.raises(UserError, match="already exists"):
         main(["--task", "segmentation", "--dst", dst])

@@ -1,4 +1,4 @@
-"""Light bookkeeping of one experiment folder: status record, folder lock, resume decision, best tracking.
+"""Light bookkeeping of one experiment folder: status record, folder lock, resume decision, history.json.
 
 No torch or matplotlib here: search_hyperparams.py reads cell folders through this module and starts fast.
 """

@@ -67,8 +67,10 @@ def gather(parent, split="val"):
 
 
 def task_of(runs):
-    """The task the runs train (the first one's; a parent of several tasks is split by runs_by_task first)."""
-    return runs[0]["params"].get("task", KEYS["task"].default) if runs else KEYS["task"].default
+    """The task the runs train, or None when they train several (then a metric's direction is the one all tasks
+    that report it agree on)."""
+    tasks = set(runs_by_task(runs)) or {KEYS["task"].default}
+    return tasks.pop() if len(tasks) == 1 else None
 
 
 def runs_by_task(runs):

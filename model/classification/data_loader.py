@@ -93,7 +93,8 @@ def transforms_record(train_tf, eval_tf):
 
 def scan_image_folder(root):
     """{class: [image file names]} for root/<class>/<image>, classes and files sorted; a class folder without
-    images maps to []: the layout of a split, the one place it is defined."""
+    images maps to []: the layout of a split as training reads it (data/build_dataset.py --src reads raw class
+    folders by its own rules, before they become splits)."""
     classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
     return {c: sorted(f for f in os.listdir(os.path.join(root, c)) if f.lower().endswith(IMAGE_EXTS))
             for c in classes}

@@ -1,9 +1,9 @@
 """The metrics of a classification epoch: one entry each in METRICS, the only list of this task's metric names.
 
-Everything else derives from it (through model/tasks.py): the metrics in history.json and the metrics files, the
-curves of train_history.png and history_plots.png, the columns of results.md, the choices of
-early_stopping.monitor_metric, which way is better (early stopping, best.pth.tar, table order) and whether a metric
-needs 5+ classes.
+Everything else derives from it (through the task, model/task.py): the metrics in history.json and the metrics
+files, the curves of train_history.png and history_plots.png, the columns of results.md, the values
+early_stopping.monitor_metric may take for this task, which way is better (early stopping, best.pth.tar, table
+order) and whether a metric needs 5+ classes.
 
 To add a metric computed from the confusion matrix (precision, recall, balanced accuracy, ...): write its formula
 below and add one line to METRICS. Metrics are over the whole epoch, weighted by sample count (not a mean of batch

@@ -20,10 +20,10 @@ def from_coco(name):
 
 METRICS = {
     "loss": LOSS,
-    "map": Metric(from_coco("map")),
-    "map_50": Metric(from_coco("map_50")),
-    "map_75": Metric(from_coco("map_75")),
-    "mar_100": Metric(from_coco("mar_100")),
+    "map": Metric(from_coco("map"), min_classes=1),
+    "map_50": Metric(from_coco("map_50"), min_classes=1),
+    "map_75": Metric(from_coco("map_75"), min_classes=1),
+    "mar_100": Metric(from_coco("mar_100"), min_classes=1),
 }
 
 

@@ -22,8 +22,8 @@ def pck(s):
 
 METRICS = {
     "loss": LOSS,
-    "point_error": Metric(point_error, minimize=True),
-    "pck": Metric(pck),
+    "point_error": Metric(point_error, minimize=True, min_classes=1),
+    "pck": Metric(pck, min_classes=1),
 }
 
 
