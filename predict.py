@@ -18,7 +18,7 @@ import os
 
 import torch
 
-from core.data.sources import image_sources, output_stem, predict_loader
+from core.data.sources import image_sources, output_stems, predict_loader
 from core.rundir import predictions
 from core.rundir.folder import trained_checkpoint
 from core.rundir.record import provenance
@@ -60,6 +60,7 @@ def main(argv=None):
     ident = predictions.identity(args.model_dir, checkpoint, ckpt, params)
     done = predictions.claim(out_dir, ident, args.overwrite)
     todo = [p for p in paths if p not in done or "error" in done[p]]  # an unreadable image is tried again
+    stems = output_stems(paths, root)
 
     rt = pick_runtime(params.cuda)
     model = rt.prepare(trained_model(ckpt, params, task, checkpoint)).eval()
@@ -76,12 +77,13 @@ def main(argv=None):
                 x = rt.inputs(x)
                 with rt.autocast():
                     outputs = predict(model, x)
-                images = [{"image": todo[i], "stem": output_stem(todo[i], root), "size": size,
+                images = [{"image": todo[i], "stem": stems[todo[i]], "size": size,
                            "input": (x.shape[3], x.shape[2])} for i, size in zip(indices, sizes)]
                 rows += task.save_predictions(outputs, images, out_dir, classes)
             predictions.append_rows(out_dir, rows)
 
-    rows = [row for path, row in predictions.done_rows(out_dir).items() if path in set(paths)]
+    done = predictions.done_rows(out_dir)
+    rows = [done[p] for p in paths if p in done]  # in source order, this run's and earlier runs' alike
     files = task.finish_predictions([r for r in rows if "error" not in r], out_dir, classes)
     unreadable = predictions.finish(out_dir, ident, args.source, rows, files, provenance(args.model_dir))
     print(f"{out_dir}: {len(rows) - len(unreadable)} images predicted ({len(todo)} this run), "

@@ -33,7 +33,7 @@ def load_image(path):
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
-    except (OSError, UnidentifiedImageError):
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError):
         raise UserError(f"{path}: cannot read image") from None
 
 

@@ -21,7 +21,7 @@ def error_of(user):
         resolve(user, WHERE)
     return str(e.value)
 
-SCRIPTS = {"train", "evaluate", "search_hyperparams", "synthesize_results", "plot_results"}
+SCRIPTS = {"train", "evaluate", "predict", "search_hyperparams", "synthesize_results", "plot_results"}
 
 
 def project_imports(path):

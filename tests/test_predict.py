@@ -195,3 +195,13 @@ def test_keypoints_json_in_the_training_layout_and_csv(tmp_path_factory, points_
 def test_a_missing_model_dir_is_one_line(tmp_path, capsys):
     assert error_line(capsys, "--model_dir", str(tmp_path / "nope"), "--source", str(tmp_path)).startswith(
         f"--model_dir {tmp_path / 'nope'}")
+
+
+def test_output_stems_stay_inside_the_output_folder_and_never_collide(tmp_path):
+    from core.data.sources import output_stems
+
+    root = str(tmp_path / "src")
+    paths = [f"{root}/x/1.png", f"{root}/x/1.jpg", f"{root}/y/2.png", str(tmp_path / "elsewhere" / "3.png"),
+             f"{root}/../../4.png"]
+    stems = output_stems(paths, root)
+    assert stems == {paths[0]: "x/1.png", paths[1]: "x/1.jpg", paths[2]: "y/2", paths[3]: "3", paths[4]: "4"}

@@ -50,13 +50,17 @@ def listed(path):
     return [p if os.path.isabs(p) else os.path.join(here, p) for p in lines if p and not p.startswith("#")]
 
 
-def output_stem(path, root):
-    """The image's path under `root`, without its extension: where its outputs go inside the output folder (never
-    outside it: an image outside root keeps only its file name)."""
-    rel = os.path.relpath(os.path.abspath(path), os.path.abspath(root))
-    if rel.startswith(os.pardir):
-        rel = os.path.basename(path)
-    return os.path.splitext(rel)[0]
+def output_stems(paths, root):
+    """{path: the image's path under `root` without its extension}: where its outputs go inside the output folder,
+    never outside it (an image outside root keeps only its file name). Two images that would share one (a.png and
+    a.jpg) keep their extensions (a.png.png, a.jpg.png)."""
+    rel = {}
+    for path in paths:
+        r = os.path.relpath(os.path.abspath(path), os.path.abspath(root))
+        rel[path] = os.path.basename(path) if r.startswith(os.pardir) else r
+    stems = [os.path.splitext(r)[0] for r in rel.values()]
+    shared = {s for s in stems if stems.count(s) > 1} if len(set(stems)) < len(stems) else set()
+    return {p: r if os.path.splitext(r)[0] in shared else os.path.splitext(r)[0] for p, r in rel.items()}
 
 
 class PredictImages(torch.utils.data.Dataset):
@@ -73,7 +77,7 @@ class PredictImages(torch.utils.data.Dataset):
 
         try:
             image = load_image(self.paths[i])
-        except UserError:
+        except UserError:  # reported by predict.py, which goes on with the others
             return None, i, None
         return self.preprocess(image), i, (image.shape[1], image.shape[0])
 
