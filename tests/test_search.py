@@ -172,3 +172,33 @@ def test_folder_names_never_escape_the_parent(tmp_path):
     with pytest.raises(UserError):
         from core.search.grid import child_path
         child_path(str(tmp_path), "../outside")
+
+
+def test_a_run_that_has_written_its_end_is_waited_for_not_skipped_as_running_elsewhere(tmp_path):
+    """Ctrl-C, then the search at once: the interrupted cell's process may still hold the folder's lock for a moment
+    (a container being torn down); its status says it ended, so the rerun waits for it and resumes the cell."""
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+    from core.rundir.folder import Status, is_locked, write_status
+
+    folder = str(tmp_path)
+    hold = ("import sys, time; sys.path.insert(0, {root!r}); from core.rundir.folder import folder_lock\n"
+            "with folder_lock({folder!r}):\n    print('held', flush=True); time.sleep({s})")
+    write_status(folder, Status.INTERRUPTED, reason="SIGTERM")
+    proc = subprocess.Popen([sys.executable, "-c", hold.format(root=str(ROOT), folder=folder, s=0.5)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "held\n"
+    start = time.monotonic()
+    assert not is_locked(folder) and time.monotonic() - start > 0.2  # waited for it to let go
+    proc.wait()
+    write_status(folder, Status.RUNNING)
+    proc = subprocess.Popen([sys.executable, "-c", hold.format(root=str(ROOT), folder=folder, s=3)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "held\n"
+    start = time.monotonic()
+    assert is_locked(folder) and time.monotonic() - start < 1  # a running cell is someone else's at once
+    proc.kill()
+    proc.wait()

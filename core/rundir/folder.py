@@ -11,6 +11,7 @@ import math
 import os
 import signal
 import socket
+import time
 
 from core.config import KEYS, flatten
 from utils import FolderBusy, UserError, now, read_json, read_json_field, write_json
@@ -105,9 +106,22 @@ def folder_lock(model_dir):
         os.close(fd)
 
 
-def is_locked(model_dir):
-    """Whether a process holds the folder's lock. Probes with a shared lock on an existing lock file only, so it
-    creates nothing (--dry_run writes nothing) and never blocks a train.py taking the lock."""
+def is_locked(model_dir, settle_s=10.0):
+    """Whether a process holds the folder's lock. A run that has written its last status (interrupted, failed,
+    paused, ...) still holds the lock while it exits (in a container, until the runtime has torn it down): that
+    process is waited for, up to settle_s, so a search rerun right after Ctrl-C resumes the cell instead of
+    skipping it as running elsewhere."""
+    deadline = time.monotonic() + settle_s
+    while lock_held(model_dir):
+        if read_status(model_dir).get("status") == Status.RUNNING or time.monotonic() > deadline:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def lock_held(model_dir):
+    """Probes with a shared lock on an existing lock file only, so it creates nothing (--dry_run writes nothing)
+    and never blocks a train.py taking the lock."""
     try:
         fd = os.open(os.path.join(model_dir, LOCK), os.O_RDONLY)
     except OSError:  # no lock file: nobody has ever trained here
