@@ -14,6 +14,7 @@ already done; a folder holding another model's predictions is refused unless --o
 """
 
 import argparse
+import functools
 import os
 
 import torch
@@ -57,17 +58,19 @@ def main(argv=None):
     task.check_params(params, classes, f"{checkpoint} (params)")
     name, root, paths = image_sources(args.source)
     out_dir = args.out or os.path.join(args.model_dir, "predictions", name)
-    ident = predictions.identity(args.model_dir, checkpoint, ckpt, params)
+    predictions.check_out(out_dir, args.model_dir, root)
+    paths = [p for p in paths if not inside(p, out_dir) and not inside(p, args.model_dir)]  # never our own outputs
+    rt = pick_runtime(params.cuda)
+    model = rt.prepare(trained_model(ckpt, params, task, checkpoint)).eval()  # before anything is written
+    ident = predictions.identity(args.model_dir, checkpoint, ckpt, params, args.source)
     done = predictions.claim(out_dir, ident, args.overwrite)
     todo = [p for p in paths if p not in done or "error" in done[p]]  # an unreadable image is tried again
     stems = output_stems(paths, root)
 
-    rt = pick_runtime(params.cuda)
-    model = rt.prepare(trained_model(ckpt, params, task, checkpoint)).eval()
     predict = task.predictor(params, classes=classes)
     eval_tf = task.build_transforms(params)[1]
-    loader = predict_loader(todo, lambda image: task.preprocess(eval_tf, image), args.batch_size or params.bs_test,
-                            params.num_workers, rt.pin_memory)
+    loader = predict_loader(todo, functools.partial(task.preprocess, eval_tf), args.batch_size or params.bs_test,
+                            params.num_workers, rt.pin_memory, by_size=task.own_size)
     with torch.inference_mode():
         for x, indices, sizes, unreadable in progress(loader, "predict"):
             rows = [{"image": todo[i], "error": "cannot read image"} for i in unreadable]
@@ -89,6 +92,10 @@ def main(argv=None):
     print(f"{out_dir}: {len(rows) - len(unreadable)} images predicted ({len(todo)} this run), "
           f"{len(unreadable)} unreadable; files: {', '.join(['manifest.json', predictions.ROWS, *files])}")
     return 0
+
+
+def inside(path, folder):
+    return os.path.commonpath([os.path.realpath(path), os.path.realpath(folder)]) == os.path.realpath(folder)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ class Task:
     split_layout: str  # what a split folder holds, for the error that names a missing one
     head: str = "a final nn.Linear classifier head"  # what head_of finds, for the error when a model has none
     classes_are: str = "classes"  # what the data's classes are, in messages ("class folders", "points")
+    own_size: bool = False  # evaluation sees each image at its own size (predict.py batches images of one size)
     trains_on: str = "the loss block's terms"  # what its training loss is, for the error that refuses a term
     refused: Mapping = MappingProxyType({})  # {params key: what it does}: keys this task cannot honour, refused
 

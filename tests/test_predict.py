@@ -205,3 +205,31 @@ def test_output_stems_stay_inside_the_output_folder_and_never_collide(tmp_path):
              f"{root}/../../4.png"]
     stems = output_stems(paths, root)
     assert stems == {paths[0]: "x/1.png", paths[1]: "x/1.jpg", paths[2]: "y/2", paths[3]: "3", paths[4]: "4"}
+
+
+def test_overwrite_removes_only_predict_outputs_and_run_or_source_folders_are_refused(classifier, digits_dir,
+                                                                                       tmp_path, capsys):
+    source = os.path.join(digits_dir, "test", "4")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    line = error_line(capsys, "--model_dir", classifier, "--source", source, "--out", str(mine), "--overwrite")
+    assert "holds files predict.py did not write" in line and (mine / "notes.txt").read_text() == "keep"
+    for out in (source, classifier, os.path.dirname(source)):
+        line = error_line(capsys, "--model_dir", classifier, "--source", source, "--out", out, "--overwrite")
+        assert line.startswith(f"--out {out}: would hold the source images or the run folder")
+    assert os.path.exists(os.path.join(classifier, "best.pth.tar")) and os.listdir(source)
+
+
+def test_a_torn_last_line_is_mended_and_a_list_naming_missing_files_is_refused(classifier, digits_dir, tmp_path,
+                                                                                capsys):
+    source, out = os.path.join(digits_dir, "test", "6"), tmp_path / "out"
+    assert predict("--model_dir", classifier, "--source", source, "--out", str(out)) == 0
+    lines = (out / "predictions.jsonl").read_text().splitlines()
+    (out / "predictions.jsonl").write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:20])  # killed mid-append
+    assert predict("--model_dir", classifier, "--source", source, "--out", str(out)) == 0
+    assert f"{len(lines)} images predicted (1 this run)" in capsys.readouterr().out
+    assert len(rows_of(str(out))) == len(lines)
+    (tmp_path / "list.txt").write_text(f"{os.path.join(source, os.listdir(source)[0])}\nnot/there.png\n")
+    line = error_line(capsys, "--model_dir", classifier, "--source", str(tmp_path / "list.txt"))
+    assert "lists 1 file(s) that do not exist, the first" in line and "not/there.png" in line

@@ -8,6 +8,7 @@ with: resize and normalisation come from the checkpoint's params, never retyped)
 yields its index with no tensor, so one bad file is reported and the rest are still predicted.
 """
 
+import collections
 import glob
 import os
 
@@ -23,20 +24,31 @@ def image_sources(source):
     each image's output path is relative to."""
     if os.path.isdir(source):
         paths = [os.path.join(d, f) for d, _, files in os.walk(source) for f in files if f.lower().endswith(IMAGE_EXTS)]
-        root, name = source, os.path.basename(os.path.normpath(source))
+        root, name = source, os.path.basename(os.path.abspath(source)) or "root"
     elif os.path.isfile(source) and source.lower().endswith(IMAGE_EXTS):
         paths, root, name = [source], os.path.dirname(source), os.path.splitext(os.path.basename(source))[0]
     elif os.path.isfile(source):
         paths, root, name = listed(source), None, os.path.splitext(os.path.basename(source))[0]
     elif glob.has_magic(source):
         paths = [p for p in glob.glob(source, recursive=True) if p.lower().endswith(IMAGE_EXTS) and os.path.isfile(p)]
-        root, name = None, "".join(c if c.isalnum() or c in "-_." else "_" for c in source).strip("_.") or "glob"
+        root = literal_prefix(source)  # fixed, whatever matches: output paths stay put between runs
+        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in source).strip("_.") or "glob"
     else:
         raise UserError(f"--source {source}: no such folder, file or glob pattern")
     if not paths:
         raise UserError(f"--source {source}: no images ({', '.join(IMAGE_EXTS)})")
-    paths = sorted(set(paths))
-    return name, root or os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths]), paths
+    paths = sorted({os.path.abspath(p) for p in paths})  # one key per file, however the source spelled it
+    return name, root or os.path.commonpath([os.path.dirname(p) for p in paths]), paths
+
+
+def literal_prefix(pattern):
+    """The folder a glob pattern starts from: its leading parts without wildcards ("photos/**/*.png" -> photos)."""
+    parts = []
+    for part in pattern.split(os.sep):
+        if glob.has_magic(part):
+            break
+        parts.append(part)
+    return os.sep.join(parts) or "."
 
 
 def listed(path):
@@ -47,7 +59,11 @@ def listed(path):
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"--source {path}: cannot read the list ({type(e).__name__})") from None
     here = os.path.dirname(path)
-    return [p if os.path.isabs(p) else os.path.join(here, p) for p in lines if p and not p.startswith("#")]
+    paths = [p if os.path.isabs(p) else os.path.join(here, p) for p in lines if p and not p.startswith("#")]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise UserError(f"--source {path}: lists {len(missing)} file(s) that do not exist, the first {missing[0]}")
+    return [p for p in paths if p.lower().endswith(IMAGE_EXTS)]
 
 
 def output_stems(paths, root):
@@ -58,8 +74,8 @@ def output_stems(paths, root):
     for path in paths:
         r = os.path.relpath(os.path.abspath(path), os.path.abspath(root))
         rel[path] = os.path.basename(path) if r.startswith(os.pardir) else r
-    stems = [os.path.splitext(r)[0] for r in rel.values()]
-    shared = {s for s in stems if stems.count(s) > 1} if len(set(stems)) < len(stems) else set()
+    counts = collections.Counter(os.path.splitext(r)[0] for r in rel.values())
+    shared = {s for s, n in counts.items() if n > 1}
     return {p: r if os.path.splitext(r)[0] in shared else os.path.splitext(r)[0] for p, r in rel.items()}
 
 
@@ -96,8 +112,24 @@ def collate(batch):
     return x, [i for _, i, _ in good], [s for _, _, s in good], bad
 
 
-def predict_loader(paths, preprocess, batch_size, num_workers=0, pin_memory=False):
-    """Batches (x, indices, sizes, unreadable indices) in path order."""
-    return torch.utils.data.DataLoader(PredictImages(paths, preprocess), batch_size=batch_size, shuffle=False,
-                                       num_workers=num_workers, collate_fn=collate, pin_memory=pin_memory,
-                                       persistent_workers=num_workers > 0)
+def predict_loader(paths, preprocess, batch_size, num_workers=0, pin_memory=False, by_size=False):
+    """Batches (x, indices, sizes, unreadable indices) in path order; by_size: each batch holds images of one size
+    (a segmenter's), so no prediction sees padding and one huge image is not padded onto small ones."""
+    batches = size_batches(paths, batch_size) if by_size else None
+    return torch.utils.data.DataLoader(PredictImages(paths, preprocess), batch_size=1 if batches else batch_size,
+                                       batch_sampler=batches, shuffle=False, num_workers=num_workers,
+                                       collate_fn=collate, pin_memory=pin_memory, persistent_workers=num_workers > 0)
+
+
+def size_batches(paths, batch_size):
+    """[[indices]]: images of one (header) size together, at most batch_size each; unreadable headers alone."""
+    from model.images import image_size
+
+    groups = {}
+    for i, path in enumerate(paths):
+        try:
+            size = image_size(path)
+        except UserError:
+            size = ("unreadable", i)
+        groups.setdefault(size, []).append(i)
+    return [idx[k:k + batch_size] for idx in groups.values() for k in range(0, len(idx), batch_size)]

@@ -19,30 +19,67 @@ from utils import UserError, atomic_write, read_json, write_json
 MANIFEST, ROWS = "manifest.json", "predictions.jsonl"
 
 
-def identity(model_dir, checkpoint, ckpt, params):
-    """What makes two predictions the same: the checkpoint (path, epoch, bytes) and the options that change them."""
+OURS = (MANIFEST, ROWS, "predictions.csv", "classes.json", "detections.json", "keypoints.json", "keypoints.csv",
+        "masks", "labels")  # all predict.py writes: what --overwrite removes, and nothing else
+
+
+def identity(model_dir, checkpoint, ckpt, params, source):
+    """What makes two predictions the same: the source, the checkpoint (path, epoch, bytes) and the options that
+    change them."""
     st = os.stat(checkpoint)
-    return {"model_dir": os.path.abspath(model_dir), "checkpoint": os.path.abspath(checkpoint),
+    return {"source": os.path.abspath(source), "model_dir": os.path.abspath(model_dir),
+            "checkpoint": os.path.abspath(checkpoint),
             "epoch": ckpt["epoch"], "checkpoint_bytes": st.st_size, "checkpoint_mtime_ns": st.st_mtime_ns,
             "eval_window": params.eval_window, "eval_stride": params.eval_stride, "keep_regions": params.keep_regions}
 
 
+def check_out(out_dir, model_dir, source_root):
+    """An output folder that is a file, holds a run or the source images, or lies in the run's folder outside its
+    predictions/, is refused: predict.py writes (and --overwrite removes) its own files only."""
+    out, run, src = (os.path.realpath(p) for p in (out_dir, model_dir, source_root))
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"--out {out_dir}: is a file, not a folder")
+    inside = lambda a, b: os.path.commonpath([a, b]) == b  # noqa: E731  (a is b or under it)
+    if inside(src, out) or inside(run, out) or (inside(out, run) and not inside(out, os.path.join(run, "predictions"))):
+        raise UserError(f"--out {out_dir}: would hold the source images or the run folder {model_dir}; give an "
+                        f"output folder of its own")
+    if os.path.isdir(out) and any(f == "params.json" or f.endswith(".pth.tar") for f in os.listdir(out)):
+        raise UserError(f"--out {out_dir}: is a run folder (params.json, checkpoints); give an output folder of its "
+                        f"own")
+
+
 def claim(out_dir, ident, overwrite):
     """Make out_dir ready for `ident`'s predictions; returns the rows already done there ({image: row})."""
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise UserError(f"--out {out_dir}: is a file, not a folder")
     manifest = os.path.join(out_dir, MANIFEST)
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         old = read_json(manifest).get("identity") if os.path.exists(manifest) else None
+        if not isinstance(old, dict) or "checkpoint" not in old:
+            raise UserError(f"--out {out_dir}: holds files predict.py did not write; give an empty or new folder")
         if old != ident and not overwrite:
-            what = (f"predictions of {old['checkpoint']} (epoch {old['epoch']})" if isinstance(old, dict)
-                    and "checkpoint" in old else "files predict.py did not write")
-            raise UserError(f"--out {out_dir}: holds {what}; give another --out, or --overwrite to replace them")
+            raise UserError(f"--out {out_dir}: holds predictions of {old['checkpoint']} (epoch {old['epoch']}) on "
+                            f"{old.get('source')}; give another --out, or --overwrite to replace them")
         if old != ident:
-            shutil.rmtree(out_dir)
+            for name in OURS:
+                path = os.path.join(out_dir, name)
+                if os.path.isdir(path):
+                    shutil.rmtree(path)
+                elif os.path.exists(path):
+                    os.remove(path)
     os.makedirs(out_dir, exist_ok=True)
+    mend_torn_line(os.path.join(out_dir, ROWS))
     write_json(manifest, {"identity": ident, "status": "running"})
     return done_rows(out_dir)
+
+
+def mend_torn_line(path):
+    """Cut predictions.jsonl after its last complete line: a kill mid-append must not glue the next run's first row
+    to the fragment."""
+    if not os.path.exists(path):
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
 
 
 def done_rows(out_dir):

@@ -10,6 +10,7 @@ class Segmentation(Task):
     name, data, arch, monitor = "segmentation", "data/digit_scenes", "unet", "miou"
     overfit_metric, split_layout = "pixel_accuracy", "images/ and masks/"
     head = "the layers that score classes (model/segmentation/net.py head_of)"
+    own_size = True
     refused = {"mixup_alpha": "mixes labels per image (masks cannot be mixed so)",
                "cutmix_alpha": "mixes labels per image (masks cannot be mixed so)"}
 
