@@ -19,7 +19,7 @@ from core.rundir.folder import trained_checkpoint
 from core.rundir.record import provenance
 from core.rundir.report import check_same_data, variant_of, write_report
 from core.training.engine import keep_freed_memory, pick_runtime
-from core.training.state import trained_model, trained_run
+from core.training.state import option_overrides, trained_model, trained_run
 from model import tasks
 from model.loop import evaluate
 from utils import UserError, run_cli
@@ -45,10 +45,10 @@ def main(argv=None):
     args = parse_args(argv)
     keep_freed_memory()
     ckpt_paths = [trained_checkpoint(d, args.restore_file) for d in args.model_dir]
-    window = [f"{k}={v}" for k in ("eval_window", "eval_stride", "keep_regions") if (v := getattr(args, k)) is not None]
     variant = variant_of(args.tta, args.eval_window, args.eval_stride, args.keep_regions)
+    overrides = option_overrides(args)
     # evaluate every folder first, write after: one bad folder leaves no folder half done
-    results = [evaluate_checkpoint(path, args.data_dir, args.split, args.tta, window) for path in ckpt_paths]
+    results = [evaluate_checkpoint(path, args.data_dir, args.split, args.tta, overrides) for path in ckpt_paths]
     for model_dir, (metrics, *_) in zip(args.model_dir, results):
         check_same_data(model_dir, args.split, args.restore_file, variant, metrics["data_dir"])
     rows = []

@@ -24,7 +24,7 @@ from core.rundir import predictions
 from core.rundir.folder import trained_checkpoint
 from core.rundir.record import provenance
 from core.training.engine import keep_freed_memory, pick_runtime
-from core.training.state import trained_model, trained_run
+from core.training.state import option_overrides, trained_model, trained_run
 from model.loop import progress
 from utils import UserError, run_cli
 
@@ -51,15 +51,14 @@ def main(argv=None):
     args = parse_args(argv)
     keep_freed_memory()
     checkpoint = trained_checkpoint(args.model_dir, args.restore_file)
-    overrides = [f"{k}={v}" for k in ("eval_window", "eval_stride", "keep_regions") if (v := getattr(args, k))
-                 is not None]
-    ckpt, params, task = trained_run(checkpoint, overrides)
+    ckpt, params, task = trained_run(checkpoint, option_overrides(args))
     classes = ckpt["classes"]
     task.check_params(params, classes, f"{checkpoint} (params)")
     name, root, paths = image_sources(args.source)
     out_dir = args.out or os.path.join(args.model_dir, "predictions", name)
     predictions.check_out(out_dir, args.model_dir, root)
-    paths = [p for p in paths if not inside(p, out_dir) and not inside(p, args.model_dir)]  # never our own outputs
+    # never read our own outputs, nor the run's files, back as input
+    paths = [p for p in paths if not predictions.inside(p, out_dir) and not predictions.inside(p, args.model_dir)]
     rt = pick_runtime(params.cuda)
     model = rt.prepare(trained_model(ckpt, params, task, checkpoint)).eval()  # before anything is written
     ident = predictions.identity(args.model_dir, checkpoint, ckpt, params, args.source)
@@ -92,10 +91,6 @@ def main(argv=None):
     print(f"{out_dir}: {len(rows) - len(unreadable)} images predicted ({len(todo)} this run), "
           f"{len(unreadable)} unreadable; files: {', '.join(['manifest.json', predictions.ROWS, *files])}")
     return 0
-
-
-def inside(path, folder):
-    return os.path.commonpath([os.path.realpath(path), os.path.realpath(folder)]) == os.path.realpath(folder)
 
 
 if __name__ == "__main__":

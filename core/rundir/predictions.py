@@ -36,16 +36,21 @@ def identity(model_dir, checkpoint, ckpt, params, source):
 def check_out(out_dir, model_dir, source_root):
     """An output folder that is a file, holds a run or the source images, or lies in the run's folder outside its
     predictions/, is refused: predict.py writes (and --overwrite removes) its own files only."""
-    out, run, src = (os.path.realpath(p) for p in (out_dir, model_dir, source_root))
-    if os.path.exists(out) and not os.path.isdir(out):
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise UserError(f"--out {out_dir}: is a file, not a folder")
-    inside = lambda a, b: os.path.commonpath([a, b]) == b  # noqa: E731  (a is b or under it)
-    if inside(src, out) or inside(run, out) or (inside(out, run) and not inside(out, os.path.join(run, "predictions"))):
+    in_run = inside(out_dir, model_dir) and not inside(out_dir, os.path.join(model_dir, "predictions"))
+    if inside(source_root, out_dir) or inside(model_dir, out_dir) or in_run:
         raise UserError(f"--out {out_dir}: would hold the source images or the run folder {model_dir}; give an "
                         f"output folder of its own")
-    if os.path.isdir(out) and any(f == "params.json" or f.endswith(".pth.tar") for f in os.listdir(out)):
+    if os.path.isdir(out_dir) and any(f == "params.json" or f.endswith(".pth.tar") for f in os.listdir(out_dir)):
         raise UserError(f"--out {out_dir}: is a run folder (params.json, checkpoints); give an output folder of its "
                         f"own")
+
+
+def inside(path, folder):
+    """Whether `path` is `folder` or lies under it (links resolved)."""
+    folder = os.path.realpath(folder)
+    return os.path.commonpath([os.path.realpath(path), folder]) == folder
 
 
 def claim(out_dir, ident, overwrite):

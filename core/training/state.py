@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from core.config import Params
+from core.config import Params, fixed_overrides, resolve
 from core.stages import stage_of, stage_params
 from core.training.engine import rng_state, set_rng_state
 from core.training.optim import PER_BATCH, build_optimizer, build_scheduler, freeze, learning_rates, optimizer_steps
@@ -126,11 +126,17 @@ def evaluated_weights(ckpt):
     return {k[len(EMA_PREFIX):]: v for k, v in ckpt["ema"].items() if k.startswith(EMA_PREFIX)}
 
 
+EVAL_OPTIONS = ("eval_window", "eval_stride", "keep_regions")  # params keys evaluate.py and predict.py set as flags
+
+
+def option_overrides(args):
+    """KEY=VALUE overrides of the EVAL_OPTIONS flags given on the command line, for trained_run."""
+    return [f"{k}={v}" for k in EVAL_OPTIONS if (v := getattr(args, k)) is not None]
+
+
 def trained_run(path, overrides=()):
     """(checkpoint, params, task) of a checkpoint train.py wrote, its params as evaluate.py and predict.py use them
     (the whole data, no pretraining: the weights come from the checkpoint) plus `overrides` (KEY=VALUE)."""
-    from core.config import fixed_overrides, resolve
-
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt, dict) or not {"params", "classes", "model", "epoch"} <= set(ckpt):
         raise UserError(f"{path}: not a checkpoint written by train.py (needs params, classes, model, epoch)")
