@@ -2,6 +2,7 @@
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -173,12 +174,12 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def test_train_keeps_freed_memory_so_activations_are_not_page_faulted_in_again_every_batch():
-    faults = {}
-    for mode in ("kept", "default"):
-        proc = subprocess.run([sys.executable, "-c", REFAULTS, mode], cwd=ROOT, capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr
-        faults[mode] = int(proc.stdout.split()[-1])
-    assert faults["kept"] * 4 < faults["default"], faults  # seen: about 1,800 against 25,000
+    proc = subprocess.run([sys.executable, "-c", REFAULTS, "kept"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    pages_written = 5 * 100 * (1 << 20) // resource.getpagesize()
+    # Kept: about 800-2,600 faults. glibc's defaults refault most of the 128,000 pages (seen 25,000-128,000), but
+    # not always (one CI run: 1,800, when something else sat at the top of the heap), so the bound is absolute.
+    assert int(proc.stdout.split()[-1]) * 10 < pages_written, proc.stdout
     for script in ("train.py", "evaluate.py"):
         with open(os.path.join(ROOT, script)) as f:
             assert "keep_freed_memory()" in f.read(), script
