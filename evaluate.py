@@ -6,7 +6,8 @@
 Writes into each folder MODEL_DIR/metrics_<split>_<restore>_weights.json (e.g. metrics_test_best_weights.json:
 the metrics, per-class precision, recall, F1 and support, balanced accuracy), report_<split>_<restore>_weights.md
 (the per-class table) and confusion_<split>_<restore>_weights.png, and prints one table over all folders. With
---tta hflip, predictions are averaged over each image and its mirror image, and the file names end in _tta_hflip.
+--tta hflip, predictions are averaged over each image and its mirror image, and the file names end in _tta_hflip;
+with --exported onnx (or pt2), the file export.py wrote is evaluated, and the names end in _onnx (_pt2).
 """
 
 import argparse
@@ -14,12 +15,12 @@ import os
 
 from tabulate import tabulate
 
+from core import exporting
 from core.data.loaders import fetch_dataloader
-from core.rundir.folder import trained_checkpoint
 from core.rundir.record import provenance
 from core.rundir.report import check_same_data, variant_of, write_report
 from core.training.engine import keep_freed_memory, pick_runtime
-from core.training.state import option_overrides, trained_model, trained_run
+from core.training.state import option_overrides
 from model import tasks
 from model.loop import evaluate
 from utils import UserError, run_cli
@@ -32,6 +33,8 @@ def parse_args(argv=None):
     ap.add_argument("--split", default="test", choices=["test", "valid", "train"])
     ap.add_argument("--restore_file", default="best", choices=["best", "last"], help="which checkpoint to evaluate")
     ap.add_argument("--tta", choices=["hflip"], help="test-time augmentation: average over the mirrored images")
+    ap.add_argument("--exported", metavar="FORMAT", help="evaluate MODEL_DIR/export/<restore_file>.FORMAT (onnx, "
+                                                          "pt2: export.py's) instead of the checkpoint")
     ap.add_argument("--eval_window", type=int, metavar="N",
                     help="segmentation: evaluate in N x N tiles (0: whole images), whatever the run's params say")
     ap.add_argument("--eval_stride", type=int, metavar="S", help="segmentation: pixels between tiles")
@@ -44,11 +47,11 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     keep_freed_memory()
-    ckpt_paths = [trained_checkpoint(d, args.restore_file) for d in args.model_dir]
-    variant = variant_of(args.tta, args.eval_window, args.eval_stride, args.keep_regions)
+    variant = variant_of(args.tta, args.eval_window, args.eval_stride, args.keep_regions, args.exported)
     overrides = option_overrides(args)
+    runs = [exporting.load_trained(d, args.restore_file, args.exported, overrides) for d in args.model_dir]
     # evaluate every folder first, write after: one bad folder leaves no folder half done
-    results = [evaluate_checkpoint(path, args.data_dir, args.split, args.tta, overrides) for path in ckpt_paths]
+    results = [evaluate_run(*run, args.data_dir, args.split, args.tta) for run in runs]
     for model_dir, (metrics, *_) in zip(args.model_dir, results):
         check_same_data(model_dir, args.split, args.restore_file, variant, metrics["data_dir"])
     rows = []
@@ -61,18 +64,15 @@ def main(argv=None):
     return 0
 
 
-def evaluate_checkpoint(path, data_dir, split, tta=None, overrides=()):
-    """Metrics (per class too), the task's details (confusion matrix, predictions) and class names of one checkpoint
-    on `split`, with the params it was trained with and the weights its validation saw (the EMA's when it kept
-    one)."""
-    ckpt, params, task = trained_run(path, overrides)
-    rt = pick_runtime(params.cuda)
+def evaluate_run(ckpt, params, task, model, path, data_dir, split, tta=None):
+    """Metrics (per class too), the task's details (confusion matrix, predictions) and class names of one trained
+    model on `split`, with the params it was trained with."""
+    rt = pick_runtime(params.cuda and not isinstance(model, exporting.ExportedModel))  # an export runs on the CPU
     data_dir = tasks.ensure_data(data_dir or task.data)
     loaders, classes = fetch_dataloader([split], data_dir, params, rt.pin_memory, training=False)
     if classes != ckpt["classes"]:
         raise UserError(f"{data_dir}: classes {classes} differ from those {path} was trained on {ckpt['classes']}")
     task.check_params(params, classes, f"{path} (params)")
-    model = trained_model(ckpt, params, task, path)
     metrics, details = evaluate(rt.prepare(model), loaders[split], rt, task, len(classes),
                                 task.predictor(params, tta, classes), split)
     metrics.update(task.evaluation_report(details, loaders[split].dataset, classes), task=params.task,
@@ -82,6 +82,8 @@ def evaluate_checkpoint(path, data_dir, split, tta=None, overrides=()):
         metrics.update(eval_window=params.eval_window, eval_stride=params.eval_stride)
     if params.keep_regions:
         metrics.update(keep_regions=params.keep_regions)
+    if isinstance(model, exporting.ExportedModel):
+        metrics.update(exported=path)
     return metrics, details, classes, task
 
 

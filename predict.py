@@ -10,7 +10,8 @@ line per image) and the task's files: predictions.csv (classification: top-5 lab
 masks/<image>.png (segmentation: each pixel's class index), labels/<image>.txt and detections.json (detection:
 YOLO lines and COCO boxes with scores), keypoints.json and keypoints.csv. Every image gets a result, an empty one
 too; an unreadable image gets one line naming it and the rest are still predicted. Rerunning skips the images
-already done; a folder holding another model's predictions is refused unless --overwrite.
+already done; a folder holding another model's predictions is refused unless --overwrite. With --exported onnx (or
+pt2), the file export.py wrote predicts, through the same preprocessing and decoding.
 """
 
 import argparse
@@ -19,12 +20,12 @@ import os
 
 import torch
 
+from core import exporting
 from core.data.sources import image_sources, output_stems, predict_loader
 from core.rundir import predictions
-from core.rundir.folder import trained_checkpoint
 from core.rundir.record import provenance
 from core.training.engine import keep_freed_memory, pick_runtime
-from core.training.state import option_overrides, trained_model, trained_run
+from core.training.state import option_overrides
 from model.loop import progress
 from utils import UserError, run_cli
 
@@ -35,6 +36,8 @@ def parse_args(argv=None):
     ap.add_argument("--source", required=True, help="images: a folder, a glob pattern, a list file or one image")
     ap.add_argument("--out", help="output folder (default: MODEL_DIR/predictions/<source name>)")
     ap.add_argument("--restore_file", default="best", choices=["best", "last"], help="which checkpoint")
+    ap.add_argument("--exported", metavar="FORMAT", help="predict with MODEL_DIR/export/<restore_file>.FORMAT (onnx, "
+                                                          "pt2: export.py's) instead of the checkpoint")
     ap.add_argument("--overwrite", action="store_true", help="replace another model's predictions in --out")
     ap.add_argument("--batch_size", type=int, help="images per batch (default: the run's bs_test)")
     ap.add_argument("--eval_window", type=int, metavar="N", help="segmentation: predict in N x N tiles")
@@ -50,8 +53,9 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     keep_freed_memory()
-    checkpoint = trained_checkpoint(args.model_dir, args.restore_file)
-    ckpt, params, task = trained_run(checkpoint, option_overrides(args))
+    # the model is loaded before anything is written
+    ckpt, params, task, model, checkpoint = exporting.load_trained(args.model_dir, args.restore_file, args.exported,
+                                                                   option_overrides(args))
     classes = ckpt["classes"]
     task.check_params(params, classes, f"{checkpoint} (params)")
     name, root, paths = image_sources(args.source)
@@ -59,8 +63,8 @@ def main(argv=None):
     predictions.check_out(out_dir, args.model_dir, root)
     # never read our own outputs, nor the run's files, back as input
     paths = [p for p in paths if not predictions.inside(p, out_dir) and not predictions.inside(p, args.model_dir)]
-    rt = pick_runtime(params.cuda)
-    model = rt.prepare(trained_model(ckpt, params, task, checkpoint)).eval()  # before anything is written
+    rt = pick_runtime(params.cuda and not args.exported)  # an export runs on the CPU
+    model = rt.prepare(model).eval()
     ident = predictions.identity(args.model_dir, checkpoint, ckpt, params, args.source)
     done = predictions.claim(out_dir, ident, args.overwrite)
     todo = [p for p in paths if p not in done or "error" in done[p]]  # an unreadable image is tried again

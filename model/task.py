@@ -7,7 +7,7 @@ report and the figures. Each task is a package model/<name>/ whose task.py subcl
     model/<name>/task.py         class <Name>(Task): its facts (below) and the methods it does differently
     model/<name>/data_loader.py  find_classes, scan_split, item_files, check_item, PRESETS, build_transforms,
                                  decoder, transforms_record, Dataset, class_counts
-    model/<name>/net.py          build_model, head_of
+    model/<name>/net.py          build_model, head_of (export_parts: where export.py writes other than the model)
     model/<name>/loss.py         TERMS, build_loss, loss_fn
     model/<name>/metrics.py      METRICS, EpochMetrics
     model/<name>/report.py       predictor, evaluation_report, report_markdown, plot_evaluation, best_figures,
@@ -16,8 +16,9 @@ report and the figures. Each task is a package model/<name>/ whose task.py subcl
 Each method below says what it must return; by default it calls the function of the same name in the file named
 beside it (dataset: Dataset, presets: PRESETS, epoch_metrics: EpochMetrics, metrics: METRICS, loss_terms: TERMS),
 so a task overrides a method only where it does something else (detection's forward and preprocess, segmentation's
-check_params). Four have defaults of their own: forward (model(x)), preprocess, build_batch_mix (None: no mixing;
-classification's calls its data_loader.py) and build_data (none: each task writes its own). To add a task: copy a
+check_params). Five have defaults of their own: forward (model(x)), preprocess, build_batch_mix (None: no mixing;
+classification's calls its data_loader.py), export_parts (the model itself) and build_data (none: each task writes
+its own). To add a task: copy a
 package, subclass Task in its task.py, add one line to REGISTRY in model/tasks.py. Below the class: what the task
 files build on (Metric, EpochSums, Term).
 
@@ -45,6 +46,7 @@ class Task:
     classes_are: str = "classes"  # what the data's classes are, in messages ("class folders", "points")
     own_size: bool = False  # evaluation sees each image at its own size (predict.py batches images of one size)
     trains_on: str = "the loss block's terms"  # what its training loss is, for the error that refuses a term
+    export_tolerance: float = 1e-4  # export.py's parity check: the largest difference allowed from the checkpoint
     refused: Mapping = MappingProxyType({})  # {params key: what it does}: keys this task cannot honour, refused
 
     def __repr__(self):
@@ -192,6 +194,13 @@ class Task:
     def finish_predictions(self, rows, out_dir, classes):
         """Write the files over all images (a CSV, a COCO JSON) from every row; returns their names."""
         return self.part("report").finish_predictions(rows, out_dir, classes)
+
+    # ---- export (net.py): export.py ----------------------------------------------------------------------------
+    def export_parts(self, model, params):
+        """(graph, decode): `graph`, an nn.Module from x [B,3,H,W] to a tensor or a tuple of tensors whose shapes
+        follow x's alone (what export.py traces and writes); decode(outputs, x) -> what model(x) gives in eval mode,
+        or None where that is the graph's output itself. Default: the model, no decoding."""
+        return model, None
 
     # ---- params -----------------------------------------------------------------------------------------------
     def check_params(self, params, classes, where):

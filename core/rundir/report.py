@@ -7,13 +7,16 @@ from core.rundir.folder import metrics_file
 from utils import UserError, atomic_write, read_json_field, write_json
 
 
-def variant_of(tta=None, eval_window=None, eval_stride=None, keep_regions=None):
-    """What evaluate.py's options add to its file names ('tta_hflip', 'window96_stride48', 'regions1'), or None."""
+def variant_of(tta=None, eval_window=None, eval_stride=None, keep_regions=None, exported=None):
+    """What evaluate.py's options add to its file names ('tta_hflip', 'window96_stride48', 'regions1', 'onnx'), or
+    None."""
     parts = [f"tta_{tta}"] if tta else []
     if eval_window is not None:
         parts.append(f"window{eval_window}" + (f"_stride{eval_stride}" if eval_stride is not None else ""))
     if keep_regions is not None:
         parts.append(f"regions{keep_regions}")
+    if exported:
+        parts.append(exported)
     return "_".join(parts) or None
 
 

@@ -140,8 +140,13 @@ def trained_run(path, overrides=()):
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt, dict) or not {"params", "classes", "model", "epoch"} <= set(ckpt):
         raise UserError(f"{path}: not a checkpoint written by train.py (needs params, classes, model, epoch)")
-    params = Params(resolve(ckpt["params"], f"{path} (params)", [*fixed_overrides("evaluate"), *overrides]))
+    params = trained_params(ckpt["params"], f"{path} (params)", overrides)
     return ckpt, params, tasks.load(params.task)
+
+
+def trained_params(raw, where, overrides=()):
+    """A trained run's params as evaluate.py, predict.py and export.py use them: the whole data, no pretraining."""
+    return Params(resolve(raw, where, [*fixed_overrides("evaluate"), *overrides]))
 
 
 def trained_model(ckpt, params, task, path):

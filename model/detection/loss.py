@@ -21,5 +21,7 @@ def build_loss(params, counts):
 
 
 def loss_fn(outputs, targets):
-    """The validation loss: the plain sum of the terms, whatever the training weights."""
-    return sum(loss_terms(outputs).values())
+    """The validation loss: the plain sum of the terms, whatever the training weights; None for an exported
+    detector's outputs, which carry no terms (computing them needs the training-mode heads)."""
+    terms = loss_terms(outputs)
+    return sum(terms.values()) if terms else None

@@ -61,7 +61,7 @@ class EpochMetrics:
     the CPU: pycocotools' evaluation runs there). A training epoch has no detections: loss and terms only."""
 
     def __init__(self, n_clas, device, keep_details=False):
-        self.loss_sum, self.terms, self.n = 0.0, {}, 0
+        self.loss_sum, self.terms, self.n, self.n_loss = 0.0, {}, 0, 0
         self.map, self.keep_details = None, keep_details
         self.kept = {"detections": [], "mistakes": []}
 
@@ -72,8 +72,9 @@ class EpochMetrics:
 
         with torch.no_grad():
             b = targets.shape[0] if targets is not None else 1
-            self.loss_sum += loss.detach().item() * b
             self.n += b
+            if loss is not None:  # None: an exported detector's, which has no loss
+                self.loss_sum, self.n_loss = self.loss_sum + loss.detach().item() * b, self.n_loss + b
             for name, value in loss_terms(outputs).items() if isinstance(outputs, dict) else ():
                 self.terms[term_name(name)] = self.terms.get(term_name(name), 0.0) + value.detach().item() * b
             if targets is None or not isinstance(outputs, dict) or "detections" not in outputs:
@@ -95,7 +96,7 @@ class EpochMetrics:
     def compute(self):
         if self.n == 0:
             return {}
-        out = {"loss": self.loss_sum / self.n}
+        out = {"loss": self.loss_sum / self.n_loss} if self.n_loss else {}
         if self.map is not None:
             sums = {"coco": self.coco()}
             out.update({name: m.formula(sums) for name, m in METRICS.items() if name != "loss"})

@@ -161,3 +161,69 @@ class Detector(nn.Module):
         finally:
             for m, mode in modes:
                 m.training = mode
+
+
+# ---------------------------------------------------------------- export.py
+DENSE = ("small_fcos", "fcos_resnet50_fpn", "retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2")
+
+
+class DenseHeads(nn.Module):
+    """What export.py writes for a one-stage detector: backbone and head, x [B,3,im_sz,im_sz] -> the head's raw
+    outputs per anchor (cls_logits, bbox_regression, bbox_ctrness for FCOS), by name. Decoding (anchors, score
+    threshold, NMS) picks a data-dependent number of boxes, which torch.export cannot trace: it stays in Python
+    (decode_dense), the very torchvision code eager evaluation runs."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.backbone, self.head = net.backbone, net.head
+        self.pad = net.transform.size_divisible  # torchvision pads the batch to a multiple of this: so do we
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        x = nn.functional.pad(x, (0, -w % self.pad, 0, -h % self.pad))
+        outputs = self.head(list(self.backbone(x).values()))
+        return tuple(outputs[k] for k in sorted(outputs))
+
+
+def export_parts(model, params):
+    """(DenseHeads of the model, decode): decode(outputs, x) -> the padded detections [B,M,6] model(x) gives."""
+    if params.arch not in DENSE:
+        raise UserError(f"export: {params.arch} is a two-stage detector (its region proposals have a data-dependent "
+                        f"count, which torch.export cannot trace); one-stage detectors export: {', '.join(DENSE)}")
+    return DenseHeads(model.net), DenseDecoder(model.net)
+
+
+class DenseDecoder:
+    """The head's raw outputs -> detections [B,M,6], as FCOS/RetinaNet.forward do after their head: anchors,
+    score threshold, top-k, NMS. Uses the fixed parts of `net` (anchor generator, thresholds), not its weights."""
+
+    def __init__(self, net):
+        self.net, self.levels = net, {}
+
+    def level_sizes(self, padded):
+        """[(h, w)] of the feature levels for this padded input size: from one backbone pass, once per size."""
+        key = tuple(padded.shape[-2:])
+        if key not in self.levels:
+            with torch.no_grad():
+                features = self.net.backbone(padded.new_zeros(1, *padded.shape[1:]))
+            self.levels[key] = [tuple(f.shape[-2:]) for f in features.values()]
+        return self.levels[key]
+
+    def __call__(self, outputs, x, targets=None):
+        from torchvision.models.detection.image_list import ImageList
+
+        names = ["bbox_ctrness", "bbox_regression", "cls_logits"] if len(outputs) == 3 else \
+            ["bbox_regression", "cls_logits"]  # DenseHeads' order: sorted
+        head = dict(zip(names, outputs))
+        pad = self.net.transform.size_divisible
+        h, w = x.shape[-2:]
+        padded = x.new_empty(x.shape[0], 3, h + -h % pad, w + -w % pad)
+        images = ImageList(padded, [(h, w)] * x.shape[0])
+        features = [padded.new_empty(0, 0, *size) for size in self.level_sizes(padded)]  # the generator reads shapes
+        anchors = self.net.anchor_generator(images, features)
+        cells = [fh * fw for fh, fw in self.level_sizes(padded)]
+        per_level = [n * (head["cls_logits"].shape[1] // sum(cells)) for n in cells]  # RetinaNet: 9 anchors a cell
+        split = {k: list(v.split(per_level, dim=1)) for k, v in head.items()}
+        found = self.net.postprocess_detections(split, [list(a.split(per_level)) for a in anchors], images.image_sizes)
+        detections = as_padded(self.net.transform.postprocess(found, images.image_sizes, images.image_sizes), x.device)
+        return detections if targets is None else {"detections": detections, "losses": {}}  # no loss: no heads

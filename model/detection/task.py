@@ -11,6 +11,7 @@ class Detection(Task):
     overfit_metric, split_layout = "map_50", "images/ and annotations.json (COCO) or labels/ (YOLO)"
     head = "the detector's box and class predictors (model/detection/net.py head_of)"
     trains_on = "the detector's own loss terms (weights: box_loss_weights)"
+    export_tolerance = 1e-3  # pixels of a box (scores and labels too), a detection count differing: inf
     refused = {**IMAGE_LABEL_KEYS, "compile": "compiles a fixed-shape model"}
 
     def build_data(self, dst, **options):
@@ -21,6 +22,10 @@ class Detection(Task):
     def preprocess(self, transform, image):
         """The evaluation transform also moves boxes: there are none to move."""
         return transform(image=image, bboxes=[], labels=[])["image"]
+
+    def export_parts(self, model, params):
+        """Backbone and head alone: decoding picks a data-dependent number of boxes (net.py DenseHeads)."""
+        return self.part("net").export_parts(model, params)
 
     def forward(self, model, x, targets):
         """The detector computes its losses itself: it needs the boxes."""

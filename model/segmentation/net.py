@@ -163,3 +163,19 @@ def sliding_window(forward, x, n_clas, window, stride, tiles_per_call=None):
             total[:, :, i:i + window, j:j + window] += part
             count[:, :, i:i + window, j:j + window] += 1
     return (total / count)[:, :, :h, :w]
+
+
+class MainOutput(nn.Module):
+    """A torchvision segmenter's main logits alone (its auxiliary head only trains): what export.py traces."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return outputs_of(self.model(x))[0]
+
+
+def export_parts(model, params):
+    """(the graph export.py writes, decode): the model's main logits, at any image size; no decoding."""
+    return (model if isinstance(model, UNet) else MainOutput(model)), None

@@ -19,6 +19,9 @@ class Segmentation(Task):
 
         build_scenes(dst, **options)
 
+    def export_parts(self, model, params):
+        return self.part("net").export_parts(model, params)
+
     def predictor(self, params, tta=None, classes=None):
         return self.part("report").predictor(params, tta, classes)
 
