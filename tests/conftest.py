@@ -75,6 +75,30 @@ def digits_dir(tmp_path_factory):
     return build_digits(str(tmp_path_factory.mktemp("data") / "digits"))
 
 
+TASK_RUNS = {"classification": (FAST_PARAMS, "digits_dir"), "segmentation": (SEG_PARAMS, "scenes_dir"),
+             "detection": (DET_PARAMS, "boxes_dir"), "keypoints": (KP_PARAMS, "points_dir")}
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, request):
+    """trained_run(task) -> (folder, data_dir): one epoch on the task's small default data, trained once per
+    session and shared: copy the folder before writing into it (predict.py's --out elsewhere is fine)."""
+    done = {}
+
+    def get(task):
+        if task not in done:
+            params, data_fixture = TASK_RUNS[task]
+            data_dir = request.getfixturevalue(data_fixture)
+            folder = tmp_path_factory.mktemp("trained") / task
+            folder.mkdir()
+            (folder / "params.json").write_text(json.dumps({**params, "num_epochs": 1}))
+            assert run_train(str(folder), data_dir) == 0
+            done[task] = (str(folder), data_dir)
+        return done[task]
+
+    return get
+
+
 @pytest.fixture
 def make_experiment(tmp_path):
     """make_experiment(name, **overrides) -> path of a folder holding params.json."""

@@ -2,7 +2,6 @@
 
 import csv
 import glob
-import json
 import os
 import shutil
 
@@ -10,21 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import DET_PARAMS, FAST_PARAMS, KP_PARAMS, SEG_PARAMS, read, run_train
+from conftest import read
 from utils import run_cli
 
 
-def trained(tmp_path_factory, params, data_dir):
-    folder = tmp_path_factory.mktemp("trained") / "exp"
-    folder.mkdir()
-    (folder / "params.json").write_text(json.dumps({**params, "num_epochs": 1}))
-    assert run_train(str(folder), data_dir) == 0
-    return str(folder)
-
-
 @pytest.fixture(scope="module")
-def classifier(tmp_path_factory, digits_dir):
-    return trained(tmp_path_factory, FAST_PARAMS, digits_dir)
+def classifier(trained_run):
+    return trained_run("classification")[0]
 
 
 def predict(*args):
@@ -143,8 +134,8 @@ def test_out_that_is_a_file_is_refused(classifier, digits_dir, tmp_path, capsys)
 
 
 @pytest.mark.slow
-def test_segmentation_masks_at_each_images_size_and_keep_regions(tmp_path_factory, scenes_dir, tmp_path):
-    exp = trained(tmp_path_factory, SEG_PARAMS, scenes_dir)
+def test_segmentation_masks_at_each_images_size_and_keep_regions(trained_run, scenes_dir, tmp_path):
+    exp = trained_run("segmentation")[0]
     source = os.path.join(scenes_dir, "test", "images")  # 48-px scenes, the model trained on 32-px ones
     assert predict("--model_dir", exp, "--source", source, "--out", str(tmp_path / "plain")) == 0
     assert predict("--model_dir", exp, "--source", source, "--out", str(tmp_path / "clean"), "--keep_regions", "1") == 0
@@ -163,8 +154,8 @@ def test_segmentation_masks_at_each_images_size_and_keep_regions(tmp_path_factor
 
 
 @pytest.mark.slow
-def test_detection_yolo_files_for_every_image_and_one_coco_file(tmp_path_factory, boxes_dir, tmp_path):
-    exp = trained(tmp_path_factory, DET_PARAMS, boxes_dir)
+def test_detection_yolo_files_for_every_image_and_one_coco_file(trained_run, boxes_dir, tmp_path):
+    exp = trained_run("detection")[0]
     source = os.path.join(boxes_dir, "test", "images")
     assert predict("--model_dir", exp, "--source", source, "--out", str(tmp_path / "out")) == 0
     names = sorted(os.listdir(source))
@@ -179,8 +170,8 @@ def test_detection_yolo_files_for_every_image_and_one_coco_file(tmp_path_factory
 
 
 @pytest.mark.slow
-def test_keypoints_json_in_the_training_layout_and_csv(tmp_path_factory, points_dir, tmp_path):
-    exp = trained(tmp_path_factory, KP_PARAMS, points_dir)
+def test_keypoints_json_in_the_training_layout_and_csv(trained_run, points_dir, tmp_path):
+    exp = trained_run("keypoints")[0]
     source = os.path.join(points_dir, "test", "images")
     assert predict("--model_dir", exp, "--source", source, "--out", str(tmp_path / "out")) == 0
     out = read(tmp_path / "out" / "keypoints.json")
