@@ -8,10 +8,11 @@ line, or one image. Each image goes through the run's own preprocessing (from th
 of bs_test. Results go to MODEL_DIR/predictions/<source name>/ (or --out): manifest.json, predictions.jsonl (one
 line per image) and the task's files: predictions.csv (classification: top-5 labels and probabilities),
 masks/<image>.png (segmentation: each pixel's class index), labels/<image>.txt and detections.json (detection:
-YOLO lines and COCO boxes with scores), keypoints.json and keypoints.csv. Every image gets a result, an empty one
-too; an unreadable image gets one line naming it and the rest are still predicted. Rerunning skips the images
-already done; a folder holding another model's predictions is refused unless --overwrite. With --exported onnx (or
-pt2), the file export.py wrote predicts, through the same preprocessing and decoding.
+YOLO lines and COCO boxes with scores), keypoints.json and keypoints.csv; with --draw, drawn/<image>.png too (the
+image with its prediction drawn). Every image gets a result, an empty one too; an unreadable image gets one line
+naming it and the rest are still predicted. Rerunning skips the images already done; a folder holding another
+model's predictions is refused unless --overwrite. With --exported onnx (or pt2), the file export.py wrote
+predicts, through the same preprocessing and decoding.
 """
 
 import argparse
@@ -42,6 +43,8 @@ def parse_args(argv=None):
     ap.add_argument("--batch_size", type=int, help="images per batch (default: the run's bs_test)")
     ap.add_argument("--eval_window", type=int, metavar="N", help="segmentation: predict in N x N tiles")
     ap.add_argument("--eval_stride", type=int, metavar="S", help="segmentation: pixels between tiles")
+    ap.add_argument("--draw", action="store_true",
+                    help="also drawn/<image>.png: each image with its prediction drawn (mask, boxes, points, label)")
     ap.add_argument("--keep_regions", type=int, metavar="N",
                     help="segmentation: keep each class's N largest regions of a mask, the rest becomes background")
     args = ap.parse_args(argv)
@@ -90,7 +93,10 @@ def main(argv=None):
 
     done = predictions.done_rows(out_dir)
     rows = [done[p] for p in paths if p in done]  # in source order, this run's and earlier runs' alike
-    files = task.finish_predictions([r for r in rows if "error" not in r], out_dir, classes)
+    predicted = [r for r in rows if "error" not in r]
+    files = task.finish_predictions(predicted, out_dir, classes)
+    if args.draw:
+        files.append(predictions.draw(task, predicted, out_dir, classes, stems))
     unreadable = predictions.finish(out_dir, ident, args.source, rows, files, provenance(args.model_dir))
     print(f"{out_dir}: {len(rows) - len(unreadable)} images predicted ({len(todo)} this run), "
           f"{len(unreadable)} unreadable; files: {', '.join(['manifest.json', predictions.ROWS, *files])}")

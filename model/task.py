@@ -11,7 +11,7 @@ report and the figures. Each task is a package model/<name>/ whose task.py subcl
     model/<name>/loss.py         TERMS, build_loss, loss_fn
     model/<name>/metrics.py      METRICS, EpochMetrics
     model/<name>/report.py       predictor, evaluation_report, report_markdown, plot_evaluation, best_figures,
-                                 draw_best, save_predictions, finish_predictions
+                                 draw_best, save_predictions, draw_prediction, finish_predictions
 
 Each method below says what it must return; by default it calls the function of the same name in the file named
 beside it (dataset: Dataset, presets: PRESETS, epoch_metrics: EpochMetrics, metrics: METRICS, loss_terms: TERMS),
@@ -190,6 +190,11 @@ class Task:
         (a mask, a label file) under out_dir. images: [{"image": path, "stem": its output path without extension,
         "size": (width, height) as stored, "input": (width, height) the model saw}]."""
         return self.part("report").save_predictions(outputs, images, out_dir, classes)
+
+    def draw_prediction(self, image, row, scale, out_dir, classes):
+        """(the image with its prediction drawn, [core.rundir.plots.Text labels]) for predict.py --draw. image: HxWx3
+        uint8, enlarged `scale` times (nearest) when small; row: what save_predictions returned for it."""
+        return self.part("report").draw_prediction(image, row, scale, out_dir, classes)
 
     def finish_predictions(self, rows, out_dir, classes):
         """Write the files over all images (a CSV, a COCO JSON) from every row; returns their names."""

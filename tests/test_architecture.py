@@ -257,7 +257,7 @@ TASK_FILES = {"data_loader": ("find_classes", "scan_split", "item_files", "check
               "net": ("build_model", "head_of"), "loss": ("TERMS", "build_loss", "loss_fn"),
               "metrics": ("METRICS", "EpochMetrics"),
               "report": ("predictor", "evaluation_report", "report_markdown", "plot_evaluation", "best_figures",
-                         "draw_best", "save_predictions", "finish_predictions")}
+                         "draw_best", "save_predictions", "draw_prediction", "finish_predictions")}
 
 
 def test_every_task_is_a_task_with_its_facts_and_the_files_its_methods_call():

@@ -81,7 +81,8 @@ def test_evaluate_on_the_export_gives_the_checkpoints_metrics(task, exported):
         metrics[variant] = read(os.path.join(folder, f"metrics_test_best_weights{variant}.json"))
     eager = metrics[""]
     for variant in ("_onnx", "_pt2"):
-        names = [k for k, v in eager.items() if isinstance(v, float) and not (task == "detection" and k.startswith("loss"))]
+        names = [k for k, v in eager.items()
+                 if isinstance(v, float) and not (task == "detection" and k.startswith("loss"))]
         assert names and all(abs(metrics[variant][k] - eager[k]) <= 1e-4 for k in names), (variant, names)
         assert metrics[variant]["exported"].endswith(f"best.{variant[1:]}")
     if task == "detection":  # an exported detector has no heads to compute losses with: no loss, rather than 0

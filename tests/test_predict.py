@@ -137,7 +137,7 @@ def test_out_that_is_a_file_is_refused(classifier, digits_dir, tmp_path, capsys)
 def test_segmentation_masks_at_each_images_size_and_keep_regions(trained_run, scenes_dir, tmp_path):
     exp = trained_run("segmentation")[0]
     source = os.path.join(scenes_dir, "test", "images")  # 48-px scenes, the model trained on 32-px ones
-    assert predict("--model_dir", exp, "--source", source, "--out", str(tmp_path / "plain")) == 0
+    assert predict("--model_dir", exp, "--source", source, "--out", str(tmp_path / "plain"), "--draw") == 0
     assert predict("--model_dir", exp, "--source", source, "--out", str(tmp_path / "clean"), "--keep_regions", "1") == 0
     classes = read(os.path.join(scenes_dir, "classes.json"))
     assert read(tmp_path / "plain" / "classes.json") == classes
@@ -148,6 +148,8 @@ def test_segmentation_masks_at_each_images_size_and_keep_regions(trained_run, sc
             assert m.size == im.size and m.mode == "L"
             plain = np.asarray(m)
         assert plain.max() < len(classes)
+        with Image.open(tmp_path / "plain" / "drawn" / f"{stem}.png") as drawn:  # 48-px scenes drawn 6 times larger
+            assert drawn.size == (6 * m.width, 6 * m.height)
         clean = np.asarray(Image.open(tmp_path / "clean" / "masks" / f"{stem}.png"))
         changed = clean != plain
         assert (clean[changed] == 0).all()  # cleaning only ever hands pixels to the background
@@ -157,9 +159,10 @@ def test_segmentation_masks_at_each_images_size_and_keep_regions(trained_run, sc
 def test_detection_yolo_files_for_every_image_and_one_coco_file(trained_run, boxes_dir, tmp_path):
     exp = trained_run("detection")[0]
     source = os.path.join(boxes_dir, "test", "images")
-    assert predict("--model_dir", exp, "--source", source, "--out", str(tmp_path / "out")) == 0
+    assert predict("--model_dir", exp, "--source", source, "--out", str(tmp_path / "out"), "--draw") == 0
     names = sorted(os.listdir(source))
     assert sorted(os.listdir(tmp_path / "out" / "labels")) == [os.path.splitext(n)[0] + ".txt" for n in names]
+    assert sorted(os.listdir(tmp_path / "out" / "drawn")) == [os.path.splitext(n)[0] + ".png" for n in names]
     coco = read(tmp_path / "out" / "detections.json")
     assert len(coco["images"]) == len(names) and [c["name"] for c in coco["categories"]] == [str(d) for d in range(10)]
     for a in coco["annotations"]:
@@ -173,7 +176,8 @@ def test_detection_yolo_files_for_every_image_and_one_coco_file(trained_run, box
 def test_keypoints_json_in_the_training_layout_and_csv(trained_run, points_dir, tmp_path):
     exp = trained_run("keypoints")[0]
     source = os.path.join(points_dir, "test", "images")
-    assert predict("--model_dir", exp, "--source", source, "--out", str(tmp_path / "out")) == 0
+    assert predict("--model_dir", exp, "--source", source, "--out", str(tmp_path / "out"), "--draw") == 0
+    assert len(os.listdir(tmp_path / "out" / "drawn")) == len(os.listdir(source))
     out = read(tmp_path / "out" / "keypoints.json")
     assert out["names"] == read(os.path.join(points_dir, "test", "keypoints.json"))["names"]
     assert len(out["images"]) == len(os.listdir(source))
@@ -224,3 +228,20 @@ def test_a_torn_last_line_is_mended_and_a_list_naming_missing_files_is_refused(c
     (tmp_path / "list.txt").write_text(f"{os.path.join(source, os.listdir(source)[0])}\nnot/there.png\n")
     line = error_line(capsys, "--model_dir", classifier, "--source", str(tmp_path / "list.txt"))
     assert "lists 1 file(s) that do not exist, the first" in line and "not/there.png" in line
+
+
+def test_draw_pictures_every_image_also_those_predicted_before(classifier, digits_dir, tmp_path):
+    source = os.path.join(digits_dir, "test", "3")
+    out = str(tmp_path / "out")
+    assert predict("--model_dir", classifier, "--source", source, "--out", out) == 0
+    assert not os.path.exists(os.path.join(out, "drawn"))
+    assert predict("--model_dir", classifier, "--source", source, "--out", out, "--draw") == 0  # nothing to predict
+    names = sorted(os.listdir(source))
+    assert sorted(os.listdir(os.path.join(out, "drawn"))) == [os.path.splitext(n)[0] + ".png" for n in names]
+    with Image.open(os.path.join(source, names[0])) as im, Image.open(os.path.join(out, "drawn", os.path.splitext(
+            names[0])[0] + ".png")) as drawn:
+        scale = -(-256 // min(im.size))  # a 28-px digit is drawn enlarged, its label legible
+        assert drawn.size == (im.width * scale, im.height * scale)
+        corner = np.asarray(drawn.convert("RGB"))[:12, :40].astype(int)
+    assert ((corner[..., 0] - corner[..., 1:].max(-1)) > 100).any()  # the red label, top left
+    assert "drawn/" in read(os.path.join(out, "manifest.json"))["files"]

@@ -14,13 +14,15 @@ import json
 import os
 import shutil
 
+import numpy as np
+
 from utils import UserError, atomic_write, read_json, write_json
 
 MANIFEST, ROWS = "manifest.json", "predictions.jsonl"
 
 
 OURS = (MANIFEST, ROWS, "predictions.csv", "classes.json", "detections.json", "keypoints.json", "keypoints.csv",
-        "masks", "labels")  # all predict.py writes: what --overwrite removes, and nothing else
+        "masks", "labels", "drawn")  # all predict.py writes: what --overwrite removes, and nothing else
 
 
 def identity(model_dir, checkpoint, ckpt, params, source):
@@ -115,6 +117,29 @@ def output_path(out_dir, folder, stem, ext):
     path = os.path.join(out_dir, folder, stem + ext)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     return path
+
+
+DRAW_SIDE = 256  # a smaller image is drawn enlarged (nearest neighbour), so that its labels stay legible
+
+
+def draw(task, rows, out_dir, classes, stems):
+    """drawn/<image>.png for each row not drawn yet: the image with its prediction (the task's draw_prediction)."""
+    from PIL import Image
+
+    from core.rundir.plots import save_mosaic
+    from model.images import load_image
+
+    for row in rows:
+        path = output_path(out_dir, "drawn", stems[row["image"]], ".png")
+        if os.path.exists(path):
+            continue
+        image = load_image(row["image"])
+        h, w = image.shape[:2]
+        scale = max(1, -(-DRAW_SIDE // min(h, w)))
+        if scale > 1:
+            image = np.asarray(Image.fromarray(image).resize((w * scale, h * scale), Image.NEAREST))
+        save_mosaic(*task.draw_prediction(image.copy(), row, scale, out_dir, classes), path)
+    return "drawn/"
 
 
 def write_csv(path, header, rows):

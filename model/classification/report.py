@@ -138,3 +138,10 @@ def finish_predictions(rows, out_dir, classes):
     write_csv(os.path.join(out_dir, "predictions.csv"), header,
               [[r["image"], *[v for pair in zip(r["labels"], r["probs"]) for v in pair]] for r in rows])
     return ["predictions.csv"]
+
+
+def draw_prediction(image, row, scale, out_dir, classes):
+    """predict.py --draw: the top class and its probability written on the image."""
+    from core.rundir.plots import Text
+
+    return image, [Text(3, 3, f"{row['labels'][0]} {row['probs'][0]:.2f}", "red", size=9, anchor="lt")]

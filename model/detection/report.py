@@ -166,3 +166,15 @@ def finish_predictions(rows, out_dir, classes):
     write_json(os.path.join(out_dir, "detections.json"),
                {"images": images, "annotations": annotations, "categories": categories})
     return ["labels/", "detections.json"]
+
+
+def draw_prediction(image, row, scale, out_dir, classes):
+    """predict.py --draw: each box scoring at least SCORE_SHOWN, 'class score' above it (the files keep them all)."""
+    from core.rundir.plots import Text
+
+    labels = []
+    for x1, y1, x2, y2, score, k in row["boxes"]:
+        if score >= SCORE_SHOWN:
+            outline(image, [v * scale for v in (x1, y1, x2, y2)], (255, 40, 40))
+            labels.append(Text(x1 * scale, y1 * scale, f"{classes[k]} {score:.2f}", "red", size=8, anchor="ld"))
+    return image, labels

@@ -140,3 +140,16 @@ def finish_predictions(rows, out_dir, classes):
     write_csv(os.path.join(out_dir, "keypoints.csv"), ["image", *[f"{c}_{a}" for c in classes for a in "xy"]],
               [[r["image"], *[v for c in classes for v in r["points"][c]]] for r in rows])
     return ["keypoints.json", "keypoints.csv"]
+
+
+def draw_prediction(image, row, scale, out_dir, classes):
+    """predict.py --draw: each point a dot in its colour (the gallery's), named beside it."""
+    from core.rundir.plots import Text
+
+    labels = []
+    for k, name in enumerate(classes):
+        x, y = (v * scale for v in row["points"][name])
+        colour = COLOURS[k % len(COLOURS)]
+        mark(image, x, y, colour, filled=True)
+        labels.append(Text(x + 5, y, name, colour, size=8, anchor="lm"))
+    return image, labels

@@ -215,3 +215,18 @@ def finish_predictions(rows, out_dir, classes):
 
     write_json(os.path.join(out_dir, "classes.json"), classes)
     return ["masks/", "classes.json"]
+
+
+def draw_prediction(image, row, scale, out_dir, classes):
+    """predict.py --draw: the predicted mask tinted over the image, the classes present named in their colours."""
+    from PIL import Image
+
+    from core.rundir.plots import Text
+
+    with Image.open(os.path.join(out_dir, row["mask"])) as m:
+        mask = np.asarray(m.resize((m.width * scale, m.height * scale), Image.NEAREST))
+    colours = palette(len(classes))
+    present = [c for c in classes[1:] if c in row["pixels"]]
+    labels = [Text(3, 3 + 12 * i, name, tuple(int(v) for v in colours[classes.index(name)]), size=9, anchor="lt")
+              for i, name in enumerate(present)]
+    return overlay(image, mask, colours), labels
