@@ -168,7 +168,8 @@ def test_detection_yolo_files_for_every_image_and_one_coco_file(trained_run, box
     for a in coco["annotations"]:
         image = coco["images"][a["image_id"] - 1]
         x, y, w, h = a["bbox"]
-        assert 0 <= a["score"] <= 1 and 1 <= a["category_id"] <= 10
+        assert 0 <= a["score"] <= 1 and 1 <= a["category_id"] <= 10 and a["iscrowd"] == 0
+        assert a["area"] == pytest.approx(a["bbox"][2] * a["bbox"][3], abs=0.02)
         assert -1 <= x and x + w <= image["width"] + 1 and -1 <= y and y + h <= image["height"] + 1
 
 
@@ -179,7 +180,8 @@ def test_keypoints_json_in_the_training_layout_and_csv(trained_run, points_dir, 
     assert predict("--model_dir", exp, "--source", source, "--out", str(tmp_path / "out"), "--draw") == 0
     assert len(os.listdir(tmp_path / "out" / "drawn")) == len(os.listdir(source))
     out = read(tmp_path / "out" / "keypoints.json")
-    assert out["names"] == read(os.path.join(points_dir, "test", "keypoints.json"))["names"]
+    truth = read(os.path.join(points_dir, "test", "keypoints.json"))
+    assert out["names"] == truth["names"] and sorted(out["images"]) == sorted(truth["images"])  # the same file keys
     assert len(out["images"]) == len(os.listdir(source))
     for points in out["images"].values():
         assert all(-8 <= x <= 40 and -8 <= y <= 40 and v == 2 for x, y, v in points)  # 32-px images

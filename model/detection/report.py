@@ -160,7 +160,8 @@ def finish_predictions(rows, out_dir, classes):
               for i, r in enumerate(rows, start=1)]
     boxes = [(i, b) for i, r in enumerate(rows, start=1) for b in r["boxes"]]
     annotations = [{"id": n, "image_id": i, "category_id": k + 1, "bbox": [x1, y1, round(x2 - x1, 2),
-                                                                           round(y2 - y1, 2)], "score": s}
+                                                                           round(y2 - y1, 2)], "score": s,
+                    "area": round((x2 - x1) * (y2 - y1), 2), "iscrowd": 0}  # what COCO tools index by
                    for n, (i, (x1, y1, x2, y2, s, k)) in enumerate(boxes, start=1)]
     categories = [{"id": k + 1, "name": c} for k, c in enumerate(classes)]
     write_json(os.path.join(out_dir, "detections.json"),

@@ -120,23 +120,24 @@ def plot_gallery(best, path, title, per_row=6, side=128):
 
 
 def save_predictions(points, images, out_dir, classes):
-    """Each image's points in its own pixels, {name: [x, y]}."""
+    """Each image's points in its own pixels, {name: [x, y]}; "file": the image's path under the source folder."""
     rows = []
     for im, p in zip(images, points.float().cpu().numpy()):
         w, h = im["size"]
-        rows.append({"image": im["image"], "points": {c: [round(float(x) * w, 2), round(float(y) * h, 2)]
-                                                      for c, (x, y) in zip(classes, p)}})
+        rows.append({"image": im["image"], "file": im["stem"] + os.path.splitext(im["image"])[1],
+                     "points": {c: [round(float(x) * w, 2), round(float(y) * h, 2)] for c, (x, y) in zip(classes, p)}})
     return rows
 
 
 def finish_predictions(rows, out_dir, classes):
-    """keypoints.json in the training layout ({"names", "images": {file: [[x, y, 2], ...]}}, so predictions can be
-    corrected and trained on) and keypoints.csv (image, then x and y of each point)."""
+    """keypoints.json in the training layout ({"names", "images": {file: [[x, y, 2], ...]}}, file names under the
+    source folder, so the source's images/ and this file can be corrected and trained on) and keypoints.csv (image,
+    then x and y of each point)."""
     from core.rundir.predictions import write_csv
     from utils import write_json
 
     write_json(os.path.join(out_dir, "keypoints.json"),
-               {"names": classes, "images": {r["image"]: [[*r["points"][c], 2] for c in classes] for r in rows}})
+               {"names": classes, "images": {r["file"]: [[*r["points"][c], 2] for c in classes] for r in rows}})
     write_csv(os.path.join(out_dir, "keypoints.csv"), ["image", *[f"{c}_{a}" for c in classes for a in "xy"]],
               [[r["image"], *[v for c in classes for v in r["points"][c]]] for r in rows])
     return ["keypoints.json", "keypoints.csv"]
