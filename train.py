@@ -30,8 +30,9 @@ from core.rundir.folder import (
     nothing_to_do,
     write_status,
 )
-from core.rundir.outputs import RunFolder, tensorboard_writer
+from core.rundir.outputs import Bystander, RunFolder, tensorboard_writer
 from core.stages import stage_of
+from core.training import distributed
 from core.training.compiling import compile_model
 from core.training.engine import epoch_seed, keep_freed_memory, pick_runtime, seed_everything
 from core.training.monitor import GradMonitor, gradient_warnings
@@ -54,15 +55,22 @@ def parse_args(argv=None):
     ap.add_argument("--stop_at_epoch", type=int, metavar="E",
                     help="pause after epoch E (status 'paused', exit 0): what a successive-halving search runs to "
                          "reach a rung; --restore_file last continues the same run later")
+    ap.add_argument("--nproc", type=int, metavar="N",
+                    help="train on N processes of this machine (N GPUs, or N CPU processes): relaunches this "
+                         "command under torchrun (docs/training.md)")
     ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override params.json (dotted keys for nested)")
     args = ap.parse_args(argv)
     if args.stop_at_epoch is not None and args.stop_at_epoch < 1:
         raise UserError(f"--stop_at_epoch {args.stop_at_epoch}: must be >= 1")
+    if args.nproc is not None and args.nproc < 1:
+        raise UserError(f"--nproc {args.nproc}: must be >= 1")
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
+    launch = args.nproc is not None and args.nproc > 1  # --nproc N: check here, then run under torchrun
+    ranks = distributed.Ranks(0, args.nproc) if launch else distributed.from_env()  # this process's place
     params_path = check_model_dir(args.model_dir)
     params = load_params(params_path, args.overrides)
     seen = checkpoint_stamp(args.model_dir)
@@ -73,27 +81,39 @@ def main(argv=None):
         return done
 
     # Everything below up to start_run() only reads: bad input fails here, before a single file is written.
-    rt = pick_runtime(params.cuda)  # the runtime: device, autocast dtype, memory format
+    rt = pick_runtime(params.cuda, ranks.local_rank)  # the runtime: device, autocast dtype, memory format
+    distributed.check(params, ranks, ckpt, params_path, rt.device.type)
+    if launch:
+        distributed.relaunch(args.nproc, sys.argv[1:] if argv is None else list(argv))
+    distributed.start(ranks, rt.device.type)
     keep_freed_memory()  # no page faults for each batch's activations
     seed_everything(params.seed)
     data_dir = ensure_data(args.data_dir or TASKS[params.task].data)
     first = ckpt["epoch"] + 1 if ckpt else 1  # in a plan, its stage decides batch size and augmentation
-    loaders, classes = fetch_dataloader(["train", "valid"], data_dir, stage_at(params, first), rt.pin_memory)
-    state, notes = build_state(params, classes, rt, loaders["train"], params_path, init_weights=not ckpt, epoch=first)
+    loaders, classes = fetch_dataloader(["train", "valid"], data_dir, stage_at(params, first), rt.pin_memory,
+                                        ranks=ranks)
+    state, notes = build_state(params, classes, rt, loaders["train"], params_path, init_weights=not ckpt, epoch=first,
+                               ranks=ranks)
     x = preflight(state.model, loaders, rt, params_path)
     if params.compile:
         notes.append(compile_model(state.model, x, rt))
     start_epoch = state.load(ckpt, resume_path) if ckpt else 1
-    reload = lambda sp: fetch_dataloader(["train"], data_dir, sp, rt.pin_memory)[0]["train"]  # noqa: E731
-    tensorboard = tensorboard_writer(args.model_dir, params.tensorboard)
+    reload = lambda sp: fetch_dataloader(["train"], data_dir, sp, rt.pin_memory, ranks=ranks)[0]["train"]  # noqa: E731
 
     stop_on_signals()
+    if not ranks.is_main:  # the other ranks train their share and write nothing
+        session(Bystander(args.model_dir, classes), params, state, loaders, rt, start_epoch, args.stop_at_epoch,
+                reload)
+        distributed.stop(ranks)
+        return 0
+    tensorboard = tensorboard_writer(args.model_dir, params.tensorboard)
     with claim(args.model_dir, seen):  # the folder's lock, if nobody trained here since we looked
         start_run(args, argv, params, loaders, classes, rt, start_epoch, state, notes)
         folder = RunFolder(args.model_dir, params, classes, state.task, tensorboard)
         status, reason, history, timing = session(folder, params, state, loaders, rt, start_epoch, args.stop_at_epoch,
                                                   reload)
         finish(args.model_dir, params, state.task, status, reason, history, start_epoch, timing)
+    distributed.stop(ranks)
     log.info(f"{status}: {reason}; {state.tracker.summary()}")
     return status.exit_code
 
@@ -108,9 +128,10 @@ def session(folder, params, state, loaders, rt, start_epoch, stop_at, reload):
         finally:
             closing_s = folder.close()  # however the run ends: the last checkpoint lands, every figure is drawn
     except BaseException as e:
-        outcome = Status.INTERRUPTED if isinstance(e, KeyboardInterrupt) else Status.FAILED
-        write_status(folder.dir, outcome, reason=one_line(e) or "interrupted")
-        record.end_session(folder.dir, outcome, time.perf_counter() - started)
+        if folder.main:
+            outcome = Status.INTERRUPTED if isinstance(e, KeyboardInterrupt) else Status.FAILED
+            write_status(folder.dir, outcome, reason=one_line(e) or "interrupted")
+            record.end_session(folder.dir, outcome, time.perf_counter() - started)
         raise
     return status, reason, history, {"wall_time_s": time.perf_counter() - started, "closing_s": closing_s}
 
@@ -155,7 +176,8 @@ def start_run(args, argv, params, loaders, classes, rt, start_epoch, state, note
     set_logger(os.path.join(args.model_dir, LOG))
     what = f"resuming at epoch {start_epoch}" if start_epoch > 1 else "starting"
     mode = f" [overfit check: {params.overfit_batches} batch(es)]" if params.overfit_batches else ""
-    log.info(f"{args.model_dir}: {what} on {rt.device} ({len(loaders['train'].dataset)} train, "
+    where = f"{state.ranks.world} processes on {rt.device.type}" if state.ranks.active else rt.device
+    log.info(f"{args.model_dir}: {what} on {where} ({len(loaders['train'].dataset)} train, "
              f"{len(loaders['valid'].dataset)} valid images, {len(classes)} classes){mode}")
     write_json(os.path.join(args.model_dir, EFFECTIVE), params.to_dict())
     tf = state.task.transforms_record(loaders["train"].dataset.transform, loaders["valid"].dataset.transform)
@@ -185,8 +207,11 @@ def fit(folder, params, state, loaders, rt, start_epoch, stop_at=None, reload=No
             monitor.start_epoch()
         train_m = train_one_epoch(state, loaders["train"], rt, n_clas, params.save_summary_steps, monitor,
                                   desc=f"epoch {epoch}/{params.num_epochs}")
-        # validation sees the EMA of the weights, if any
-        val_m, details = evaluate(state.eval_model, loaders["valid"], rt, state.task, n_clas, predict, "valid")
+        train_m = distributed.merged(train_m, state.ranks)  # several processes: over every rank's share
+        # validation sees the EMA of the weights, if any; with several processes, rank 0 validates on every image
+        val_m, details = (evaluate(state.eval_model, loaders["valid"], rt, state.task, n_clas, predict, "valid")
+                          if folder.main else (None, None))
+        val_m = distributed.from_main(val_m, state.ranks)
         row = {"epoch": epoch, "lr": layer_lrs(state.optimizer),
                **{k: train_m.pop(k) for k in ("time_s", "data_time_s", "images_per_s")},
                "epoch_s": time.perf_counter() - epoch_start,  # train + valid: what a cost estimate needs

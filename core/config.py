@@ -149,6 +149,8 @@ KEYS = {
                      check=at_least(0)),
     "accumulate_steps": Key(1, int, "gradient accumulation: one optimizer step every N batches",
                             check=at_least(1)),
+    "sync_bn": Key(0, FLAG, "several processes (torchrun): 1 makes BatchNorm SyncBatchNorm, statistics over the "
+                   "global batch"),
     "ema_decay": Key(0.0, float, "keep an exponential moving average of the weights (decay per optimizer step, "
                      "warmed up) and validate it (0: off)", check=fraction()),
     "scheduler": Key("one_cycle", str, "one_cycle, cosine, step, plateau or none",

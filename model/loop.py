@@ -39,7 +39,7 @@ def train_one_epoch(state, loader, rt, n_clas, summary_steps=10, monitor=None, d
         x, y = rt.to_device(x, y)
         x, targets = state.mix(x, y) if state.mix is not None else (x, y)  # targets: indices, or probabilities
         with rt.autocast():
-            outputs = state.task.forward(model, x, targets)  # a tensor, or a dict: the task's loss reads either
+            outputs = state.task.forward(state.train_model, x, targets)  # a tensor or a dict: the loss reads either
             loss = state.criterion(outputs, targets)
         group_start = step - step % accumulate
         (loss / min(accumulate, n_batches - group_start)).backward()  # the group's mean: a short last one too

@@ -13,6 +13,7 @@ augmentation reproducible. What a split holds, how it is checked and how an item
 
 import os
 
+import numpy as np
 import torch
 
 from core.data import imagecache
@@ -20,12 +21,13 @@ from model import tasks
 from utils import UserError
 
 
-def fetch_dataloader(splits, data_dir, params, pin_memory=False, training=True):
+def fetch_dataloader(splits, data_dir, params, pin_memory=False, training=True, ranks=None):
     """{split: DataLoader} and the class names. When training, 'train' shuffles and augments; other splits, and
     every split when evaluating (training=False), do neither.
 
     The train loader is reseeded before each epoch by the training loop (reseed_epoch), so data order and
-    augmentation are reproducible and a resumed run sees what an uninterrupted run would.
+    augmentation are reproducible and a resumed run sees what an uninterrupted run would. With `ranks` (several
+    processes: core/training/distributed.py), 'train' gives this rank its share of each batch.
     """
     task = tasks.load(params.task)
     check_folders(data_dir, splits, task.split_layout)
@@ -44,7 +46,7 @@ def fetch_dataloader(splits, data_dir, params, pin_memory=False, training=True):
         images = (imagecache.images_for(data_dir, source, every, items, task.item_files, decode, recipe, row_shape)
                   if params.cache_images else None)
         loaders[split] = make_loader(task.dataset(items, train_tf if is_train else eval_tf, images), params,
-                                     is_train, pin_memory)
+                                     is_train, pin_memory, ranks if is_train else None)
     return loaders, classes
 
 
@@ -54,8 +56,13 @@ def reseed_epoch(loader, seed):
     Both streams then depend only on the seed, never on the epochs before: a run resumed at epoch k gets the
     batches and augmentations an uninterrupted run gets at epoch k.
     """
-    loader.generator.manual_seed(seed)
-    loader.dataset.reseed(seed)
+    loader.generator.manual_seed(seed)  # the order: the same on every rank, each takes its share
+    loader.dataset.reseed(rank_seed(seed, getattr(loader.dataset, "rank", 0)))
+
+
+def rank_seed(seed, rank):
+    """Rank 0's augmentation seed is the run's (one process augments as before); the others draw their own."""
+    return seed if rank == 0 else int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
 
 
 # ---------------------------------------------------------------- which items
@@ -103,24 +110,52 @@ def choose_items(task, splits, data_dir, classes, params, training):
 # ---------------------------------------------------------------- loaders
 
 
-def make_loader(dataset, params, is_train, pin_memory):
-    """The DataLoader of one split: shuffled only for training, with a generator of its own (see reseed_epoch)."""
+def make_loader(dataset, params, is_train, pin_memory, ranks=None):
+    """The DataLoader of one split: shuffled only for training, with a generator of its own (see reseed_epoch);
+    with several ranks, each rank's share of every training batch (ShardBatchSampler)."""
+    generator = torch.Generator().manual_seed(params.seed)
+    # a final batch of one breaks BatchNorm in train mode; drop it only then
+    drop_last = is_train and len(dataset) % params.batch_size == 1
+    batching = {"batch_size": params.batch_size if is_train else params.bs_test, "shuffle": is_train,
+                "drop_last": drop_last}
+    if ranks is not None and ranks.active:
+        dataset.rank = ranks.rank
+        batching = {"batch_sampler": ShardBatchSampler(len(dataset), params.batch_size, ranks, generator, drop_last)}
     return torch.utils.data.DataLoader(
         dataset,
-        batch_size=params.batch_size if is_train else params.bs_test,
-        shuffle=is_train,
-        # a final batch of one breaks BatchNorm in train mode; drop it only then
-        drop_last=is_train and len(dataset) % params.batch_size == 1,
+        **batching,
         num_workers=params.num_workers,
         collate_fn=dataset.collate,
         pin_memory=pin_memory,
         persistent_workers=params.num_workers > 0,
         worker_init_fn=seed_worker if params.num_workers > 0 else None,
-        generator=torch.Generator().manual_seed(params.seed),
+        generator=generator,
     )
 
 
+class ShardBatchSampler:
+    """This rank's share of each batch of one shuffled order (the order a single process would draw: the same
+    generator, seeded alike on every rank): batch b is split in `world` equal slices, rank r takes slice r. A last
+    batch that does not split evenly is topped up from the start of the order, as DistributedSampler pads."""
+
+    def __init__(self, n, batch_size, ranks, generator, drop_last):
+        self.n, self.batch_size, self.ranks, self.generator = n, batch_size, ranks, generator
+        self.batches = n // batch_size if drop_last else -(-n // batch_size)
+
+    def __len__(self):
+        return self.batches
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=self.generator).tolist()
+        world, rank = self.ranks.world, self.ranks.rank
+        for b in range(self.batches):
+            batch = order[b * self.batch_size:(b + 1) * self.batch_size]
+            share = -(-len(batch) // world)
+            batch += order[:share * world - len(batch)]
+            yield batch[rank * share:(rank + 1) * share]
+
+
 def seed_worker(worker_id):
-    """Each worker augments with its own seed, derived from the loader's seeded generator."""
+    """Each worker augments with its own seed, derived from the loader's seeded generator (and its rank's)."""
     info = torch.utils.data.get_worker_info()
-    info.dataset.reseed(info.seed % 2**32)
+    info.dataset.reseed(rank_seed(info.seed % 2**32, getattr(info.dataset, "rank", 0)))

@@ -29,6 +29,8 @@ def tensorboard_writer(model_dir, enabled):
 
 
 class RunFolder:
+    main = True  # the process that writes the folder (rank 0 of several)
+
     def __init__(self, model_dir, params, classes, task, tensorboard=None):
         self.dir, self.params, self.classes, self.task = model_dir, params, classes, task
         self.tb = tensorboard() if tensorboard else None
@@ -136,3 +138,21 @@ def detached_copy(obj):
     if isinstance(obj, (list, tuple)):
         return type(obj)(detached_copy(v) for v in obj)
     return obj
+
+
+class Bystander:
+    """A RunFolder's stand-in on ranks other than 0 (several processes): the same calls, no writes."""
+
+    main = False
+
+    def __init__(self, model_dir, classes):
+        self.dir, self.classes = model_dir, classes
+
+    def load_history(self, up_to_epoch):
+        return []
+
+    def record_epoch(self, *args):
+        pass
+
+    def close(self):
+        return 0.0

@@ -40,11 +40,12 @@ class Runtime:
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
 
-def pick_runtime(use_cuda):
+def pick_runtime(use_cuda, local_rank=0):
+    """local_rank: this process's GPU among several processes on the machine (torchrun)."""
     if use_cuda and torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels once
         bf16 = torch.cuda.is_bf16_supported()
-        return Runtime(torch.device("cuda"), torch.bfloat16 if bf16 else None, channels_last=True)
+        return Runtime(torch.device("cuda", local_rank), torch.bfloat16 if bf16 else None, channels_last=True)
     return Runtime(torch.device("cpu"), None, channels_last=False)
 
 

@@ -14,6 +14,7 @@ import torch
 
 from core.config import Params, fixed_overrides, resolve
 from core.stages import stage_of, stage_params
+from core.training import distributed
 from core.training.engine import rng_state, set_rng_state
 from core.training.optim import PER_BATCH, build_optimizer, build_scheduler, freeze, learning_rates, optimizer_steps
 from model import tasks
@@ -77,6 +78,13 @@ class TrainingState:
     frozen_norms: tuple = ()  # BatchNorm layers of frozen parts: kept in eval mode, their statistics unchanged
     counts: tuple = ()  # images (or pixels) per class, for a stage's "balanced" class weights
     n_classes: int = 0
+    ranks: object = None  # core/training/distributed.py Ranks: this process's place among several, or None
+    ddp: object = None  # the DistributedDataParallel wrapper that trains `model` across ranks, or None
+
+    @property
+    def train_model(self):
+        """What the training step calls: DDP (which averages the gradients across ranks) or the model itself."""
+        return self.ddp if self.ddp is not None else self.model
 
     @property
     def eval_model(self):
@@ -87,13 +95,16 @@ class TrainingState:
         """Everything a resume needs, and what the run was (params, classes), as one self-describing dict.
 
         Checkpoints are written at epoch ends, where gradient accumulation is never half way (it restarts with
-        each epoch), so there is no accumulation position to save; the RNG states cover dropout and mixing."""
+        each epoch), so there is no accumulation position to save; the RNG states cover dropout and mixing (every
+        rank's, with several: called on every rank)."""
+        rngs = distributed.gathered(rng_state(), self.ranks or distributed.Ranks())
         return {"epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict() if self.scheduler else None,
                 "ema": self.ema.state_dict() if self.ema is not None else None,
                 "weights": "ema" if self.ema is not None else "raw",  # which weights were validated
-                "tracker": self.tracker.state(), "rng": rng_state(), "params": params.to_dict(), "classes": classes,
-                "stop_reason": stop_reason, "stage": self.stage}
+                "tracker": self.tracker.state(), "rng": rngs[0], "params": params.to_dict(), "classes": classes,
+                "stop_reason": stop_reason, "stage": self.stage,
+                **({"world_size": len(rngs), "rng_ranks": rngs} if len(rngs) > 1 else {})}
 
     def load(self, ckpt, path):
         """Restore a checkpoint's training state in place; returns the epoch to continue from."""
@@ -115,7 +126,7 @@ class TrainingState:
         # only the tracker's progress: its settings (patience, metric) are checked equal by check_resume
         for key in ("best", "best_epoch", "bad_epochs"):
             setattr(self.tracker, key, ckpt["tracker"][key])
-        set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng_ranks"][self.ranks.rank] if "rng_ranks" in ckpt else ckpt["rng"])
         return ckpt["epoch"] + 1
 
 
@@ -200,7 +211,7 @@ def ema_update(decay):
     return update
 
 
-def build_state(params, classes, runtime, train_loader, where, init_weights=True, epoch=1):
+def build_state(params, classes, runtime, train_loader, where, init_weights=True, epoch=1, ranks=None):
     """A fresh training state for `classes` at the stage that trains `epoch`, and notes to log. train_loader: its
     batches per epoch size the schedule, its images per class weigh class_weights "balanced". init_weights: copy
     init_weights_path's weights (not when a checkpoint is about to replace them)."""
@@ -215,8 +226,12 @@ def build_state(params, classes, runtime, train_loader, where, init_weights=True
         skipped = load_init_weights(model, params.init_weights_path)
         notes.append(f"initial weights from {params.init_weights_path}; not matched: {skipped or 'none'}")
     model = runtime.prepare(model)
+    ranks = ranks or distributed.Ranks()
+    if ranks.active and params.sync_bn:  # before the optimizer and the EMA see the model's modules
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     state = TrainingState(task, model, None, None, BestTracker.from_params(params.early_stopping), False, None,
-                          counts=counts, n_classes=len(classes))
+                          counts=counts, n_classes=len(classes), ranks=ranks)
+    state.ddp = distributed.wrap(model, ranks)
     enter_stage(state, params, stage_of(params.to_dict(), epoch), train_loader)
     if state.ema is not None:
         notes.append(f"validating the EMA of the weights (ema_decay {state.stage_params.ema_decay}); best.pth.tar "

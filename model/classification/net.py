@@ -1,8 +1,9 @@
 """The classifier: `build_model(params, n_clas)` and `head_of(model)` (the layers that get the last learning rate).
 Its losses are in loss.py.
 
-`arch` is "small_cnn" (defined below: edit it freely) or any torchvision classifier ("resnet18", "resnet50",
-"efficientnet_b0", ...), whose last Linear layer is replaced by dropout (`ps`) and a fresh `n_clas` head.
+`arch` is "small_cnn" (defined below: edit it freely; "small_cnn_gn" with GroupNorm) or any torchvision classifier
+("resnet18", "resnet50", "efficientnet_b0", ...), whose last Linear layer is replaced by dropout (`ps`) and a
+fresh `n_clas` head.
 """
 
 import difflib
@@ -12,24 +13,27 @@ import torch.nn as nn
 from utils import UserError
 
 
-def conv_block(c_in, c_out):
+def conv_block(c_in, c_out, norm="batch"):
     return nn.Sequential(
         nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-        nn.BatchNorm2d(c_out),
+        nn.BatchNorm2d(c_out) if norm == "batch" else nn.GroupNorm(8, c_out),
         nn.ReLU(inplace=True),
     )
 
 
 class SmallCNN(nn.Module):
-    """Three conv stages (32-64-128 channels), global pooling, dropout, linear head. ~0.3 M parameters."""
+    """Three conv stages (32-64-128 channels), global pooling, dropout, linear head. ~0.3 M parameters.
+    norm="group" (arch small_cnn_gn): GroupNorm, whose statistics are each image's own, so a batch split across
+    processes trains as the whole batch would (BatchNorm would need SyncBatchNorm, which torch runs on GPUs only)."""
 
-    def __init__(self, n_clas, ps=0.25, width=32):
+    def __init__(self, n_clas, ps=0.25, width=32, norm="batch"):
         super().__init__()
         w = width
+        block = lambda c_in, c_out: conv_block(c_in, c_out, norm)  # noqa: E731
         self.features = nn.Sequential(
-            conv_block(3, w), nn.MaxPool2d(2),
-            conv_block(w, 2 * w), nn.MaxPool2d(2),
-            conv_block(2 * w, 4 * w), conv_block(4 * w, 4 * w),
+            block(3, w), nn.MaxPool2d(2),
+            block(w, 2 * w), nn.MaxPool2d(2),
+            block(2 * w, 4 * w), block(4 * w, 4 * w),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         )
         self.head = nn.Sequential(nn.Dropout(ps), nn.Linear(4 * w, n_clas))
@@ -39,8 +43,8 @@ class SmallCNN(nn.Module):
 
 
 def build_model(params, n_clas):
-    if params.arch == "small_cnn":
-        return SmallCNN(n_clas, params.ps)
+    if params.arch in ("small_cnn", "small_cnn_gn"):
+        return SmallCNN(n_clas, params.ps, norm="group" if params.arch == "small_cnn_gn" else "batch")
     return torchvision_model(params.arch, n_clas, params.ps, params.pretrain, params.pretrained_path)
 
 
@@ -66,7 +70,7 @@ def torchvision_model(arch, n_clas, ps, pretrain, pretrained_path=""):
 
     names = tvm.list_models(module=tvm)
     if arch not in names:
-        close = difflib.get_close_matches(arch, names + ["small_cnn"], n=1)
+        close = difflib.get_close_matches(arch, names + ["small_cnn", "small_cnn_gn"], n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else " (small_cnn or a torchvision classifier name)"
         raise UserError(f"params key 'arch': unknown architecture '{arch}'{hint}")
     model = tvm.get_model(arch, weights=None)

@@ -1,0 +1,128 @@
+"""One run on several processes (torch.distributed's DDP): one process a device, launched by torchrun.
+
+    torchrun --standalone --nproc_per_node 2 train.py --model_dir DIR     # or: python train.py --nproc 2 ...
+
+torchrun sets WORLD_SIZE, RANK and LOCAL_RANK; each process trains on its slice of every batch (batch_size is the
+global batch: each rank takes batch_size / world of it, core/data/loaders.py ShardBatchSampler) and DDP averages
+the gradients, so a step is the step of one process on the whole batch. Rank 0 alone writes the folder and
+validates (exactly: every validation image once) while the others wait for its metrics; every rank's RNG state is
+in the checkpoint, so `--restore_file last` with the same world size resumes bit for bit.
+"""
+
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from utils import UserError
+
+
+@dataclass(frozen=True)
+class Ranks:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    @property
+    def active(self):
+        return self.world > 1
+
+
+def from_env():
+    """This process's place, from torchrun's environment (one process when there is none)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return Ranks(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def relaunch(nproc, argv):
+    """train.py --nproc N: run this very command under torchrun with N processes on this machine (never returns)."""
+    if os.environ.get("WORLD_SIZE"):
+        raise UserError(f"--nproc {nproc}: already running under torchrun (give one or the other)")
+    from core.paths import TRAIN
+
+    args = [a for i, a in enumerate(argv) if a != "--nproc" and (i == 0 or argv[i - 1] != "--nproc")
+            and not a.startswith("--nproc=")]
+    # torchrun would set 1 thread a process (and say so): share the cores out instead
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                              f"--nproc_per_node={nproc}", TRAIN, *args])
+
+
+def check(params, ranks, ckpt, where, device_type):
+    """The world size must split every stage's batch evenly and equal the one a resumed checkpoint trained with;
+    SyncBatchNorm needs GPUs."""
+    if not ranks.active and (ckpt or {}).get("world_size", 1) == 1:
+        return
+    if ranks.active and params.sync_bn and device_type != "cuda":
+        raise UserError(f"{where}: key 'sync_bn' is 1, but torch runs SyncBatchNorm on GPUs only (on CPU processes, "
+                        f"leave it out, or use a model without BatchNorm such as small_cnn_gn)")
+    sizes = {params.batch_size, *[s.get("batch_size", params.batch_size) for s in params.stages or []]}
+    for size in sorted(sizes):
+        if size % ranks.world:
+            raise UserError(f"{where}: key 'batch_size' is {size}, which {ranks.world} processes cannot share "
+                            f"evenly (it is the global batch: give a multiple of {ranks.world})")
+    trained = (ckpt or {}).get("world_size", 1)
+    if ckpt and trained != ranks.world:
+        raise UserError(f"--restore_file: this checkpoint was trained by {trained} process(es), not {ranks.world}; "
+                        f"resume with {trained} for the same run (each rank's data and random state is its own)")
+
+
+def start(ranks, device_type):
+    """Join the process group: NCCL between GPUs, gloo between CPU processes."""
+    if ranks.active and not dist.is_initialized():
+        if device_type == "cuda":
+            torch.cuda.set_device(ranks.local_rank)
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+
+
+def wrap(model, ranks):
+    """The DDP wrapper that trains `model` across ranks (the state keeps the bare module: its checkpoints are one
+    process's), or None for one process."""
+    if not ranks.active:
+        return None
+    from torch.nn.parallel import DistributedDataParallel
+
+    device = next(model.parameters()).device
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def gathered(obj, ranks):
+    """[obj of each rank], in rank order."""
+    if not ranks.active:
+        return [obj]
+    out = [None] * ranks.world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def from_main(obj, ranks):
+    """Rank 0's obj, on every rank."""
+    if not ranks.active:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def merged(train_metrics, ranks):
+    """An epoch's training metrics over every rank: each the mean of the ranks' (each rank saw as many images:
+    exact for the loss and accuracy, means over images), their speeds added up."""
+    rows = gathered(train_metrics, ranks)
+    if len(rows) == 1:
+        return train_metrics
+    speeds = ("time_s", "data_time_s", "images_per_s")
+    out = {k: sum(m[k] for m in rows) / len(rows) for k in train_metrics if k not in speeds}
+    out.update(time_s=max(m["time_s"] for m in rows), data_time_s=max(m["data_time_s"] for m in rows),
+               images_per_s=sum(m["images_per_s"] for m in rows))
+    return out
+
+
+def stop(ranks):
+    if ranks.active and dist.is_initialized():
+        dist.destroy_process_group()

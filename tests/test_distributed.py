@@ -1,0 +1,134 @@
+"""One run on two CPU processes (train.py --nproc 2: torchrun, gloo): the same training as one process on the same
+global batch, rank 0 alone writing and validating, exact resume after a rank is SIGKILLed, bad input."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import ROOT, read, run_train
+from utils import load_checkpoint
+
+# GroupNorm (small_cnn_gn): with BatchNorm each rank would normalise its half batch (SyncBatchNorm: GPUs only).
+# SGD: Adam divides by the gradients' size, which turns float rounding in near-zero gradients into whole steps
+DDP_PARAMS = {"arch": "small_cnn_gn", "batch_size": 32, "bs_test": 128, "optimizer": "sgd", "learning_rate": 0.05,
+              "num_epochs": 3,
+              "train_subset": 256, "cache_images": 1, "ps": 0.0, "augmentation": "none"}
+
+
+def folder(tmp_path, name, **overrides):
+    path = tmp_path / name
+    path.mkdir()
+    (path / "params.json").write_text(json.dumps({**DDP_PARAMS, **overrides}))
+    return str(path)
+
+
+def two_processes(model_dir, data_dir, *extra, **popen):
+    cmd = [sys.executable, "train.py", "--model_dir", model_dir, "--data_dir", data_dir, "--nproc", "2", *extra]
+    if popen:
+        return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **popen)
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+
+
+@pytest.mark.slow
+def test_two_processes_train_as_one_on_the_same_global_batch_and_only_rank_0_writes(tmp_path, digits_dir):
+    one, two = folder(tmp_path, "one"), folder(tmp_path, "two")
+    assert run_train(one, digits_dir) == 0
+    proc = two_processes(two, digits_dir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    h1, h2 = (read(os.path.join(d, "history.json"))["epochs"] for d in (one, two))
+    assert [r["epoch"] for r in h2] == [1, 2, 3]
+    for r1, r2 in zip(h1, h2):  # the loss curve of one process, within float noise
+        assert abs(r1["train"]["loss"] - r2["train"]["loss"]) <= 1e-5, (r1["train"], r2["train"])
+        assert abs(r1["val"]["loss"] - r2["val"]["loss"]) <= 1e-5, (r1["val"], r2["val"])
+    assert h1[-1]["train"]["loss"] < h1[0]["train"]["loss"] - 0.05  # and it learns
+
+    # rank 0 alone writes: the same files as one process, each epoch logged once
+    assert sorted(os.listdir(two)) == sorted(os.listdir(one))
+    log = open(os.path.join(two, "train.log")).read()
+    assert [log.count(f"epoch {e}/3 ") for e in (1, 2, 3)] == [1, 1, 1] and "on 2 processes on cpu" in log
+    ckpt = load_checkpoint(os.path.join(two, "last.pth.tar"))
+    assert ckpt["world_size"] == 2 and len(ckpt["rng_ranks"]) == 2
+    assert not any(k.startswith("module.") for k in ckpt["model"])  # a checkpoint one process can load
+
+    # validation is exact: every validation image once (an odd count: no padding, no duplicate)
+    import evaluate
+
+    assert evaluate.main(["--model_dir", two, "--data_dir", digits_dir, "--split", "valid", "--restore_file",
+                          "last"]) == 0
+    again = read(os.path.join(two, "metrics_valid_last_weights.json"))
+    assert again["epoch"] == 3
+    assert {k: again[k] for k in h2[-1]["val"]} == h2[-1]["val"]
+
+
+@pytest.mark.slow
+def test_a_rank_sigkilled_mid_run_then_resumed_gives_the_weights_of_an_uninterrupted_run(tmp_path, digits_dir):
+    """Dropout and augmentation on: each rank's random streams must come back as they were."""
+    extra = {"ps": 0.25, "augmentation": "light", "num_epochs": 6}
+    whole, killed = folder(tmp_path, "whole", **extra), folder(tmp_path, "killed", **extra)
+    proc = two_processes(whole, digits_dir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+    rng = random.Random()
+    run = two_processes(killed, digits_dir, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not os.path.exists(os.path.join(killed, "last.pth.tar")):
+        time.sleep(0.01)
+    time.sleep(rng.uniform(0.0, 0.4))  # somewhere in epoch 2, or in its checkpoint
+    ranks = subprocess.run(["pgrep", "-P", str(run.pid)], capture_output=True, text=True).stdout.split()
+    assert len(ranks) == 2, ranks
+    os.kill(int(rng.choice(ranks)), signal.SIGKILL)
+    run.wait(timeout=120)
+    assert run.returncode != 0
+    assert read(os.path.join(killed, "status.json"))["status"] != "completed"
+
+    resumed = two_processes(killed, digits_dir, "--restore_file", "last")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert [r["epoch"] for r in read(os.path.join(killed, "history.json"))["epochs"]] == [1, 2, 3, 4, 5, 6]
+    a, b = (load_checkpoint(os.path.join(d, "last.pth.tar")) for d in (whole, killed))
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+@pytest.mark.slow
+def test_bad_input_for_two_processes_is_one_line_before_anything_runs(tmp_path, digits_dir):
+    odd = folder(tmp_path, "odd", batch_size=31)
+    proc = two_processes(odd, digits_dir)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"error: {os.path.join(odd, 'params.json')}: key 'batch_size' is 31, which 2 processes cannot share evenly "
+        f"(it is the global batch: give a multiple of 2)"]
+    assert sorted(os.listdir(odd)) == ["params.json"]
+
+    paused = folder(tmp_path, "paused")
+    proc = two_processes(paused, digits_dir, "--stop_at_epoch", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    before = os.stat(os.path.join(paused, "last.pth.tar")).st_mtime_ns
+    proc = subprocess.run([sys.executable, "train.py", "--model_dir", paused, "--data_dir", digits_dir,
+                           "--restore_file", "last"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: --restore_file: this checkpoint was trained by 2 process(es), not 1; resume with 2 for the same run "
+        "(each rank's data and random state is its own)"]
+    assert os.stat(os.path.join(paused, "last.pth.tar")).st_mtime_ns == before
+
+    bn = folder(tmp_path, "bn", arch="small_cnn", sync_bn=1)
+    proc = two_processes(bn, digits_dir)
+    assert proc.returncode == 2 and "key 'sync_bn' is 1, but torch runs SyncBatchNorm on GPUs only" in proc.stderr
+    assert sorted(os.listdir(bn)) == ["params.json"]
+
+
+def test_each_rank_takes_an_equal_slice_of_every_batch_of_one_shared_order():
+    from core.data.loaders import ShardBatchSampler
+    from core.training.distributed import Ranks
+
+    shares = [list(ShardBatchSampler(10, 4, Ranks(r, 2), torch.Generator().manual_seed(3), False)) for r in (0, 1)]
+    order = torch.randperm(10, generator=torch.Generator().manual_seed(3)).tolist()
+    assert [a + b for a, b in zip(*shares)][:2] == [order[0:4], order[4:8]]  # one process's batches, split
+    assert shares[0][2] == order[8:9] and shares[1][2] == order[9:10]  # the last, short batch split evenly
+    three = [list(ShardBatchSampler(10, 6, Ranks(r, 3), torch.Generator().manual_seed(3), False)) for r in range(3)]
+    assert [len(s[-1]) for s in three] == [2, 2, 2]  # 4 left for 3 ranks: topped up from the order's start
