@@ -28,6 +28,7 @@ from core.search.pool import (
     estimate_hours,
     load_search,
     prepare,
+    procs_per_cell,
     run_pool,
 )
 from core.search.results import budget_line
@@ -147,9 +148,12 @@ def launch_cells(source, args):
     """Train the source's jobs on the chosen engine; every launcher returns the number of jobs that failed.
     Slurm and Ray take them in waves (all jobs ready now, then the promotions their results allow)."""
     if args.launcher == "local":
-        gpus = parse_gpus(args.gpus)
-        return run_pool(source, args.data_dir, args.workers or max(1, len(gpus)), gpus, fail_fast=args.fail_fast,
-                        warm=not args.cold, meanwhile=import_summary, container=args.container)
+        gpus, nproc = parse_gpus(args.gpus), procs_per_cell(source.cells)
+        if gpus and len(gpus) < nproc:
+            raise UserError(f"--gpus {args.gpus}: fewer GPUs than the {nproc} processes each cell trains on (nproc)")
+        return run_pool(source, args.data_dir, args.workers or max(1, len(gpus) // nproc), gpus,
+                        fail_fast=args.fail_fast, warm=not args.cold, meanwhile=import_summary,
+                        container=args.container)
     # TPE learns from finished cells: waves of array_parallelism, not every proposal at once
     limit = args.array_parallelism if getattr(source, "sampler", None) else float("inf")
     failed, locked = 0, set()

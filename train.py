@@ -56,8 +56,8 @@ def parse_args(argv=None):
                     help="pause after epoch E (status 'paused', exit 0): what a successive-halving search runs to "
                          "reach a rung; --restore_file last continues the same run later")
     ap.add_argument("--nproc", type=int, metavar="N",
-                    help="train on N processes of this machine (N GPUs, or N CPU processes): relaunches this "
-                         "command under torchrun (docs/training.md)")
+                    help="train on N processes of this machine (N GPUs, or N CPU processes), as params key nproc: "
+                         "relaunches this command under torchrun (docs/training.md)")
     ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override params.json (dotted keys for nested)")
     args = ap.parse_args(argv)
     if args.stop_at_epoch is not None and args.stop_at_epoch < 1:
@@ -69,10 +69,11 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    launch = args.nproc is not None and args.nproc > 1  # --nproc N: check here, then run under torchrun
-    ranks = distributed.Ranks(0, args.nproc) if launch else distributed.from_env()  # this process's place
     params_path = check_model_dir(args.model_dir)
-    params = load_params(params_path, args.overrides)
+    params = load_params(params_path, args.overrides + ([f"nproc={args.nproc}"] if args.nproc else []))
+    # nproc > 1 and not yet under torchrun: check here, then run this command under torchrun
+    launch = params.nproc > 1 and "WORLD_SIZE" not in os.environ
+    ranks = distributed.Ranks(0, params.nproc) if launch else distributed.from_env()  # this process's place
     seen = checkpoint_stamp(args.model_dir)
     resume_path = checkpoint_to_resume(args.model_dir, args.restore_file)
     ckpt = load_checkpoint(resume_path) if resume_path else None
@@ -84,7 +85,7 @@ def main(argv=None):
     rt = pick_runtime(params.cuda, ranks.local_rank)  # the runtime: device, autocast dtype, memory format
     distributed.check(params, ranks, ckpt, params_path, rt.device.type)
     if launch:
-        distributed.relaunch(args.nproc, sys.argv[1:] if argv is None else list(argv))
+        distributed.relaunch(params.nproc, sys.argv[1:] if argv is None else list(argv))
     distributed.start(ranks, rt.device.type)
     keep_freed_memory()  # no page faults for each batch's activations
     seed_everything(params.seed)

@@ -185,6 +185,9 @@ KEYS = {
     # run
     "seed": Key(230, int, "seed for torch, numpy, random, data order and augmentation"),
     "cuda": Key(1, FLAG, "use a GPU when one is available", resumable=True),
+    # how many run it, not what they compute (a resume must keep it: core/training/distributed.py check)
+    "nproc": Key(1, int, "processes that train the run together (DDP through torchrun: one a GPU, or CPU "
+                 "processes); batch_size stays the global batch", check=at_least(1), resumable=True, smoke=1),
     # like cuda, compiling changes how the forward pass runs (float rounding may differ), not what is computed
     "compile": Key(0, FLAG, "1: torch.compile the model for training (eager, with a message, where it cannot)",
                    resumable=True, smoke=0),

@@ -120,6 +120,20 @@ def test_slurm_no_wait_then_rerun_collects(slurm, tmp_path, digits_dir):
     assert "2 skip (done)" in dry.stdout and "estimated compute" in dry.stdout
 
 
+def test_slurm_trains_a_cell_on_two_processes(slurm, tmp_path, digits_dir):
+    """A DDP cell (nproc 2): one Slurm task of 2 CPUs, where torchrun starts the two processes."""
+    parent = tmp_path / "search"
+    parent.mkdir()
+    params = {**FAST_PARAMS, "arch": "small_cnn_gn", "train_subset": 256, "valid_subset": 100, "num_epochs": 2,
+              "nproc": 2, "hyper_search": {"learning_rate": [0.004]}}
+    (parent / "params.json").write_text(json.dumps(params))
+    proc = search(str(parent), digits_dir, "--launcher", "slurm", "--cpus_per_cell", "2")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    cell = os.path.join(parent, "learning_rate_0.004")
+    assert read_status(cell)["status"] == "completed" and epochs(str(parent), "learning_rate_0.004") == [1, 2]
+    assert "on 2 processes on cpu" in open(os.path.join(cell, "train.log")).read()
+
+
 def test_ray_runs_both_cells_and_rerun_skips(ray_installed, tmp_path, digits_dir):
     parent = make_parent(tmp_path, num_epochs=2)
     env = dict(os.environ, RAY_AUTH_MODE="disabled")

@@ -132,3 +132,20 @@ def test_each_rank_takes_an_equal_slice_of_every_batch_of_one_shared_order():
     assert shares[0][2] == order[8:9] and shares[1][2] == order[9:10]  # the last, short batch split evenly
     three = [list(ShardBatchSampler(10, 6, Ranks(r, 3), torch.Generator().manual_seed(3), False)) for r in range(3)]
     assert [len(s[-1]) for s in three] == [2, 2, 2]  # 4 left for 3 ranks: topped up from the order's start
+
+
+@pytest.mark.slow
+def test_a_search_trains_each_cell_on_two_processes_and_a_rerun_trains_nothing(tmp_path, digits_dir):
+    parent = tmp_path / "search"
+    parent.mkdir()
+    (parent / "params.json").write_text(json.dumps({**DDP_PARAMS, "num_epochs": 2, "nproc": 2,
+                                                    "hyper_search": {"learning_rate": [0.02, 0.05]}}))
+    cmd = [sys.executable, "search_hyperparams.py", "--parent_dir", str(parent), "--data_dir", digits_dir]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    for cell in ("learning_rate_0.02", "learning_rate_0.05"):
+        assert read(os.path.join(parent, cell, "status.json"))["status"] == "completed"
+        assert load_checkpoint(os.path.join(parent, cell, "last.pth.tar"))["world_size"] == 2
+        assert "on 2 processes on cpu" in open(os.path.join(parent, cell, "train.log")).read()
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert again.returncode == 0 and "0 of 2 cells to train" in again.stdout

@@ -251,7 +251,7 @@ def test_env_threads_files_signals_and_exit_codes_reach_a_warm_child_as_a_cold_o
         assert len(os.listdir(f"/proc/{server.wait_ready()}/task")) == 1  # no thread: forking it is safe
         for mode, threads, expected in [("threads", 1, 0), ("threads", 2, 0), ("exit3", 1, 3), ("raise", 1, 1),
                                         ("ctrl_c", 1, 130), ("sigkill", 1, -signal.SIGKILL)]:
-            env = {**cell_env(gpu=7, threads=threads), "PROBE": "yes"}
+            env = {**cell_env(gpus=[7], threads=threads), "PROBE": "yes"}
             (warm_code, warm, warm_log), (cold_code, cold, cold_log) = run_probe(server, str(script), mode, env,
                                                                                 tmp_path)
             assert (warm_code, warm) == (cold_code, cold), mode

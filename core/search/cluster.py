@@ -9,7 +9,7 @@ import time
 
 from core.paths import ROOT
 from core.rundir.folder import Status, is_locked, read_status, write_status
-from core.search.pool import Progress, cell_env, prepare, train_cell
+from core.search.pool import Progress, cell_env, prepare, procs_per_cell, train_cell
 from core.search.squeue import slurm_alive
 from utils import UserError
 
@@ -45,7 +45,8 @@ class SlurmCell:
             write_status(cell.folder, Status.FAILED, reason=f"requeued {restarts} times (limit {self.max_requeues})")
             return Status.FAILED
         # a container is given the GPUs Slurm gave this task (core/search/container.py reads SLURM_JOB_GPUS)
-        return train_cell(cell, self.data_dir, cell_env(threads=self.threads), self.container)
+        threads = max(1, self.threads // procs_per_cell([cell]))  # each of a DDP cell's processes its share
+        return train_cell(cell, self.data_dir, cell_env(threads=threads), self.container)
 
     def checkpoint(self, cell):
         import submitit
@@ -164,4 +165,4 @@ def wait_ray(ray, pending, progress):
 
 def ray_train_cell(cell, data_dir, threads, container=None):
     # Ray sets CUDA_VISIBLE_DEVICES for the GPUs it assigned; the child (or the container, given those) inherits it
-    return train_cell(cell, data_dir, cell_env(threads=threads), container)
+    return train_cell(cell, data_dir, cell_env(threads=max(1, threads // procs_per_cell([cell]))), container)

@@ -149,11 +149,11 @@ def cell_command(cell, data_dir, env, container=None):
     return run_command(container, cell.folder, data_dir, cell.params, train_args(cell), env)
 
 
-def cell_env(gpu=None, threads=None):
-    """Environment of one cell: the GPU it may see, or how many CPU threads it may use."""
+def cell_env(gpus=None, threads=None):
+    """Environment of one cell: the GPUs it may see, or how many CPU threads each of its processes may use."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if gpu is not None:
-        env["CUDA_VISIBLE_DEVICES"] = str(gpu)  # the cell sees exactly this GPU, as device 0
+    if gpus is not None:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))  # the cell sees exactly these, as devices 0, 1, ...
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     return env
@@ -281,16 +281,23 @@ def threads_per_worker(workers):
     return max(1, len(os.sched_getaffinity(0)) // workers)
 
 
+def procs_per_cell(cells):
+    """How many processes train each cell (params key nproc: the parent's, which a search cannot vary)."""
+    return max([int(c.params.get("nproc", 1) or 1) for c in cells] + [1])
+
+
 def run_pool(source, data_dir, workers, gpus, fail_fast, warm=True, meanwhile=None, container=None):
     """Train the jobs `source` hands out (a JobSource) with at most `workers` at a time; the next starts as soon as
     one ends. `meanwhile()` runs while the cell server imports: what the search does then costs no time, the server
-    uses a single core. Returns the number of failed jobs."""
-    threads = None if gpus else threads_per_worker(workers)
-    pool = Pool(source, data_dir, workers, gpus, threads)
+    uses a single core. A cell of nproc processes (DDP) holds nproc GPUs, or nproc shares of its cores, and runs
+    cold (torchrun starts its processes). Returns the number of failed jobs."""
+    nproc = procs_per_cell(source.cells)
+    threads = None if gpus else max(1, threads_per_worker(workers) // nproc)
+    pool = Pool(source, data_dir, workers, gpus, threads, nproc)
     try:
         # the server imports with the cells' thread settings, so libraries that size their pools then agree too
-        pool.launcher = Launcher(warm and source.planned > 0, cell_env(threads=threads), needs_torchvision(source),
-                                 container)
+        pool.launcher = Launcher(warm and nproc == 1 and source.planned > 0, cell_env(threads=threads),
+                                 needs_torchvision(source), container)
         if meanwhile:
             meanwhile()
         while pool.start_free() or pool.running:
@@ -330,8 +337,8 @@ def needs_torchvision(source):
 class Pool:
     """The worker slots of run_pool: which process runs which cell in which slot (a GPU, or a share of the cores)."""
 
-    def __init__(self, source, data_dir, workers, gpus, threads):
-        self.source, self.data_dir, self.gpus, self.threads = source, data_dir, gpus, threads
+    def __init__(self, source, data_dir, workers, gpus, threads, nproc=1):
+        self.source, self.data_dir, self.gpus, self.threads, self.nproc = source, data_dir, gpus, threads, nproc
         self.running, self.free, self.locked, self.stopped = {}, list(range(workers)), set(), False
         self.progress, self.launcher = Progress(source.planned), None
 
@@ -344,10 +351,17 @@ class Pool:
                 self.progress.finished(cell, len(self.running))
                 continue
             slot = self.free.pop(0)
-            env = cell_env(self.gpus[slot % len(self.gpus)] if self.gpus else None, self.threads)
+            env = cell_env(self.slot_gpus(slot), self.threads)
             self.running[self.launcher.start(cell, self.data_dir, env)] = (cell, slot)
             self.progress.started(len(self.running))
         return bool(self.running)
+
+    def slot_gpus(self, slot):
+        """The GPUs of a slot: one, or nproc of them for a cell that several processes train."""
+        if not self.gpus:
+            return None
+        groups = len(self.gpus) // self.nproc
+        return self.gpus[(slot % groups) * self.nproc:(slot % groups + 1) * self.nproc]
 
     def busy(self):
         return {c.name for c, _ in self.running.values()} | self.locked

@@ -1,6 +1,7 @@
 """One run on several processes (torch.distributed's DDP): one process a device, launched by torchrun.
 
-    torchrun --standalone --nproc_per_node 2 train.py --model_dir DIR     # or: python train.py --nproc 2 ...
+    python train.py --model_dir DIR --nproc 2      # or "nproc": 2 in params.json; both run torchrun, as in:
+    torchrun --standalone --nproc_per_node 2 train.py --model_dir DIR
 
 torchrun sets WORLD_SIZE, RANK and LOCAL_RANK; each process trains on its slice of every batch (batch_size is the
 global batch: each rank takes batch_size / world of it, core/data/loaders.py ShardBatchSampler) and DDP averages
@@ -40,18 +41,15 @@ def from_env():
     return Ranks(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def relaunch(nproc, argv):
-    """train.py --nproc N: run this very command under torchrun with N processes on this machine (never returns)."""
-    if os.environ.get("WORLD_SIZE"):
-        raise UserError(f"--nproc {nproc}: already running under torchrun (give one or the other)")
+def relaunch(nproc, args):
+    """nproc > 1 (params key, or train.py --nproc N): run this very command under torchrun with `nproc` processes
+    on this machine (never returns). Under torchrun, the processes are torchrun's, whatever nproc says."""
     from core.paths import TRAIN
 
-    args = [a for i, a in enumerate(argv) if a != "--nproc" and (i == 0 or argv[i - 1] != "--nproc")
-            and not a.startswith("--nproc=")]
     # torchrun would set 1 thread a process (and say so): share the cores out instead
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                              f"--nproc_per_node={nproc}", TRAIN, *args])
+                              f"--nproc_per_node={nproc}", TRAIN, *args])  # --nproc passes on: WORLD_SIZE is set
 
 
 def check(params, ranks, ckpt, where, device_type):
