@@ -27,7 +27,9 @@ from core.rundir.folder import (
     checkpoint_to_resume,
     claim,
     is_finite,
+    lock_held,
     nothing_to_do,
+    read_status,
     write_status,
 )
 from core.rundir.outputs import Bystander, RunFolder, tensorboard_writer
@@ -85,7 +87,7 @@ def main(argv=None):
     rt = pick_runtime(params.cuda, ranks.local_rank)  # the runtime: device, autocast dtype, memory format
     distributed.check(params, ranks, ckpt, params_path, rt.device.type)
     if launch:
-        distributed.relaunch(params.nproc, sys.argv[1:] if argv is None else list(argv))
+        return after_torchrun(args.model_dir, distributed.launch(params.nproc, sys.argv[1:] if argv is None else argv))
     distributed.start(ranks, rt.device.type)
     keep_freed_memory()  # no page faults for each batch's activations
     seed_everything(params.seed)
@@ -135,6 +137,13 @@ def session(folder, params, state, loaders, rt, start_epoch, stop_at, reload):
             record.end_session(folder.dir, outcome, time.perf_counter() - started)
         raise
     return status, reason, history, {"wall_time_s": time.perf_counter() - started, "closing_s": closing_s}
+
+
+def after_torchrun(model_dir, code):
+    """torchrun's exit code; a run left 'running' (rank 0 itself was killed: it could not say) becomes 'failed'."""
+    if code != 0 and read_status(model_dir).get("status") == Status.RUNNING and not lock_held(model_dir):
+        write_status(model_dir, Status.FAILED, reason=f"a process of the run died (torchrun exit code {code})")
+    return code
 
 
 def stage_at(params, epoch):

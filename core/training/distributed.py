@@ -41,15 +41,23 @@ def from_env():
     return Ranks(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def relaunch(nproc, args):
+def launch(nproc, args):
     """nproc > 1 (params key, or train.py --nproc N): run this very command under torchrun with `nproc` processes
-    on this machine (never returns). Under torchrun, the processes are torchrun's, whatever nproc says."""
+    on this machine and wait for it; returns its exit code. SIGINT, SIGTERM and SIGUSR2 (a search's stop, a
+    scheduler's kill or time-limit warning) are passed on, as train.py's own handling expects. Under torchrun the
+    processes are torchrun's, whatever nproc says (--nproc passes on: WORLD_SIZE is set then)."""
+    import signal
+    import subprocess
+
     from core.paths import TRAIN
 
     # torchrun would set 1 thread a process (and say so): share the cores out instead
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                              f"--nproc_per_node={nproc}", TRAIN, *args])  # --nproc passes on: WORLD_SIZE is set
+    env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc)), **os.environ}
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             f"--nproc_per_node={nproc}", TRAIN, *args], env=env)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):
+        signal.signal(sig, lambda signum, frame: proc.send_signal(signum))
+    return proc.wait()
 
 
 def check(params, ranks, ckpt, where, device_type):
