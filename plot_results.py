@@ -50,6 +50,9 @@ def plot(parent_dir, metric=None, top_k=8):
     metric = ranking_metric(runs, metric)
     keys = varied_keys(runs)
     cells = cells_of(runs, keys, metric, schedule)
+    for r in runs:
+        if r["note"]:
+            print(f"{r['folder']}: {r['note']}")
     if not any(c.histories and all(c.histories) for c in cells):
         raise UserError(f"--parent_dir {parent_dir}: no run with a history.json yet")
     scales = axis_scales(parent, keys, runs)

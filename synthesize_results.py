@@ -109,7 +109,8 @@ def markdown_table(rows, keys, metrics, parent_dir, split, schedule=None):
         headers.append("note")
     table = []
     for r in rows:
-        line = [os.path.relpath(r["folder"], parent_dir), *(cell_text(r["values"][k]) for k in keys), r["status"]]
+        values = ["" if k in r["unknown"] else cell_text(r["values"][k]) for k in keys]
+        line = [os.path.relpath(r["folder"], parent_dir), *values, r["status"]]
         line += [r["n"]] if with_n else []
         line += [r["epochs"]] if with_epochs else []
         line += [rung_reached(schedule, r["epochs"])] if schedule else []
@@ -126,8 +127,8 @@ def csv_text(runs, keys):
     writer = csv.writer(buf)
     writer.writerow(["folder", *keys, "status", "epoch", *names, "code", "note"])
     for r in runs:
-        values = [json.dumps(r["params"].get(k)) if not isinstance(r["params"].get(k), (int, float, str))
-                  else r["params"].get(k) for k in keys]
+        values = ["" if k not in r["params"] else json.dumps(r["params"][k])
+                  if not isinstance(r["params"][k], (int, float, str)) else r["params"][k] for k in keys]
         flat = {f"{src}_{k}": v for src in ("best", "test") for k, v in numbers(r[src]).items()}
         writer.writerow([r["folder"], *values, r["status"], r["epoch"], *(flat.get(n, "") for n in names), r["code"],
                          r["note"]])

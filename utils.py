@@ -41,10 +41,20 @@ def run_cli(main):
     sys.exit(code or 0)
 
 
-def one_line(exc):
-    """The last line of an error message (DataLoader workers wrap errors in a traceback text)."""
+def short(value, limit=80):
+    """A value as a message shows it: its JSON, cut to `limit` characters (a 10 MB string is not echoed whole)."""
+    text = json.dumps(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def one_line(exc, limit=600):
+    """The last line of an error message (DataLoader workers wrap errors in a traceback text), its middle cut when
+    longer than `limit`: a message quoting a 10 MB value must not print it."""
     text = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-    return text.removeprefix(f"{UserError.__module__}.UserError: ").removeprefix("UserError: ")
+    text = text.removeprefix(f"{UserError.__module__}.UserError: ").removeprefix("UserError: ")
+    if len(text) > limit:
+        text = f"{text[:limit // 2]} ... ({len(text):,} characters) ... {text[-limit // 4:]}"
+    return text
 
 
 def die_with_parent(signum=signal.SIGKILL):
@@ -101,11 +111,31 @@ def write_json(path, obj):
     atomic_write(path, lambda f: json.dump(obj, f, indent=2, sort_keys=False))
 
 
+class DuplicateKey(ValueError):
+    pass
+
+
+def unique_keys(pairs):
+    """A JSON object whose keys are all distinct: json.load would keep the last of two silently."""
+    obj = {}
+    for key, value in pairs:
+        if key in obj:
+            raise DuplicateKey(key)
+        obj[key] = value
+    return obj
+
+
 def read_json(path):
-    """Read a JSON file; a missing or malformed file is a UserError naming file, line and column."""
+    """Read a JSON file; a missing or malformed file, a key given twice in one object, or nesting too deep for
+    Python are UserErrors naming the file (and line and column, or the key)."""
     try:
         with open(path) as f:
-            return json.load(f)
+            return json.load(f, object_pairs_hook=unique_keys)
+    except DuplicateKey as e:
+        raise UserError(f"{path}: key {short(e.args[0])} appears twice in one object (JSON would keep only the last "
+                        f"silently); remove one") from None
+    except RecursionError:
+        raise UserError(f"{path}: nested too deeply to read") from None
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
     except IsADirectoryError:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from core.stages import PLANS, check_freeze, check_plan, stage_flat
 from model.tasks import TASKS, loss_defaults, metrics_of  # no torch there: search planning and tables stay fast
-from utils import UserError, read_json
+from utils import UserError, read_json, short
 
 FLAG, LR, OPT_INT, AUG, ANY = "0/1", "float or list of floats", "int or null", "preset name or dict", "any"
 INT_LIST, OPT_FLAG, OPT_STR = "list of ints", "0/1 or null", "string or null"
@@ -183,7 +183,7 @@ KEYS = {
                         "rest becomes background (0: off; or {class name: N} for the classes named)",
                         check=(keep_regions_ok, "an int >= 0 or an object of ints >= 1")),
     # run
-    "seed": Key(230, int, "seed for torch, numpy, random, data order and augmentation"),
+    "seed": Key(230, int, "seed for torch, numpy, random, data order and augmentation", check=at_least(0)),
     "cuda": Key(1, FLAG, "use a GPU when one is available", resumable=True),
     # how many run it, not what they compute (a resume must keep it: core/training/distributed.py check)
     "nproc": Key(1, int, "processes that train the run together (DDP through torchrun: one a GPU, or CPU "
@@ -330,13 +330,13 @@ def check_value(key, value, where):
         raise UserError(f"{where}: unknown key '{key}'{suggest(key)}")
     if not type_ok(value, entry.type):
         want = entry.type if isinstance(entry.type, str) else type_name(entry.type())
-        raise UserError(f"{where}: key '{key}' expects {want}, got {type_name(value)} {json.dumps(value)}")
+        raise UserError(f"{where}: key '{key}' expects {want}, got {type_name(value)} {short(value)}")
     if any(isinstance(x, float) and not math.isfinite(x) for x in (value if isinstance(value, list) else [value])):
-        raise UserError(f"{where}: key '{key}' must be a finite number, got {json.dumps(value)}")
+        raise UserError(f"{where}: key '{key}' must be a finite number, got {short(value)}")
     if entry.choices and value is not None and value not in entry.choices:
-        raise UserError(f"{where}: key '{key}' must be one of {', '.join(entry.choices)}, got {json.dumps(value)}")
+        raise UserError(f"{where}: key '{key}' must be one of {', '.join(entry.choices)}, got {short(value)}")
     if entry.check and not entry.check[0](value):
-        raise UserError(f"{where}: key '{key}' must be {entry.check[1]}, got {json.dumps(value)}")
+        raise UserError(f"{where}: key '{key}' must be {entry.check[1]}, got {short(value)}")
 
 
 def parse_override(text):

@@ -28,12 +28,17 @@ def augmentation_steps(params, presets):
                     f"(presets: {', '.join(presets)}; or an albumentations dict)")
 
 
+BOMB = "more pixels than PIL decodes safely (its decompression-bomb limit)"
+
+
 def load_image(path):
     """The file as an HxWx3 uint8 RGB array."""
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError):
+    except Image.DecompressionBombError:
+        raise UserError(f"{path}: cannot read image: {BOMB}") from None
+    except (OSError, UnidentifiedImageError, ValueError):
         raise UserError(f"{path}: cannot read image") from None
 
 
@@ -42,18 +47,23 @@ def image_size(path):
     try:
         with Image.open(path) as im:
             return im.size
-    except (OSError, UnidentifiedImageError):
+    except Image.DecompressionBombError:
+        raise UserError(f"{path}: cannot read image: {BOMB}") from None
+    except (OSError, UnidentifiedImageError, ValueError):
         raise UserError(f"{path}: cannot read image") from None
 
 
 def readable_size(path):
-    """(width, height) of an image that PIL can verify: what a task's check_item starts from."""
+    """(width, height) of an image that decodes whole: what a task's check_item starts from. Decoding it all, as
+    training will, catches what PIL's verify() lets through (a JPEG cut short inside its pixel data)."""
     try:
         with Image.open(path) as im:
-            im.verify()
-    except (OSError, UnidentifiedImageError):
+            im.load()
+            return im.size
+    except Image.DecompressionBombError:
+        raise UserError(f"{path}: cannot read image: {BOMB}") from None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
         raise UserError(f"{path}: cannot read image") from None
-    return image_size(path)
 
 
 def uniform_shape(paths, channels):

@@ -95,7 +95,10 @@ def folder_lock(model_dir):
 
     Keeps two trainings (two searches, or a search and a hand-run train.py) out of one folder.
     """
-    fd = os.open(os.path.join(model_dir, LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(os.path.join(model_dir, LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:  # a read-only folder or filesystem: nothing can be written there
+        raise UserError(f"--model_dir {model_dir}: cannot write there ({e.strerror})") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

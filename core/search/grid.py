@@ -189,6 +189,8 @@ def child_path(parent, name):
     path = os.path.join(parent, name)
     if os.path.dirname(os.path.abspath(path)) != os.path.abspath(parent):  # belt and braces after folder_name
         raise UserError(f"hyper_search: folder name {name!r} would leave {parent}")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"{path}: is a file, where the search puts cell {name}'s folder; move it away")
     return path
 
 

@@ -11,7 +11,7 @@ import statistics
 from dataclasses import dataclass, field
 
 from core.config import KEYS, hyperparams, resolve
-from core.rundir.folder import STATUS, Status, load_history, metrics_file
+from core.rundir.folder import EFFECTIVE, STATUS, Status, load_history, metrics_file
 from core.rundir.record import provenance
 from model.tasks import TASKS
 from utils import UserError, read_json
@@ -58,7 +58,12 @@ def load_run(folder, split="val"):
     best = read_optional(os.path.join(folder, metrics_file(split, "best")), notes)
     test = read_optional(os.path.join(folder, metrics_file("test", "best")), notes) if split != "test" else None
     state = status.get("status") or ("not started" if best is None else "unknown")
-    return {"folder": folder, "params": resolved(params or {}, folder), "status": state, "epoch": status.get("epoch"),
+    if params is None:  # unreadable or gone: what train.py recorded it ran with, else blanks, never the defaults
+        ran = read_optional(os.path.join(folder, EFFECTIVE), [])
+        flat = hyperparams(ran) if ran else {}
+    else:
+        flat = resolved(params, folder)
+    return {"folder": folder, "params": flat, "status": state, "epoch": status.get("epoch"),
             "best": best or {}, "test": test or {}, "note": "; ".join(notes), "code": provenance(folder)}
 
 
@@ -127,6 +132,7 @@ def group_row(group, keys, metrics, metric):
     statuses = sorted({r["status"] for r in group})
     row = {"folder": first["folder"] if len(group) == 1 else common_name([r["folder"] for r in group]),
            "values": {k: first["params"].get(k) for k in keys},
+           "unknown": [k for k in keys if k not in first["params"]],  # unreadable params: shown blank
            "status": statuses[0] if len(statuses) == 1 else "/".join(statuses),
            "n": len(group), "epochs": max(r["epoch"] or 0 for r in group),
            "note": "; ".join(r["note"] for r in group if r["note"]),
@@ -212,12 +218,25 @@ def cell_value(run, history, schedule, metric):
     return value if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
+def checked_history(run):
+    """The run's history rows, or [] with a note on the run when a row is not one train.py writes (no epoch, no
+    train or val metrics): one bad cell is reported and left out of the curves, the others are still drawn."""
+    rows = load_history(run["folder"])
+    bad = next((n for n, r in enumerate(rows, start=1) if not (isinstance(r, dict) and isinstance(r.get("epoch"), int)
+                and isinstance(r.get("train"), dict) and isinstance(r.get("val"), dict))), None)
+    if bad is None:
+        return rows
+    note = f"history.json row {bad} lacks epoch, train or val: curves left out"
+    run["note"] = "; ".join(filter(None, [run.get("note"), note]))
+    return []
+
+
 def cells_of(runs, keys, metric, schedule=None, read_histories=True):
     """Cells (repetitions grouped), best first: completed cells, then stopped ones, then those without a value.
     read_histories=False leaves history.json unread where nothing needs it (a table of a search without a schedule)."""
     cells = []
     for group in group_repetitions(runs, keys):
-        histories = [load_history(r["folder"]) if read_histories else [] for r in group]
+        histories = [checked_history(r) if read_histories else [] for r in group]
         outcomes = {OUTCOMES.get(r["status"], "running") for r in group}
         values = [v for r, h in zip(group, histories) if (v := cell_value(r, h, schedule, metric)) is not None]
         cells.append(Cell(group, {k: group[0]["params"].get(k) for k in keys},

@@ -16,7 +16,15 @@ from core.config import Params, fixed_overrides, resolve
 from core.stages import stage_of, stage_params
 from core.training import distributed
 from core.training.engine import rng_state, set_rng_state
-from core.training.optim import PER_BATCH, build_optimizer, build_scheduler, freeze, learning_rates, optimizer_steps
+from core.training.optim import (
+    PER_BATCH,
+    build_optimizer,
+    build_scheduler,
+    freeze,
+    layer_groups,
+    learning_rates,
+    optimizer_steps,
+)
 from model import tasks
 from utils import UserError, load_checkpoint, one_line
 
@@ -221,7 +229,11 @@ def build_state(params, classes, runtime, train_loader, where, init_weights=True
     # counting each class (images, or a segmentation's pixels: every mask read) matters only to "balanced" weights
     counts = (task.class_counts(train_loader.dataset, len(classes)) if params.class_weights == "balanced"
               else [1] * len(classes))
-    model, notes = task.build_model(params, len(classes)), []
+    try:
+        model, notes = task.build_model(params, len(classes)), []
+    except UserError as e:  # "params key 'arch': ...": which params file says so
+        raise UserError(f"{where}: {one_line(e)}") from None
+    check_stages(params, model, task, where)
     if params.init_weights_path and init_weights:
         skipped = load_init_weights(model, params.init_weights_path)
         notes.append(f"initial weights from {params.init_weights_path}; not matched: {skipped or 'none'}")
@@ -237,6 +249,18 @@ def build_state(params, classes, runtime, train_loader, where, init_weights=True
         notes.append(f"validating the EMA of the weights (ema_decay {state.stage_params.ema_decay}); best.pth.tar "
                      f"holds both")
     return state, notes
+
+
+def check_stages(params, model, task, where):
+    """Build every later stage's layer groups and augmentation once, before epoch 1: a mistake in stage N (more
+    rates than layer groups, an unknown transform) is found now, named stages.N, not after stage 0 has trained."""
+    for i in range(1, len(params.stages or [])):
+        sp = params_of_stage(params, i)
+        try:
+            layer_groups(model, len(learning_rates(sp)), task)
+            task.build_transforms(sp)
+        except UserError as e:
+            raise UserError(f"{where}: stages.{i}: {one_line(e)}") from None
 
 
 def params_of_stage(params, i):

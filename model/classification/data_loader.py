@@ -129,8 +129,8 @@ def item_files(item):
 
 
 def check_item(item, classes):
-    """Check the file's structure without decoding pixels (cheap), so a broken or truncated file is reported
-    before training starts."""
+    """Decode the image once, so a broken or truncated file is reported before training starts (the result is
+    kept: core/data/imagecache.py verify_once checks a file again only when it changes)."""
     readable_size(item[0])
 
 

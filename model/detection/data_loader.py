@@ -23,7 +23,7 @@ from albumentations.pytorch import ToTensorV2  # noqa: E402
 
 from data.folders import IMAGE_EXTS  # noqa: E402
 from model.images import MEAN, STD, ItemDataset, augmentation_steps, image_decoder, image_size, readable_size  # noqa: E402
-from utils import UserError, read_json  # noqa: E402
+from utils import UserError, read_json, short  # noqa: E402
 
 PRESETS = {
     "none": lambda sz: [],
@@ -86,18 +86,37 @@ def find_classes(data_dir):
 
 
 def yolo_names(path):
-    if path.endswith(".json"):
-        names = read_json(path)
-    else:
-        import yaml
-
-        with open(path) as f:
-            names = (yaml.safe_load(f) or {}).get("names")
-        if isinstance(names, dict):  # Ultralytics also writes {0: name, 1: name}
-            names = [names[k] for k in sorted(names)]
+    """The class names of classes.json (a list) or data.yaml ("names": a list, or {index: name} as Ultralytics
+    writes it, indices as numbers or quoted, "0" to "11" in index order, not as strings sort)."""
+    names = read_json(path) if path.endswith(".json") else read_yaml(path).get("names")
+    if isinstance(names, dict):
+        index = {int(k) if isinstance(k, int) or (isinstance(k, str) and k.isdigit()) else None: v
+                 for k, v in names.items()}
+        if None in index or sorted(index) != list(range(len(index))):
+            raise UserError(f"{path}: 'names' maps {short(sorted(map(str, names)))}; expected the class indices "
+                            f"0 to {len(names) - 1}")
+        names = [index[k] for k in range(len(index))]
     if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
         raise UserError(f"{path}: expected a list of class names")
     return names
+
+
+def read_yaml(path):
+    """A YAML file's top-level mapping, or a one-line error naming the file."""
+    import yaml
+
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError(f"{path}: invalid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping (names: ...), not a {type(data).__name__}")
+    return data
 
 
 def scan_split(data_dir, split, classes):
@@ -133,16 +152,17 @@ def scan_coco(split_dir, classes):
         raise UserError(f"{path}: categories {[n for _, n in cats]}, but train has {classes}")
     label = {cid: k + 1 for k, (cid, _) in enumerate(cats)}
     data = read_json(path)
-    images = {im["id"]: im for im in data.get("images", [])}
+    images = coco_images(path, data, os.path.join(split_dir, "images"))
     boxes = {i: [] for i in images}
     for ann in data.get("annotations", []):
-        if ann.get("image_id") not in images:
-            raise UserError(f"{path}: annotation {ann.get('id')} is for image {ann.get('image_id')}, which is not "
-                            f"in 'images'")
+        if not isinstance(ann, dict) or ann.get("image_id") not in images:
+            raise UserError(f"{path}: annotation {short(ann.get('id') if isinstance(ann, dict) else ann)} is for "
+                            f"image {short(ann.get('image_id') if isinstance(ann, dict) else None)}, which is not in "
+                            f"'images'")
         if ann.get("category_id") not in label:
             raise UserError(f"{path}: annotation {ann.get('id')} has unknown category {ann.get('category_id')}")
         im = images[ann["image_id"]]
-        x, y, w, h = ann["bbox"]
+        x, y, w, h = coco_bbox(path, ann)
         box = check_box((x, y, x + w, y + h), im["width"], im["height"], f"{path}: {im['file_name']}")
         boxes[ann["image_id"]].append((*box, label[ann["category_id"]]))
     listed = {im["file_name"] for im in images.values()}
@@ -154,6 +174,32 @@ def scan_coco(split_dir, classes):
                         f"use it as a background image)")
     order = sorted(images, key=lambda i: images[i]["file_name"])
     return [(os.path.join(split_dir, "images", images[i]["file_name"]), tuple(boxes[i])) for i in order]
+
+
+def coco_images(path, data, folder):
+    """{image id: image} of an annotations.json: ids used once, each with a file name; a missing width or height
+    is read from the image file (COCO requires them, but hand-made files often leave them out)."""
+    images = {}
+    for im in data.get("images", []) if isinstance(data, dict) else []:
+        if not (isinstance(im, dict) and isinstance(im.get("id"), int) and isinstance(im.get("file_name"), str)):
+            raise UserError(f"{path}: each of 'images' needs an int 'id' and a 'file_name', got {short(im)}")
+        if im["id"] in images:
+            raise UserError(f"{path}: image id {im['id']} is given twice ({images[im['id']]['file_name']} and "
+                            f"{im['file_name']})")
+        if not all(isinstance(im.get(k), (int, float)) and im[k] > 0 for k in ("width", "height")):
+            im = dict(im, **dict(zip(("width", "height"), readable_size(os.path.join(folder, im["file_name"])))))
+        images[im["id"]] = im
+    return images
+
+
+def coco_bbox(path, ann):
+    """An annotation's [x, y, width, height], or a one-line error naming it."""
+    bbox = ann.get("bbox")
+    if isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox):
+        return bbox
+    polygon = " (it has a segmentation but no box: add its bbox)" if bbox is None and "segmentation" in ann else ""
+    raise UserError(f"{path}: annotation {short(ann.get('id'))}: 'bbox' must be [x, y, width, height], got "
+                    f"{short(bbox)}{polygon}")
 
 
 def scan_yolo(split_dir, classes):

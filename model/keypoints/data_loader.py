@@ -16,6 +16,7 @@ a symmetry map this template does not keep.
 
 import csv
 import json
+import math
 import os
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network here: skip albumentations' version check
@@ -83,7 +84,7 @@ def read_points(path):
                 and isinstance(data.get("images"), dict)):
             raise UserError(f"{path}: expected {{\"names\": [point names], \"images\": {{NAME: [[x, y, v], ...]}}}}")
         return data["names"], data["images"]
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: Excel's "CSV UTF-8" starts with a BOM
         rows = list(csv.reader(f))
     header = rows[0] if rows else []
     names = [h[:-2] for h in header[1::3]]
@@ -136,8 +137,15 @@ def scan_split(data_dir, split, classes):
             raise UserError(f"{os.path.join(folder, name)}: no points in {path}")
     if not images:
         raise UserError(f"{folder}: no images")
-    return [(os.path.join(folder, name), tuple(tuple(p) if isinstance(p, list) else p for p in table[name]))
-            for name in images]
+    return [(os.path.join(folder, name), tuple(unlabelled_at_origin(p) for p in table[name])) for name in images]
+
+
+def unlabelled_at_origin(p):
+    """A point as a tuple; one that is not labelled (v 0) at (0, 0), whatever stood there: DeepLabCut and others
+    write an unlabelled point as nan, nan, 0 (or null), which would make the loss nan although it is masked out."""
+    if isinstance(p, list) and len(p) == 3 and p[2] == 0:
+        return (0.0, 0.0, 0)
+    return tuple(p) if isinstance(p, list) else p
 
 
 def item_files(item):
@@ -159,6 +167,9 @@ def check_item(item, classes):
         x, y, v = p
         if v not in (0, 1, 2):
             raise UserError(f"{where}: '{name}' has visibility {v}, expected 0 (not labelled), 1 or 2")
+        if not (math.isfinite(x) and math.isfinite(y)):
+            raise UserError(f"{where}: '{name}' is labelled (visibility {v:g}) but at ({x}, {y}); give its position, "
+                            f"or visibility 0 if it is not labelled")
         if v and not (0 <= x <= w and 0 <= y <= h):
             raise UserError(f"{where}: '{name}' at ({x}, {y}) is outside the {w}x{h} image")
 
