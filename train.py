@@ -61,7 +61,7 @@ def parse_args(argv=None):
                     help="train on N processes of this machine (N GPUs, or N CPU processes), as params key nproc: "
                          "relaunches this command under torchrun (docs/training.md)")
     ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override params.json (dotted keys for nested)")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # KEY=VALUE overrides before and after options alike
     if args.stop_at_epoch is not None and args.stop_at_epoch < 1:
         raise UserError(f"--stop_at_epoch {args.stop_at_epoch}: must be >= 1")
     if args.nproc is not None and args.nproc < 1:

@@ -45,7 +45,7 @@ def launch(nproc, args):
     """nproc > 1 (params key, or train.py --nproc N): run this very command under torchrun with `nproc` processes
     on this machine and wait for it; returns its exit code. SIGINT, SIGTERM and SIGUSR2 (a search's stop, a
     scheduler's kill or time-limit warning) are passed on, as train.py's own handling expects. Under torchrun the
-    processes are torchrun's, whatever nproc says (--nproc passes on: WORLD_SIZE is set then)."""
+    processes are torchrun's, whatever nproc says (WORLD_SIZE is set then)."""
     import signal
     import subprocess
 
@@ -53,8 +53,11 @@ def launch(nproc, args):
 
     # torchrun would set 1 thread a process (and say so): share the cores out instead
     env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc)), **os.environ}
+    # --nproc N becomes the override nproc=N: torchrun's parser would take --nproc for its own --nproc-per-node
+    args = [a for i, a in enumerate(args) if not (a == "--nproc" or a.startswith("--nproc=")
+                                                  or (i and args[i - 1] == "--nproc"))]
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                             f"--nproc_per_node={nproc}", TRAIN, *args], env=env)
+                             f"--nproc_per_node={nproc}", TRAIN, *args, f"nproc={nproc}"], env=env)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):
         signal.signal(sig, lambda signum, frame: proc.send_signal(signum))
     return proc.wait()
