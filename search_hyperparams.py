@@ -71,7 +71,9 @@ def parse_args(argv=None):
                             "it from a server that has imported torch once")
     cluster = ap.add_argument_group("slurm and ray launchers")
     cluster.add_argument("--gpus_per_cell", type=int, default=0)
-    cluster.add_argument("--cpus_per_cell", type=int, default=1)
+    cluster.add_argument("--cpus_per_cell", type=int, default=1, help="slurm: CPUs per task (a DDP cell: per rank)")
+    cluster.add_argument("--nodes_per_cell", type=int, default=1,
+                         help="slurm: nodes a DDP cell (params nproc) spreads its processes over")
     cluster.add_argument("--partition", help="slurm partition (default: the cluster's default)")
     cluster.add_argument("--time_min", type=int, default=60, help="slurm time limit per task, minutes")
     cluster.add_argument("--mem_gb", type=float, help="slurm memory per task")
@@ -85,7 +87,7 @@ def parse_args(argv=None):
     image.add_argument("--container_runtime", choices=RUNTIMES,
                        help="default: podman, else docker; apptainer for a .sif file")
     args = ap.parse_args(argv)
-    for name in ("workers", "cpus_per_cell", "time_min", "array_parallelism"):
+    for name in ("workers", "cpus_per_cell", "nodes_per_cell", "time_min", "array_parallelism"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UserError(f"--{name} {value}: must be >= 1")

@@ -5,6 +5,7 @@ local instance. Where an engine cannot start, the tests skip and say why, unless
 they fail instead.
 """
 
+import glob
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from conftest import DET_PARAMS, FAST_PARAMS, KP_PARAMS, ROOT, SEG_PARAMS, read, unavailable
 from core.rundir.folder import read_status
@@ -121,17 +123,22 @@ def test_slurm_no_wait_then_rerun_collects(slurm, tmp_path, digits_dir):
 
 
 def test_slurm_trains_a_cell_on_two_processes(slurm, tmp_path, digits_dir):
-    """A DDP cell (nproc 2): one Slurm task of 2 CPUs, where torchrun starts the two processes."""
+    """A DDP cell (nproc 2): one Slurm job of two tasks (srun), each a rank, torch.distributed's environment set
+    from Slurm's (submitit's TorchDistributedEnvironment)."""
     parent = tmp_path / "search"
     parent.mkdir()
     params = {**FAST_PARAMS, "arch": "small_cnn_gn", "train_subset": 256, "valid_subset": 100, "num_epochs": 2,
               "nproc": 2, "hyper_search": {"learning_rate": [0.004]}}
     (parent / "params.json").write_text(json.dumps(params))
-    proc = search(str(parent), digits_dir, "--launcher", "slurm", "--cpus_per_cell", "2")
+    proc = search(str(parent), digits_dir, "--launcher", "slurm", "--cpus_per_cell", "1")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     cell = os.path.join(parent, "learning_rate_0.004")
     assert read_status(cell)["status"] == "completed" and epochs(str(parent), "learning_rate_0.004") == [1, 2]
     assert "on 2 processes on cpu" in open(os.path.join(cell, "train.log")).read()
+    logs = sorted(os.path.basename(p) for p in glob.glob(os.path.join(parent, ".slurm", "*", "*_log.out")))
+    assert [name.split("_")[-2] for name in logs] == ["0", "1"], logs  # one log per Slurm task: two tasks
+    ckpt = torch.load(os.path.join(cell, "last.pth.tar"), weights_only=True)
+    assert ckpt["world_size"] == 2
 
 
 def test_ray_runs_both_cells_and_rerun_skips(ray_installed, tmp_path, digits_dir):

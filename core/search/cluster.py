@@ -35,6 +35,12 @@ class SlurmCell:
         self.data_dir, self.threads, self.max_requeues, self.container = data_dir, threads, max_requeues, container
 
     def __call__(self, cell):
+        if procs_per_cell([cell]) > 1:  # one Slurm task a rank (srun): torch.distributed's environment from Slurm's
+            import submitit
+
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+            if os.environ["RANK"] != "0":  # rank 0 keeps the folder's status and lock; the others just train
+                return train_cell(cell, self.data_dir, cell_env(threads=self.threads), self.container)
         if is_locked(cell.folder):  # a hand-run train.py or another search trains it: its status is not ours
             return "locked"
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
@@ -45,8 +51,7 @@ class SlurmCell:
             write_status(cell.folder, Status.FAILED, reason=f"requeued {restarts} times (limit {self.max_requeues})")
             return Status.FAILED
         # a container is given the GPUs Slurm gave this task (core/search/container.py reads SLURM_JOB_GPUS)
-        threads = max(1, self.threads // procs_per_cell([cell]))  # each of a DDP cell's processes its share
-        return train_cell(cell, self.data_dir, cell_env(threads=threads), self.container)
+        return train_cell(cell, self.data_dir, cell_env(threads=self.threads), self.container)
 
     def checkpoint(self, cell):
         import submitit
@@ -54,10 +59,16 @@ class SlurmCell:
         return submitit.helpers.DelayedSubmission(self, cell)
 
 
-def slurm_executor(parent_dir, opts):
+def slurm_executor(parent_dir, opts, nproc=1):
+    """The array's executor. A cell of nproc processes (DDP) is one job of nproc tasks over --nodes_per_cell nodes,
+    each task one rank with --cpus_per_cell CPUs (and --gpus_per_cell GPUs a node)."""
     submitit = need("submitit")
+    nodes = max(1, opts.nodes_per_cell)
+    if nproc % nodes:
+        raise UserError(f"--nodes_per_cell {nodes}: does not divide the {nproc} processes of each cell (nproc)")
     executor = submitit.AutoExecutor(folder=os.path.join(parent_dir, ".slurm", "%j"), cluster="slurm")
-    params = {"timeout_min": opts.time_min, "cpus_per_task": opts.cpus_per_cell, "tasks_per_node": 1,
+    params = {"timeout_min": opts.time_min, "cpus_per_task": opts.cpus_per_cell, "tasks_per_node": nproc // nodes,
+              "nodes": nodes,
               "name": f"search-{os.path.basename(os.path.abspath(parent_dir))}",
               "slurm_array_parallelism": opts.array_parallelism,
               "slurm_additional_parameters": {"chdir": ROOT}}  # tasks import core/ from the repository root
@@ -75,15 +86,17 @@ def describe_slurm(cells, opts):
     gpus = f", {opts.gpus_per_cell} GPU(s)" if opts.gpus_per_cell else ""
     mem = f", {opts.mem_gb} GB" if opts.mem_gb else ""
     part = f"partition {opts.partition}, " if opts.partition else ""
+    nproc = procs_per_cell(cells)
+    ranks = f", each cell {nproc} tasks (DDP) on {opts.nodes_per_cell} node(s)" if nproc > 1 else ""
     return (f"slurm: one job array of {len(cells)} task(s) ({part}{opts.time_min} min, {opts.cpus_per_cell} CPU(s)"
-            f"{gpus}{mem} per task, at most {opts.array_parallelism} at once)")
+            f"{gpus}{mem} per task{ranks}, at most {opts.array_parallelism} at once)")
 
 
 def run_slurm(cells, data_dir, parent_dir, opts):
     """Submit one array (one task per cell); wait and show progress unless opts.no_wait. Returns failures."""
     if not cells:
         return 0
-    executor = slurm_executor(parent_dir, opts)
+    executor = slurm_executor(parent_dir, opts, procs_per_cell(cells))
     for cell in cells:
         prepare(cell)
     before = [read_status(cell.folder) for cell in cells]
