@@ -45,6 +45,25 @@ def test_plot_every_zero_redraws_while_the_run_goes_on(make_experiment, digits_d
     assert drawn_at_epoch is not None and drawn_at_epoch < 4  # drawn before the last epoch, not only at the end
 
 
+def test_each_gallery_redraw_is_kept_so_the_progression_can_be_seen(make_experiment, digits_dir):
+    exp = make_experiment(num_epochs=4, plot_every_s=0, learning_rate=0.01)
+    proc = subprocess.run(train_cmd(exp, digits_dir), cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    rows = read(os.path.join(exp, "history.json"))["epochs"]
+    improved, best = [], -1.0
+    for r in rows:  # the epochs that set a new best accuracy: the ones the gallery is redrawn for
+        if r["val"]["accuracy"] > best:
+            improved.append(r["epoch"])
+            best = r["val"]["accuracy"]
+    kept = sorted(os.listdir(os.path.join(exp, "gallery")))
+    epochs = [int(name[len("epoch_"):-len(".png")]) for name in kept]
+    # a redraw still under way when the next best comes skips it: a subset, always ending at the best epoch
+    assert set(epochs) <= set(improved) and epochs[-1] == improved[-1], (epochs, improved)
+    final = os.path.join(exp, "gallery", kept[-1])
+    with open(final, "rb") as a, open(os.path.join(exp, "predictions.png"), "rb") as b:
+        assert a.read() == b.read()  # the last kept picture is the gallery as it stands
+
+
 def test_plotter_waits_plot_every_s_then_draws_what_changed(make_experiment, digits_dir, tmp_path):
     from core.rundir.plotter import Plotter
 

@@ -10,6 +10,7 @@ A process rather than a thread: drawing holds the GIL for a second at a time, wh
 import json
 import os
 import select
+import shutil
 import signal
 import sys
 import time
@@ -119,8 +120,41 @@ def drawings(pending, model_dir, draw_best):
     if rows and rows[-1].get("grad_norm"):
         out.append(lambda: plots.plot_gradients(rows, os.path.join(model_dir, "gradients.png")))
     if pending.get("best"):
-        out += draw_best(pending["best"], model_dir)
+        out += [kept(d, model_dir, pending["best"]["epoch"]) for d in draw_best(pending["best"], model_dir)]
     return out
+
+
+GALLERY = "gallery"  # gallery/epoch_NNN.png: predictions.png as each redraw left it
+
+
+def kept(drawing, model_dir, epoch):
+    """A best-epoch drawing that, where it (re)writes predictions.png, keeps that picture as
+    gallery/epoch_NNN.png: predictions.png is redrawn in place, the gallery folder shows the progression. A hard
+    link (each redraw writes a new file and renames it into place), a copy where links are not supported."""
+    def run():
+        path = os.path.join(model_dir, "predictions.png")
+        before = stamp(path)
+        drawing()
+        if stamp(path) in (before, None):
+            return
+        dst = os.path.join(model_dir, GALLERY, f"epoch_{epoch:03d}.png")
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        tmp = f"{dst}.tmp-{os.getpid()}"
+        try:
+            os.link(path, tmp)
+        except OSError:
+            shutil.copyfile(path, tmp)
+        os.replace(tmp, dst)
+
+    return run
+
+
+def stamp(path):
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns
 
 
 def draw(pending, model_dir, draw_best):
