@@ -68,7 +68,7 @@ def evaluate_run(ckpt, params, task, model, path, data_dir, split, tta=None):
     """Metrics (per class too), the task's details (confusion matrix, predictions) and class names of one trained
     model on `split`, with the params it was trained with."""
     rt = pick_runtime(params.cuda and not isinstance(model, exporting.ExportedModel))  # an export runs on the CPU
-    data_dir = tasks.ensure_data(data_dir or task.data)
+    data_dir = tasks.data_dir_for(params.task, params.data_dir, data_dir)
     loaders, classes = fetch_dataloader([split], data_dir, params, rt.pin_memory, training=False)
     if classes != ckpt["classes"]:
         raise UserError(f"{data_dir}: classes {classes} differ from those {path} was trained on {ckpt['classes']}")

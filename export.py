@@ -54,7 +54,8 @@ def main(argv=None):
         print(f"{path}: up to date (exported from {identity['file']}, epoch {identity['epoch']}); nothing to do")
         return 0
     graph, decode = task.export_parts(trained_model(ckpt, params, task, checkpoint).eval(), params)
-    batches = validation_batches(args.data_dir or task.data, params, ckpt["classes"], args.images)
+    batches = validation_batches(tasks.data_dir_for(params.task, params.data_dir, args.data_dir), params,
+                                 ckpt["classes"], args.images)
     program = exporting.trace(graph, batches[0], task.own_size)
     meta = exporting.metadata(ckpt, params, task, identity, provenance(args.model_dir), decode is not None)
     folder = os.path.dirname(path)
@@ -103,7 +104,7 @@ def is_up_to_date(path, identity, overwrite):
 
 def validation_batches(data_dir, params, classes, n):
     """The first `n` validation images, preprocessed as evaluation does, in batches."""
-    loader, data_classes = fetch_dataloader(["valid"], tasks.ensure_data(data_dir), params, training=False)
+    loader, data_classes = fetch_dataloader(["valid"], data_dir, params, training=False)
     if data_classes != classes:
         raise UserError(f"{data_dir}: classes {data_classes} differ from those the run was trained on {classes}")
     batches, seen = [], 0

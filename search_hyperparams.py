@@ -23,6 +23,7 @@ from core.search.pool import (
     TODO,
     Queue,
     cell_command,
+    cell_data,
     cell_env,
     cell_state,
     estimate_hours,
@@ -33,7 +34,7 @@ from core.search.pool import (
 )
 from core.search.results import budget_line
 from core.search.smoke import smoke_cells
-from model.tasks import TASKS, ensure_data
+from model.tasks import TASKS
 from utils import UserError, run_cli
 
 ACTIONS = {
@@ -50,7 +51,8 @@ ACTIONS = {
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parent_dir", required=True, help="folder with a params.json holding 'hyper_search'")
-    ap.add_argument("--data_dir", help="default: the task's own data set (" +
+    ap.add_argument("--data_dir", help="one data set for every cell (default: each cell's params data_dir, a key "
+                                       "hyper_search may vary, else its task's own: " +
                     ", ".join(t.data for t in TASKS.values() if t.data) + ")")
     ap.add_argument("--launcher", default="local", choices=["local", "slurm", "ray"])
     ap.add_argument("--fail_fast", action="store_true", help="local: stop at the first failed cell")
@@ -102,7 +104,6 @@ def main(argv=None):
     if args.container:  # before anything runs: a missing runtime or image is a one-line error
         args.container = find_container(args.container, args.container_runtime)
     cells, schedule, sampler = load_search(args.parent_dir)
-    args.data_dir = args.data_dir or default_data(cells)
     for cell in cells:
         cell.state = cell_state(cell.folder, cell.params)
     todo = [c for c in cells if c.state in TODO or (args.retry_failed and c.state == "failed")]
@@ -130,7 +131,7 @@ def main(argv=None):
     report_skipped(cells, todo)
     if args.launcher != "local":
         cluster.need(cluster.PACKAGE[args.launcher])  # before any work: a missing extra is a one-line error
-    ensure_data(args.data_dir)  # once here, not raced by parallel cells
+    check_data(todo, args.data_dir)  # defaults built once here, not raced by parallel cells; bad paths refused
     if args.smoke and smoke_cells(todo, args.data_dir):
         print("smoke test failed: nothing trained; fix the cells above and rerun")
         return 1
@@ -181,10 +182,12 @@ def ready_jobs(source, limit, skip):
     return jobs
 
 
-def default_data(cells):
-    """The default data set of the cells' task (the first cell's: a search over tasks needs --data_dir)."""
-    task = cells[0].params.get("task", KEYS["task"].default) if cells else KEYS["task"].default
-    return TASKS[task].data if task in TASKS else TASKS[KEYS["task"].default].data
+def check_data(cells, data_dir):
+    """Each data set the cells train on exists (a task's default is built now): a bad path, searched or not, is one
+    line before any cell starts."""
+    for path in sorted({cell_data(c, data_dir) for c in cells}):
+        if not os.path.isdir(path):
+            raise UserError(f"data set {path}: not found (params data_dir, or --data_dir)")
 
 
 def plan_line(cells, todo, schedule, sampler, launcher):

@@ -41,7 +41,7 @@ from core.training.monitor import GradMonitor, gradient_warnings
 from core.training.optim import layer_lrs, step_per_epoch
 from core.training.state import advance_stage, build_state, params_of_stage
 from model.loop import evaluate, train_one_epoch
-from model.tasks import TASKS, ensure_data
+from model.tasks import TASKS, data_dir_for
 from utils import UserError, load_checkpoint, one_line, run_cli, set_logger, write_json
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,8 @@ OVERFIT_TARGET = 0.99
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model_dir", default="experiments/base_model", help="experiment folder with params.json")
-    ap.add_argument("--data_dir", help="data set with train/ and valid/ (default: the task's own, built on first use: "
+    ap.add_argument("--data_dir", help="data set with train/ and valid/ (default: params data_dir, else the task's "
+                                       "own, built on first use: "
                                        + ", ".join(t.data for t in TASKS.values() if t.data) + ")")
     ap.add_argument("--restore_file", choices=["last", "best"], help="continue from MODEL_DIR/<name>.pth.tar")
     ap.add_argument("--stop_at_epoch", type=int, metavar="E",
@@ -91,7 +92,7 @@ def main(argv=None):
     distributed.start(ranks, rt.device.type)
     keep_freed_memory()  # no page faults for each batch's activations
     seed_everything(params.seed)
-    data_dir = ensure_data(args.data_dir or TASKS[params.task].data)
+    data_dir = data_dir_for(params.task, params.data_dir, args.data_dir)
     first = ckpt["epoch"] + 1 if ckpt else 1  # in a plan, its stage decides batch size and augmentation
     loaders, classes = fetch_dataloader(["train", "valid"], data_dir, stage_at(params, first), rt.pin_memory,
                                         ranks=ranks)
@@ -111,7 +112,7 @@ def main(argv=None):
         return 0
     tensorboard = tensorboard_writer(args.model_dir, params.tensorboard)
     with claim(args.model_dir, seen):  # the folder's lock, if nobody trained here since we looked
-        start_run(args, argv, params, loaders, classes, rt, start_epoch, state, notes)
+        start_run(args, argv, params, loaders, classes, rt, start_epoch, state, notes, data_dir)
         folder = RunFolder(args.model_dir, params, classes, state.task, tensorboard)
         status, reason, history, timing = session(folder, params, state, loaders, rt, start_epoch, args.stop_at_epoch,
                                                   reload)
@@ -181,7 +182,7 @@ def preflight(model, loaders, rt, where):
     return x
 
 
-def start_run(args, argv, params, loaders, classes, rt, start_epoch, state, notes):
+def start_run(args, argv, params, loaders, classes, rt, start_epoch, state, notes, data_dir):
     """First writes: the log, the effective params, the augmentation pipelines, the record and a 'running' status."""
     set_logger(os.path.join(args.model_dir, LOG))
     what = f"resuming at epoch {start_epoch}" if start_epoch > 1 else "starting"
@@ -193,7 +194,7 @@ def start_run(args, argv, params, loaders, classes, rt, start_epoch, state, note
     tf = state.task.transforms_record(loaders["train"].dataset.transform, loaders["valid"].dataset.transform)
     write_json(os.path.join(args.model_dir, "augmentation.json"), tf)
     record.start_session(args.model_dir, params, [sys.argv[0], *(argv if argv is not None else sys.argv[1:])], rt,
-                         start_epoch)
+                         start_epoch, data_dir)
     write_status(args.model_dir, Status.RUNNING, epoch=start_epoch - 1, num_epochs=params.num_epochs)
     for note in notes:
         log.info(note)

@@ -183,6 +183,8 @@ KEYS = {
                         "rest becomes background (0: off; or {class name: N} for the classes named)",
                         check=(keep_regions_ok, "an int >= 0 or an object of ints >= 1")),
     # run
+    "data_dir": Key(None, OPT_STR, "the data set: a folder, relative to the repository or absolute (null: the task's "
+                    "own); train.py --data_dir overrides it; hyper_search may vary it"),
     "seed": Key(230, int, "seed for torch, numpy, random, data order and augmentation", check=at_least(0)),
     "cuda": Key(1, FLAG, "use a GPU when one is available", resumable=True),
     # how many run it, not what they compute (a resume must keep it: core/training/distributed.py check)

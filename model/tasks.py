@@ -47,12 +47,26 @@ def loss_defaults():
     return out
 
 
+def data_dir_for(task, configured=None, given=None):
+    """The data set a run uses: `given` (--data_dir), else `configured` (params data_dir: relative to the
+    repository, or absolute), else the task's own; a default data set is built on first use."""
+    if given:
+        return ensure_data(given)
+    if configured:
+        from core.paths import ROOT
+
+        return ensure_data(configured if os.path.isabs(configured) else os.path.join(ROOT, configured))
+    return ensure_data(TASKS[task].data)
+
+
 def ensure_data(data_dir):
     """Build a task's default data set on first use; any other missing folder is the user's to provide."""
     if os.path.exists(data_dir):
         return data_dir
+    from core.paths import ROOT
+
     for task in TASKS.values():
-        if task.data and os.path.normpath(data_dir) == os.path.normpath(task.data):
+        if task.data and os.path.abspath(data_dir) in (os.path.abspath(task.data), os.path.join(ROOT, task.data)):
             print(f"building the default {task.name} data set in {data_dir} (first use)")
             task.build_data(data_dir)
             return data_dir  # tasks may share a default folder: built once

@@ -202,3 +202,40 @@ def test_a_run_that_has_written_its_end_is_waited_for_not_skipped_as_running_els
     assert is_locked(folder) and time.monotonic() - start < 1  # a running cell is someone else's at once
     proc.kill()
     proc.wait()
+
+
+def test_the_data_set_is_a_search_key_each_cell_trains_on_its_own(tmp_path, digits_dir):
+    small = tmp_path / "small_digits"
+    for split in ("train", "valid"):
+        for c in sorted(os.listdir(os.path.join(digits_dir, split))):
+            os.makedirs(small / split / c)
+            for f in sorted(os.listdir(os.path.join(digits_dir, split, c)))[:6]:
+                os.link(os.path.join(digits_dir, split, c, f), small / split / c / f)
+    sets = [digits_dir, str(small)]
+    parent = tmp_path / "search"
+    parent.mkdir()
+    params = {k: v for k, v in TINY.items() if not k.endswith("_subset")}
+    (parent / "params.json").write_text(json.dumps({**params, "num_epochs": 1, "hyper_search": {"data_dir": sets}}))
+    cmd = [sys.executable, "search_hyperparams.py", "--parent_dir", str(parent)]  # no --data_dir: the cells' own
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    used = {}
+    for cell in sorted(d for d in os.listdir(parent) if os.path.isdir(parent / d)):
+        assert read(parent / cell / "status.json")["status"] == "completed"
+        session = read(parent / cell / "record.json")["sessions"][0]
+        used[read(parent / cell / "params.json")["data_dir"]] = session["data_dir"]
+        n_train = 60 if session["data_dir"] == str(small) else None
+        if n_train:
+            assert f"({n_train} train," in open(parent / cell / "train.log").read()
+    assert used == {d: os.path.abspath(d) for d in sets}  # each cell trained on its own set, and says so
+    header = open(parent / "results.md").read().splitlines()[0]
+    assert "data_dir" in header
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "params.json").write_text(json.dumps({**TINY, "hyper_search": {"data_dir": [digits_dir, "/no/such"]}}))
+    proc = subprocess.run([sys.executable, "search_hyperparams.py", "--parent_dir", str(bad)], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: data set /no/such: not found (params data_dir, or --data_dir)"]
+    assert os.listdir(bad) == ["params.json"]

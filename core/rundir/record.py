@@ -103,13 +103,14 @@ def torchvision_version():
         return None
 
 
-def start_session(model_dir, params, argv, rt, start_epoch):
+def start_session(model_dir, params, argv, rt, start_epoch, data_dir=None):
     """Append this session to record.json and save the diff and code snapshot it refers to."""
     commit = (git("rev-parse", "HEAD") or "").strip() or None
     status = git("status", "--porcelain", "--untracked-files=no")
     dirty = bool(status and status.strip())
     session = {"started_at": now(), "command": [sys.executable, *argv],
                "cwd": os.getcwd(), "start_epoch": start_epoch, "seed": params.seed,
+               "data_dir": os.path.abspath(data_dir) if data_dir else None,
                "git": {"commit": commit, "dirty": dirty if commit else None,
                        "untracked": (git("ls-files", "--others", "--exclude-standard") or "").split()},
                **environment(rt), **container(), **({"stages": params.stages} if params.stages else {})}

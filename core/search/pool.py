@@ -129,8 +129,17 @@ def estimate_hours(cells, epochs):
     return mean * epochs / 3600, f"mean epoch {mean:.1f} s over {len(times)} measured epochs, {epochs} epochs to run"
 
 
+def cell_data(cell, data_dir=None):
+    """The data set of a cell: the search's --data_dir for every cell, else the cell's own params data_dir (a
+    searched key too), else its task's; absolute, as cells run from elsewhere."""
+    from model.tasks import data_dir_for
+
+    task = cell.params.get("task", KEYS["task"].default)
+    return os.path.abspath(data_dir_for(task, cell.params.get("data_dir"), data_dir))
+
+
 def train_command(cell, data_dir):
-    return [sys.executable, TRAIN, "--model_dir", cell.folder, "--data_dir", os.path.abspath(data_dir),
+    return [sys.executable, TRAIN, "--model_dir", cell.folder, "--data_dir", cell_data(cell, data_dir),
             *train_args(cell)]
 
 
@@ -146,7 +155,7 @@ def cell_command(cell, data_dir, env, container=None):
     """The command that trains `cell`: train.py here, or one run of `container`'s image (core/search/container.py)."""
     if container is None:
         return train_command(cell, data_dir)
-    return run_command(container, cell.folder, data_dir, cell.params, train_args(cell), env)
+    return run_command(container, cell.folder, cell_data(cell, data_dir), cell.params, train_args(cell), env)
 
 
 def cell_env(gpus=None, threads=None):

@@ -11,6 +11,7 @@ def smoke_cell(cell, data_dir):
     from core.config import Params, fixed_overrides, resolve
     from core.data.loaders import fetch_dataloader
     from core.rundir.folder import is_finite
+    from core.search.pool import cell_data
     from core.training.engine import pick_runtime, seed_everything
     from core.training.state import build_state
     from model.loop import evaluate, train_one_epoch
@@ -20,7 +21,7 @@ def smoke_cell(cell, data_dir):
         params.train_subset, params.valid_subset = max(2, params.batch_size), max(2, params.bs_test)  # one batch
         rt = pick_runtime(params.cuda)
         seed_everything(params.seed)
-        loaders, classes = fetch_dataloader(["train", "valid"], data_dir, params, rt.pin_memory)
+        loaders, classes = fetch_dataloader(["train", "valid"], cell_data(cell, data_dir), params, rt.pin_memory)
         state, _ = build_state(params, classes, rt, loaders["train"], cell.name)
         train_m = train_one_epoch(state, loaders["train"], rt, len(classes), summary_steps=1, desc="smoke")
         val_m, _ = evaluate(state.eval_model, loaders["valid"], rt, state.task, len(classes),
