@@ -137,7 +137,9 @@ def scan_split(data_dir, split, classes):
 
 
 def check_box(box, w, h, where):
-    x1, y1, x2, y2 = box
+    """The box clipped to the image and kept to 1/100 pixel: a YOLO file (boxes as fractions, usually 6 decimals)
+    and the COCO file it was converted from then give the very same boxes, so the two layouts train alike."""
+    x1, y1, x2, y2 = (round(v, 2) for v in box)
     if not (x2 > x1 and y2 > y1):
         raise UserError(f"{where}: box {[round(v, 2) for v in box]} has zero area")
     if x1 < -EPS or y1 < -EPS or x2 > w + EPS or y2 > h + EPS:
