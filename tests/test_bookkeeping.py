@@ -210,3 +210,30 @@ def read_json_quietly(path):
             return json.load(f)
     except (OSError, ValueError):
         return {}
+
+
+def test_a_forked_drawing_never_frees_what_its_parent_left_for_the_cycle_collector(tmp_path):
+    """A drawing child must not run destructors of its parent's garbage (an onnxruntime session's, whose threads
+    did not survive the fork, deadlocked one): it collects only its own."""
+    import gc
+
+    from core.rundir.plotter import fork
+
+    freed = tmp_path / "freed"
+
+    class Guard:
+        def __del__(self):
+            freed.write_text(str(os.getpid()))
+
+    gc.disable()
+    try:
+        guard = Guard()
+        guard.cycle = guard  # only the cycle collector frees it
+        del guard
+        pid = fork(gc.collect)  # a child that collects, as a drawing's allocations make it do
+        os.waitpid(pid, 0)
+        assert not freed.exists(), "the child ran its parent's destructor"
+    finally:
+        gc.enable()
+        gc.collect()
+    assert freed.read_text() == str(os.getpid())  # the parent's garbage, freed by the parent

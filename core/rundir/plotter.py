@@ -7,6 +7,7 @@ still pending (one process per figure) and waits for that, so every figure exist
 A process rather than a thread: drawing holds the GIL for a second at a time, which a training loop would feel.
 """
 
+import gc
 import json
 import os
 import select
@@ -53,6 +54,10 @@ def fork(fn, *args):
     """fn(*args) in a forked child, which exits when it returns (never back into the caller's code); its pid."""
     pid = os.fork()
     if pid == 0:
+        # what the parent left for the cycle collector is not the child's to free: freeing it here runs destructors
+        # of objects whose threads did not survive the fork (an onnxruntime session deadlocked a drawing child of
+        # a process that had exported a model); the child's own garbage is still collected
+        gc.freeze()
         code = 0
         try:
             fn(*args)
