@@ -187,8 +187,7 @@ def exported_run(model_dir, restore_file, fmt, overrides=()):
     if not os.path.isfile(path):
         raise UserError(f"--model_dir {model_dir}: no export/{os.path.basename(path)} (export it first: python "
                         f"export.py --model_dir {model_dir} --format {fmt} --restore_file {restore_file})")
-    record = read_json(path + ".json") if os.path.isfile(path + ".json") else {}
-    if record.get("sha256") != sha256(path):
+    if read_record(path) is None:
         raise UserError(f"{path}: not the file export.py wrote (no record, or its SHA-256 differs from "
                         f"{os.path.basename(path)}.json); export it again")
     run, meta = runner(path, fmt)
