@@ -216,8 +216,9 @@ def fit(folder, params, state, loaders, rt, start_epoch, stop_at=None, reload=No
         reseed_epoch(loaders["train"], epoch_seed(params.seed, epoch))
         if monitor:
             monitor.start_epoch()
+        check = within_epoch(folder, params, state, loaders["valid"], rt, predict, epoch)
         train_m = train_one_epoch(state, loaders["train"], rt, n_clas, params.save_summary_steps, monitor,
-                                  desc=f"epoch {epoch}/{params.num_epochs}")
+                                  desc=f"epoch {epoch}/{params.num_epochs}", check=check)
         train_m = distributed.merged(train_m, state.ranks)  # several processes: over every rank's share
         # validation sees the EMA of the weights, if any; with several processes, rank 0 validates on every image
         val_m, details = (evaluate(state.eval_model, loaders["valid"], rt, state.task, n_clas, predict, "valid")
@@ -246,6 +247,28 @@ def fit(folder, params, state, loaders, rt, start_epoch, stop_at=None, reload=No
         if epoch == stop_at:
             return Status.PAUSED, f"paused at epoch {epoch} (--stop_at_epoch)", history
     return Status.COMPLETED, "all epochs done", history
+
+
+def within_epoch(folder, params, state, valid_loader, rt, predict, epoch):
+    """val_every_batches: check(batches done, n_batches) validates the weights as they are (rank 0), logs and
+    records a row at the fractional epoch (history.json "checks"); None when off. Nothing the training computes
+    changes: validation draws no random numbers and updates no statistics."""
+    if not params.val_every_batches:
+        return None
+
+    def check(done, n_batches):
+        start = time.perf_counter()
+        if folder.main:
+            val_m, _ = evaluate(state.eval_model, valid_loader, rt, state.task, len(folder.classes), predict, "valid")
+            row = {"epoch": round(epoch - 1 + done / n_batches, 4), "batch": done, "lr": layer_lrs(state.optimizer),
+                   "val": val_m}
+            folder.record_check(row)
+            log.info(f"epoch {row['epoch']:.2f} (batch {done}/{n_batches})  valid: "
+                     + " ".join(f"{k} {v:.4f}" for k, v in val_m.items()))
+        return time.perf_counter() - start
+
+    check.every = params.val_every_batches
+    return check
 
 
 def finish(model_dir, params, task, status, reason, history, start_epoch, timing):

@@ -1,11 +1,13 @@
 """What the memory levers save: the peak resident memory of `python train.py` with the same global batch taken whole,
-in accumulated slices (accumulate_steps) and, per process, split over two processes (nproc).
+in accumulated slices (accumulate_steps), per process split over two processes (nproc), and whole with its blocks
+recomputed in backward (grad_checkpointing).
 
     python bench/bench_memory.py [--model_dir experiments/segmentation] [--batch 32] [KEY=VALUE ...]
 
 Each configuration is one train.py process (two for nproc 2) in a fresh folder, one epoch on a small subset; the
 peak RSS is read from the kernel (wait4's ru_maxrss, the largest of a process tree's members: the rank with the most,
-for nproc). Prints each peak and its ratio to the whole batch's. On a CPU the peak holds the activations of a batch
+for nproc). Prints each peak and its ratio to the whole batch's, and the whole command's wall time (what the memory
+costs in compute: recomputing, smaller slices, a second process). On a CPU the peak holds the activations of a batch
 (what a GPU's memory would), plus the ~0.5 GB that importing torch costs every process.
 """
 
@@ -17,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,7 +45,8 @@ def main():
                   cache_images=1, plot_every_s=3600)
     configs = {"whole batch": {"batch_size": args.batch},
                "accumulate_steps 4": {"batch_size": args.batch // 4, "accumulate_steps": 4},
-               "nproc 2 (per process)": {"batch_size": args.batch, "nproc": 2}}
+               "nproc 2 (per process)": {"batch_size": args.batch, "nproc": 2},
+               "grad_checkpointing": {"batch_size": args.batch, "grad_checkpointing": 1}}
     peaks = {}
     # each configuration in its own bench process: RUSAGE_CHILDREN keeps the largest child ever waited for
     for name, change in configs.items():
@@ -55,17 +59,20 @@ def main():
             out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
             if out.returncode != 0:
                 sys.exit(out.stderr[-2000:])
-            peaks[name] = float(out.stdout.split()[-1])
+            peaks[name] = [float(v) for v in out.stdout.split()[-2:]]
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-    base = peaks["whole batch"]
-    for name, mb in peaks.items():
-        print(f"{name:24s} peak {mb:7.0f} MB   ratio {mb / base:.2f}")
+    base, base_s = peaks["whole batch"]
+    for name, (mb, seconds) in peaks.items():
+        print(f"{name:24s} peak {mb:7.0f} MB   ratio {mb / base:.2f}   whole command {seconds:5.1f} s   "
+              f"ratio {seconds / base_s:.2f}")
 
 
 def one():
     folder, *overrides = sys.argv[1:]
-    print(peak_mb([sys.executable, "train.py", "--model_dir", folder, *overrides]))
+    start = time.perf_counter()
+    mb = peak_mb([sys.executable, "train.py", "--model_dir", folder, *overrides])
+    print(mb, time.perf_counter() - start)
 
 
 if __name__ == "__main__":

@@ -149,6 +149,9 @@ KEYS = {
                      check=at_least(0)),
     "accumulate_steps": Key(1, int, "gradient accumulation: one optimizer step every N batches",
                             check=at_least(1)),
+    # recomputing gives the very same gradients (tests/test_distributed.py): a resume may switch it
+    "grad_checkpointing": Key(0, FLAG, "1: the model's blocks recompute their activations in backward (less memory, "
+                              "one more forward pass; core/training/activations.py)", resumable=True),
     "sync_bn": Key(0, FLAG, "several processes (torchrun): 1 makes BatchNorm SyncBatchNorm, statistics over the "
                    "global batch"),
     "ema_decay": Key(0.0, float, "keep an exponential moving average of the weights (decay per optimizer step, "
@@ -193,6 +196,10 @@ KEYS = {
     # like cuda, compiling changes how the forward pass runs (float rounding may differ), not what is computed
     "compile": Key(0, FLAG, "1: torch.compile the model for training (eager, with a message, where it cannot)",
                    resumable=True, smoke=0),
+    # validating changes no weights (no RNG drawn, no statistics updated): a resume may change it
+    "val_every_batches": Key(0, int, "also validate every N training batches within an epoch (history.json "
+                             "'checks', train_history.png); best.pth.tar and early stopping read the end-of-epoch "
+                             "validations (0: off)", check=at_least(0), resumable=True, smoke=0),
     "save_summary_steps": Key(10, int, "refresh the progress bar every N batches (each refresh waits for the GPU)",
                               check=at_least(1), resumable=True),
     # insight and debugging

@@ -17,20 +17,26 @@ def progress(loader, desc):
     return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None)
 
 
-def train_one_epoch(state, loader, rt, n_clas, summary_steps=10, monitor=None, desc="train"):
+def train_mode(state):
+    state.model.train()
+    for norm in state.frozen_norms:  # frozen BatchNorm keeps its running statistics
+        norm.eval()
+
+
+def train_one_epoch(state, loader, rt, n_clas, summary_steps=10, monitor=None, desc="train", check=None):
     """One pass over `loader`, updating `state` (core.training.state.TrainingState).
 
     Per batch: mix it (state.mix: MixUp/CutMix), forward, backward of the loss scaled by the batches in its
     accumulation group. Every state.accumulate_steps batches, and at the epoch's end for a remainder, one
     optimizer step: `monitor` (a core.training.monitor.GradMonitor) samples the gradients, they are clipped to
-    state.grad_clip, the optimizer steps, then a per-batch scheduler (one_cycle, cosine) and the EMA."""
-    model, optimizer = state.model, state.optimizer
+    state.grad_clip, the optimizer steps, then a per-batch scheduler (one_cycle, cosine) and the EMA.
+    check(batches done, n_batches): a validation within the epoch every check.every batches (val_every_batches),
+    returning its seconds, which the epoch's time leaves out."""
+    optimizer = state.optimizer
     scheduler = state.scheduler if state.per_batch else None
-    model.train()
-    for norm in state.frozen_norms:  # frozen BatchNorm keeps its running statistics
-        norm.eval()
+    train_mode(state)
     metrics = state.task.epoch_metrics(n_clas, rt.device)
-    n_seen, data_time, n_batches, accumulate = 0, 0.0, len(loader), state.accumulate_steps
+    n_seen, data_time, n_batches, accumulate, checking = 0, 0.0, len(loader), state.accumulate_steps, 0.0
     start = tick = time.perf_counter()
     bar = progress(loader, desc)
     optimizer.zero_grad(set_to_none=True)
@@ -49,9 +55,12 @@ def train_one_epoch(state, loader, rt, n_clas, summary_steps=10, monitor=None, d
         n_seen += x.shape[0]
         if step % summary_steps == 0 and not bar.disable:
             bar.set_postfix(loss=f"{loss.item():.4f}")  # .item() waits for the GPU: only every summary_steps
+        if check is not None and (step + 1) % check.every == 0 and step + 1 < n_batches:
+            checking += check(step + 1, n_batches)
+            train_mode(state)
         tick = time.perf_counter()
     out = metrics.compute()  # syncs once
-    elapsed = time.perf_counter() - start
+    elapsed = time.perf_counter() - start - checking
     out.update(time_s=elapsed, data_time_s=data_time, images_per_s=n_seen / max(elapsed, 1e-9))
     return out
 

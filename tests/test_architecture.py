@@ -134,7 +134,8 @@ def test_resumable_and_hyperparameter_flags_live_on_the_keys():
     assert {k for k, e in KEYS.items() if not e.hyperparam} == {"hyper_search", "n_repetitions"}
     assert KEYS["num_workers"].resumable and not KEYS["learning_rate"].resumable
     assert fixed_overrides("evaluate") == ["pretrain=0", "train_subset=0", "valid_subset=0", "overfit_batches=0"]
-    assert fixed_overrides("smoke") == ["cache_images=0", "num_workers=0", "nproc=1", "compile=0", "overfit_batches=0"]
+    assert fixed_overrides("smoke") == ["cache_images=0", "num_workers=0", "nproc=1", "compile=0",
+                                        "val_every_batches=0", "overfit_batches=0"]
     flat = hyperparams({"ps": 0.5, "early_stopping": {"patience": 3}, "n_repetitions": 2,
                         "augmentation": {"transform": {}}})
     assert flat == {"ps": 0.5, "early_stopping.patience": 3, "augmentation": {"transform": {}}}

@@ -232,5 +232,10 @@ def load_history(folder):
     return read_json_field(os.path.join(folder, HISTORY), "epochs", [])
 
 
+def load_checks(folder):
+    """history.json's validations within epochs (val_every_batches), [] when none."""
+    return read_json_field(os.path.join(folder, HISTORY), "checks", [])
+
+
 def is_finite(metrics):
     return all(math.isfinite(v) for v in metrics.values())

@@ -11,7 +11,15 @@ import os
 import threading
 import time
 
-from core.rundir.folder import HISTORY, Status, checkpoint_path, load_history, metrics_file, write_status
+from core.rundir.folder import (
+    HISTORY,
+    Status,
+    checkpoint_path,
+    load_checks,
+    load_history,
+    metrics_file,
+    write_status,
+)
 from core.rundir.plotter import Plotter
 from core.training.monitor import gallery_indices
 from utils import UserError, save_checkpoint, write_json
@@ -35,24 +43,39 @@ class RunFolder:
         self.dir, self.params, self.classes, self.task = model_dir, params, classes, task
         self.tb = tensorboard() if tensorboard else None
         self.writes = Background()
+        self.epochs, self.checks = [], []  # history.json's rows: epochs, validations within them
         self.plotter = Plotter(model_dir, params.plot_every_s, task.draw_best)
 
     def path(self, name):
         return os.path.join(self.dir, name)
 
     def load_history(self, up_to_epoch):
-        return [r for r in load_history(self.dir) if r["epoch"] <= up_to_epoch]
+        """The rows of the epochs a resume keeps; the validations within them (checks) are kept alike."""
+        self.checks = [r for r in load_checks(self.dir) if r["epoch"] <= up_to_epoch]
+        self.epochs = [r for r in load_history(self.dir) if r["epoch"] <= up_to_epoch]
+        return list(self.epochs)
 
     def record_epoch(self, history, improved, state, details, valid_set):
         """Start writing the epoch that just ended; returns once the previous epoch's writes are done."""
         best = self.best_figures(history[-1]["epoch"], details, valid_set) if improved else None
         snapshot = detached_copy(state)  # the next epoch changes the weights in place while this one is written
-        self.writes.submit(self.write_epoch, list(history), improved, snapshot, best)
+        self.epochs = list(history)
+        self.writes.submit(self.write_epoch, self.epochs, list(self.checks), improved, snapshot, best)
         self.log_tensorboard(history[-1])
 
-    def write_epoch(self, history, improved, state, best):
+    def record_check(self, row):
+        """A validation within an epoch (val_every_batches): history.json gains it, the figures are redrawn."""
+        self.checks.append(row)
+        self.writes.submit(self.write_history, self.epochs, list(self.checks))
+
+    def write_history(self, epochs, checks):
+        write_json(self.path(HISTORY), {"classes": self.classes, "epochs": epochs, **({"checks": checks} if checks
+                                                                                      else {})})
+        self.plotter.history_changed()
+
+    def write_epoch(self, history, checks, improved, state, best):
         row = history[-1]
-        write_json(self.path(HISTORY), {"classes": self.classes, "epochs": history})
+        self.write_history(history, checks)
         val = dict(row["val"], epoch=row["epoch"])
         write_json(self.path(metrics_file("val", "last")), val)
         if improved:
@@ -60,7 +83,6 @@ class RunFolder:
         # when the best epoch is this one, best.pth.tar is a hard link to the same bytes, not a second write
         save_checkpoint(state, checkpoint_path(self.dir), also=[checkpoint_path(self.dir, "best")] if improved else [])
         write_status(self.dir, Status.RUNNING, epoch=row["epoch"])
-        self.plotter.history_changed()
         if best:
             self.plotter.new_best(best)
 
@@ -152,6 +174,9 @@ class Bystander:
         return []
 
     def record_epoch(self, *args):
+        pass
+
+    def record_check(self, row):
         pass
 
     def close(self):

@@ -45,25 +45,31 @@ def margins(fig, left, bottom, right, top, wspace=0.2):
                         wspace=wspace)
 
 
-def plot_history(rows, path, title=""):
+def plot_history(rows, path, title="", checks=()):
     """One panel per metric (train and valid curves), plus the learning rate, three panels a row; from history.json
-    rows. A metric a run does not report for training (accuracy of mixed batches) has only its valid curve."""
-    names = list(rows[0]["val"])
+    rows. A metric a run does not report for training (accuracy of mixed batches) has only its valid curve.
+    checks: validations within epochs (val_every_batches), a thinner valid curve through them and the epochs'."""
+    names = list((rows or checks)[0]["val"])
     epochs = [r["epoch"] for r in rows]
+    finer = sorted([*rows, *checks], key=lambda r: r["epoch"])
     n_cols = min(3, len(names) + 1)
     n_rows = -(-(len(names) + 1) // n_cols)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.6 * n_cols, 2.9 * n_rows + 0.3), squeeze=False)
     panels = list(axes.flat)
     for ax, name in zip(panels, names):
-        if name in rows[0]["train"]:
+        if rows and name in rows[0]["train"]:
             ax.plot(epochs, [r["train"].get(name) for r in rows], "o-", ms=3, color="C0", label="train")
         ax.plot(epochs, [r["val"].get(name) for r in rows], "o-", ms=3, color="C1", label="valid")  # same in all
+        if checks:
+            ax.plot([r["epoch"] for r in finer], [r["val"].get(name) for r in finer], ".-", ms=2, lw=0.8,
+                    color="C1", alpha=0.5, label="valid, within epochs")
         ax.set_title(name)
         ax.grid(alpha=0.3)
     fig.legend(*panels[0].get_legend_handles_labels(), loc="upper right", ncol=2, frameon=False, fontsize=8)
     lr_ax = panels[len(names)]
-    lr_ax.plot(epochs, [r["lr"][-1] for r in rows], "o-", ms=3, color="gray")
-    lr_ax.set_title("learning rate (head, end of epoch)")
+    lr_ax.plot([r["epoch"] for r in finer], [r["lr"][-1] for r in finer], "o-", ms=3 if not checks else 1.5,
+               color="gray")
+    lr_ax.set_title("learning rate (head)")
     lr_ax.grid(alpha=0.3)
     boundaries = stage_boundaries(rows)
     for ax in panels[:len(names) + 1]:

@@ -116,12 +116,14 @@ class Lines:
 def drawings(pending, model_dir, draw_best):
     """One function per figure to redraw."""
     from core.rundir import plots
-    from core.rundir.folder import load_history
+    from core.rundir.folder import load_checks, load_history
 
     out = []
     rows = load_history(model_dir) if "history" in pending else []
-    if rows:
-        out.append(lambda: plots.plot_history(rows, os.path.join(model_dir, "train_history.png"), title=model_dir))
+    checks = load_checks(model_dir) if "history" in pending else []
+    if rows or checks:
+        out.append(lambda: plots.plot_history(rows, os.path.join(model_dir, "train_history.png"), title=model_dir,
+                                              checks=checks))
     if rows and rows[-1].get("grad_norm"):
         out.append(lambda: plots.plot_gradients(rows, os.path.join(model_dir, "gradients.png")))
     if pending.get("best"):

@@ -15,6 +15,7 @@ import torch
 from core.config import Params, fixed_overrides, resolve
 from core.stages import stage_of, stage_params
 from core.training import distributed
+from core.training.activations import checkpoint_blocks
 from core.training.engine import rng_state, set_rng_state
 from core.training.optim import (
     PER_BATCH,
@@ -234,6 +235,8 @@ def build_state(params, classes, runtime, train_loader, where, init_weights=True
     except UserError as e:  # "params key 'arch': ...": which params file says so
         raise UserError(f"{where}: {one_line(e)}") from None
     check_stages(params, model, task, where)
+    if params.grad_checkpointing:
+        notes.append(recompute_activations(model, task, params, where))
     if params.init_weights_path and init_weights:
         skipped = load_init_weights(model, params.init_weights_path)
         notes.append(f"initial weights from {params.init_weights_path}; not matched: {skipped or 'none'}")
@@ -249,6 +252,19 @@ def build_state(params, classes, runtime, train_loader, where, init_weights=True
         notes.append(f"validating the EMA of the weights (ema_decay {state.stage_params.ema_decay}); best.pth.tar "
                      f"holds both")
     return state, notes
+
+
+def recompute_activations(model, task, params, where):
+    """grad_checkpointing: 1. Returns the note to log."""
+    try:
+        head = task.head_of(model)
+    except UserError:  # a model without a recognisable head: its blocks are recomputed all the same
+        head = None
+    n = checkpoint_blocks(model, head)
+    if not n:
+        raise UserError(f"{where}: grad_checkpointing 1: {params.arch or task.arch} has no blocks to recompute (no "
+                        f"nn.Sequential or nn.ModuleList of modules; core/training/activations.py)")
+    return f"gradient checkpointing: {n} blocks recompute their activations in backward"
 
 
 def check_stages(params, model, task, where):

@@ -1,0 +1,61 @@
+"""Validation within an epoch (val_every_batches): rows at fractional epochs in history.json's "checks", one log line
+each, a finer valid curve in train_history.png; the weights and the end-of-epoch rows of a run without them; exact
+after a SIGKILL and a resume; what a search reads (ASHA's rung values, results tables) stays the epochs'."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from conftest import FAST_PARAMS, assert_one_line_error, kill_mid_run_then_resume, read, run_train
+from core.search import asha, results
+
+
+def experiment(tmp_path, name, **overrides):
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "params.json").write_text(json.dumps({**FAST_PARAMS, **overrides}))
+    return str(folder)
+
+
+@pytest.mark.slow
+def test_checks_sigkilled_and_resumed_equal_an_uninterrupted_run_and_change_no_weight(tmp_path, digits_dir):
+    params = {"num_epochs": 3, "val_every_batches": 4, "ps": 0.3, "augmentation": "light", "ema_decay": 0.9}
+    whole, killed = experiment(tmp_path, "whole", **params), experiment(tmp_path, "killed", **params)
+    a, b = kill_mid_run_then_resume(whole, killed, digits_dir)
+    plain = experiment(tmp_path, "plain", **{**params, "val_every_batches": 0})
+    assert run_train(plain, digits_dir) == 0
+    c = torch.load(os.path.join(plain, "last.pth.tar"), weights_only=True)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]) and torch.equal(a["model"][k], c["model"][k]), k
+
+    histories = [read(os.path.join(d, "history.json")) for d in (whole, killed, plain)]
+    # 400 images in batches of 32: 13 a epoch, checked after batches 4, 8 and 12 (13 ends the epoch)
+    assert [r["epoch"] for r in histories[0]["checks"]] == [round(e + k / 13, 4) for e in range(3) for k in (4, 8, 12)]
+    assert [r["batch"] for r in histories[0]["checks"]] == [4, 8, 12] * 3
+    assert histories[0]["checks"] == histories[1]["checks"]  # the killed epoch's checks were redone, not doubled
+    assert "checks" not in histories[2]
+    strip = lambda rows: [{k: r[k] for k in ("epoch", "lr", "train", "val")} for r in rows]  # noqa: E731
+    assert strip(histories[0]["epochs"]) == strip(histories[1]["epochs"]) == strip(histories[2]["epochs"])
+    log = open(os.path.join(whole, "train.log")).read()
+    assert "epoch 1.31 (batch 4/13)  valid: loss" in log
+
+
+def test_a_search_reads_the_epochs_not_the_checks(tmp_path):
+    """ASHA's rung values and the results table read end-of-epoch rows only, whatever checks lie between."""
+    cell = tmp_path / "cell"
+    cell.mkdir()
+    epochs = [{"epoch": e, "lr": [0.1], "train": {"loss": 1.0}, "val": {"loss": 1.0, "accuracy": 0.1 * e}}
+              for e in (1, 2)]
+    checks = [{"epoch": 1.5, "batch": 4, "lr": [0.1], "val": {"loss": 0.1, "accuracy": 0.99}}]
+    (cell / "history.json").write_text(json.dumps({"classes": ["a", "b"], "epochs": epochs, "checks": checks}))
+    assert results.checked_history({"folder": str(cell)}) == epochs
+    assert asha.read_progress(str(cell), "accuracy").values == {1: 0.1, 2: 0.2}
+
+
+def test_a_negative_interval_is_one_line(tmp_path, capsys):
+    import train
+
+    exp = experiment(tmp_path, "bad", val_every_batches=-1)
+    assert_one_line_error(lambda: train.main(["--model_dir", exp]), capsys, exp, "val_every_batches", exp)
