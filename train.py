@@ -228,6 +228,8 @@ def fit(folder, params, state, loaders, rt, start_epoch, stop_at=None, reload=No
                **{k: train_m.pop(k) for k in ("time_s", "data_time_s", "images_per_s")},
                "epoch_s": time.perf_counter() - epoch_start,  # train + valid: what a cost estimate needs
                "train": train_m, "val": val_m, **({"stage": state.stage} if params.stages else {})}
+        if (peak := rt.peak_memory_mb()) is not None:
+            row["gpu_peak_mb"] = peak  # this epoch's, training and validation
         if monitor:
             row["grad_norm"], row["update_ratio"] = monitor.end_epoch()
             row["grad_warnings"] = gradient_warnings(row["grad_norm"])

@@ -35,6 +35,14 @@ class Runtime:
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         return x.to(self.device, non_blocking=True, memory_format=fmt)
 
+    def peak_memory_mb(self):
+        """The most GPU memory tensors held since the last call (None on the CPU), then the count starts again."""
+        if self.device.type != "cuda":
+            return None
+        peak = torch.cuda.max_memory_allocated(self.device) / 2**20
+        torch.cuda.reset_peak_memory_stats(self.device)
+        return round(peak, 1)
+
     def prepare(self, model):
         model = model.to(self.device)
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
