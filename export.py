@@ -16,7 +16,6 @@ checkpoint is replaced only with --overwrite. evaluate.py and predict.py run an 
 
 import argparse
 import os
-import tempfile
 
 from core import exporting
 from core.data.loaders import fetch_dataloader
@@ -25,7 +24,7 @@ from core.rundir.record import provenance
 from core.training.engine import keep_freed_memory
 from core.training.state import trained_model, trained_run
 from model import tasks
-from utils import UMASK, UserError, run_cli
+from utils import UserError, atomic_path, run_cli
 
 
 def parse_args(argv=None):
@@ -62,10 +61,7 @@ def main(argv=None):
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise UserError(f"{folder}: is a file, where export.py writes its folder")
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp makes 0600: an export is for others to read too
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:  # in place only once the parity check passed
         exporting.write(program, fmt, tmp, meta)
         run, _ = exporting.runner(tmp, fmt)
         diff, n = exporting.parity(graph, decode, run, batches)
@@ -74,10 +70,6 @@ def main(argv=None):
             raise UserError(f"export: parity check failed on {n} validation images: max abs diff {diff:.3g} > "
                             f"{tolerance:g} (nothing written)")
         eager_ms, exported_ms = (exporting.latency_ms(fn, batches[0]) for fn in (graph, run))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     runtime = "onnxruntime" if fmt == "onnx" else "torch.export"
     exporting.write_record(path, {"checkpoint": identity, "format": fmt, "parity": {
         "images": n, "max_abs_diff": diff, "tolerance": tolerance}, "latency_ms": {

@@ -3,6 +3,7 @@
 The CS230 template's utils.py, kept in spirit: a user rarely edits it, but it is short enough to read.
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -75,8 +76,10 @@ def now():
 
 # ---------------------------------------------------------------- files
 
-def atomic_write(path, write_fn, mode="w", also=()):
-    """Write via a temp file in the same folder then os.replace, so readers never see half a file.
+@contextlib.contextmanager
+def atomic_path(path, also=()):
+    """A temp file's path in path's folder to write (by name: writers that take a path); when the block ends without
+    an error it becomes `path` (os.replace), so readers never see half a file; with an error it is removed.
 
     `also`: more names for the same bytes, hard-linked to the one write (a copy where links are not supported) and
     put in place before `path`, so a kill between the two leaves them ahead of `path`, never behind it.
@@ -84,20 +87,25 @@ def atomic_write(path, write_fn, mode="w", also=()):
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
     os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp makes 0600; results on a shared filesystem must stay readable
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode) as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())  # the data reaches the disk before the name does
+        yield tmp
         for other in also:
             link_or_copy(tmp, tmp + ".link")
             os.replace(tmp + ".link", other)
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         for leftover in (tmp, tmp + ".link"):
             if os.path.exists(leftover):
                 os.remove(leftover)
-        raise
+
+
+def atomic_write(path, write_fn, mode="w", also=()):
+    """write_fn(file) through atomic_path: all of it lands under `path` (and `also`), or nothing does."""
+    with atomic_path(path, also) as tmp, open(tmp, mode) as f:
+        write_fn(f)
+        f.flush()
+        os.fsync(f.fileno())  # the data reaches the disk before the name does
 
 
 def link_or_copy(src, dst):

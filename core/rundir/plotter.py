@@ -11,13 +11,12 @@ import gc
 import json
 import os
 import select
-import shutil
 import signal
 import sys
 import time
 import traceback
 
-from utils import die_with_parent
+from utils import die_with_parent, link_or_copy
 
 
 class Plotter:
@@ -147,10 +146,7 @@ def kept(drawing, model_dir, epoch):
         dst = os.path.join(model_dir, GALLERY, f"epoch_{epoch:03d}.png")
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         tmp = f"{dst}.tmp-{os.getpid()}"
-        try:
-            os.link(path, tmp)
-        except OSError:
-            shutil.copyfile(path, tmp)
+        link_or_copy(path, tmp)
         os.replace(tmp, dst)
 
     return run
