@@ -7,6 +7,8 @@ of data_loader.py and gives the loops what they expect (`Detector`).
 - one of torchvision's detectors in TORCHVISION, built offline (weights=None); pretrain=1 loads its backbone's
   ImageNet weights from torch's cache or pretrained_path. min_size and max_size follow im_sz: the default 800-px
   resize would make a CPU step take 10-48 s.
+- "small_rt_detr": Hugging Face transformers' RT-DETR from a small explicit config (detr.py; optional dependency
+  requirements-detr.txt, imported only when built).
 """
 
 from collections import OrderedDict
@@ -25,7 +27,8 @@ TORCHVISION = {  # detector -> the ImageNet classifier of its backbone
     "fcos_resnet50_fpn": "resnet50",
     "ssdlite320_mobilenet_v3_large": "mobilenet_v3_large",
 }
-ARCHS = ("small_fcos", *TORCHVISION)
+DETR = ("small_rt_detr",)  # detr.py
+ARCHS = ("small_fcos", *DETR, *TORCHVISION)
 
 
 def conv(c_in, c_out):
@@ -90,6 +93,10 @@ def build_model(params, n_clas):
     """A Detector with n_clas classes plus the background (label 0)."""
     if params.arch == "small_fcos":
         return Detector(small_fcos(n_clas + 1, params.im_sz))
+    if params.arch in DETR:
+        from model.detection.detr import small_rt_detr
+
+        return Detector(small_rt_detr(n_clas, params.im_sz, params.pretrain))  # no background class: n_clas logits
     if params.arch not in TORCHVISION:
         import difflib
 
@@ -104,6 +111,10 @@ def build_model(params, n_clas):
 def head_of(model):
     """The layers that score classes and regress boxes: a new task's freshly initialised part."""
     net = model.net
+    if hasattr(net, "eval_losses"):  # detr.py's adapter
+        from model.detection.detr import head_of as detr_head
+
+        return detr_head(net)
     if hasattr(net, "roi_heads"):  # Faster R-CNN
         return net.roi_heads.box_predictor
     return net.head  # FCOS, RetinaNet, SSD
@@ -151,6 +162,8 @@ class Detector(nn.Module):
         return {"detections": detections, "losses": self.eval_losses(images, as_targets(targets))}
 
     def eval_losses(self, images, targets):
+        if hasattr(self.net, "eval_losses"):  # detr.py's adapter knows its own eval-mode loss
+            return self.net.eval_losses(images, targets)
         modes = [(m, m.training) for m in self.net.modules()]
         self.net.train()
         for m in self.net.modules():
@@ -187,6 +200,10 @@ class DenseHeads(nn.Module):
 
 def export_parts(model, params):
     """(DenseHeads of the model, decode): decode(outputs, x) -> the padded detections [B,M,6] model(x) gives."""
+    if params.arch in DETR:
+        raise UserError(f"export: {params.arch} is not exported: transformers' RT-DETR (query top-k, deformable "
+                        f"attention) was never checked against torch.export here, so no file would come with a tested "
+                        f"tolerance; one-stage detectors export: {', '.join(DENSE)}")
     if params.arch not in DENSE:
         raise UserError(f"export: {params.arch} is a two-stage detector (its region proposals have a data-dependent "
                         f"count, which torch.export cannot trace); one-stage detectors export: {', '.join(DENSE)}")
