@@ -83,9 +83,10 @@ KEYS = {
                 "segmentation (a class per pixel), keypoints (K named points) or detection (boxes); model/tasks.py",
                 choices=tuple(TASKS)),
     # model
-    "arch": Key(None, OPT_STR, "the task's architecture (null: its default, small_cnn, unet or heatmap_unet): "
-                "small_cnn or a torchvision classifier (resnet18, ...); unet or a torchvision segmenter "
-                "(deeplabv3_resnet50, ...); heatmap_unet or a torchvision classifier as a point regressor"),
+    "arch": Key(None, OPT_STR, "the task's architecture (null: its default, small_cnn, unet, small_fcos or "
+                "heatmap_unet): small_cnn or a torchvision classifier (resnet18, ...); unet or a torchvision "
+                "segmenter (deeplabv3_resnet50, ...); small_fcos, small_rt_detr or a torchvision detector "
+                "(fasterrcnn_resnet50_fpn, ...); heatmap_unet or a torchvision classifier as a point regressor"),
     "pretrain": Key(0, FLAG, "1: start from torchvision's ImageNet weights (torch cache or pretrained_path)",
                     evaluate=0),  # evaluation loads the trained weights instead
     "pretrained_path": Key("", str, "torchvision weights file, for pretrain=1 on a machine without network"),
