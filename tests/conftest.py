@@ -99,17 +99,22 @@ def trained_run(tmp_path_factory, request):
     return get
 
 
-@pytest.fixture
-def make_experiment(tmp_path):
-    """make_experiment(name, **overrides) -> path of a folder holding params.json."""
+def experiment_maker(tmp_path, base, default_name="exp"):
+    """make(name, **overrides) -> path of a new folder under tmp_path holding params.json: `base` + overrides."""
 
-    def make(name="exp", **overrides):
+    def make(name=default_name, **overrides):
         folder = tmp_path / name
         folder.mkdir(parents=True)
-        (folder / "params.json").write_text(json.dumps({**FAST_PARAMS, **overrides}, indent=2))
+        (folder / "params.json").write_text(json.dumps({**base, **overrides}, indent=2))
         return str(folder)
 
     return make
+
+
+@pytest.fixture
+def make_experiment(tmp_path):
+    """make_experiment(name, **overrides) -> path of a folder holding params.json (FAST_PARAMS + overrides)."""
+    return experiment_maker(tmp_path, FAST_PARAMS)
 
 
 def read(path):
@@ -149,6 +154,24 @@ def kill_mid_run_then_resume(whole, killed, data_dir, after_first_epoch_s=0.3):
                              text=True)
     assert resumed.returncode == 0, resumed.stderr
     return tuple(load_checkpoint(os.path.join(d, "last.pth.tar")) for d in (whole, killed))
+
+
+def assert_same_weights(a, b, parts=("model", "ema")):
+    """Two checkpoints hold the very same tensors in `parts` (state dicts, or any nesting of them)."""
+    import torch
+
+    def tensors(tree, at):
+        if isinstance(tree, dict):
+            return [t for k, v in tree.items() for t in tensors(v, f"{at}.{k}")]
+        if isinstance(tree, (list, tuple)):
+            return [t for i, v in enumerate(tree) for t in tensors(v, f"{at}.{i}")]
+        return [(at, tree)] if torch.is_tensor(tree) else []
+
+    for part in parts:
+        left, right = tensors(a[part], part), tensors(b[part], part)
+        assert [k for k, _ in left] == [k for k, _ in right], part
+        for (name, x), (_, y) in zip(left, right):
+            assert torch.equal(x, y), name
 
 
 def copy_data(src, dst):

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import FAST_PARAMS, kill_mid_run_then_resume
+from conftest import FAST_PARAMS, assert_same_weights, kill_mid_run_then_resume
 from core.config import Params, resolve
 from core.training.activations import blocks_of, checkpoint_blocks
 from core.training.state import recompute_activations
@@ -81,14 +81,6 @@ def test_a_model_without_blocks_is_one_line():
         recompute_activations(nn.Sequential(nn.Linear(2, 2), nn.ReLU()), task, params, "p.json")
 
 
-def flat(tree):
-    if isinstance(tree, dict):
-        return [t for v in tree.values() for t in flat(v)]
-    if isinstance(tree, (list, tuple)):
-        return [t for v in tree for t in flat(v)]
-    return [tree] if torch.is_tensor(tree) else []
-
-
 @pytest.mark.slow
 def test_a_run_with_recomputed_blocks_sigkilled_and_resumed_trains_the_plain_runs_weights(tmp_path, digits_dir):
     runs = []
@@ -100,6 +92,5 @@ def test_a_run_with_recomputed_blocks_sigkilled_and_resumed_trains_the_plain_run
         runs.append(str(folder))
     a, b = kill_mid_run_then_resume(*runs, digits_dir)
     assert a["epoch"] == b["epoch"] == 3
-    for part in ("model", "optimizer"):
-        assert all(torch.equal(x, y) for x, y in zip(flat(a[part]), flat(b[part]))), part
+    assert_same_weights(a, b, parts=("model", "optimizer"))
     assert "gradient checkpointing: 4 blocks" in (tmp_path / "recomputed" / "train.log").read_text()

@@ -13,7 +13,9 @@ from conftest import (
     DET_PARAMS,
     ROOT,
     assert_one_line_error,
+    assert_same_weights,
     copy_data,
+    experiment_maker,
     kill_mid_run_then_resume,
     loader_batches,
     read,
@@ -27,13 +29,7 @@ FIGURES = ["train_history.png", "gradients.png", "predictions.png"]
 
 @pytest.fixture
 def det_experiment(tmp_path):
-    def make(name="det", **overrides):
-        folder = tmp_path / name
-        folder.mkdir(parents=True)
-        (folder / "params.json").write_text(json.dumps({**DET_PARAMS, **overrides}))
-        return str(folder)
-
-    return make
+    return experiment_maker(tmp_path, DET_PARAMS, "det")
 
 
 # ---------------------------------------------------------------- end to end
@@ -60,9 +56,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(det_experiment, box
     whole, killed = det_experiment("whole", **params), det_experiment("killed", **params)
     a, b = kill_mid_run_then_resume(whole, killed, boxes_dir, after_first_epoch_s=0.5)
     assert a["epoch"] == b["epoch"] == 3
-    for part in ("model", "ema"):
-        for k in a[part]:
-            assert torch.equal(a[part][k], b[part][k]), (part, k)
+    assert_same_weights(a, b)
 
 
 def test_evaluate_writes_per_class_ap_worst_first(det_experiment, boxes_dir, capsys):

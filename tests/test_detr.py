@@ -2,7 +2,6 @@
 network, overfits a batch to a high mAP, resumes bit-identically after SIGKILL, and refuses what it cannot do in one
 line. Skipped only where transformers is not installed (CI installs requirements-detr.txt)."""
 
-import json
 import os
 import socket
 import sys
@@ -10,7 +9,15 @@ import sys
 import pytest
 import torch
 
-from conftest import DET_PARAMS, assert_one_line_error, kill_mid_run_then_resume, read, run_train
+from conftest import (
+    DET_PARAMS,
+    assert_one_line_error,
+    assert_same_weights,
+    experiment_maker,
+    kill_mid_run_then_resume,
+    read,
+    run_train,
+)
 from core.config import load_params
 
 pytest.importorskip("transformers")
@@ -21,13 +28,7 @@ TERMS = ("loss_vfl", "loss_bbox", "loss_giou")
 
 @pytest.fixture
 def detr_experiment(tmp_path):
-    def make(name="detr", **overrides):
-        folder = tmp_path / name
-        folder.mkdir(parents=True)
-        (folder / "params.json").write_text(json.dumps({**DETR_PARAMS, **overrides}))
-        return str(folder)
-
-    return make
+    return experiment_maker(tmp_path, DETR_PARAMS, "detr")
 
 
 @pytest.fixture
@@ -100,7 +101,7 @@ def few_scenes(boxes_dir, n):
     coco = read(os.path.join(folder, "annotations.json"))
     images, targets = [], []
     for entry in coco["images"][:n]:
-        pixels = np.asarray(Image.open(os.path.join(folder, "images", entry["file_name"])).convert("RGB"))
+        pixels = np.array(Image.open(os.path.join(folder, "images", entry["file_name"])).convert("RGB"))  # writable
         images.append((torch.from_numpy(pixels).permute(2, 0, 1).float() / 255 - 0.5) / 0.25)
         boxes = [a for a in coco["annotations"] if a["image_id"] == entry["id"]]
         targets.append({"boxes": torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in boxes)]),
@@ -141,9 +142,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(detr_experiment, bo
     whole, killed = detr_experiment("whole", **params), detr_experiment("killed", **params)
     a, b = kill_mid_run_then_resume(whole, killed, boxes_dir, after_first_epoch_s=0.5)
     assert a["epoch"] == b["epoch"] == 3
-    for part in ("model", "ema"):
-        for k in a[part]:
-            assert torch.equal(a[part][k], b[part][k]), (part, k)
+    assert_same_weights(a, b)
 
 
 # ---------------------------------------------------------------- one-line refusals

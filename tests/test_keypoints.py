@@ -14,7 +14,9 @@ from conftest import (
     KP_PARAMS,
     ROOT,
     assert_one_line_error,
+    assert_same_weights,
     copy_data,
+    experiment_maker,
     kill_mid_run_then_resume,
     loader_batches,
     read,
@@ -29,13 +31,7 @@ FIGURES = ["train_history.png", "gradients.png", "predictions.png"]
 
 @pytest.fixture
 def kp_experiment(tmp_path):
-    def make(name="kp", **overrides):
-        folder = tmp_path / name
-        folder.mkdir(parents=True)
-        (folder / "params.json").write_text(json.dumps({**KP_PARAMS, **overrides}))
-        return str(folder)
-
-    return make
+    return experiment_maker(tmp_path, KP_PARAMS, "kp")
 
 
 # ---------------------------------------------------------------- end to end
@@ -62,9 +58,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(kp_experiment, poin
     whole, killed = kp_experiment("whole", **params), kp_experiment("killed", **params)
     a, b = kill_mid_run_then_resume(whole, killed, points_dir)
     assert a["epoch"] == b["epoch"] == 3
-    for part in ("model", "ema"):
-        for k in a[part]:
-            assert torch.equal(a[part][k], b[part][k]), (part, k)
+    assert_same_weights(a, b)
 
 
 def test_evaluate_writes_a_per_point_report_worst_first(kp_experiment, points_dir, capsys):

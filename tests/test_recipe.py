@@ -12,7 +12,7 @@ from test_train import StopAfter
 
 import evaluate
 import synthesize_results
-from conftest import read, run_train
+from conftest import assert_same_weights, read, run_train
 from core.config import Params, resolve
 from core.training.compiling import compile_model
 from core.training.engine import pick_runtime
@@ -228,9 +228,7 @@ def test_resume_with_every_recipe_key_on_is_bit_identical(make_experiment, digit
             run_train(resumed, digits_dir)
     assert run_train(resumed, digits_dir, "--restore_file", "last") == 0
     a, b = (load_checkpoint(os.path.join(d, "last.pth.tar")) for d in (whole, resumed))
-    for part in ("model", "ema"):
-        for k in a[part]:
-            assert torch.equal(a[part][k], b[part][k]), (part, k)
+    assert_same_weights(a, b)
     assert a["optimizer"]["state"][0]["exp_avg"].equal(b["optimizer"]["state"][0]["exp_avg"])
     # the EMA is its own weights, it is what was validated, and it is what best.pth.tar and evaluate.py use
     ema, raw = evaluated_weights(a), a["model"]

@@ -16,7 +16,9 @@ from conftest import (
     ROOT,
     SEG_PARAMS,
     assert_one_line_error,
+    assert_same_weights,
     copy_data,
+    experiment_maker,
     kill_mid_run_then_resume,
     read,
     run_train,
@@ -31,13 +33,7 @@ FIGURES = ["train_history.png", "gradients.png", "predictions.png", "confusion_v
 
 @pytest.fixture
 def seg_experiment(tmp_path):
-    def make(name="seg", **overrides):
-        folder = tmp_path / name
-        folder.mkdir(parents=True)
-        (folder / "params.json").write_text(json.dumps({**SEG, **overrides}))
-        return str(folder)
-
-    return make
+    return experiment_maker(tmp_path, SEG, "seg")
 
 
 # ---------------------------------------------------------------- end to end
@@ -64,9 +60,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(seg_experiment, sce
     whole, killed = seg_experiment("whole", **params), seg_experiment("killed", **params)
     a, b = kill_mid_run_then_resume(whole, killed, scenes_dir)
     assert a["epoch"] == b["epoch"] == 3
-    for part in ("model", "ema"):
-        for k in a[part]:
-            assert torch.equal(a[part][k], b[part][k]), (part, k)
+    assert_same_weights(a, b)
     assert [r["val"] for r in read(os.path.join(whole, "history.json"))["epochs"]] == \
         [r["val"] for r in read(os.path.join(killed, "history.json"))["epochs"]]
 

@@ -9,7 +9,15 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, assert_one_line_error, kill_mid_run_then_resume, read, run_train, train_cmd
+from conftest import (
+    ROOT,
+    assert_one_line_error,
+    assert_same_weights,
+    kill_mid_run_then_resume,
+    read,
+    run_train,
+    train_cmd,
+)
 from core.rundir.plots import stage_boundaries
 
 FROZEN_THEN_STEP = [{"num_epochs": 2, "freeze": "body", "learning_rate": 0.01, "scheduler": "none"},
@@ -78,8 +86,7 @@ def test_sigkill_across_a_stage_boundary_then_resume_is_bit_identical(make_exper
     killed = make_experiment("killed", num_epochs=3, stages=stages, train_subset=400)
     a, b = kill_mid_run_then_resume(whole, killed, digits_dir, after_first_epoch_s=0.4)
     assert "resuming at epoch" in open(os.path.join(killed, "train.log")).read()
-    for part in ("model", "ema"):
-        assert a[part].keys() == b[part].keys() and all(torch.equal(a[part][k], b[part][k]) for k in a[part])
+    assert_same_weights(a, b)
     assert read(os.path.join(whole, "history.json"))["epochs"][-1]["val"] == \
         read(os.path.join(killed, "history.json"))["epochs"][-1]["val"]
 

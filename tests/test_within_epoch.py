@@ -8,23 +8,16 @@ import os
 import pytest
 import torch
 
-from conftest import FAST_PARAMS, assert_one_line_error, kill_mid_run_then_resume, read, run_train
+from conftest import assert_one_line_error, kill_mid_run_then_resume, read, run_train
 from core.search import asha, results
 
 
-def experiment(tmp_path, name, **overrides):
-    folder = tmp_path / name
-    folder.mkdir()
-    (folder / "params.json").write_text(json.dumps({**FAST_PARAMS, **overrides}))
-    return str(folder)
-
-
 @pytest.mark.slow
-def test_checks_sigkilled_and_resumed_equal_an_uninterrupted_run_and_change_no_weight(tmp_path, digits_dir):
+def test_checks_sigkilled_and_resumed_equal_an_uninterrupted_run_and_change_no_weight(make_experiment, digits_dir):
     params = {"num_epochs": 3, "val_every_batches": 4, "ps": 0.3, "augmentation": "light", "ema_decay": 0.9}
-    whole, killed = experiment(tmp_path, "whole", **params), experiment(tmp_path, "killed", **params)
+    whole, killed = make_experiment("whole", **params), make_experiment("killed", **params)
     a, b = kill_mid_run_then_resume(whole, killed, digits_dir)
-    plain = experiment(tmp_path, "plain", **{**params, "val_every_batches": 0})
+    plain = make_experiment("plain", **{**params, "val_every_batches": 0})
     assert run_train(plain, digits_dir) == 0
     c = torch.load(os.path.join(plain, "last.pth.tar"), weights_only=True)
     for k in a["model"]:
@@ -54,8 +47,8 @@ def test_a_search_reads_the_epochs_not_the_checks(tmp_path):
     assert asha.read_progress(str(cell), "accuracy").values == {1: 0.1, 2: 0.2}
 
 
-def test_a_negative_interval_is_one_line(tmp_path, capsys):
+def test_a_negative_interval_is_one_line(make_experiment, capsys):
     import train
 
-    exp = experiment(tmp_path, "bad", val_every_batches=-1)
+    exp = make_experiment("bad", val_every_batches=-1)
     assert_one_line_error(lambda: train.main(["--model_dir", exp]), capsys, exp, "val_every_batches", exp)
