@@ -1,15 +1,14 @@
 """Gradient checkpointing (grad_checkpointing: 1): the blocks found in every task's architectures recompute their
-activations in backward and give the plain model's gradients and BatchNorm statistics bit for bit; a run with it
-trains the weights of a run without it, through a SIGKILL and a resume."""
+activations in backward and give the plain model's gradients and BatchNorm statistics bit for bit. That a run with
+it, SIGKILLed and resumed, trains the weights of a plain uninterrupted run is tested with the within-epoch checks
+(tests/test_within_epoch.py), in one run."""
 
 import copy
-import json
 
 import pytest
 import torch
 import torch.nn as nn
 
-from conftest import FAST_PARAMS, assert_same_weights, kill_mid_run_then_resume
 from core.config import Params, resolve
 from core.training.activations import blocks_of, checkpoint_blocks
 from core.training.state import recompute_activations
@@ -79,18 +78,3 @@ def test_a_model_without_blocks_is_one_line():
     assert blocks_of(nn.Linear(2, 2)) == []
     with pytest.raises(UserError, match="grad_checkpointing 1: small_cnn has no blocks"):
         recompute_activations(nn.Sequential(nn.Linear(2, 2), nn.ReLU()), task, params, "p.json")
-
-
-@pytest.mark.slow
-def test_a_run_with_recomputed_blocks_sigkilled_and_resumed_trains_the_plain_runs_weights(tmp_path, digits_dir):
-    runs = []
-    for name, switch in (("plain", 0), ("recomputed", 1)):
-        folder = tmp_path / name
-        folder.mkdir()
-        (folder / "params.json").write_text(json.dumps({**FAST_PARAMS, "num_epochs": 3, "grad_checkpointing": switch,
-                                                         "ps": 0.3, "augmentation": "light"}))
-        runs.append(str(folder))
-    a, b = kill_mid_run_then_resume(*runs, digits_dir)
-    assert a["epoch"] == b["epoch"] == 3
-    assert_same_weights(a, b, parts=("model", "optimizer"))
-    assert "gradient checkpointing: 4 blocks" in (tmp_path / "recomputed" / "train.log").read_text()

@@ -10,21 +10,26 @@ import pytest
 import torch
 from PIL import Image, ImageChops
 
-from conftest import assert_one_line_error, kill_mid_run_then_resume, read, run_train
+from conftest import assert_one_line_error, assert_same_weights, kill_mid_run_then_resume, read, run_train
 from core.search import asha, results
 
 
 @pytest.mark.slow
-def test_checks_and_snapshots_sigkilled_and_resumed_equal_an_uninterrupted_runs(make_experiment, digits_dir):
+def test_checks_snapshots_and_recomputed_blocks_sigkilled_and_resumed_equal_uninterrupted_runs(make_experiment,
+                                                                                               digits_dir):
+    """The killed run also recomputes its blocks (grad_checkpointing, tests/test_activations.py): one SIGKILL test
+    for both features, each of which must change nothing the run learns."""
     params = {"num_epochs": 3, "val_every_batches": 4, "ps": 0.3, "augmentation": "light", "ema_decay": 0.9,
               "plot_every_s": 0}  # every new best's gallery is drawn and kept: gallery/epoch_NNN.png
-    whole, killed = make_experiment("whole", **params), make_experiment("killed", **params)
+    whole, killed = make_experiment("whole", **params), make_experiment("killed", **params, grad_checkpointing=1)
     a, b = kill_mid_run_then_resume(whole, killed, digits_dir)
     plain = make_experiment("plain", **{**params, "val_every_batches": 0})
     assert run_train(plain, digits_dir) == 0
     c = torch.load(os.path.join(plain, "last.pth.tar"), weights_only=True)
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]) and torch.equal(a["model"][k], c["model"][k]), k
+    assert a["epoch"] == b["epoch"] == c["epoch"] == 3
+    assert_same_weights(a, b, parts=("model", "ema", "optimizer"))
+    assert_same_weights(a, c, parts=("model", "ema", "optimizer"))
+    assert "gradient checkpointing: 4 blocks" in open(os.path.join(killed, "train.log")).read()
 
     histories = [read(os.path.join(d, "history.json")) for d in (whole, killed, plain)]
     # 400 images in batches of 32: 13 a epoch, checked after batches 4, 8 and 12 (13 ends the epoch)
