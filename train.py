@@ -265,8 +265,7 @@ def within_epoch(folder, params, state, valid_loader, rt, predict, epoch):
             row = {"epoch": round(epoch - 1 + done / n_batches, 4), "batch": done, "lr": layer_lrs(state.optimizer),
                    "val": val_m}
             folder.record_check(row)
-            log.info(f"epoch {row['epoch']:.2f} (batch {done}/{n_batches})  valid: "
-                     + " ".join(f"{k} {v:.4f}" for k, v in val_m.items()))
+            log.info(f"epoch {row['epoch']:.2f} (batch {done}/{n_batches})  valid: {metrics_text(val_m)}")
         return time.perf_counter() - start
 
     check.every = params.val_every_batches
@@ -290,10 +289,13 @@ def finish(model_dir, params, task, status, reason, history, start_epoch, timing
     record.end_session(model_dir, status, images_per_s=images_per_s, **timing)
 
 
+def metrics_text(metrics):
+    return " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+
+
 def epoch_line(row, n, improved):
-    show = lambda m: " ".join(f"{k} {v:.4f}" for k, v in m.items())  # noqa: E731
     star = "  * best" if improved else ""
-    return (f"epoch {row['epoch']}/{n}  train: {show(row['train'])}  |  valid: {show(row['val'])}  |  "
+    return (f"epoch {row['epoch']}/{n}  train: {metrics_text(row['train'])}  |  valid: {metrics_text(row['val'])}  |  "
             f"{row['time_s']:.1f}s {row['images_per_s']:.0f} img/s{star}")
 
 

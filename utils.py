@@ -156,14 +156,19 @@ def read_json(path):
         raise UserError(f"{path}: cannot read ({e.strerror})") from None
 
 
-def read_json_field(path, key, default):
-    """`key` of the JSON object in `path`, or `default` when the file is missing, corrupt or not an object:
-    for records (status, history, sessions) that must never stop a run or a table."""
+def read_json_object(path):
+    """The JSON object in `path`, or {} when the file is missing, corrupt or not an object: for records (status,
+    history, sessions) that must never stop a run or a table."""
     try:
         data = read_json(path) if os.path.exists(path) else None
     except UserError:
         data = None
-    return data.get(key, default) if isinstance(data, dict) else default
+    return data if isinstance(data, dict) else {}
+
+
+def read_json_field(path, key, default):
+    """`key` of read_json_object(path), or `default`."""
+    return read_json_object(path).get(key, default)
 
 
 # ---------------------------------------------------------------- logging

@@ -14,7 +14,7 @@ import socket
 import time
 
 from core.config import KEYS, flatten
-from utils import FolderBusy, UserError, now, read_json, read_json_field, write_json
+from utils import FolderBusy, UserError, now, read_json, read_json_field, read_json_object, write_json
 
 # the names of a run folder's files, known here only
 STATUS, EFFECTIVE, LOCK, LOG, HISTORY = "status.json", "params_effective.json", ".lock", "train.log", "history.json"
@@ -232,9 +232,11 @@ def load_history(folder):
     return read_json_field(os.path.join(folder, HISTORY), "epochs", [])
 
 
-def load_checks(folder):
-    """history.json's validations within epochs (val_every_batches), [] when none."""
-    return read_json_field(os.path.join(folder, HISTORY), "checks", [])
+def load_history_and_checks(folder):
+    """(history.json's rows, its validations within epochs (val_every_batches)) from one read of the file, so the
+    two agree even while a run rewrites it; [] for either when absent."""
+    data = read_json_object(os.path.join(folder, HISTORY))
+    return data.get("epochs", []), data.get("checks", [])
 
 
 def is_finite(metrics):

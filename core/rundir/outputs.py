@@ -15,8 +15,7 @@ from core.rundir.folder import (
     HISTORY,
     Status,
     checkpoint_path,
-    load_checks,
-    load_history,
+    load_history_and_checks,
     metrics_file,
     write_status,
 )
@@ -51,8 +50,9 @@ class RunFolder:
 
     def load_history(self, up_to_epoch):
         """The rows of the epochs a resume keeps; the validations within them (checks) are kept alike."""
-        self.checks = [r for r in load_checks(self.dir) if r["epoch"] <= up_to_epoch]
-        self.epochs = [r for r in load_history(self.dir) if r["epoch"] <= up_to_epoch]
+        epochs, checks = load_history_and_checks(self.dir)
+        self.epochs = [r for r in epochs if r["epoch"] <= up_to_epoch]
+        self.checks = [r for r in checks if r["epoch"] <= up_to_epoch]
         return list(self.epochs)
 
     def record_epoch(self, history, improved, state, details, valid_set):

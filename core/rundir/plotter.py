@@ -115,11 +115,10 @@ class Lines:
 def drawings(pending, model_dir, draw_best):
     """One function per figure to redraw."""
     from core.rundir import plots
-    from core.rundir.folder import load_checks, load_history
+    from core.rundir.folder import load_history_and_checks
 
     out = []
-    rows = load_history(model_dir) if "history" in pending else []
-    checks = load_checks(model_dir) if "history" in pending else []
+    rows, checks = load_history_and_checks(model_dir) if "history" in pending else ([], [])
     if rows or checks:
         out.append(lambda: plots.plot_history(rows, os.path.join(model_dir, "train_history.png"), title=model_dir,
                                               checks=checks))
