@@ -264,7 +264,7 @@ def within_epoch(folder, params, state, valid_loader, rt, predict, epoch):
             val_m, _ = evaluate(state.eval_model, valid_loader, rt, state.task, len(folder.classes), predict, "valid")
             row = {"epoch": round(epoch - 1 + done / n_batches, 4), "batch": done, "lr": layer_lrs(state.optimizer),
                    "val": val_m}
-            folder.record_check(row)
+            folder.record_check(row, step=(epoch - 1) * n_batches + done)
             log.info(f"epoch {row['epoch']:.2f} (batch {done}/{n_batches})  valid: {metrics_text(val_m)}")
         return time.perf_counter() - start
 

@@ -127,14 +127,18 @@ def test_tensorboard_scalars_match_history(make_experiment, digits_dir):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    exp = make_experiment(num_epochs=2, tensorboard=1)
+    exp = make_experiment(num_epochs=2, tensorboard=1, val_every_batches=5)
     assert run_train(exp, digits_dir) == 0
     events = EventAccumulator(os.path.join(exp, "tensorboard"))
     events.Reload()
+    history = read(os.path.join(exp, "history.json"))
     acc = [e.value for e in events.Scalars("val/accuracy")]
-    history = [r["val"]["accuracy"] for r in read(os.path.join(exp, "history.json"))["epochs"]]
-    assert acc == pytest.approx(history)
+    assert acc == pytest.approx([r["val"]["accuracy"] for r in history["epochs"]])
     assert "grad_norm/head.1.weight" in events.Tags()["scalars"]
+    # the checks within epochs: 13 batches an epoch, checked after batches 5 and 10, at steps counted in batches
+    checks = [(e.step, e.value) for e in events.Scalars("val_checks/accuracy")]
+    assert checks == [(s, pytest.approx(r["val"]["accuracy"])) for s, r in zip([5, 10, 18, 23], history["checks"],
+                                                                             strict=True)]
 
 
 @pytest.mark.slow

@@ -63,10 +63,15 @@ class RunFolder:
         self.writes.submit(self.write_epoch, self.epochs, list(self.checks), improved, snapshot, best)
         self.log_tensorboard(history[-1])
 
-    def record_check(self, row):
-        """A validation within an epoch (val_every_batches): history.json gains it, the figures are redrawn."""
+    def record_check(self, row, step):
+        """A validation within an epoch (val_every_batches): history.json gains it, the figures are redrawn.
+        TensorBoard's steps are whole numbers, so its checks are `val_checks/*` at `step`, the batch number."""
         self.checks.append(row)
         self.writes.submit(self.write_history, self.epochs, list(self.checks))
+        if self.tb is not None:
+            for name, value in row["val"].items():
+                self.tb.add_scalar(f"val_checks/{name}", value, step)
+            self.tb.flush()
 
     def write_history(self, epochs, checks):
         write_json(self.path(HISTORY), {"classes": self.classes, "epochs": epochs, **({"checks": checks} if checks
@@ -176,7 +181,7 @@ class Bystander:
     def record_epoch(self, *args):
         pass
 
-    def record_check(self, row):
+    def record_check(self, row, step):
         pass
 
     def close(self):
