@@ -17,7 +17,7 @@ from tabulate import tabulate
 
 from core import exporting
 from core.data.loaders import fetch_dataloader
-from core.rundir.record import provenance
+from core.rundir.record import provenance, trained_on
 from core.rundir.report import check_same_data, variant_of, write_report
 from core.training.engine import keep_freed_memory, pick_runtime
 from core.training.state import option_overrides
@@ -29,7 +29,7 @@ from utils import UserError, run_cli
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model_dir", nargs="+", default=["experiments/base_model"], help="one or more run folders")
-    ap.add_argument("--data_dir", help="data set folder (default: the task's own, built on first use)")
+    ap.add_argument("--data_dir", help="data set folder (default: the one the run trained on)")
     ap.add_argument("--split", default="test", choices=["test", "valid", "train"])
     ap.add_argument("--restore_file", default="best", choices=["best", "last"], help="which checkpoint to evaluate")
     ap.add_argument("--tta", choices=["hflip"], help="test-time augmentation: average over the mirrored images")
@@ -51,7 +51,8 @@ def main(argv=None):
     overrides = option_overrides(args)
     runs = [exporting.load_trained(d, args.restore_file, args.exported, overrides) for d in args.model_dir]
     # evaluate every folder first, write after: one bad folder leaves no folder half done
-    results = [evaluate_run(*run, args.data_dir, args.split, args.tta) for run in runs]
+    results = [evaluate_run(*run, args.data_dir, args.split, args.tta, trained_on(d))
+               for d, run in zip(args.model_dir, runs)]
     for model_dir, (metrics, *_) in zip(args.model_dir, results):
         check_same_data(model_dir, args.split, args.restore_file, variant, metrics["data_dir"])
     rows = []
@@ -64,11 +65,11 @@ def main(argv=None):
     return 0
 
 
-def evaluate_run(ckpt, params, task, model, path, data_dir, split, tta=None):
+def evaluate_run(ckpt, params, task, model, path, data_dir, split, tta=None, trained_data=None):
     """Metrics (per class too), the task's details (confusion matrix, predictions) and class names of one trained
-    model on `split`, with the params it was trained with."""
+    model on `split` of data_dir, else of the data set it trained on, with the params it was trained with."""
     rt = pick_runtime(params.cuda and not isinstance(model, exporting.ExportedModel))  # an export runs on the CPU
-    data_dir = tasks.data_dir_for(params.task, params.data_dir, data_dir)
+    data_dir = tasks.data_dir_for(params.task, params.data_dir, data_dir, trained_data)
     loaders, classes = fetch_dataloader([split], data_dir, params, rt.pin_memory, training=False)
     if classes != ckpt["classes"]:
         raise UserError(f"{data_dir}: classes {classes} differ from those {path} was trained on {ckpt['classes']}")

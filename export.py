@@ -20,7 +20,7 @@ import os
 from core import exporting
 from core.data.loaders import fetch_dataloader
 from core.rundir.folder import trained_checkpoint
-from core.rundir.record import provenance
+from core.rundir.record import provenance, trained_on
 from core.training.engine import keep_freed_memory
 from core.training.state import trained_model, trained_run
 from model import tasks
@@ -32,7 +32,8 @@ def parse_args(argv=None):
     ap.add_argument("--model_dir", required=True, help="a trained experiment folder")
     ap.add_argument("--format", default="onnx", help="onnx (default) or pt2")
     ap.add_argument("--restore_file", default="best", choices=["best", "last"], help="which checkpoint")
-    ap.add_argument("--data_dir", help="where the validation images of the parity check are (default: the task's)")
+    ap.add_argument("--data_dir", help="where the validation images of the parity check are (default: the run's "
+                                      "training data)")
     ap.add_argument("--images", type=int, default=64, help="validation images the parity check runs (default 64)")
     ap.add_argument("--overwrite", action="store_true", help="replace an export of another checkpoint")
     args = ap.parse_args(argv)
@@ -53,8 +54,8 @@ def main(argv=None):
         print(f"{path}: up to date (exported from {identity['file']}, epoch {identity['epoch']}); nothing to do")
         return 0
     graph, decode = task.export_parts(trained_model(ckpt, params, task, checkpoint).eval(), params)
-    batches = validation_batches(tasks.data_dir_for(params.task, params.data_dir, args.data_dir), params,
-                                 ckpt["classes"], args.images)
+    data_dir = tasks.data_dir_for(params.task, params.data_dir, args.data_dir, trained_on(args.model_dir))
+    batches = validation_batches(data_dir, params, ckpt["classes"], args.images)
     program = exporting.trace(graph, batches[0], task.own_size)
     meta = exporting.metadata(ckpt, params, task, identity, provenance(args.model_dir), decode is not None)
     folder = os.path.dirname(path)

@@ -51,8 +51,8 @@ OVERFIT_TARGET = 0.99
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model_dir", default="experiments/base_model", help="experiment folder with params.json")
-    ap.add_argument("--data_dir", help="data set with train/ and valid/ (default: params data_dir, else the task's "
-                                       "own, built on first use: "
+    ap.add_argument("--data_dir", help="data set with train/ and valid/ (default: a resume's, the one its run trained "
+                                       "on; else params data_dir; else the task's own, built on first use: "
                                        + ", ".join(t.data for t in TASKS.values() if t.data) + ")")
     ap.add_argument("--restore_file", choices=["last", "best"], help="continue from MODEL_DIR/<name>.pth.tar")
     ap.add_argument("--stop_at_epoch", type=int, metavar="E",
@@ -92,7 +92,7 @@ def main(argv=None):
     distributed.start(ranks, rt.device.type)
     keep_freed_memory()  # no page faults for each batch's activations
     seed_everything(params.seed)
-    data_dir = data_dir_for(params.task, params.data_dir, args.data_dir)
+    data_dir = data_dir_for(params.task, params.data_dir, args.data_dir, ckpt and record.trained_on(args.model_dir))
     first = ckpt["epoch"] + 1 if ckpt else 1  # in a plan, its stage decides batch size and augmentation
     loaders, classes = fetch_dataloader(["train", "valid"], data_dir, stage_at(params, first), rt.pin_memory,
                                         ranks=ranks)

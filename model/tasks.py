@@ -47,15 +47,23 @@ def loss_defaults():
     return out
 
 
-def data_dir_for(task, configured=None, given=None):
-    """The data set a run uses: `given` (--data_dir), else `configured` (params data_dir: relative to the
+def data_dir_for(task, configured=None, given=None, trained=None):
+    """The data set a run uses: `given` (--data_dir), else `trained` (what a trained run's record.json says it
+    trained on: its resume and evaluation use the same), else `configured` (params data_dir: relative to the
     repository, or absolute), else the task's own; a default data set is built on first use."""
     if given:
         return ensure_data(given)
-    if configured:
-        from core.paths import ROOT
+    if trained:
+        if not os.path.exists(ensure_data(trained)):
+            from utils import UserError
 
-        return ensure_data(configured if os.path.isabs(configured) else os.path.join(ROOT, configured))
+            raise UserError(f"{trained}: the data set this run trained on (its record.json) is missing; "
+                            "pass --data_dir")
+        return trained
+    if configured:
+        from core.paths import repo_path
+
+        return ensure_data(repo_path(configured))
     return ensure_data(TASKS[task].data)
 
 

@@ -1,6 +1,7 @@
 """export.py on trained folders of every task: parity, the metadata inside, evaluate.py and predict.py on the export
 giving the checkpoint's results, reruns, and bad input (one line, nothing written)."""
 
+import json
 import os
 import shutil
 import sys
@@ -180,6 +181,21 @@ def test_bad_input_is_one_line_and_writes_nothing(exported, trained_run, tmp_pat
     monkeypatch.delitem(sys.modules, "onnxscript")
 
 
+def test_evaluate_and_export_default_to_the_data_set_the_run_trained_on(trained_run, tmp_path, capsys):
+    folder, data_dir = copied(trained_run, "keypoints", tmp_path)  # its data is not the task's default folder
+    assert run("evaluate", "--model_dir", folder, "--split", "valid") == 0
+    assert read(os.path.join(folder, "metrics_valid_best_weights.json"))["data_dir"] == os.path.abspath(data_dir)
+    record = read(os.path.join(folder, "record.json"))
+    gone = str(tmp_path / "moved_away")
+    record["sessions"][-1]["data_dir"] = gone
+    with open(os.path.join(folder, "record.json"), "w") as f:
+        json.dump(record, f)
+    for script in ("evaluate", "export"):
+        assert error_line(capsys, script, "--model_dir", folder) == \
+            f"{gone}: the data set this run trained on (its record.json) is missing; pass --data_dir"
+    assert not os.path.exists(os.path.join(folder, "export"))
+
+
 def test_a_pt2_export_is_loaded_only_as_export_py_wrote_it(exported, tmp_path, capsys):
     """A .pt2 unpickles when loaded: one whose bytes differ from the record export.py kept is never loaded."""
     src, data_dir = exported("keypoints")
@@ -201,5 +217,8 @@ def test_a_two_stage_detector_is_refused_with_the_reason():
 
     params = Params(resolve({"task": "detection", "arch": "fasterrcnn_mobilenet_v3_large_320_fpn", "im_sz": 64}, "p"))
     task = tasks.load("detection")
-    with pytest.raises(UserError, match="two-stage detector .* one-stage detectors export: small_fcos"):
+    with pytest.raises(UserError, match="two-stage detector .* these export: small_fcos"):
+        task.export_parts(task.build_model(params, 3), params)
+    params = Params(resolve({"task": "detection", "arch": "ssdlite320_mobilenet_v3_large", "im_sz": 64}, "p"))
+    with pytest.raises(UserError, match="not exported .* not SSD's default boxes.* these export: small_fcos"):
         task.export_parts(task.build_model(params, 3), params)

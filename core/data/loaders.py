@@ -127,7 +127,9 @@ def make_loader(dataset, params, is_train, pin_memory, ranks=None):
         num_workers=params.num_workers,
         collate_fn=dataset.collate,
         pin_memory=pin_memory,
-        persistent_workers=params.num_workers > 0,
+        # training's workers start afresh each epoch, seeded from the generator reseed_epoch set: kept alive, they
+        # would augment on from where the last epoch left them, which a resumed run's new workers cannot know
+        persistent_workers=params.num_workers > 0 and not is_train,
         worker_init_fn=seed_worker if params.num_workers > 0 else None,
         generator=generator,
     )

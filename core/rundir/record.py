@@ -133,6 +133,11 @@ def end_session(model_dir, outcome, wall_time_s, closing_s=None, images_per_s=No
         write_json(os.path.join(model_dir, RECORD), {"sessions": record})
 
 
+def trained_on(model_dir):
+    """The data set the run in model_dir last trained on (record.json), or None."""
+    return next((s["data_dir"] for s in reversed(sessions(model_dir)) if s.get("data_dir")), None)
+
+
 def rounded(x, digits):
     return None if x is None else round(x, digits)
 

@@ -14,7 +14,7 @@ import subprocess
 from dataclasses import dataclass
 
 from core.config import KEYS
-from core.paths import ROOT
+from core.paths import repo_path
 from core.rundir.record import IMAGE_ENV
 from utils import UserError
 
@@ -89,8 +89,7 @@ def file_mounts(params):
     for key in FILE_KEYS:
         path = params.get(key)
         if isinstance(path, str) and path:
-            host = path if os.path.isabs(path) else os.path.join(ROOT, path)
-            mounts.append((host, path if os.path.isabs(path) else os.path.join(APP, path)))
+            mounts.append((repo_path(path), path if os.path.isabs(path) else os.path.join(APP, path)))
     return mounts
 
 

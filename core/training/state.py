@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from core.config import Params, fixed_overrides, resolve
+from core.paths import repo_path
 from core.stages import stage_of, stage_params
 from core.training import distributed
 from core.training.activations import checkpoint_blocks
@@ -238,7 +239,7 @@ def build_state(params, classes, runtime, train_loader, where, init_weights=True
     if params.grad_checkpointing:
         notes.append(recompute_activations(model, task, params, where))
     if params.init_weights_path and init_weights:
-        skipped = load_init_weights(model, params.init_weights_path)
+        skipped = load_init_weights(model, repo_path(params.init_weights_path))
         notes.append(f"initial weights from {params.init_weights_path}; not matched: {skipped or 'none'}")
     model = runtime.prepare(model)
     ranks = ranks or distributed.Ranks()
@@ -246,7 +247,6 @@ def build_state(params, classes, runtime, train_loader, where, init_weights=True
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     state = TrainingState(task, model, None, None, BestTracker.from_params(params.early_stopping), False, None,
                           counts=counts, n_classes=len(classes), ranks=ranks)
-    state.ddp = distributed.wrap(model, ranks)
     enter_stage(state, params, stage_of(params.to_dict(), epoch), train_loader)
     if state.ema is not None:
         notes.append(f"validating the EMA of the weights (ema_decay {state.stage_params.ema_decay}); best.pth.tar "
@@ -290,6 +290,8 @@ def enter_stage(state, params, i, train_loader):
     sp = params_of_stage(params, i)
     state.stage, state.stage_params = i, sp
     state.frozen_norms = freeze(state.model, state.task, sp.freeze, len(learning_rates(sp)))
+    # DDP reduces the gradients of the parameters that train when it is built: again for each stage's frozen set
+    state.ddp = distributed.wrap(state.model, state.ranks)
     state.optimizer = build_optimizer(sp, state.model, state.task)
     state.scheduler = build_scheduler(sp, state.optimizer, optimizer_steps(len(train_loader), sp.accumulate_steps))
     state.per_batch = sp.scheduler in PER_BATCH

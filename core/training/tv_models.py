@@ -8,6 +8,7 @@ import os
 
 import torch
 
+from core.paths import repo_path
 from utils import UserError
 
 
@@ -17,7 +18,7 @@ def pretrained_state(arch, pretrained_path):
 
     weights = tvm.get_model_weights(arch).DEFAULT
     cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
-    path = pretrained_path or cached
+    path = repo_path(pretrained_path) if pretrained_path else cached
     if os.path.isfile(path):
         try:
             return torch.load(path, map_location="cpu", weights_only=True)

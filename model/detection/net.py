@@ -203,10 +203,13 @@ def export_parts(model, params):
     if params.arch in DETR:
         raise UserError(f"export: {params.arch} is not exported: torch.export of transformers' RT-DETR fixes the "
                         f"batch size, and its ONNX file's scores differed from the model's by 3.7 (tried on "
-                        f"transformers 5.24); one-stage detectors export: {', '.join(DENSE)}")
-    if params.arch not in DENSE:
+                        f"transformers 5.24); these export: {', '.join(DENSE)}")
+    if params.arch.startswith("fasterrcnn"):
         raise UserError(f"export: {params.arch} is a two-stage detector (its region proposals have a data-dependent "
-                        f"count, which torch.export cannot trace); one-stage detectors export: {', '.join(DENSE)}")
+                        f"count, which torch.export cannot trace); these export: {', '.join(DENSE)}")
+    if params.arch not in DENSE:
+        raise UserError(f"export: {params.arch} is not exported (the export's decoding is FCOS's and RetinaNet's, "
+                        f"not SSD's default boxes); these export: {', '.join(DENSE)}")
     return DenseHeads(model.net), DenseDecoder(model.net)
 
 
