@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine:
 #   make train   installs the requirements into .venv and trains the default experiment on the default data
-#   make test    installs the requirements (and pytest, ruff) into .venv and runs the test suite
+#   make test    installs the requirements (and pytest, ruff) into .venv and runs ruff and the test suite
+#   make lint    ruff alone
 #   make image   builds the Dockerfile's image (one cell folder per run: docs/containers.md)
 PY ?= python3
 VENV ?= .venv
@@ -24,9 +25,11 @@ $(BIN)/.dev: $(BIN)/.core requirements-dev.txt
 train: $(BIN)/.core
 	$(BIN)/python train.py --model_dir experiments/base_model
 
-test: $(BIN)/.dev
-	$(BIN)/python -m ruff check .
+test: lint
 	$(BIN)/python -m pytest -q
+
+lint: $(BIN)/.dev
+	$(BIN)/python -m ruff check .
 
 # the commit is a label, so `podman image inspect` traces an image back to its code
 image:
