@@ -64,6 +64,23 @@ def test_each_gallery_redraw_is_kept_so_the_progression_can_be_seen(make_experim
         assert a.read() == b.read()  # the last kept picture is the gallery as it stands
 
 
+def test_a_figure_that_cannot_be_drawn_is_reported_and_the_run_and_other_figures_go_on(make_experiment, digits_dir,
+                                                                                      monkeypatch, capfd):
+    from core.rundir import plots
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a drawing bug")
+
+    monkeypatch.setattr(plots, "plot_history", broken)  # the helper, forked by the run, draws with it
+    exp = make_experiment(num_epochs=3, plot_every_s=0)
+    assert run_train(exp, digits_dir) == 0
+    assert read(os.path.join(exp, "status.json"))["status"] == "completed"
+    assert not os.path.exists(os.path.join(exp, "train_history.png"))
+    for name in ("gradients.png", "predictions.png", "confusion_valid_best.png"):
+        assert os.path.getsize(os.path.join(exp, name)) > 1000, name
+    assert "RuntimeError: a drawing bug" in capfd.readouterr().err
+
+
 def test_plotter_waits_plot_every_s_then_draws_what_changed(make_experiment, digits_dir, tmp_path):
     from core.rundir.plotter import Plotter
 

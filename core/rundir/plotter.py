@@ -35,8 +35,14 @@ class Plotter:
         self.send({"best": best})
 
     def send(self, message):
-        if self.fd is not None:
+        if self.fd is None:
+            return
+        try:
             os.write(self.fd, (json.dumps(message) + "\n").encode())
+        except BrokenPipeError:  # the helper died (its traceback is on stderr): training goes on without figures
+            os.close(self.fd)
+            self.fd = None
+            print("warning: the figure helper stopped; the run's figures are no longer redrawn", file=sys.stderr)
 
     def close(self):
         """Draw whatever is pending, and wait until it is on disk."""
@@ -161,13 +167,22 @@ def stamp(path):
 
 def draw(pending, model_dir, draw_best):
     for drawing in drawings(pending, model_dir, draw_best):
+        reported(drawing)
+
+
+def reported(drawing):
+    """Draw; a figure that cannot be drawn (a bug in a task's drawing, a full disk) is reported on stderr, and the
+    other figures and the next redraws go on."""
+    try:
         drawing()
+    except Exception:
+        traceback.print_exc()
 
 
 def draw_in_parallel(pending, model_dir, draw_best):
     """At the end of a run the trainer waits and its cores are free: one forked process per figure."""
     first, *rest = drawings(pending, model_dir, draw_best) or [lambda: None]
     children = [fork(drawing) for drawing in rest]
-    first()
+    reported(first)
     for pid in children:
         os.waitpid(pid, 0)
