@@ -27,7 +27,6 @@ from core.rundir.folder import (
     checkpoint_to_resume,
     claim,
     is_finite,
-    lock_held,
     nothing_to_do,
     read_status,
     write_status,
@@ -87,8 +86,10 @@ def main(argv=None):
     # Everything below up to start_run() only reads: bad input fails here, before a single file is written.
     rt = pick_runtime(params.cuda, ranks.local_rank)  # the runtime: device, autocast dtype, memory format
     distributed.check(params, ranks, ckpt, params_path, rt.device.type)
-    if launch:
-        return after_torchrun(args.model_dir, distributed.launch(params.nproc, sys.argv[1:] if argv is None else argv))
+    if launch:  # holding the folder's lock for the ranks, so a busy folder is said once, before they start
+        with claim(args.model_dir, seen):
+            return after_torchrun(args.model_dir, distributed.launch(params.nproc, sys.argv[1:] if argv is None
+                                                                     else argv))
     distributed.start(ranks, rt.device.type)
     keep_freed_memory()  # no page faults for each batch's activations
     seed_everything(params.seed)
@@ -142,7 +143,7 @@ def session(folder, params, state, loaders, rt, start_epoch, stop_at, reload):
 
 def after_torchrun(model_dir, code):
     """torchrun's exit code; a run left 'running' (rank 0 itself was killed: it could not say) becomes 'failed'."""
-    if code != 0 and read_status(model_dir).get("status") == Status.RUNNING and not lock_held(model_dir):
+    if code != 0 and read_status(model_dir).get("status") == Status.RUNNING:
         write_status(model_dir, Status.FAILED, reason=f"a process of the run died (torchrun exit code {code})")
     return code
 

@@ -29,12 +29,22 @@ class FolderBusy(UserError):
     exit_code = 75  # EX_TEMPFAIL
 
 
+# set by train.py's launcher of several processes (core/training/distributed.py launch), which holds the run folder's
+# lock while they run: the folder where each rank leaves its error for the launcher to say once
+RANK_ERRORS = "CS230_RANK_ERRORS"
+
+
 def run_cli(main):
-    """Run `main()`; turn a UserError into a one-line message and a non-zero exit."""
+    """Run `main()`; turn a UserError into a one-line message and a non-zero exit (a rank started by train.py's
+    launcher leaves it to the launcher, which says it once)."""
     try:
         code = main()
     except UserError as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
+        if os.environ.get(RANK_ERRORS):
+            path = os.path.join(os.environ[RANK_ERRORS], f"rank{os.environ.get('RANK', '0')}.json")
+            write_json(path, {"message": one_line(e), "exit_code": e.exit_code})
+        else:
+            print(f"error: {one_line(e)}", file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -138,6 +138,18 @@ def test_bad_input_for_two_processes_is_one_line_before_anything_runs(tmp_path, 
     assert proc.returncode == 2 and "key 'sync_bn' is 1, but torch runs SyncBatchNorm on GPUs only" in proc.stderr
     assert sorted(os.listdir(bn)) == ["params.json"]
 
+    # what the ranks find is said once too (not once a rank, nor torchrun's report), with its exit code
+    missing = str(tmp_path / "no_data")
+    proc = two_processes(bn, missing, "arch=small_cnn_gn", "sync_bn=0")
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [f"error: data_dir {missing}: not found"]
+    from core.rundir.folder import folder_lock
+
+    with folder_lock(bn):  # another process trains it: a search reads 75 as "running elsewhere"
+        proc = two_processes(bn, digits_dir, "arch=small_cnn_gn", "sync_bn=0")
+    assert proc.returncode == 75 and proc.stderr.strip().splitlines() == [
+        f"error: --model_dir {bn}: another process is training this folder"]
+    assert sorted(os.listdir(bn)) == [".lock", "params.json"]
+
 
 def test_each_rank_takes_an_equal_slice_of_every_batch_of_one_shared_order():
     from core.data.loaders import ShardBatchSampler

@@ -14,7 +14,7 @@ import socket
 import time
 
 from core.config import KEYS, flatten
-from utils import FolderBusy, UserError, now, read_json, read_json_field, read_json_object, write_json
+from utils import RANK_ERRORS, FolderBusy, UserError, now, read_json, read_json_field, read_json_object, write_json
 
 # the names of a run folder's files, known here only
 STATUS, EFFECTIVE, LOCK, LOG, HISTORY = "status.json", "params_effective.json", ".lock", "train.log", "history.json"
@@ -204,7 +204,8 @@ def nothing_to_do(model_dir, ckpt, params, path, stop_at):
 def claim(model_dir, seen):
     """The folder's lock while the block runs, refused if its checkpoint changed since `seen` (checkpoint_stamp
     before the run decided what to do): someone trained here between that decision and the lock."""
-    with folder_lock(model_dir):
+    # under train.py's launcher of several processes, the launcher holds the lock for its ranks
+    with contextlib.nullcontext() if os.environ.get(RANK_ERRORS) else folder_lock(model_dir):
         if checkpoint_stamp(model_dir) != seen:
             raise FolderBusy(f"--model_dir {model_dir}: another process trained this folder while this run was "
                              f"starting; run the command again")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from utils import UserError
+from utils import RANK_ERRORS, FolderBusy, UserError, read_json
 
 
 @dataclass(frozen=True)
@@ -41,26 +41,48 @@ def from_env():
     return Ranks(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
 
 
+# torchrun, less its log and its report of a failed rank (a page of text and a traceback): train.py says what failed,
+# in one line (the ranks' own output is theirs)
+QUIET_TORCHRUN = """import logging, sys
+logging.disable(logging.ERROR)
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.run import main
+try:
+    main()
+except ChildFailedError:
+    sys.exit(1)
+"""
+
+
 def launch(nproc, args):
     """nproc > 1 (params key, or train.py --nproc N): run this very command under torchrun with `nproc` processes
-    on this machine and wait for it; returns its exit code. SIGINT, SIGTERM and SIGUSR2 (a search's stop, a
-    scheduler's kill or time-limit warning) are passed on, as train.py's own handling expects. Under torchrun the
-    processes are torchrun's, whatever nproc says (WORLD_SIZE is set then)."""
+    on this machine and wait for it; returns its exit code, or raises the bad input a rank found (one line, its
+    exit code). SIGINT, SIGTERM and SIGUSR2 (a search's stop, a scheduler's kill or time-limit warning) are passed
+    on, as train.py's own handling expects. Under torchrun the processes are torchrun's, whatever nproc says
+    (WORLD_SIZE is set then)."""
     import signal
     import subprocess
+    import tempfile
 
     from core.paths import TRAIN
 
-    # torchrun would set 1 thread a process (and say so): share the cores out instead
-    env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc)), **os.environ}
     # --nproc N becomes the override nproc=N: torchrun's parser would take --nproc for its own --nproc-per-node
     args = [a for i, a in enumerate(args) if not (a == "--nproc" or a.startswith("--nproc=")
                                                   or (i and args[i - 1] == "--nproc"))]
-    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                             f"--nproc_per_node={nproc}", TRAIN, *args, f"nproc={nproc}"], env=env)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):
-        signal.signal(sig, lambda signum, frame: proc.send_signal(signum))
-    return proc.wait()
+    with tempfile.TemporaryDirectory(prefix="cs230-ranks-") as errors:
+        # torchrun would set 1 thread a process (and say so): share the cores out instead
+        env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc)), **os.environ,
+               RANK_ERRORS: errors}
+        proc = subprocess.Popen([sys.executable, "-c", QUIET_TORCHRUN, "--standalone", f"--nproc_per_node={nproc}",
+                                 TRAIN, *args, f"nproc={nproc}"], env=env)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):
+            signal.signal(sig, lambda signum, frame: proc.send_signal(signum))
+        code = proc.wait()
+        said = sorted(os.listdir(errors))  # rank0.json first: the rank that reads the data first
+        if said:
+            error = read_json(os.path.join(errors, said[0]))
+            raise (FolderBusy if error["exit_code"] == FolderBusy.exit_code else UserError)(error["message"])
+    return code
 
 
 def check(params, ranks, ckpt, where, device_type):
