@@ -81,6 +81,19 @@ def test_a_figure_that_cannot_be_drawn_is_reported_and_the_run_and_other_figures
     assert "RuntimeError: a drawing bug" in capfd.readouterr().err
 
 
+def test_an_interruption_while_an_epoch_is_written_is_raised_once_the_writes_are_done():
+    import threading
+
+    from core.rundir.outputs import Background
+
+    writes, done = Background(), []
+    writes.submit(lambda: (time.sleep(0.5), done.append("status: running")))
+    threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT)).start()  # a second Ctrl-C, while the run closes
+    with pytest.raises(KeyboardInterrupt):
+        writes.join()
+    assert done == ["status: running"]  # written before the interruption's own status, never after it
+
+
 def test_plotter_waits_plot_every_s_then_draws_what_changed(make_experiment, digits_dir, tmp_path):
     from core.rundir.plotter import Plotter
 

@@ -129,10 +129,11 @@ class Background:
     """One job at a time on a worker thread; a job's error is raised by the next submit or join."""
 
     def __init__(self):
-        self.thread, self.error = None, None
+        self.thread, self.error, self.done = None, None, threading.Event()
 
     def submit(self, fn, *args):
         self.join()
+        self.done.clear()
         self.thread = threading.Thread(target=self.run, args=(fn, *args), name="epoch-writes")
         self.thread.start()
 
@@ -141,14 +142,26 @@ class Background:
             fn(*args)
         except BaseException as e:
             self.error = e
+        finally:
+            self.done.set()
 
     def join(self):
-        if self.thread is not None:
-            self.thread.join()
-            self.thread = None
+        """Wait for the job. A Ctrl-C (or SIGTERM) meanwhile is raised once the job is done: a job cut short would
+        finish as the process exits and write 'running' over the status the interruption wrote. (An event, not
+        Thread.join: Python 3.11's join, interrupted, marks a running thread stopped.)"""
+        interrupted = None
+        while self.thread is not None:
+            try:
+                self.done.wait()
+                self.thread.join()
+                self.thread = None
+            except KeyboardInterrupt as e:
+                interrupted = e
         if self.error is not None:
             error, self.error = self.error, None
             raise error
+        if interrupted is not None:
+            raise interrupted
 
 
 def detached_copy(obj):
