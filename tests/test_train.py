@@ -102,6 +102,9 @@ def test_unfinished_run_is_not_restarted_without_restore_file(make_experiment, d
             run_train(exp, digits_dir)
     with pytest.raises(UserError, match="--restore_file last"):
         run_train(exp, digits_dir)
+    os.remove(os.path.join(exp, "last.pth.tar"))  # deleted to save space: best.pth.tar and history.json are kept
+    with pytest.raises(UserError, match="holds a run's best.pth.tar and history.json but no last.pth.tar"):
+        run_train(exp, digits_dir)
 
 
 def test_overrides_apply_and_are_recorded_without_touching_params_json(make_experiment, digits_dir):

@@ -175,25 +175,32 @@ def checkpoint_to_resume(model_dir, restore_file):
         done = f"status '{status['status']}', " if status.get("status") else ""
         raise UserError(f"--model_dir {model_dir}: already holds a run ({done}epoch {status.get('epoch', '?')}); "
                         f"continue it with --restore_file last, or move its outputs away to start over")
+    kept = [name for name in (os.path.basename(checkpoint_path(model_dir, "best")), HISTORY)
+            if os.path.exists(os.path.join(model_dir, name))]
+    if kept:  # last.pth.tar deleted (to save space?): a fresh run would overwrite what the old one left
+        raise UserError(f"--model_dir {model_dir}: holds a run's {' and '.join(kept)} but no last.pth.tar; move its "
+                        f"outputs away to start over")
     return None
 
 
 def nothing_to_do(model_dir, ckpt, params, path, stop_at):
     """The exit code of a run with nothing left to do (already finished, or already at its --stop_at_epoch), after
-    repairing a status its end was killed before writing; None when training goes on. Checks a resume first."""
+    repairing a status its end was killed before writing (unless a process holds the folder: that status is its
+    own); None when training goes on. Checks a resume first."""
     if ckpt is None:
         return None
     record = read_status(model_dir)
     status = record.get("status")
     if status == Status.COMPLETED or ckpt.get("stop_reason"):  # a finished run's end may have been killed mid-write
-        if status != Status.COMPLETED:
+        if status != Status.COMPLETED and not lock_held(model_dir):
             write_status(model_dir, Status.COMPLETED, reason=ckpt["stop_reason"], epoch=ckpt["epoch"])
         print(f"{model_dir}: already completed (checkpoint at epoch {ckpt['epoch']}); nothing to do (to train "
               f"further, start a new folder with init_weights_path)")
         return 0
     check_resume(ckpt, params, record, path)
     if stop_at and ckpt["epoch"] >= stop_at:
-        if status not in (Status.PAUSED, Status.PRUNED):  # a pause killed between its checkpoint and its status
+        # a pause killed between its checkpoint and its status; not a run that went on past it (a promoted cell)
+        if status not in (Status.PAUSED, Status.PRUNED) and not lock_held(model_dir):
             write_status(model_dir, Status.PAUSED, reason=f"paused at epoch {ckpt['epoch']}", epoch=ckpt["epoch"])
         print(f"{model_dir}: already at epoch {ckpt['epoch']} (--stop_at_epoch {stop_at}); nothing to do")
         return Status.PAUSED.exit_code
