@@ -188,6 +188,14 @@ def test_stop_at_epoch_pauses_and_a_resume_goes_on(make_experiment, digits_dir):
     assert read_status(folder)["status"] == "paused" and epochs_of(folder) == [1]
     assert run_train(folder, digits_dir, "--restore_file", "last", "--stop_at_epoch", "1") == 0  # nothing to do
     assert epochs_of(folder) == [1]
+
+    from core.rundir.folder import Status, folder_lock, write_status
+
+    # promoted: a process resumes it past the rung; the old rung's command, run again meanwhile, leaves it alone
+    write_status(folder, Status.RUNNING, epoch=1)
+    with folder_lock(folder):
+        assert run_train(folder, digits_dir, "--restore_file", "last", "--stop_at_epoch", "1") == 0
+    assert read_status(folder)["status"] == "running"
     assert run_train(folder, digits_dir, "--restore_file", "last") == 0
     assert read_status(folder)["status"] == "completed" and epochs_of(folder) == [1, 2]
     assert FAST_PARAMS["num_epochs"] == 2
