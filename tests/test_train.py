@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -70,8 +72,11 @@ def test_resume_continues_at_next_epoch_and_matches_uninterrupted(make_experimen
         with pytest.raises(KeyboardInterrupt):
             run_train(resumed, digits_dir)
     assert read(os.path.join(resumed, "status.json"))["status"] == "interrupted"
+    stale = os.path.join(resumed, ".tmp-x1y2last.pth.tar")  # what a run SIGKILLed while saving leaves
+    open(stale, "wb").close()
     # no --data_dir: a resume trains on the data set its run trained on (the default data would change the weights)
     assert train.main(["--model_dir", resumed, "--restore_file", "last"]) == 0
+    assert not os.path.exists(stale)
 
     assert "resuming at epoch 3" in open(os.path.join(resumed, "train.log")).read()
     assert [r["epoch"] for r in read(os.path.join(resumed, "history.json"))["epochs"]] == [1, 2, 3]
@@ -186,6 +191,24 @@ def test_a_folder_being_trained_is_refused_with_its_own_exit_code(make_experimen
     assert proc.stderr.strip() == f"error: --model_dir {exp}: another process is training this folder"
     assert sorted(os.listdir(exp)) == [".lock", "params.json"]
     assert not is_locked(exp)
+
+
+def test_a_forked_child_does_not_keep_the_folder_locked(tmp_path):
+    from core.rundir.folder import folder_lock, lock_held
+
+    ready, started = os.pipe()
+    with folder_lock(str(tmp_path)):
+        child = os.fork()
+        if child == 0:  # a DataLoader worker or the figure helper, still alive when the run is gone
+            os.write(started, b"1")
+            time.sleep(3)
+            os._exit(0)
+    os.read(ready, 1)
+    assert not lock_held(str(tmp_path))
+    os.kill(child, signal.SIGKILL)
+    os.waitpid(child, 0)
+    os.close(ready)
+    os.close(started)
 
 
 def test_resume_refuses_changed_params_and_discarding_epochs(make_experiment, digits_dir, monkeypatch):

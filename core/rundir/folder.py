@@ -6,6 +6,7 @@ No torch or matplotlib here: search_hyperparams.py reads cell folders through th
 import contextlib
 import enum
 import fcntl
+import glob
 import json
 import math
 import os
@@ -89,6 +90,19 @@ def write_status(model_dir, status, **fields):
     write_json(os.path.join(model_dir, STATUS), record)
 
 
+HELD = set()  # the descriptors of the folder locks this process holds
+
+
+def close_locks_in_child():
+    """A forked child (a DataLoader worker, the figure helper) must not hold the folder's lock too: the lock would
+    outlive a killed run until the child noticed."""
+    while HELD:
+        os.close(HELD.pop())
+
+
+os.register_at_fork(after_in_child=close_locks_in_child)
+
+
 @contextlib.contextmanager
 def folder_lock(model_dir):
     """An exclusive lock on the folder while the block runs; the OS drops it if the process dies.
@@ -104,8 +118,10 @@ def folder_lock(model_dir):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise FolderBusy(f"--model_dir {model_dir}: another process is training this folder") from None
+        HELD.add(fd)
         yield
     finally:
+        HELD.discard(fd)
         os.close(fd)
 
 
@@ -216,6 +232,9 @@ def claim(model_dir, seen):
         if checkpoint_stamp(model_dir) != seen:
             raise FolderBusy(f"--model_dir {model_dir}: another process trained this folder while this run was "
                              f"starting; run the command again")
+        # a checkpoint's temp file that a killed run left (only train.py writes checkpoints, and it holds the lock)
+        for stale in glob.glob(os.path.join(glob.escape(model_dir), ".tmp-*.pth.tar*")):
+            os.remove(stale)
         yield
 
 
