@@ -38,10 +38,10 @@ from core.training.compiling import compile_model
 from core.training.engine import epoch_seed, keep_freed_memory, pick_runtime, seed_everything
 from core.training.monitor import GradMonitor, gradient_warnings
 from core.training.optim import layer_lrs, step_per_epoch
-from core.training.state import advance_stage, build_state, params_of_stage
+from core.training.state import RESUME_NEEDS, advance_stage, build_state, params_of_stage, run_checkpoint
 from model.loop import evaluate, train_one_epoch
 from model.tasks import TASKS, data_dir_for
-from utils import UserError, load_checkpoint, one_line, run_cli, set_logger, write_json
+from utils import UserError, one_line, run_cli, set_logger, write_json
 
 log = logging.getLogger(__name__)
 OVERFIT_TARGET = 0.99
@@ -78,7 +78,7 @@ def main(argv=None):
     ranks = distributed.Ranks(0, params.nproc) if launch else distributed.from_env()  # this process's place
     seen = checkpoint_stamp(args.model_dir)
     resume_path = checkpoint_to_resume(args.model_dir, args.restore_file)
-    ckpt = load_checkpoint(resume_path) if resume_path else None
+    ckpt = run_checkpoint(resume_path, RESUME_NEEDS) if resume_path else None
     done = nothing_to_do(args.model_dir, ckpt, params, resume_path, args.stop_at_epoch)  # finished, or paused there
     if done is not None:
         return done

@@ -352,6 +352,14 @@ def test_corrupt_checkpoint_to_restore(model_dir, data, capsys):
                     model_dir / "last.pth.tar", "cannot load checkpoint")
 
 
+def test_a_checkpoint_another_program_wrote_to_restore(model_dir, data, capsys):
+    import torch
+
+    torch.save({"state_dict": {}, "epoch": 3}, model_dir / "last.pth.tar")  # loads, but is not train.py's
+    assert_rejected(args(model_dir, data, "--restore_file", "last"), capsys, model_dir,
+                    model_dir / "last.pth.tar", "not a checkpoint written by train.py", "optimizer")
+
+
 # ---------------------------------------------------------------- a real process: nothing reaches the terminal
 
 

@@ -114,8 +114,9 @@ def make_loader(dataset, params, is_train, pin_memory, ranks=None):
     """The DataLoader of one split: shuffled only for training, with a generator of its own (see reseed_epoch);
     with several ranks, each rank's share of every training batch (ShardBatchSampler)."""
     generator = torch.Generator().manual_seed(params.seed)
-    # a final batch of one breaks BatchNorm in train mode; drop it only then
-    drop_last = is_train and len(dataset) % params.batch_size == 1
+    # a final batch of one image a rank breaks BatchNorm in train mode; drop it only then
+    world = ranks.world if ranks is not None else 1
+    drop_last = is_train and 0 < len(dataset) % params.batch_size <= world
     batching = {"batch_size": params.batch_size if is_train else params.bs_test, "shuffle": is_train,
                 "drop_last": drop_last}
     if ranks is not None and ranks.active:

@@ -131,8 +131,8 @@ class TrainingState:
             elif self.ema is not None:  # the EMA begins with this stage: an average of the weights as they are now
                 self.ema = build_ema(self.model, self.stage_params.ema_decay)
         except (KeyError, ValueError, RuntimeError, TypeError) as e:
-            raise UserError(f"{path}: does not match params.json (arch or learning_rate changed?): "
-                            f"{one_line(e)[:200]}") from None
+            raise UserError(f"{path}: does not fit the model as the code builds it now (model/{self.task.name}/ "
+                            f"edited since?): {one_line(e)[:200]}") from None
         # only the tracker's progress: its settings (patience, metric) are checked equal by check_resume
         for key in ("best", "best_epoch", "bad_epochs"):
             setattr(self.tracker, key, ckpt["tracker"][key])
@@ -155,12 +155,22 @@ def option_overrides(args):
     return [f"{k}={v}" for k in EVAL_OPTIONS if (v := getattr(args, k)) is not None]
 
 
+def run_checkpoint(path, needs=("params", "classes", "model", "epoch")):
+    """A checkpoint train.py wrote, holding `needs` (a resume: RESUME_NEEDS), or a one-line error: a foreign or
+    truncated file is named, not a KeyError's traceback."""
+    ckpt = load_checkpoint(path)
+    if not isinstance(ckpt, dict) or not set(needs) <= set(ckpt):
+        raise UserError(f"{path}: not a checkpoint written by train.py (needs {', '.join(needs)})")
+    return ckpt
+
+
+RESUME_NEEDS = ("params", "classes", "model", "epoch", "optimizer", "tracker")
+
+
 def trained_run(path, overrides=()):
     """(checkpoint, params, task) of a checkpoint train.py wrote, its params as evaluate.py and predict.py use them
     (the whole data, no pretraining: the weights come from the checkpoint) plus `overrides` (KEY=VALUE)."""
-    ckpt = load_checkpoint(path)
-    if not isinstance(ckpt, dict) or not {"params", "classes", "model", "epoch"} <= set(ckpt):
-        raise UserError(f"{path}: not a checkpoint written by train.py (needs params, classes, model, epoch)")
+    ckpt = run_checkpoint(path)
     params = trained_params(ckpt["params"], f"{path} (params)", overrides)
     return ckpt, params, tasks.load(params.task)
 
