@@ -214,19 +214,33 @@ def test_a_forked_child_does_not_keep_the_folder_locked(tmp_path):
 def test_resume_refuses_changed_params_and_discarding_epochs(make_experiment, digits_dir, monkeypatch):
     from utils import UserError
 
+    from core.training.state import BestTracker
+
     exp = make_experiment(num_epochs=4)
     with monkeypatch.context() as m:
         StopAfter(m, 3)
+        improves = iter([True, False, False])  # the best epoch is the first
+        m.setattr(BestTracker, "update", lambda self, value, epoch: next(improves))
         with pytest.raises(KeyboardInterrupt):
             run_train(exp, digits_dir)
     before = sorted((f, os.path.getmtime(os.path.join(exp, f))) for f in os.listdir(exp))
     with pytest.raises(UserError, match=r"params changed since this checkpoint \(learning_rate: 0.005 -> 0.1\)"):
         run_train(exp, digits_dir, "--restore_file", "last", "learning_rate=0.1")
-    best_epoch = load_checkpoint(os.path.join(exp, "best.pth.tar"))["epoch"]
-    if best_epoch < 3:
-        with pytest.raises(UserError, match="would discard those epochs"):
-            run_train(exp, digits_dir, "--restore_file", "best")
+    assert load_checkpoint(os.path.join(exp, "best.pth.tar"))["epoch"] == 1
+    with pytest.raises(UserError, match="is from epoch 1 but the run reached epoch 3; resuming would discard"):
+        run_train(exp, digits_dir, "--restore_file", "best")
     assert sorted((f, os.path.getmtime(os.path.join(exp, f))) for f in os.listdir(exp)) == before
+    status = open(os.path.join(exp, "status.json")).read()
+    os.remove(os.path.join(exp, "status.json"))  # lost: last.pth.tar still says how far the run went
+    with pytest.raises(UserError, match="is from epoch 1 but the run reached epoch 3; resuming would discard"):
+        run_train(exp, digits_dir, "--restore_file", "best")
+    with open(os.path.join(exp, "status.json"), "w") as f:
+        f.write(status)
+    with open(os.path.join(exp, "history.json"), "w") as f:
+        f.write("{ torn")
+    with pytest.raises(UserError, match="history.json"):  # its rows would be lost without a word
+        run_train(exp, digits_dir, "--restore_file", "last")
+    os.remove(os.path.join(exp, "history.json"))
     assert run_train(exp, digits_dir, "--restore_file", "last", "num_workers=0", "bs_test=64") == 0  # harmless
 
 

@@ -15,7 +15,17 @@ import socket
 import time
 
 from core.config import KEYS, flatten
-from utils import RANK_ERRORS, FolderBusy, UserError, now, read_json, read_json_field, read_json_object, write_json
+from utils import (
+    RANK_ERRORS,
+    FolderBusy,
+    UserError,
+    load_checkpoint,
+    now,
+    read_json,
+    read_json_field,
+    read_json_object,
+    write_json,
+)
 
 # the names of a run folder's files, known here only
 STATUS, EFFECTIVE, LOCK, LOG, HISTORY = "status.json", "params_effective.json", ".lock", "train.log", "history.json"
@@ -239,11 +249,16 @@ def claim(model_dir, seen):
 
 
 def check_resume(ckpt, params, status, path):
-    """A resume continues the same run: same params (but the resumable ones), and no later epochs thrown away."""
-    if status.get("epoch", 0) > ckpt["epoch"]:
+    """A resume continues the same run: same params (but the resumable ones), no later epochs thrown away, and
+    the history it keeps readable."""
+    reached = max(status.get("epoch", 0), later_checkpoint_epoch(path))
+    if reached > ckpt["epoch"]:
         raise UserError(f"--restore_file: {path} is from epoch {ckpt['epoch']} but the run reached epoch "
-                        f"{status['epoch']}; resuming would discard those epochs (start a new folder with "
+                        f"{reached}; resuming would discard those epochs (start a new folder with "
                         f"init_weights_path instead)")
+    history = os.path.join(os.path.dirname(path), HISTORY)
+    if os.path.exists(history) and not isinstance(read_json(history), dict):  # read_json: one line if malformed
+        raise UserError(f"{history}: not a JSON object; a resume keeps its rows: repair it or move it away")
     # a key the checkpoint predates counts as what runs did before it existed (wd_norm_bias: 1)
     old = {k: e.before_it_existed for k, e in KEYS.items()} | flatten(ckpt.get("params", {}))
     new = flatten(params.to_dict())
@@ -252,6 +267,16 @@ def check_resume(ckpt, params, status, path):
     if changed:
         raise UserError(f"{path}: params changed since this checkpoint ({'; '.join(changed)}); resume with the "
                         f"same params, or start a new folder with init_weights_path")
+
+
+def later_checkpoint_epoch(path):
+    """The epoch of last.pth.tar when `path` is another checkpoint (best.pth.tar) that last.pth.tar is not a link
+    of: epochs a resume from `path` would discard, whatever status.json says; else 0."""
+    last = checkpoint_path(os.path.dirname(path))
+    if os.path.abspath(path) == os.path.abspath(last) or not os.path.exists(last) or os.path.samefile(path, last):
+        return 0
+    ckpt = load_checkpoint(last)
+    return ckpt.get("epoch", 0) if isinstance(ckpt, dict) else 0
 
 
 def load_history(folder):
