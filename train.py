@@ -84,7 +84,7 @@ def main(argv=None):
         return done
 
     # Everything below up to start_run() only reads: bad input fails here, before a single file is written.
-    rt = pick_runtime(params.cuda, ranks.local_rank)  # the runtime: device, autocast dtype, memory format
+    rt = pick_runtime(params.cuda, ranks.local_rank, params.deterministic)  # device, autocast dtype, memory format
     distributed.check(params, ranks, ckpt, params_path, rt.device.type)
     if launch:  # holding the folder's lock for the ranks, so a busy folder is said once, before they start
         with claim(args.model_dir, seen):

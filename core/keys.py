@@ -188,6 +188,10 @@ KEYS = {
     # like cuda, compiling changes how the forward pass runs (float rounding may differ), not what is computed
     "compile": Key(0, FLAG, "1: torch.compile the model for training (eager, with a message, where it cannot)",
                    resumable=True, smoke=0),
+    # which kernels run, not what they compute; a resume that toggles it is not bit-identical on a GPU
+    "deterministic": Key(0, FLAG, "1: deterministic kernels only (cuDNN without autotuning, torch's deterministic "
+                         "algorithms): GPU runs and their resumes bit-identical, a little slower; the CPU's already "
+                         "are", resumable=True),
     # validating changes no weights (no RNG drawn, no statistics updated): a resume may change it
     "val_every_batches": Key(0, int, "also validate every N training batches within an epoch (history.json "
                              "'checks', train_history.png); best.pth.tar and early stopping read the end-of-epoch "

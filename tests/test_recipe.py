@@ -310,6 +310,14 @@ def test_compile_that_fails_at_once_also_falls_back(monkeypatch):
     assert model._compiled_call_impl is None
 
 
+def test_deterministic_turns_deterministic_kernels_on_and_off_again():
+    pick_runtime(0, deterministic=True)
+    assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    pick_runtime(0)  # the next run in this process: as its params say
+    assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic
+
+
 def test_class_weights_scale_mixed_and_plain_batches_alike():
     p = Params(resolve({"class_weights": [1.0, 1.0, 5.0]}, "t"))
     loss = build_loss(p, [10, 10, 10])

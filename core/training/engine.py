@@ -48,10 +48,18 @@ class Runtime:
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
 
-def pick_runtime(use_cuda, local_rank=0):
-    """local_rank: this process's GPU among several processes on the machine (torchrun)."""
+def pick_runtime(use_cuda, local_rank=0, deterministic=False):
+    """local_rank: this process's GPU among several processes on the machine (torchrun). deterministic: kernels
+    that give the same bits every run (GPU runs, and their resumes, bit-identical; on the CPU they already are)."""
+    if deterministic:
+        import os
+
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition, read at its first call
+    torch.use_deterministic_algorithms(bool(deterministic), warn_only=True)  # an op without such a kernel warns, once
+    torch.backends.cudnn.deterministic = bool(deterministic)
     if use_cuda and torch.cuda.is_available():
-        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels once
+        # fixed input size: let cuDNN pick the fastest kernels once (a choice that may differ from run to run)
+        torch.backends.cudnn.benchmark = not deterministic
         bf16 = torch.cuda.is_bf16_supported()
         return Runtime(torch.device("cuda", local_rank), torch.bfloat16 if bf16 else None, channels_last=True)
     return Runtime(torch.device("cpu"), None, channels_last=False)
