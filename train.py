@@ -134,8 +134,9 @@ def session(folder, params, state, loaders, rt, start_epoch, stop_at, reload):
             closing_s = folder.close()  # however the run ends: the last checkpoint lands, every figure is drawn
     except BaseException as e:
         if folder.main:
-            outcome = Status.INTERRUPTED if isinstance(e, KeyboardInterrupt) else Status.FAILED
-            write_status(folder.dir, outcome, reason=one_line(e) or "interrupted")
+            stopped = isinstance(e, KeyboardInterrupt)  # Ctrl-C, or a signal named by stop_on_signals
+            outcome = Status.INTERRUPTED if stopped else Status.FAILED
+            write_status(folder.dir, outcome, reason=(str(e) or "Ctrl-C") if stopped else one_line(e))
             record.end_session(folder.dir, outcome, time.perf_counter() - started)
         raise
     return status, reason, history, {"wall_time_s": time.perf_counter() - started, "closing_s": closing_s}
@@ -206,7 +207,7 @@ def fit(folder, params, state, loaders, rt, start_epoch, stop_at=None, reload=No
     A pause changes nothing the run computes (the schedule still spans num_epochs): resuming it gives the run
     that never paused. With a plan (core/stages.py), each stage begins at its first epoch: reload(stage params)
     gives its train loader when its batch size or augmentation differ."""
-    history = folder.load_history(start_epoch - 1)
+    history = folder.kept_history(start_epoch - 1)
     monitor = GradMonitor(state.model, params.save_summary_steps) if params.monitor_gradients else None
     n_clas, tracker = len(folder.classes), state.tracker
     predict = state.task.predictor(params, classes=folder.classes)
@@ -256,10 +257,13 @@ def within_epoch(folder, params, state, valid_loader, rt, predict, epoch):
     """val_every_batches: check(batches done, n_batches) validates the weights as they are (rank 0), logs and
     records a row at the fractional epoch (history.json "checks"); None when off. Nothing the training computes
     changes: validation draws no random numbers and updates no statistics."""
-    if not params.val_every_batches:
+    every = params.val_every_batches
+    if not every:
         return None
 
     def check(done, n_batches):
+        if done % every or done == n_batches:  # the end of the epoch validates anyway
+            return 0.0
         start = time.perf_counter()
         if folder.main:
             val_m, _ = evaluate(state.eval_model, valid_loader, rt, state.task, len(folder.classes), predict, "valid")
@@ -269,15 +273,14 @@ def within_epoch(folder, params, state, valid_loader, rt, predict, epoch):
             log.info(f"epoch {row['epoch']:.2f} (batch {done}/{n_batches})  valid: {metrics_text(val_m)}")
         return time.perf_counter() - start
 
-    check.every = params.val_every_batches
     return check
 
 
 def finish(model_dir, params, task, status, reason, history, start_epoch, timing):
     """The final status, the session's record (with `timing`: wall_time_s, closing_s) and, in overfit mode, the
     verdict of the sanity check."""
-    session = [r for r in history if r["epoch"] >= start_epoch]
-    images_per_s = sum(r["images_per_s"] for r in session) / len(session) if session else None
+    trained_now = [r for r in history if r["epoch"] >= start_epoch]
+    images_per_s = sum(r["images_per_s"] for r in trained_now) / len(trained_now) if trained_now else None
     extra = {}
     if params.overfit_batches and history:
         metric = task.overfit_metric

@@ -182,7 +182,8 @@ KEYS = {
                     "own); train.py --data_dir overrides it; hyper_search may vary it"),
     "seed": Key(230, int, "seed for torch, numpy, random, data order and augmentation", check=at_least(0)),
     "cuda": Key(1, FLAG, "use a GPU when one is available", resumable=True),
-    # how many run it, not what they compute (a resume must keep it: core/training/distributed.py check)
+    # how many run it, not what they compute; resumable only in that check_resume leaves it to
+    # core/training/distributed.py check, which refuses a resume with another world size
     "nproc": Key(1, int, "processes that train the run together (DDP through torchrun: one a GPU, or CPU "
                  "processes); batch_size stays the global batch", check=at_least(1), resumable=True, smoke=1),
     # like cuda, compiling changes how the forward pass runs (float rounding may differ), not what is computed

@@ -30,8 +30,8 @@ def train_one_epoch(state, loader, rt, n_clas, summary_steps=10, monitor=None, d
     accumulation group. Every state.accumulate_steps batches, and at the epoch's end for a remainder, one
     optimizer step: `monitor` (a core.training.monitor.GradMonitor) samples the gradients, they are clipped to
     state.grad_clip, the optimizer steps, then a per-batch scheduler (one_cycle, cosine) and the EMA.
-    check(batches done, n_batches): a validation within the epoch every check.every batches (val_every_batches),
-    returning its seconds, which the epoch's time leaves out."""
+    check(batches done, n_batches), after each batch: a validation within the epoch when one is due
+    (val_every_batches), returning its seconds (0 when none), which the epoch's time leaves out."""
     optimizer = state.optimizer
     scheduler = state.scheduler if state.per_batch else None
     train_mode(state)
@@ -55,7 +55,7 @@ def train_one_epoch(state, loader, rt, n_clas, summary_steps=10, monitor=None, d
         n_seen += x.shape[0]
         if step % summary_steps == 0 and not bar.disable:
             bar.set_postfix(loss=f"{loss.item():.4f}")  # .item() waits for the GPU: only every summary_steps
-        if check is not None and (step + 1) % check.every == 0 and step + 1 < n_batches:
+        if check is not None:
             checking += check(step + 1, n_batches)
             train_mode(state)
         tick = time.perf_counter()

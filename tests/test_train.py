@@ -212,9 +212,8 @@ def test_a_forked_child_does_not_keep_the_folder_locked(tmp_path):
 
 
 def test_resume_refuses_changed_params_and_discarding_epochs(make_experiment, digits_dir, monkeypatch):
-    from utils import UserError
-
     from core.training.state import BestTracker
+    from utils import UserError
 
     exp = make_experiment(num_epochs=4)
     with monkeypatch.context() as m:

@@ -48,7 +48,7 @@ class RunFolder:
     def path(self, name):
         return os.path.join(self.dir, name)
 
-    def load_history(self, up_to_epoch):
+    def kept_history(self, up_to_epoch):
         """The rows of the epochs a resume keeps; the validations within them (checks) are kept alike."""
         epochs, checks = load_history_and_checks(self.dir)
         self.epochs = [r for r in epochs if r["epoch"] <= up_to_epoch]
@@ -188,7 +188,7 @@ class Bystander:
     def __init__(self, model_dir, classes):
         self.dir, self.classes = model_dir, classes
 
-    def load_history(self, up_to_epoch):
+    def kept_history(self, up_to_epoch):
         return []
 
     def record_epoch(self, *args):
