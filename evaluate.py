@@ -20,7 +20,7 @@ from core.data.loaders import fetch_dataloader
 from core.rundir.record import provenance, trained_on
 from core.rundir.report import check_same_data, variant_of, write_report
 from core.training.engine import keep_freed_memory, pick_runtime
-from core.training.state import option_overrides
+from core.training.trained import option_overrides
 from model import tasks
 from model.loop import evaluate
 from utils import UserError, run_cli

@@ -22,7 +22,7 @@ from core.data.loaders import fetch_dataloader
 from core.rundir.folder import trained_checkpoint
 from core.rundir.record import provenance, trained_on
 from core.training.engine import keep_freed_memory
-from core.training.state import trained_model, trained_run
+from core.training.trained import trained_model, trained_run
 from model import tasks
 from utils import UserError, atomic_path, run_cli
 

@@ -26,7 +26,7 @@ from core.data.sources import image_sources, output_stems, predict_loader
 from core.rundir import predictions
 from core.rundir.record import provenance
 from core.training.engine import keep_freed_memory, pick_runtime
-from core.training.state import option_overrides
+from core.training.trained import option_overrides
 from model.loop import progress
 from utils import UserError, run_cli
 

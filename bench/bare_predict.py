@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from core.training.state import trained_model, trained_run  # noqa: E402
+from core.training.trained import trained_model, trained_run  # noqa: E402
 
 
 def main():

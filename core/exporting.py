@@ -167,7 +167,7 @@ def load_trained(model_dir, restore_file, exported=None, overrides=()):
     and weights. The model is on the CPU."""
     if exported:
         return exported_run(model_dir, restore_file, exported, overrides)
-    from core.training.state import trained_model, trained_run
+    from core.training.trained import trained_model, trained_run
 
     path = trained_checkpoint(model_dir, restore_file)
     ckpt, params, task = trained_run(path, overrides)
@@ -178,7 +178,7 @@ def exported_run(model_dir, restore_file, fmt, overrides=()):
     """(info, params, task, model, path) of MODEL_DIR/export/<restore_file>.<fmt>: info has the checkpoint's
     "classes", "epoch" and "weights"; model an ExportedModel. A .pt2 is loaded (it unpickles) only when its
     SHA-256 is the one export.py recorded beside it."""
-    from core.training.state import trained_params
+    from core.training.trained import trained_params
     from model import tasks
 
     check_model_dir(model_dir)

@@ -65,7 +65,8 @@ class RunFolder:
 
     def record_check(self, row, step):
         """A validation within an epoch (val_every_batches): history.json gains it, the figures are redrawn.
-        TensorBoard's steps are whole numbers, so its checks are `val_checks/*` at `step`, the batch number."""
+        TensorBoard's steps are whole numbers, so its checks are `val_checks/*` at `step`: train.py gives
+        (epoch - 1) x this epoch's batches + batch, the batch number while a plan's stages keep the batch size."""
         self.checks.append(row)
         self.writes.submit(self.write_history, self.epochs, list(self.checks))
         if self.tb is not None:

@@ -5,14 +5,15 @@
     next_epoch = state.load(ckpt, path)                                      # the inverse, RNG states included
     weights = evaluated_weights(ckpt)                                        # what validation saw: raw or EMA
 
-Shared by train.py and the search's smoke test (core/search/smoke.py).
+Shared by train.py and the search's smoke test (core/search/smoke.py); evaluate.py, predict.py and export.py load a
+trained run through core/training/trained.py.
 """
 
 from dataclasses import asdict, dataclass
 
 import torch
 
-from core.config import Params, fixed_overrides, resolve
+from core.config import Params
 from core.paths import repo_path
 from core.stages import stage_of, stage_params
 from core.training import distributed
@@ -147,14 +148,6 @@ def evaluated_weights(ckpt):
     return {k[len(EMA_PREFIX):]: v for k, v in ckpt["ema"].items() if k.startswith(EMA_PREFIX)}
 
 
-EVAL_OPTIONS = ("eval_window", "eval_stride", "keep_regions")  # params keys evaluate.py and predict.py set as flags
-
-
-def option_overrides(args):
-    """KEY=VALUE overrides of the EVAL_OPTIONS flags given on the command line, for trained_run."""
-    return [f"{k}={v}" for k in EVAL_OPTIONS if (v := getattr(args, k)) is not None]
-
-
 def run_checkpoint(path, needs=("params", "classes", "model", "epoch")):
     """A checkpoint train.py wrote, holding `needs` (a resume: RESUME_NEEDS), or a one-line error: a foreign or
     truncated file is named, not a KeyError's traceback."""
@@ -165,30 +158,6 @@ def run_checkpoint(path, needs=("params", "classes", "model", "epoch")):
 
 
 RESUME_NEEDS = ("params", "classes", "model", "epoch", "optimizer", "tracker")
-
-
-def trained_run(path, overrides=()):
-    """(checkpoint, params, task) of a checkpoint train.py wrote, its params as evaluate.py and predict.py use them
-    (the whole data, no pretraining: the weights come from the checkpoint) plus `overrides` (KEY=VALUE)."""
-    ckpt = run_checkpoint(path)
-    params = trained_params(ckpt["params"], f"{path} (params)", overrides)
-    return ckpt, params, tasks.load(params.task)
-
-
-def trained_params(raw, where, overrides=()):
-    """A trained run's params as evaluate.py, predict.py and export.py use them: the whole data, no pretraining."""
-    return Params(resolve(raw, where, [*fixed_overrides("evaluate"), *overrides]))
-
-
-def trained_model(ckpt, params, task, path):
-    """The model of `ckpt` with the weights its validation saw (the EMA's when it kept one), on the CPU."""
-    model = task.build_model(params, len(ckpt["classes"]))
-    try:
-        model.load_state_dict(evaluated_weights(ckpt))
-    except RuntimeError as e:
-        raise UserError(f"{path}: does not fit model/{params.task}/net.py as it is now (edited since?): "
-                        f"{one_line(e)[:200]}") from None
-    return model
 
 
 def load_init_weights(model, path):
