@@ -35,7 +35,7 @@ from core.rundir.outputs import Bystander, RunFolder, tensorboard_writer
 from core.stages import stage_of
 from core.training import distributed
 from core.training.compiling import compile_model
-from core.training.engine import epoch_seed, keep_freed_memory, pick_runtime, seed_everything
+from core.training.engine import epoch_seed, keep_freed_memory, pick_runtime, rank_seed, seed_everything
 from core.training.monitor import GradMonitor, gradient_warnings
 from core.training.optim import layer_lrs, step_per_epoch
 from core.training.state import RESUME_NEEDS, advance_stage, build_state, params_of_stage, run_checkpoint
@@ -92,7 +92,7 @@ def main(argv=None):
                                                                      else argv))
     distributed.start(ranks, rt.device.type)
     keep_freed_memory()  # no page faults for each batch's activations
-    seed_everything(params.seed)
+    seed_everything(rank_seed(params.seed, ranks.rank))  # rank 0 initialises the weights DDP gives the others
     data_dir = data_dir_for(params.task, params.data_dir, args.data_dir, ckpt and record.trained_on(args.model_dir))
     first = ckpt["epoch"] + 1 if ckpt else 1  # in a plan, its stage decides batch size and augmentation
     loaders, classes = fetch_dataloader(["train", "valid"], data_dir, stage_at(params, first), rt.pin_memory,

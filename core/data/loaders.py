@@ -13,10 +13,10 @@ augmentation reproducible. What a split holds, how it is checked and how an item
 
 import os
 
-import numpy as np
 import torch
 
 from core.data import imagecache
+from core.training.engine import rank_seed
 from model import tasks
 from utils import UserError
 
@@ -58,11 +58,6 @@ def reseed_epoch(loader, seed):
     """
     loader.generator.manual_seed(seed)  # the order: the same on every rank, each takes its share
     loader.dataset.reseed(rank_seed(seed, getattr(loader.dataset, "rank", 0)))
-
-
-def rank_seed(seed, rank):
-    """Rank 0's augmentation seed is the run's (one process augments as before); the others draw their own."""
-    return seed if rank == 0 else int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
 
 
 # ---------------------------------------------------------------- which items

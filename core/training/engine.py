@@ -85,6 +85,12 @@ def seed_everything(seed):
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
+def rank_seed(seed, rank):
+    """Rank 0's seed is the run's (one process draws as before); the others draw their own streams (augmentation,
+    dropout, MixUp), not copies of rank 0's."""
+    return seed if rank == 0 else int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+
+
 def epoch_seed(seed, epoch):
     """A seed for one epoch of one run. Hashing (seed, epoch) keeps repetitions (seed, seed + 1000) from
     sharing data orders the way seed + epoch would (repetition 1's epoch 1 = repetition 0's epoch 1001...)."""
