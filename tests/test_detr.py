@@ -177,5 +177,5 @@ def test_export_refuses_it_with_a_reason(detr_experiment):
 
     params = load_params(os.path.join(detr_experiment(), "params.json"))
     task = TASKS["detection"]
-    with pytest.raises(UserError, match="small_rt_detr is not exported: .* one-stage detectors export: small_fcos"):
+    with pytest.raises(UserError, match="small_rt_detr is not exported: .* these export: small_fcos"):
         task.export_parts(task.build_model(params, 3), params)
