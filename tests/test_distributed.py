@@ -85,7 +85,7 @@ def test_two_processes_train_as_one_on_the_same_global_batch_and_only_rank_0_wri
 
 
 @pytest.mark.slow
-def test_rank_0_sigkilled_mid_run_is_failed_and_its_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path, digits_dir):
+def test_rank_0_sigkilled_is_failed_and_its_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path, digits_dir):
     """Dropout and augmentation on: each rank's random streams must come back as they were. A plan whose first stage
     freezes the body: DDP reduces the gradients of what trains, so it is built again when the stage changes."""
     extra = {"ps": 0.25, "augmentation": "light", "num_epochs": 6,

@@ -132,6 +132,12 @@ def gathered(obj, ranks):
     return out
 
 
+def wait_for_all(ranks):
+    """Every rank waits here for the others (a barrier); nothing with one process."""
+    if ranks.active:
+        dist.barrier()
+
+
 def from_main(obj, ranks):
     """Rank 0's obj, on every rank."""
     if not ranks.active:
