@@ -88,8 +88,9 @@ def main(argv=None):
     distributed.check(params, ranks, ckpt, params_path, rt.device.type)
     if launch:  # holding the folder's lock for the ranks, so a busy folder is said once, before they start
         with claim(args.model_dir, seen):
-            return after_torchrun(args.model_dir, distributed.launch(params.nproc, sys.argv[1:] if argv is None
-                                                                     else argv))
+            before = read_status(args.model_dir)
+            code = distributed.launch(params.nproc, sys.argv[1:] if argv is None else argv)
+            return after_torchrun(args.model_dir, code, before)
     distributed.start(ranks, rt.device.type)
     keep_freed_memory()  # no page faults for each batch's activations
     seed_everything(rank_seed(params.seed, ranks.rank))  # rank 0 initialises the weights DDP gives the others
@@ -142,11 +143,18 @@ def session(folder, params, state, loaders, rt, start_epoch, stop_at, reload):
     return status, reason, history, {"wall_time_s": time.perf_counter() - started, "closing_s": closing_s}
 
 
-def after_torchrun(model_dir, code):
-    """torchrun's exit code; a run left 'running' (rank 0 itself was killed: it could not say) becomes 'failed'."""
-    if code != 0 and read_status(model_dir).get("status") == Status.RUNNING:
+def after_torchrun(model_dir, code, before):
+    """The exit code of the run under torchrun, which exits 1 however its ranks ended: the one of the status rank 0
+    recorded in this run (130 for interrupted, so a search can resume it), torchrun's otherwise. A run left
+    'running' (rank 0 itself was killed: it could not say) becomes 'failed'."""
+    record = read_status(model_dir)
+    status = record.get("status")
+    if code == 0 or record == before or status not in set(Status):
+        return code
+    if status == Status.RUNNING:
         write_status(model_dir, Status.FAILED, reason=f"a process of the run died (torchrun exit code {code})")
-    return code
+        return code
+    return Status(status).exit_code
 
 
 def stage_at(params, epoch):

@@ -251,3 +251,46 @@ def test_a_cell_interrupted_while_starting_stays_resumable(tmp_path):
 
     cell = fake_cell(str(tmp_path), "promoted", "paused", 1, [0.5])  # Ctrl-C before train.py wrote 'running'
     assert collect(cell, 130) == "interrupted" and read_status(cell.folder)["status"] == "interrupted"
+
+
+def test_an_ended_cell_is_read_not_rewritten_when_another_process_holds_it_or_it_completed(tmp_path):
+    from core.rundir.folder import folder_lock
+    from core.search.pool import collect
+
+    theirs = fake_cell(str(tmp_path), "theirs", "running", 1, [0.5])  # a second search trains it meanwhile
+    with folder_lock(theirs.folder):
+        assert collect(theirs, 1) == "locked"
+    assert read_status(theirs.folder)["status"] == "running"
+    done = fake_cell(str(tmp_path), "done", "completed", 2, [0.5, 0.6])  # its command crashed after the last epoch
+    assert collect(done, 1) == "completed" and read_status(done.folder)["status"] == "completed"
+
+
+def test_a_scheduler_task_that_is_gone_leaves_train_pys_own_end_and_fails_only_a_silent_one(tmp_path):
+    from core.search.cluster import outcome_of_gone_task
+
+    p = str(tmp_path)
+    preempted = fake_cell(p, "preempted", "interrupted", 1, [0.5])  # scancel, or a node taken back
+    assert outcome_of_gone_task(preempted, "Slurm task 7_0") == "interrupted"
+    assert read_status(preempted.folder)["status"] == "interrupted"
+    lost = fake_cell(p, "lost", "running", 1, [0.5])  # the node went away mid-epoch
+    assert outcome_of_gone_task(lost, "Ray task (RayTaskError)") == "failed"
+    assert read_status(lost.folder)["reason"] == "Ray task (RayTaskError) ended with status 'running'"
+
+
+def test_under_torchrun_the_exit_code_is_the_one_of_the_status_rank_0_recorded(tmp_path):
+    from core.rundir.folder import Status, read_status, write_status
+    from train import after_torchrun
+
+    folder = str(tmp_path)
+    write_status(folder, Status.RUNNING, epoch=1)
+    before = read_status(folder)
+    assert after_torchrun(folder, 0, before) == 0
+    write_status(folder, Status.INTERRUPTED, reason="SIGTERM")  # torchrun itself exits 1 whatever its ranks did
+    assert after_torchrun(folder, 1, before) == 130  # a search resumes it, not marks it failed
+    before = read_status(folder)
+    write_status(folder, Status.RUNNING, epoch=1)
+    assert after_torchrun(folder, 1, before) == 1  # rank 0 killed: it could not say, the launcher does
+    assert read_status(folder)["status"] == "failed"
+    write_status(folder, Status.INTERRUPTED, reason="an earlier session's")
+    before = read_status(folder)  # rank 0 crashed before it wrote anything: the earlier status is not this run's
+    assert after_torchrun(folder, 1, before) == 1 and read_status(folder)["reason"] == "an earlier session's"

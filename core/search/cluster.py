@@ -9,7 +9,7 @@ import time
 
 from core.paths import ROOT
 from core.rundir.folder import Status, is_locked, read_status, write_status
-from core.search.pool import Progress, cell_env, prepare, procs_per_cell, train_cell
+from core.search.pool import Progress, cell_env, launch, prepare, procs_per_cell, train_cell
 from core.search.squeue import slurm_alive
 from utils import UserError
 
@@ -40,7 +40,7 @@ class SlurmCell:
 
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
             if os.environ["RANK"] != "0":  # rank 0 keeps the folder's status and lock; the others just train
-                return train_cell(cell, self.data_dir, cell_env(threads=self.threads), self.container)
+                return launch(cell, self.data_dir, cell_env(threads=self.threads), self.container).wait()
         if is_locked(cell.folder):  # a hand-run train.py or another search trains it: its status is not ours
             return "locked"
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
@@ -111,6 +111,19 @@ def run_slurm(cells, data_dir, parent_dir, opts):
     return wait_slurm(cells, jobs)
 
 
+def outcome_of_gone_task(cell, task):
+    """A scheduler's task that is gone (ended, lost, failed): what its folder says; 'failed' written only where
+    train.py left none of its ends (a status of 'queued' or 'running', or none)."""
+    if is_locked(cell.folder):  # trained by another process now: neither ours nor failed
+        return "locked"
+    status = read_status(cell.folder).get("status")
+    ended = (Status.COMPLETED, Status.PAUSED, Status.PRUNED, Status.DIVERGED, Status.INTERRUPTED, Status.FAILED)
+    if status in ended:
+        return Status(status)
+    write_status(cell.folder, Status.FAILED, reason=f"{task} ended with status '{status}'")
+    return Status.FAILED
+
+
 def wait_slurm(cells, jobs):
     progress = Progress(len(cells))
     waiting = dict(zip([j.job_id for j in jobs], cells))
@@ -122,15 +135,7 @@ def wait_slurm(cells, jobs):
                 continue
             for job_id in [j for j in waiting if j not in alive]:
                 cell = waiting.pop(job_id)
-                if is_locked(cell.folder):  # trained by another process now: neither ours nor failed
-                    cell.result = "locked"
-                    progress.finished(cell, len(waiting))
-                    continue
-                status = read_status(cell.folder).get("status")
-                ended = (Status.COMPLETED, Status.PAUSED, Status.DIVERGED, Status.FAILED)
-                cell.result = Status(status) if status in ended else Status.FAILED
-                if cell.result == Status.FAILED and status != Status.FAILED:
-                    write_status(cell.folder, Status.FAILED, reason=f"Slurm task {job_id} ended with status '{status}'")
+                cell.result = outcome_of_gone_task(cell, f"Slurm task {job_id}")
                 progress.finished(cell, len(waiting))
             progress.update(len(waiting))
     finally:
@@ -170,8 +175,7 @@ def wait_ray(ray, pending, progress):
         try:
             cell.result = ray.get(done[0])
         except Exception as e:  # a lost node or a crashed worker: the folder says how far it got
-            cell.result = Status.FAILED
-            write_status(cell.folder, Status.FAILED, reason=f"ray task failed: {type(e).__name__}")
+            cell.result = outcome_of_gone_task(cell, f"Ray task ({type(e).__name__})")
         progress.finished(cell, len(pending))
     return progress.failed
 

@@ -20,7 +20,16 @@ from tqdm import tqdm
 
 from core.config import KEYS, resolve
 from core.paths import ROOT, TRAIN
-from core.rundir.folder import LOG, Status, checkpoint_path, is_locked, load_history, read_status, write_status
+from core.rundir.folder import (
+    LOG,
+    Status,
+    checkpoint_path,
+    is_locked,
+    load_history,
+    lock_held,
+    read_status,
+    write_status,
+)
 from core.search.asha import find_schedule, parse_schedule
 from core.search.container import run_command
 from core.search.forkserver import ForkServer, ServerGone
@@ -239,11 +248,13 @@ def train_cell(cell, data_dir, env, container=None):
 
 def collect(cell, returncode):
     """Read the outcome from the folder; record a failure train.py could not record itself."""
-    if returncode == FolderBusy.exit_code:  # another process trains it: its status is not ours to touch
+    # another process trains it (its exit code said so, or it took the folder since): its status is not ours
+    if returncode == FolderBusy.exit_code or lock_held(cell.folder):
         return "locked"
-    # the exit code decides, the status confirms: a stale status from an earlier session must not
+    # the exit code decides, the status confirms: a stale status from an earlier session must not (a completed run
+    # is never stale: a folder that holds one is never trained again)
     status = read_status(cell.folder).get("status")
-    if status in set(Status) and Status(status).exited_with(returncode):
+    if status == Status.COMPLETED or status in set(Status) and Status(status).exited_with(returncode):
         return Status(status)
     if Status.INTERRUPTED.exited_with(returncode):  # stopped before it recorded anything: still resumable
         write_status(cell.folder, Status.INTERRUPTED, reason="interrupted while starting", exit_code=returncode)
@@ -314,7 +325,7 @@ def run_pool(source, data_dir, workers, gpus, fail_fast, warm=True, meanwhile=No
             pool.reap()
             if pool.progress.failed and fail_fast:
                 pool.stop()
-    except KeyboardInterrupt:
+    except BaseException:  # Ctrl-C, or an error starting a later cell: the running ones stop resumable, not killed
         pool.stop(wait=True)
         raise
     finally:
