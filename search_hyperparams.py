@@ -96,6 +96,8 @@ def parse_args(argv=None):
     for name in ("gpus_per_cell", "max_requeues", "promote"):
         if getattr(args, name) < 0:
             raise UserError(f"--{name} {getattr(args, name)}: must be >= 0")
+    if args.mem_gb is not None and args.mem_gb <= 0:
+        raise UserError(f"--mem_gb {args.mem_gb}: must be > 0")
     return args
 
 

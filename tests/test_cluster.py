@@ -141,6 +141,19 @@ def test_slurm_trains_a_cell_on_two_processes(slurm, tmp_path, digits_dir):
     assert ckpt["world_size"] == 2
 
 
+def test_bad_cluster_options_are_one_line_before_anything_is_written(slurm, ray_installed, tmp_path, digits_dir):
+    parent = make_parent(tmp_path, num_epochs=1)
+    for flags, line in [
+        (["--launcher", "slurm", "--partition", "nope"], "--partition nope: not a partition of this cluster (debug)"),
+        (["--launcher", "slurm", "--mem_gb", "0"], "--mem_gb 0.0: must be > 0"),
+        (["--launcher", "ray", "--ray_address", "auto"], "--ray_address auto: no Ray cluster there (Could not find"),
+    ]:
+        proc = search(parent, digits_dir, *flags)
+        err = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(err) == 1 and err[0].startswith(f"error: {line}"), proc.stderr
+        assert os.listdir(parent) == ["params.json"]
+
+
 def test_ray_runs_both_cells_and_rerun_skips(ray_installed, tmp_path, digits_dir):
     parent = make_parent(tmp_path, num_epochs=2)
     env = dict(os.environ, RAY_AUTH_MODE="disabled")

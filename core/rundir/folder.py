@@ -148,6 +148,17 @@ def is_locked(model_dir, settle_s=10.0):
     return False
 
 
+def held_by_another(model_dir, settle_s=5.0):
+    """After our run of the folder ended: whether another process holds its lock. Ours may hold it a moment longer
+    (a warm cell dying with its server after the search heard it was gone): waited for, up to settle_s."""
+    deadline = time.monotonic() + settle_s
+    while lock_held(model_dir):
+        if time.monotonic() > deadline:
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def lock_held(model_dir):
     """Probes with a shared lock on an existing lock file only, so it creates nothing (--dry_run writes nothing)
     and never blocks a train.py taking the lock."""

@@ -5,13 +5,15 @@ rerun-is-resume holds everywhere: the folders are the state, not the scheduler.
 """
 
 import os
+import shutil
+import subprocess
 import time
 
 from core.paths import ROOT
 from core.rundir.folder import Status, is_locked, read_status, write_status
 from core.search.pool import Progress, cell_env, launch, prepare, procs_per_cell, train_cell
 from core.search.squeue import slurm_alive
-from utils import UserError
+from utils import UserError, one_line
 
 EXTRA = "pip install -r requirements-cluster.txt"
 PACKAGE = {"slurm": "submitit", "ray": "ray"}
@@ -92,10 +94,20 @@ def describe_slurm(cells, opts):
             f"{gpus}{mem} per task{ranks}, at most {opts.array_parallelism} at once)")
 
 
+def check_partition(name):
+    """--partition names one of the cluster's (before any cell folder is written: sbatch would refuse the array)."""
+    if not name or shutil.which("sinfo") is None:
+        return
+    known = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True).stdout.split()
+    if known and name not in known:
+        raise UserError(f"--partition {name}: not a partition of this cluster ({', '.join(sorted(set(known)))})")
+
+
 def run_slurm(cells, data_dir, parent_dir, opts):
     """Submit one array (one task per cell); wait and show progress unless opts.no_wait. Returns failures."""
     if not cells:
         return 0
+    check_partition(opts.partition)
     executor = slurm_executor(parent_dir, opts, procs_per_cell(cells))
     for cell in cells:
         prepare(cell)
@@ -151,11 +163,14 @@ def run_ray(cells, data_dir, opts):
     if not cells:
         return 0
     ray = need("ray")
-    for cell in cells:
-        prepare(cell)
-    address = opts.ray_address or None
-    ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
+        ray.init(address=opts.ray_address or None, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+    except ConnectionError as e:  # before any cell folder is written
+        raise UserError(f"--ray_address {opts.ray_address}: no Ray cluster there ({one_line(e)[:200]})") from None
+    try:
+        for cell in cells:
+            prepare(cell)
         remote = ray.remote(num_cpus=opts.cpus_per_cell, num_gpus=opts.gpus_per_cell or 0)(ray_train_cell)
         pending = {remote.remote(cell, data_dir, opts.cpus_per_cell, opts.container): cell for cell in cells}
         progress = Progress(len(cells))

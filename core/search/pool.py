@@ -24,9 +24,9 @@ from core.rundir.folder import (
     LOG,
     Status,
     checkpoint_path,
+    held_by_another,
     is_locked,
     load_history,
-    lock_held,
     read_status,
     write_status,
 )
@@ -249,7 +249,7 @@ def train_cell(cell, data_dir, env, container=None):
 def collect(cell, returncode):
     """Read the outcome from the folder; record a failure train.py could not record itself."""
     # another process trains it (its exit code said so, or it took the folder since): its status is not ours
-    if returncode == FolderBusy.exit_code or lock_held(cell.folder):
+    if returncode == FolderBusy.exit_code or held_by_another(cell.folder):
         return "locked"
     # the exit code decides, the status confirms: a stale status from an earlier session must not (a completed run
     # is never stale: a folder that holds one is never trained again)
