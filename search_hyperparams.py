@@ -19,7 +19,6 @@ from core.search import cluster
 from core.search.asha import Asha
 from core.search.container import RUNTIMES, find_container
 from core.search.pool import (
-    OK,
     TODO,
     Queue,
     cell_command,
@@ -32,6 +31,7 @@ from core.search.pool import (
     procs_per_cell,
     run_pool,
 )
+from core.search.progress import OK
 from core.search.results import budget_line
 from core.search.smoke import smoke_cells
 from model.tasks import TASKS

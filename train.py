@@ -94,7 +94,8 @@ def main(argv=None):
     distributed.start(ranks, rt.device.type)
     keep_freed_memory()  # no page faults for each batch's activations
     seed_everything(rank_seed(params.seed, ranks.rank))  # rank 0 initialises the weights DDP gives the others
-    data_dir = data_dir_for(params.task, params.data_dir, args.data_dir, ckpt and record.trained_on(args.model_dir))
+    trained_on = record.trained_on(args.model_dir) if ckpt else None  # a resume reads the data it trained on
+    data_dir = data_dir_for(params.task, params.data_dir, args.data_dir, trained_on)
     first = ckpt["epoch"] + 1 if ckpt else 1  # in a plan, its stage decides batch size and augmentation
     loaders, classes = fetch_dataloader(["train", "valid"], data_dir, stage_at(params, first), rt.pin_memory,
                                         ranks=ranks)

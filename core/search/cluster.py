@@ -11,7 +11,8 @@ import time
 
 from core.paths import ROOT
 from core.rundir.folder import Status, is_locked, read_status, write_status
-from core.search.pool import Progress, cell_env, launch, prepare, procs_per_cell, train_cell
+from core.search.pool import cell_env, launch, prepare, procs_per_cell, train_cell
+from core.search.progress import Progress
 from core.search.squeue import slurm_alive
 from utils import UserError, one_line
 

@@ -34,13 +34,13 @@ from core.search.asha import find_schedule, parse_schedule
 from core.search.container import run_command
 from core.search.forkserver import ForkServer, ServerGone
 from core.search.grid import base_params, child_params, child_path, corners, plan, tpe_block
+from core.search.progress import Progress
 from core.search.squeue import queued_elsewhere
 from model.tasks import TASKS
 from utils import FolderBusy, UserError, die_with_parent, read_json, write_json
 
 # what a cell's folder says about it -> what the search does with it
 TODO = ("new", "resume")
-OK = (Status.COMPLETED, Status.PAUSED, "locked")  # job results that are not failures
 
 
 @dataclass
@@ -265,35 +265,6 @@ def collect(cell, returncode):
         reason = f"killed (SIGKILL, exit code {returncode}): out of memory, a `kill -9`/`podman kill`, or a lost node"
     write_status(cell.folder, Status.FAILED, reason=reason, exit_code=returncode, log_tail=tail)
     return Status.FAILED
-
-
-class Progress:
-    """A bar over cells (a line per finished cell where there is no terminal), shared by every launcher."""
-
-    def __init__(self, total):
-        self.total, self.done, self.failed, self.jobs = total, 0, 0, 0
-        self.bar = tqdm(total=total, desc="cells", unit="cell", dynamic_ncols=True, disable=None)
-
-    def update(self, running):
-        self.bar.set_postfix(running=running, failed=self.failed)
-
-    def started(self, running):
-        """A job began; successive halving hands out more jobs than it planned when promotions come early."""
-        self.jobs += 1
-        if self.jobs > self.bar.total:
-            self.total = self.bar.total = self.jobs
-            self.bar.refresh()
-        self.update(running)
-
-    def finished(self, cell, running):
-        self.done += 1
-        self.failed += cell.result not in OK
-        self.bar.update()
-        self.update(running)
-        tqdm.write(f"[{self.done}/{self.total}] {cell.name}: {cell.result}")
-
-    def close(self):
-        self.bar.close()
 
 
 def threads_per_worker(workers):
