@@ -55,8 +55,9 @@ def train_one_epoch(state, loader, rt, n_clas, summary_steps=10, monitor=None, d
         n_seen += x.shape[0]
         if step % summary_steps == 0 and not bar.disable:
             bar.set_postfix(loss=f"{loss.item():.4f}")  # .item() waits for the GPU: only every summary_steps
-        if check is not None:
-            checking += check(step + 1, n_batches)
+        spent = check(step + 1, n_batches) if check is not None else 0.0
+        if spent:  # a validation ran (in eval mode): back to training
+            checking += spent
             train_mode(state)
         tick = time.perf_counter()
     out = metrics.compute()  # syncs once

@@ -140,20 +140,21 @@ def is_locked(model_dir, settle_s=10.0):
     paused, ...) still holds the lock while it exits (in a container, until the runtime has torn it down): that
     process is waited for, up to settle_s, so a search rerun right after Ctrl-C resumes the cell instead of
     skipping it as running elsewhere."""
-    deadline = time.monotonic() + settle_s
-    while lock_held(model_dir):
-        if read_status(model_dir).get("status") == Status.RUNNING or time.monotonic() > deadline:
-            return True
-        time.sleep(0.05)
-    return False
+    return lock_outlasts(model_dir, settle_s, lambda: read_status(model_dir).get("status") == Status.RUNNING)
 
 
 def held_by_another(model_dir, settle_s=5.0):
     """After our run of the folder ended: whether another process holds its lock. Ours may hold it a moment longer
     (a warm cell dying with its server after the search heard it was gone): waited for, up to settle_s."""
+    return lock_outlasts(model_dir, settle_s)
+
+
+def lock_outlasts(model_dir, settle_s, surely_held=lambda: False):
+    """Whether the folder's lock is still held after waiting up to settle_s for it to be released; surely_held()
+    ends the wait early with True."""
     deadline = time.monotonic() + settle_s
     while lock_held(model_dir):
-        if time.monotonic() > deadline:
+        if surely_held() or time.monotonic() > deadline:
             return True
         time.sleep(0.05)
     return False

@@ -3,6 +3,7 @@ checkpoint holds, and keeping freed memory for reuse."""
 
 import contextlib
 import ctypes
+import os
 import random
 from dataclasses import dataclass
 
@@ -52,8 +53,6 @@ def pick_runtime(use_cuda, local_rank=0, deterministic=False):
     """local_rank: this process's GPU among several processes on the machine (torchrun). deterministic: kernels
     that give the same bits every run (GPU runs, and their resumes, bit-identical; on the CPU they already are)."""
     if deterministic:
-        import os
-
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition, read at its first call
     torch.use_deterministic_algorithms(bool(deterministic), warn_only=True)  # an op without such a kernel warns, once
     torch.backends.cudnn.deterministic = bool(deterministic)
