@@ -32,6 +32,7 @@ class FolderBusy(UserError):
 # set by train.py's launcher of several processes (core/training/distributed.py launch), which holds the run folder's
 # lock while they run: the folder where each rank leaves its error for the launcher to say once
 RANK_ERRORS = "CS230_RANK_ERRORS"
+LAUNCHER_PID = "CS230_LAUNCHER_PID"  # and the pid of the command the user started (status.json's launcher_pid)
 
 
 def run_cli(main):
@@ -46,10 +47,20 @@ def run_cli(main):
         else:
             print(f"error: {one_line(e)}", file=sys.stderr)
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        if os.environ.get("RANK", "0") == "0":  # several processes stop together: rank 0 says it for all
+            say_interrupted(str(e) or "Ctrl-C")
         sys.exit(130)
     sys.exit(code or 0)
+
+
+def say_interrupted(reason):
+    """One line on stderr, and in the log file when the script keeps one (train.log holds everything printed)."""
+    line = f"interrupted ({reason})"
+    print(line, file=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(logging.makeLogRecord({"msg": line, "levelname": "WARNING", "levelno": logging.WARNING}))
 
 
 def short(value, limit=80):
@@ -123,6 +134,19 @@ def link_or_copy(src, dst):
         os.link(src, dst)
     except OSError:  # a filesystem without hard links
         shutil.copy2(src, dst)
+
+
+def link_into_place(src, dst):
+    """`dst` becomes another name for `src`'s bytes (a copy where links are not supported), atomically: readers see
+    the old file or the new one. The temp name is removed whatever happens: when `dst` already names the same file
+    (two processes keeping one picture), POSIX rename does nothing and would leave it behind."""
+    tmp = f"{dst}.tmp-{os.getpid()}"
+    try:
+        link_or_copy(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
 
 
 def write_json(path, obj):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -79,6 +80,33 @@ TASK_RUNS = {"classification": (FAST_PARAMS, "digits_dir"), "segmentation": (SEG
              "detection": (DET_PARAMS, "boxes_dir"), "keypoints": (KP_PARAMS, "points_dir")}
 
 
+# what a run writes on its way to a file's final name (utils.atomic_path, link_into_place, snapshot_code)
+TEMP_NAME = re.compile(r"^\.tmp-|\.tmp-\d+$|\.tmp$|\.link$")
+ENDED = {"completed", "paused", "pruned", "interrupted", "diverged"}  # a process closed the folder itself
+
+
+def temp_files_left(root):
+    """Temp names inside every run folder under `root` that a run closed itself (status.json says how it ended; a
+    folder whose process was killed keeps its temp files until a resume removes them)."""
+    from utils import read_json_object
+
+    left = []
+    for folder, _, files in os.walk(root):
+        if "status.json" in files and read_json_object(os.path.join(folder, "status.json")).get("status") in ENDED:
+            left += [os.path.join(d, f) for d, _, names in os.walk(folder) for f in names if TEMP_NAME.search(f)]
+    return sorted(set(left))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """Every write is atomic, and leaves nothing behind: after each test, no run folder it finished under its
+    tmp_path holds a temp file (every task, galleries, checks, several processes, a search's cells)."""
+    result = yield
+    if "tmp_path" in item.funcargs:
+        assert temp_files_left(item.funcargs["tmp_path"]) == [], "temp files left in a finished run folder"
+    return result
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, request):
     """trained_run(task) -> (folder, data_dir): one epoch on the task's small default data, trained once per
@@ -93,6 +121,7 @@ def trained_run(tmp_path_factory, request):
             folder.mkdir()
             (folder / "params.json").write_text(json.dumps({**params, "num_epochs": 1}))
             assert run_train(str(folder), data_dir) == 0
+            assert temp_files_left(folder) == []
             done[task] = (str(folder), data_dir)
         return done[task]
 

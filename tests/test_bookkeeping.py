@@ -64,6 +64,18 @@ def test_each_gallery_redraw_is_kept_so_the_progression_can_be_seen(make_experim
         assert a.read() == b.read()  # the last kept picture is the gallery as it stands
 
 
+def test_keeping_a_picture_already_kept_under_that_name_leaves_no_temp_file(tmp_path):
+    # two forked drawings of one best epoch both keep predictions.png: the second renames a link onto a name of the
+    # same file, which POSIX rename does nothing for
+    from utils import link_into_place
+
+    (tmp_path / "predictions.png").write_bytes(b"png")
+    for _ in range(2):
+        link_into_place(str(tmp_path / "predictions.png"), str(tmp_path / "epoch_001.png"))
+    assert sorted(os.listdir(tmp_path)) == ["epoch_001.png", "predictions.png"]
+    assert os.path.samefile(tmp_path / "epoch_001.png", tmp_path / "predictions.png")
+
+
 def test_a_figure_that_cannot_be_drawn_is_reported_and_the_run_and_other_figures_go_on(make_experiment, digits_dir,
                                                                                       monkeypatch, capfd):
     from core.rundir import plots

@@ -16,7 +16,7 @@ import sys
 import time
 import traceback
 
-from utils import die_with_parent, link_or_copy
+from utils import die_with_parent, link_into_place
 
 
 class Plotter:
@@ -150,9 +150,7 @@ def kept(drawing, model_dir, epoch):
             return
         dst = os.path.join(model_dir, GALLERY, f"epoch_{epoch:03d}.png")
         os.makedirs(os.path.dirname(dst), exist_ok=True)
-        tmp = f"{dst}.tmp-{os.getpid()}"
-        link_or_copy(path, tmp)
-        os.replace(tmp, dst)
+        link_into_place(path, dst)
 
     return run
 
