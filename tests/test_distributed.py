@@ -51,6 +51,17 @@ def started_ranks(run, model_dir):
     return pids
 
 
+def training_again(run, model_dir):
+    """{rank: pid} once a resumed run under train.py's launcher is training (its rank 0 wrote 'running')."""
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        status = read(os.path.join(model_dir, "status.json"))
+        if status["status"] == "running" and status.get("launcher_pid") == run.pid:
+            return started_ranks(run, model_dir)
+        time.sleep(0.05)
+    raise AssertionError("the resumed run never started training")
+
+
 @pytest.mark.slow
 def test_two_processes_train_as_one_on_the_same_global_batch_and_only_rank_0_writes(tmp_path, digits_dir):
     # the two processes also recompute their blocks and validate within epochs: neither changes what is learnt
@@ -109,6 +120,25 @@ def test_rank_0_sigkilled_is_failed_and_its_resume_gives_the_weights_of_an_unint
     a, b = (load_checkpoint(os.path.join(d, "last.pth.tar")) for d in (whole, killed))
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+@pytest.mark.slow
+def test_ctrl_c_of_two_processes_is_one_line_reason_ctrl_c_in_the_log_and_the_status_names_both_pids(tmp_path,
+                                                                                                     digits_dir):
+    model_dir = folder(tmp_path, "stopped", num_epochs=20)
+    # first only train.py gets SIGINT (kill -INT PID); then the terminal's Ctrl-C: the whole foreground process group
+    for restore, stop in (((), lambda run: run.send_signal(signal.SIGINT)),
+                          (("--restore_file", "last"), lambda run: os.killpg(run.pid, signal.SIGINT))):
+        run = two_processes(model_dir, digits_dir, *restore, start_new_session=True)
+        pids = training_again(run, model_dir) if restore else started_ranks(run, model_dir)
+        time.sleep(0.3)
+        stop(run)
+        assert run.wait(timeout=120) == 130
+        assert run.stderr.read().strip().splitlines() == ["interrupted (Ctrl-C)"]  # no traceback, said once
+        status = read(os.path.join(model_dir, "status.json"))
+        assert (status["status"], status["reason"]) == ("interrupted", "Ctrl-C")
+        assert (status["pid"], status["launcher_pid"]) == (pids[0], run.pid)
+        assert open(os.path.join(model_dir, "train.log")).read().rstrip().endswith("interrupted (Ctrl-C)")
 
 
 @pytest.mark.slow

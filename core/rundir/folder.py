@@ -16,6 +16,7 @@ import time
 
 from core.config import KEYS, flatten
 from utils import (
+    LAUNCHER_PID,
     RANK_ERRORS,
     FolderBusy,
     UserError,
@@ -91,6 +92,8 @@ def read_status(model_dir):
 def write_status(model_dir, status, **fields):
     record = read_status(model_dir)
     record.update(fields, status=status, updated_at=now(), host=socket.gethostname(), pid=os.getpid())
+    if LAUNCHER_PID in os.environ:  # several processes: pid is rank 0's, this is the command the user started
+        record["launcher_pid"] = int(os.environ[LAUNCHER_PID])
     if status == Status.RUNNING:
         record.setdefault("started_at", now())
         for stale in ("ended_at", "reason", "exit_code", "log_tail"):  # what an earlier session's end recorded

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from utils import RANK_ERRORS, FolderBusy, UserError, read_json
+from utils import LAUNCHER_PID, RANK_ERRORS, FolderBusy, UserError, read_json
 
 
 @dataclass(frozen=True)
@@ -42,16 +42,28 @@ def from_env():
 
 
 # torchrun, less its log and its report of a failed rank (a page of text and a traceback): train.py says what failed,
-# in one line (the ranks' own output is theirs)
-QUIET_TORCHRUN = """import logging, sys
+# in one line (the ranks' own output is theirs). It stops its ranks with the first signal it gets and ignores the
+# rest: a Ctrl-C reaches it twice (from the terminal and from train.py), and a second one in the middle of stopping
+# would stop them again with SIGTERM. SIGUSR2 (Slurm's time-limit warning) is passed on like the others, not
+# torchrun's death.
+QUIET_TORCHRUN = """import logging, signal, sys
 logging.disable(logging.ERROR)
+from torch.distributed.elastic.multiprocessing import api
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import main
+
+def stop_once(signum, frame):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_IGN)
+    raise api.SignalException(f"got signal {signum}", sigval=signal.Signals(signum))
+
+api._terminate_process_handler = stop_once
 try:
     main()
-except ChildFailedError:
+except (ChildFailedError, api.SignalException):
     sys.exit(1)
 """
+PASSED_ON = ("SIGINT", "SIGTERM", "SIGUSR2")  # what train.py passes to torchrun, and torchrun to the ranks
 
 
 def launch(nproc, args):
@@ -72,11 +84,12 @@ def launch(nproc, args):
     with tempfile.TemporaryDirectory(prefix="cs230-ranks-") as errors:
         # torchrun would set 1 thread a process (and say so): share the cores out instead
         env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc)), **os.environ,
-               RANK_ERRORS: errors}
+               RANK_ERRORS: errors, LAUNCHER_PID: str(os.getpid())}
         proc = subprocess.Popen([sys.executable, "-c", QUIET_TORCHRUN, "--standalone", f"--nproc_per_node={nproc}",
+                                 f"--signals_to_handle={','.join(PASSED_ON)},SIGHUP,SIGQUIT",
                                  TRAIN, *args, f"nproc={nproc}"], env=env)
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):
-            signal.signal(sig, lambda signum, frame: proc.send_signal(signum))
+        for name in PASSED_ON:
+            signal.signal(getattr(signal, name), lambda signum, frame: proc.send_signal(signum))
         code = proc.wait()
         said = sorted(os.listdir(errors))  # rank0.json first: the rank that reads the data first
         if said:
