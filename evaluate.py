@@ -57,12 +57,18 @@ def main(argv=None):
         check_same_data(model_dir, args.split, args.restore_file, variant, metrics["data_dir"])
     rows = []
     names = list(dict.fromkeys(name for *_, task in results for name in task.metric_names()))
-    for model_dir, (metrics, details, classes, task) in zip(args.model_dir, results):
+    for model_dir, run, (metrics, details, classes, task) in zip(args.model_dir, runs, results):
         write_report(model_dir, args.split, args.restore_file, variant, metrics, details, classes, task)
-        rows.append([model_dir, metrics["epoch"]] + [metrics.get(k) for k in names] + [provenance(model_dir)])
-    headers = ["model_dir", "epoch", *names, "code (commit, model/ snapshot)"]
+        rows.append([model_dir, evaluated(model_dir, run[-1], args.tta), metrics["epoch"]]
+                    + [metrics.get(k) for k in names] + [provenance(model_dir)])
+    headers = ["model_dir", f"evaluated on {args.split}", "epoch", *names, "code (commit, model/ snapshot)"]
     print(tabulate(rows, headers=headers, floatfmt=".4f", tablefmt="github"))
     return 0
+
+
+def evaluated(model_dir, path, tta):
+    """What the table's row is of: 'best.pth.tar', 'export/best.onnx' (an export, not the checkpoint), '+ tta hflip'."""
+    return os.path.relpath(path, model_dir) + (f" + tta {tta}" if tta else "")
 
 
 def evaluate_run(ckpt, params, task, model, path, data_dir, split, tta=None, trained_data=None):

@@ -29,15 +29,16 @@ def export_path(model_dir, restore_file, fmt):
     return os.path.join(model_dir, "export", f"{restore_file}.{fmt}")
 
 
-def check_format(fmt):
+def check_format(fmt, option="--format"):
+    """`option`: the flag the user typed (export.py's --format, evaluate.py's and predict.py's --exported)."""
     if fmt not in FORMATS:
-        raise UserError(f"--format {fmt}: unknown (choices: {', '.join(FORMATS)})")
+        raise UserError(f"{option} {fmt}: unknown (choices: {', '.join(FORMATS)})")
     if fmt == "onnx":
         try:
             import onnxruntime  # noqa: F401
             import onnxscript  # noqa: F401
         except ImportError as e:
-            raise UserError(f"--format onnx needs onnx, onnxscript and onnxruntime ({e.name} is missing): "
+            raise UserError(f"{option} onnx needs onnx, onnxscript and onnxruntime ({e.name} is missing): "
                             f"{EXTRA}") from None
     return fmt
 
@@ -182,7 +183,7 @@ def exported_run(model_dir, restore_file, fmt, overrides=()):
     from model import tasks
 
     check_model_dir(model_dir)
-    check_format(fmt)
+    check_format(fmt, "--exported")
     path = export_path(model_dir, restore_file, fmt)
     if not os.path.isfile(path):
         raise UserError(f"--model_dir {model_dir}: no export/{os.path.basename(path)} (export it first: python "

@@ -74,12 +74,15 @@ def test_the_export_matches_the_checkpoint_on_validation_images_and_carries_the_
 
 
 @pytest.mark.parametrize("task", TASKS)
-def test_evaluate_on_the_export_gives_the_checkpoints_metrics(task, exported):
+def test_evaluate_on_the_export_gives_the_checkpoints_metrics(task, exported, capsys):
     folder, data_dir = exported(task)
     metrics = {}
     for variant, flags in (("", ()), ("_onnx", ("--exported", "onnx")), ("_pt2", ("--exported", "pt2"))):
         assert run("evaluate", "--model_dir", folder, "--data_dir", data_dir, *flags) == 0
         metrics[variant] = read(os.path.join(folder, f"metrics_test_best_weights{variant}.json"))
+        header, _, row = capsys.readouterr().out.strip().splitlines()[-3:]  # the table says what it evaluated
+        assert "evaluated on test" in header
+        assert f"| {f'export/best.{variant[1:]}' if variant else 'best.pth.tar'} " in row, row
     eager = metrics[""]
     for variant in ("_onnx", "_pt2"):
         names = [k for k, v in eager.items()
@@ -171,6 +174,9 @@ def test_bad_input_is_one_line_and_writes_nothing(exported, trained_run, tmp_pat
     assert error_line(capsys, "export", "--model_dir", folder, "--data_dir", data_dir) == \
         f"{os.path.join(folder, 'export')}: is a file, where export.py writes its folder"
     assert open(os.path.join(folder, "export")).read() == "mine"
+    for script, more in (("evaluate", ()), ("predict", ("--source", str(empty)))):  # the option the user typed
+        assert error_line(capsys, script, "--model_dir", folder, "--exported", "tflite", *more) == \
+            "--exported tflite: unknown (choices: onnx, pt2)"
     line = error_line(capsys, "evaluate", "--model_dir", str(empty), "--exported", "onnx")
     assert line == (f"--model_dir {empty}: no export/best.onnx (export it first: python export.py --model_dir "
                     f"{empty} --format onnx --restore_file best)")
