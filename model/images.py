@@ -2,6 +2,8 @@
 params.augmentation (a preset name or an albumentations dict) into pipeline steps."""
 
 import os
+import sys
+import warnings
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network here: skip albumentations' version check
 
@@ -18,14 +20,37 @@ def augmentation_steps(params, presets):
     """The steps params.augmentation names: one of the task's presets, or an albumentations dict (`A.to_dict`
     output, so a search can vary augmentation without code changes)."""
     if isinstance(params.augmentation, dict):
-        try:
-            return [A.from_dict({"transform": params.augmentation})]
-        except Exception as e:
-            raise UserError(f"params key 'augmentation': not a valid albumentations dict ({e})") from None
+        return [pipeline_from_dict(params.augmentation)]
     if params.augmentation in presets:
         return presets[params.augmentation](params.im_sz)
     raise UserError(f"params key 'augmentation': unknown preset '{params.augmentation}' "
                     f"(presets: {', '.join(presets)}; or an albumentations dict)")
+
+
+SAID = set()  # what albumentations said of a valid pipeline, said once a process (each stage and split rebuilds it)
+
+
+def pipeline_from_dict(spec):
+    """albumentations' pipeline of an `A.to_dict` dict (its "transform", or the whole output). Bad input is one
+    line: what the library warns while reading a dict it then refuses is not printed; of a dict it accepts (a
+    transform without 'p' gets 0.5), one line each."""
+    if "transform" in spec and "__class_fullname__" not in spec:  # A.to_dict's whole output, pasted as it is
+        spec = spec["transform"]
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        try:
+            pipeline = A.from_dict({"transform": spec})
+        except KeyError as e:  # the registry's lookup of a transform's name, or a step without a name
+            what = "a step without '__class_fullname__'" if e.args[0] == "__class_fullname__" else f"unknown " \
+                f"transform {e}"
+            raise UserError(f"params key 'augmentation': not a valid albumentations dict ({what})") from None
+        except Exception as e:
+            raise UserError(f"params key 'augmentation': not a valid albumentations dict ({e})") from None
+    for message in dict.fromkeys(str(w.message) for w in said):
+        if message not in SAID:
+            SAID.add(message)
+            print(f"warning: params key 'augmentation': {message}", file=sys.stderr)
+    return pipeline
 
 
 BOMB = "more pixels than PIL decodes safely (its decompression-bomb limit)"

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import shutil
+import warnings
 
 import pytest
 from PIL import Image
@@ -81,8 +82,23 @@ def test_a_later_stages_mistake_is_found_before_epoch_1_and_named(tmp_path, digi
     aug = {**FAST_PARAMS, "stages": [{"num_epochs": 1}, {"num_epochs": 1, "augmentation": {
         "__version__": "2.0.8", "transform": {"__class_fullname__": "NoSuchTransform"}}}]}
     folder = experiment(tmp_path, aug, "aug")
-    one_line(capsys, train(folder, digits_dir), "stages.1: ")
+    with warnings.catch_warnings(record=True) as said:  # albumentations' own words before ours: two more lines
+        warnings.simplefilter("always")
+        one_line(capsys, train(folder, digits_dir), "stages.1: ", "unknown transform 'NoSuchTransform'")
+    assert [str(w.message) for w in said] == []
     untouched(folder)
+
+
+def test_what_albumentations_says_of_a_valid_augmentation_dict_is_one_line_once(capsys):
+    from model.images import pipeline_from_dict
+
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        for _ in range(2):  # each split and stage builds its pipeline: said once
+            assert pipeline_from_dict({"__class_fullname__": "VerticalFlip"}).p == 0.5
+    assert said == [] and capsys.readouterr().err.splitlines() == [
+        "warning: params key 'augmentation': Transform VerticalFlip has no 'p' parameter in serialized data, "
+        "defaulting to 0.5"]
 
 
 def test_a_read_only_model_folder_is_one_line(tmp_path, digits_dir, capsys, monkeypatch):
