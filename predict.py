@@ -5,26 +5,28 @@
 
 --source is a folder (its images, sub-folders too), a glob pattern (quoted), a text file listing one image path a
 line, or one image. Each image goes through the run's own preprocessing (from the checkpoint's params), in batches
-of bs_test. Results go to MODEL_DIR/predictions/<source name>/ (or --out): manifest.json, predictions.jsonl (one
-line per image) and the task's files: predictions.csv (classification: top-5 labels and probabilities),
-masks/<image>.png (segmentation: each pixel's class index), labels/<image>.txt and detections.json (detection:
-YOLO lines and COCO boxes with scores), keypoints.json and keypoints.csv; with --draw, drawn/<image>.png too (the
-image with its prediction drawn). Every image gets a result, an empty one too; an unreadable image gets one line
-naming it and the rest are still predicted. Rerunning skips the images already done; a folder holding another
-model's predictions is refused unless --overwrite. With --exported onnx (or pt2), the file export.py wrote
-predicts, through the same preprocessing and decoding.
+of bs_test. Results go to MODEL_DIR/predictions/<source name>/ (photos_onnx/ with --exported onnx, photos_last/ with
+--restore_file last, scans_regions1/ with --keep_regions 1; or --out): manifest.json, predictions.jsonl (one line
+per image) and the task's files: predictions.csv (classification: top-5 labels and probabilities),
+masks/<image>.png (segmentation: each pixel's class index, a palette PNG), labels/<image>.txt and detections.json
+(detection: YOLO lines and COCO boxes with scores), keypoints.json and keypoints.csv; with --draw, drawn/<image>.png
+too (the image with its prediction drawn). <image> is the image's path under the source without its extension
+(a.jpg -> masks/a.png); two images sharing one (a.png, a.jpg) are refused. Every image gets a result, an empty one
+too; an unreadable image gets one line naming it and the rest are still predicted. Rerunning skips the images
+already done; a folder holding another model's predictions is refused unless --overwrite. With --exported onnx (or
+pt2), the file export.py wrote predicts, through the same preprocessing and decoding.
 """
 
 import argparse
 import functools
-import os
 
 import torch
 
 from core import exporting
-from core.data.sources import image_sources, output_stems, predict_loader
+from core.data.sources import image_sources, predict_loader
 from core.rundir import predictions
 from core.rundir.record import provenance
+from core.rundir.report import variant_of
 from core.training.engine import keep_freed_memory, pick_runtime
 from core.training.trained import option_overrides
 from model.loop import progress
@@ -35,7 +37,8 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model_dir", required=True, help="a trained experiment folder")
     ap.add_argument("--source", required=True, help="images: a folder, a glob pattern, a list file or one image")
-    ap.add_argument("--out", help="output folder (default: MODEL_DIR/predictions/<source name>)")
+    ap.add_argument("--out", help="output folder (default: MODEL_DIR/predictions/<source name>, its options appended: "
+                                  "photos_onnx, scans_regions1)")
     ap.add_argument("--restore_file", default="best", choices=["best", "last"], help="which checkpoint")
     ap.add_argument("--exported", metavar="FORMAT", help="predict with MODEL_DIR/export/<restore_file>.FORMAT (onnx, "
                                                           "pt2: export.py's) instead of the checkpoint")
@@ -62,16 +65,17 @@ def main(argv=None):
     classes = ckpt["classes"]
     task.check_params(params, classes, f"{checkpoint} (params)")
     name, root, paths = image_sources(args.source)
-    out_dir = args.out or os.path.join(args.model_dir, "predictions", name)
+    variant = variant_of(None, args.eval_window, args.eval_stride, args.keep_regions, args.exported)
+    out_dir = args.out or predictions.default_out(args.model_dir, name, args.restore_file, variant)
     predictions.check_out(out_dir, args.model_dir, root)
     # never read our own outputs, nor the run's files, back as input
     paths = [p for p in paths if not predictions.inside(p, out_dir) and not predictions.inside(p, args.model_dir)]
+    stems = predictions.output_stems(paths, root, args.source)
     rt = pick_runtime(params.cuda and not args.exported)  # an export runs on the CPU
     model = rt.prepare(model).eval()
     ident = predictions.identity(args.model_dir, checkpoint, ckpt, params, args.source)
     done = predictions.claim(out_dir, ident, args.overwrite)
     todo = [p for p in paths if p not in done or "error" in done[p]]  # an unreadable image is tried again
-    stems = output_stems(paths, root)
 
     predict = task.predictor(params, classes=classes)
     eval_tf = task.build_transforms(params)[1]
@@ -97,9 +101,9 @@ def main(argv=None):
     files = task.finish_predictions(predicted, out_dir, classes)
     if args.draw:
         files.append(predictions.draw(task, predicted, out_dir, classes, stems))
+    # every unreadable row is this run's: each run tries them again
     unreadable = predictions.finish(out_dir, ident, args.source, rows, files, provenance(args.model_dir))
-    print(f"{out_dir}: {len(rows) - len(unreadable)} images predicted ({len(todo)} this run), "
-          f"{len(unreadable)} unreadable; files: {', '.join(['manifest.json', predictions.ROWS, *files])}")
+    print(predictions.summary(out_dir, len(paths), len(todo), len(unreadable), files))
     return 0
 
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import read
-from utils import run_cli
+from utils import UserError, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -68,14 +68,16 @@ def test_the_default_folder_a_rerun_that_skips_and_an_unreadable_image(classifie
     before = rows_of(out)
     assert len(before) == n
     assert predict("--model_dir", classifier, "--source", str(source)) == 0
-    assert f"{n} images predicted (0 this run)" in capsys.readouterr().out  # nothing recomputed
+    assert f"{out}: {n} images: 0 predicted this run, {n} predicted before, 0 unreadable;" in capsys.readouterr().out
     (source / "broken.png").write_bytes(b"not a png")
     shutil.copy(os.path.join(digits_dir, "test", "7", os.listdir(os.path.join(digits_dir, "test", "7"))[0]),
                 source / "extra.png")
     assert predict("--model_dir", classifier, "--source", str(source)) == 0
     printed = capsys.readouterr().out
     assert f"{source / 'broken.png'}: cannot read image (skipped)" in printed
-    assert f"{n + 1} images predicted (2 this run), 1 unreadable" in printed
+    assert f"{n + 2} images: 1 predicted this run, {n} predicted before, 1 unreadable;" in printed
+    assert predict("--model_dir", classifier, "--source", str(source)) == 0  # the unreadable one is tried again
+    assert f"{n + 2} images: 0 predicted this run, {n + 1} predicted before, 1 unreadable;" in capsys.readouterr().out
     after = {r["image"]: r for r in rows_of(out)}
     assert all(after[r["image"]] == r for r in before) and len(after) == n + 1  # the old rows as they were
     assert read(os.path.join(out, "manifest.json"))["unreadable"] == [str(source / "broken.png")]
@@ -145,7 +147,7 @@ def test_segmentation_masks_at_each_images_size_and_keep_regions(trained_run, sc
         stem = os.path.splitext(name)[0]
         mask = tmp_path / "plain" / "masks" / f"{stem}.png"
         with Image.open(os.path.join(source, name)) as im, Image.open(mask) as m:
-            assert m.size == im.size and m.mode == "L"
+            assert m.size == im.size and m.mode == "P"  # indices as pixels, the classes' colours as palette
             plain = np.asarray(m)
         assert plain.max() < len(classes)
         with Image.open(tmp_path / "plain" / "drawn" / f"{stem}.png") as drawn:  # 48-px scenes drawn 6 times larger
@@ -194,14 +196,58 @@ def test_a_missing_model_dir_is_one_line(tmp_path, capsys):
         f"--model_dir {tmp_path / 'nope'}")
 
 
-def test_output_stems_stay_inside_the_output_folder_and_never_collide(tmp_path):
-    from core.data.sources import output_stems
+def test_output_stems_are_always_the_path_without_extension_and_a_shared_one_is_refused(tmp_path):
+    from core.rundir.predictions import output_stems
 
     root = str(tmp_path / "src")
-    paths = [f"{root}/x/1.png", f"{root}/x/1.jpg", f"{root}/y/2.png", str(tmp_path / "elsewhere" / "3.png"),
-             f"{root}/../../4.png"]
-    stems = output_stems(paths, root)
-    assert stems == {paths[0]: "x/1.png", paths[1]: "x/1.jpg", paths[2]: "y/2", paths[3]: "3", paths[4]: "4"}
+    paths = [f"{root}/x/1.jpg", f"{root}/y/2.png", str(tmp_path / "elsewhere" / "3.png"), f"{root}/../../4.png",
+             f"{root}/..5.png"]
+    stems = output_stems(paths, root, "src")
+    assert stems == {paths[0]: "x/1", paths[1]: "y/2", paths[2]: "3", paths[3]: "4", paths[4]: "..5"}
+    with pytest.raises(UserError, match=r"^--source src: .*x/1.jpg and .*x/1.png would share the output name x/1"):
+        output_stems([*paths, f"{root}/x/1.png"], root, "src")  # a neighbour never renames x/1.jpg's files
+
+
+def test_two_images_sharing_a_name_are_refused_before_anything_is_written(classifier, digits_dir, tmp_path,
+                                                                           capsys):
+    source = tmp_path / "photos"
+    source.mkdir()
+    first = sorted(glob.glob(os.path.join(digits_dir, "test", "2", "*.png")))[0]
+    shutil.copy(first, source / "x.png")
+    Image.open(first).convert("RGB").save(source / "x.jpg")
+    out = tmp_path / "out"
+    line = error_line(capsys, "--model_dir", classifier, "--source", str(source), "--out", str(out), "--draw")
+    assert line == (f"--source {source}: {source / 'x.jpg'} and {source / 'x.png'} would share the output name x "
+                    f"(masks/, labels/, drawn/ name files by the image without its extension); rename one")
+    assert not out.exists()
+    (source / "x.png").rename(source / "y.png")
+    assert predict("--model_dir", classifier, "--source", str(source), "--out", str(out), "--draw") == 0
+    assert sorted(os.listdir(out / "drawn")) == ["x.png", "y.png"]  # x.jpg -> x.png, whatever lies beside it
+
+
+def test_an_export_predicts_into_its_own_default_folder_beside_the_checkpoints(classifier, digits_dir, tmp_path,
+                                                                               capsys):
+    """docs/prediction.md's sequence: predict, then predict with the ONNX export of the same folder."""
+    pytest.importorskip("onnxruntime")
+    import export
+
+    run = tmp_path / "run"
+    shutil.copytree(classifier, run, ignore=shutil.ignore_patterns("predictions"))
+    source = tmp_path / "photos"
+    shutil.copytree(os.path.join(digits_dir, "test", "8"), source)
+    assert export.main(["--model_dir", str(run), "--format", "onnx", "--data_dir", digits_dir]) == 0
+    assert predict("--model_dir", str(run), "--source", str(source)) == 0
+    assert predict("--model_dir", str(run), "--source", str(source), "--exported", "onnx") == 0
+    assert predict("--model_dir", str(run), "--source", str(source), "--restore_file", "last") == 0
+    assert sorted(os.listdir(run / "predictions")) == ["photos", "photos_last", "photos_onnx"]
+    onnx = read(run / "predictions" / "photos_onnx" / "manifest.json")["identity"]["checkpoint"]
+    assert onnx == str(run / "export" / "best.onnx")
+    assert [r["label_1"] for r in rows_of(run / "predictions" / "photos")] == [
+        r["label_1"] for r in rows_of(run / "predictions" / "photos_onnx")]
+    capsys.readouterr()
+    out = run / "predictions" / "photos"  # an explicit --out holding the checkpoint's predictions: refused as before
+    line = error_line(capsys, "--model_dir", str(run), "--source", str(source), "--exported", "onnx", "--out", str(out))
+    assert line.startswith(f"--out {out}: holds predictions of {run / 'best.pth.tar'}")
 
 
 def test_overwrite_removes_only_predict_outputs_and_run_or_source_folders_are_refused(classifier, digits_dir,
@@ -225,7 +271,8 @@ def test_a_torn_last_line_is_mended_and_a_list_naming_missing_files_is_refused(c
     lines = (out / "predictions.jsonl").read_text().splitlines()
     (out / "predictions.jsonl").write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:20])  # killed mid-append
     assert predict("--model_dir", classifier, "--source", source, "--out", str(out)) == 0
-    assert f"{len(lines)} images predicted (1 this run)" in capsys.readouterr().out
+    assert f"{len(lines)} images: 1 predicted this run, {len(lines) - 1} predicted before, 0 unreadable;" in (
+        capsys.readouterr().out)
     assert len(rows_of(str(out))) == len(lines)
     (tmp_path / "list.txt").write_text(f"{os.path.join(source, os.listdir(source)[0])}\nnot/there.png\n")
     line = error_line(capsys, "--model_dir", classifier, "--source", str(tmp_path / "list.txt"))

@@ -8,7 +8,6 @@ with: resize and normalisation come from the checkpoint's params, never retyped)
 yields its index with no tensor, so one bad file is reported and the rest are still predicted.
 """
 
-import collections
 import glob
 import os
 
@@ -64,19 +63,6 @@ def listed(path):
     if missing:
         raise UserError(f"--source {path}: lists {len(missing)} file(s) that do not exist, the first {missing[0]}")
     return [p for p in paths if p.lower().endswith(IMAGE_EXTS)]
-
-
-def output_stems(paths, root):
-    """{path: the image's path under `root` without its extension}: where its outputs go inside the output folder,
-    never outside it (an image outside root keeps only its file name). Two images that would share one (a.png and
-    a.jpg) keep their extensions (a.png.png, a.jpg.png)."""
-    rel = {}
-    for path in paths:
-        r = os.path.relpath(os.path.abspath(path), os.path.abspath(root))
-        rel[path] = os.path.basename(path) if r.startswith(os.pardir) else r
-    counts = collections.Counter(os.path.splitext(r)[0] for r in rel.values())
-    shared = {s for s, n in counts.items() if n > 1}
-    return {p: r if os.path.splitext(r)[0] in shared else os.path.splitext(r)[0] for p, r in rel.items()}
 
 
 class PredictImages(torch.utils.data.Dataset):

@@ -10,6 +10,7 @@ matplotlib.use("Agg")  # files only: works on servers and in subprocesses withou
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from utils import atomic_write  # noqa: E402
 
@@ -73,7 +74,7 @@ def plot_history(rows, path, title="", checks=()):
     lr_ax.grid(alpha=0.3)
     boundaries = stage_boundaries(rows)
     for ax in panels[:len(names) + 1]:
-        ax.set_xlabel("epoch")
+        epoch_axis(ax)
         for x, stage in boundaries:  # a plan's stages: where each begins
             ax.axvline(x, color="gray", ls="--", lw=0.8)
             ax.annotate(f"stage {stage}", (x, 1), xycoords=("data", "axes fraction"), xytext=(2, -2),
@@ -85,6 +86,12 @@ def plot_history(rows, path, title="", checks=()):
     margins(fig, left=0.55, bottom=0.5, right=0.15, top=0.75 if title else 0.5, wspace=0.3)
     fig.subplots_adjust(hspace=0.55)
     save_figure(fig, path, fixed_size=True)
+
+
+def epoch_axis(ax):
+    """An x axis of epochs, ticked at whole ones only: a 2-epoch run's axis reads 1, 2 rather than 1.0, 1.2, ..."""
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def stage_boundaries(rows):
@@ -128,7 +135,7 @@ def plot_gradients(rows, path):
                     label=name if len(layers) <= 12 else None)
         ax.set_yscale("log")
         ax.set_title(f"{title} per layer (first: dark, last: light)")
-        ax.set_xlabel("epoch")
+        epoch_axis(ax)
         ax.grid(alpha=0.3)
     named = len(layers) <= 12
     if named:  # beside the panels, never over a curve
@@ -171,6 +178,21 @@ class Text(NamedTuple):
     colour: str = "black"
     size: float = 7  # points, as matplotlib's fontsize
     anchor: str = "mm"
+
+
+TEXT_SHARE, TEXT_MIN_PX = 1 / 16, 12  # a picture's label: this share of its shorter side, at least this many pixels
+
+
+def text_size(picture):
+    """Text.size (points) for labels on an H x W x 3 `picture` (predict.py's drawings): proportional to its shorter
+    side, so a label reads alike on a 256-px drawing and on a 4000-px photo seen whole, and never below
+    TEXT_MIN_PX."""
+    return max(TEXT_MIN_PX, TEXT_SHARE * min(picture.shape[:2])) * 72 / DPI
+
+
+def line_height(size):
+    """Pixels from one line of Text of `size` points to the next."""
+    return round(1.3 * size * DPI / 72)
 
 
 def save_mosaic(mosaic, labels, path):

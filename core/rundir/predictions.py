@@ -1,6 +1,6 @@
-"""predict.py's output folder: one fixed place per model and source, its manifest, and what is already done.
+"""predict.py's output folder: one fixed place per model, source and options, its manifest, and what is already done.
 
-    MODEL_DIR/predictions/<source name>/
+    MODEL_DIR/predictions/<source name>[_<options>]/    e.g. photos/, photos_onnx/, scans_regions1/
         manifest.json        the model (folder, checkpoint, epoch, code), the source, how many images, when
         predictions.jsonl    one line per image, appended as batches finish: what a rerun skips
         ...                  the task's files: predictions.csv, masks/, labels/ and detections.json, keypoints.json
@@ -33,6 +33,15 @@ def identity(model_dir, checkpoint, ckpt, params, source):
             "checkpoint": os.path.abspath(checkpoint),
             "epoch": ckpt["epoch"], "checkpoint_bytes": st.st_size, "checkpoint_mtime_ns": st.st_mtime_ns,
             "eval_window": params.eval_window, "eval_stride": params.eval_stride, "keep_regions": params.keep_regions}
+
+
+def default_out(model_dir, source_name, restore_file, variant):
+    """MODEL_DIR/predictions/<source name>, with what else makes the predictions differ appended as evaluate.py's
+    file names have it (variant: core.rundir.report.variant_of): photos_onnx (--exported onnx), scans_regions1
+    (--keep_regions 1), photos_last (--restore_file last). Each is a folder of its own, so one never refuses
+    another."""
+    parts = [source_name, *([restore_file] if restore_file != "best" else []), *([variant] if variant else [])]
+    return os.path.join(model_dir, "predictions", "_".join(parts))
 
 
 def check_out(out_dir, model_dir, source_root):
@@ -112,6 +121,23 @@ def append_rows(out_dir, rows):
         os.fsync(f.fileno())
 
 
+def output_stems(paths, root, source):
+    """{path: its per-image files' name in the output folder, without extension}: always the image's path under
+    `root` without its extension (scans/a/1.jpg -> a/1: masks/a/1.png, labels/a/1.txt, drawn/a/1.png), the name
+    training pairs an image with its mask or label file by; an image outside root keeps its file name alone. Two
+    images that would share one (a.png beside a.jpg) are refused, as training refuses them."""
+    stems, owner = {}, {}
+    for path in paths:
+        rel = os.path.relpath(os.path.abspath(path), os.path.abspath(root))
+        outside = rel == os.pardir or rel.startswith(os.pardir + os.sep)
+        stem = os.path.splitext(os.path.basename(path) if outside else rel)[0]
+        if stem in owner:
+            raise UserError(f"--source {source}: {owner[stem]} and {path} would share the output name {stem} (masks/, "
+                            f"labels/, drawn/ name files by the image without its extension); rename one")
+        owner[stem], stems[path] = path, stem
+    return stems
+
+
 def output_path(out_dir, folder, stem, ext):
     """out_dir/folder/stem.ext, its folder made: where one image's file goes."""
     path = os.path.join(out_dir, folder, stem + ext)
@@ -144,6 +170,13 @@ def draw(task, rows, out_dir, classes, stems):
 
 def write_csv(path, header, rows):
     atomic_write(path, lambda f: csv.writer(f).writerows([header, *rows]), mode="w")
+
+
+def summary(out_dir, n_images, n_tried, n_unreadable, files):
+    """predict.py's last line: the source's images, and what became of them this run and before (an unreadable
+    image is tried again by every run, so it counts among this run's)."""
+    return (f"{out_dir}: {n_images} images: {n_tried - n_unreadable} predicted this run, {n_images - n_tried} "
+            f"predicted before, {n_unreadable} unreadable; files: {', '.join([MANIFEST, ROWS, *files])}")
 
 
 def finish(out_dir, ident, source, rows, files, code):

@@ -142,6 +142,6 @@ def finish_predictions(rows, out_dir, classes):
 
 def draw_prediction(image, row, scale, out_dir, classes):
     """predict.py --draw: the top class and its probability written on the image."""
-    from core.rundir.plots import Text
+    from core.rundir.plots import Text, text_size
 
-    return image, [Text(3, 3, f"{row['labels'][0]} {row['probs'][0]:.2f}", "red", size=9, anchor="lt")]
+    return image, [Text(3, 3, f"{row['labels'][0]} {row['probs'][0]:.2f}", "red", size=text_size(image), anchor="lt")]

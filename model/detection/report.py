@@ -1,6 +1,6 @@
 """What a detector's predictions are shown as: the predictor, the per-class AP report (worst first) and its figure,
 and the gallery of a new best epoch: fixed valid images, then those with the most mistakes, with true boxes (green)
-and detections scored >= SCORE_SHOWN (red, with class and score)."""
+and detections scored >= SCORE_SHOWN (red, with class and score); a picture with none says why (hidden_note)."""
 
 import os
 
@@ -72,10 +72,23 @@ def best_figures(epoch, details, dataset, classes, fixed):
     for group, indices in ((False, fixed), (True, worst)):
         for i in indices:
             det = details["detections"][i]
-            det = det[(det[:, 5] >= 0) & (det[:, 4] >= SCORE_SHOWN)].tolist()
+            det, scores = det[det[:, 5] >= 0], det[det[:, 5] >= 0, 4]
             gallery.append({"image": dataset.paths[i], "truth": [list(b) for b in dataset.targets[i]],
-                            "detections": det, "side": side, "mistakes": details["mistakes"][i], "worst": group})
+                            "detections": det[scores >= SCORE_SHOWN].tolist(), "note": hidden_note(scores.tolist()),
+                            "side": side, "mistakes": details["mistakes"][i], "worst": group})
     return {"epoch": epoch, "gallery": gallery, "classes": classes}
+
+
+def hidden_note(scores):
+    """What a picture of detections scored `scores` says when it draws none of them, else None: "no boxes
+    detected", or "50 boxes below 0.5 hidden (best 0.18)" (a model early in training scores every box low, and a
+    blank picture would not tell that from one that found nothing)."""
+    if any(s >= SCORE_SHOWN for s in scores):
+        return None
+    if not scores:
+        return "no boxes detected"
+    n = len(scores)
+    return f"{n} box{'' if n == 1 else 'es'} below {SCORE_SHOWN} hidden (best {max(scores):.2f})"
 
 
 def draw_best(best, model_dir):
@@ -121,6 +134,8 @@ def plot_gallery(best, path, title, per_row=6, side=160):
             labels.append(Text(x + x1 * scale, y + y1 * scale, f"{classes[int(label) - 1]} {score:.2f}", "red",
                                size=6, anchor="ld"))
         mosaic[y:y + side, x:x + side] = tile
+        if item["note"]:
+            labels.append(Text(x + 3, y + side - 3, item["note"], "red", size=6, anchor="ld"))
         k = item["mistakes"]
         labels.append(Text(x + side / 2, y - band / 2,
                            f"{'worst: ' if item['worst'] else ''}{k} mistake{'' if k == 1 else 's'}",
@@ -170,12 +185,16 @@ def finish_predictions(rows, out_dir, classes):
 
 
 def draw_prediction(image, row, scale, out_dir, classes):
-    """predict.py --draw: each box scoring at least SCORE_SHOWN, 'class score' above it (the files keep them all)."""
-    from core.rundir.plots import Text
+    """predict.py --draw: each box scoring at least SCORE_SHOWN, 'class score' above it (the files keep them all);
+    with none, hidden_note at the bottom."""
+    from core.rundir.plots import Text, text_size
 
-    labels = []
+    size, labels = text_size(image), []
     for x1, y1, x2, y2, score, k in row["boxes"]:
         if score >= SCORE_SHOWN:
             outline(image, [v * scale for v in (x1, y1, x2, y2)], (255, 40, 40))
-            labels.append(Text(x1 * scale, y1 * scale, f"{classes[k]} {score:.2f}", "red", size=8, anchor="ld"))
+            labels.append(Text(x1 * scale, y1 * scale, f"{classes[k]} {score:.2f}", "red", size=size, anchor="ld"))
+    note = hidden_note([b[4] for b in row["boxes"]])
+    if note:  # a footnote: smaller, so the longest fits a 256-px drawing
+        labels.append(Text(3, image.shape[0] - 3, note, "red", size=0.75 * size, anchor="ld"))
     return image, labels

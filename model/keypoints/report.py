@@ -145,12 +145,14 @@ def finish_predictions(rows, out_dir, classes):
 
 def draw_prediction(image, row, scale, out_dir, classes):
     """predict.py --draw: each point a dot in its colour (the gallery's), named beside it."""
-    from core.rundir.plots import Text
+    from core.rundir.plots import Text, line_height, text_size
 
+    size = text_size(image)
+    radius = max(3, line_height(size) // 6)  # a dot that stays in proportion to its name
     labels = []
     for k, name in enumerate(classes):
         x, y = (v * scale for v in row["points"][name])
         colour = COLOURS[k % len(COLOURS)]
-        mark(image, x, y, colour, filled=True)
-        labels.append(Text(x + 5, y, name, colour, size=8, anchor="lm"))
+        mark(image, x, y, colour, filled=True, radius=radius)
+        labels.append(Text(x + 2 * radius, y, name, colour, size=size, anchor="lm"))
     return image, labels

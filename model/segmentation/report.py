@@ -189,10 +189,8 @@ def plot_gallery(best, path, title, per_row=4, side=160):
 
 
 def save_predictions(logits, images, out_dir, classes):
-    """masks/<image>.png per image: its predicted class index per pixel (8-bit grey, the training masks' format),
-    at the image's own size; the row counts each class's pixels."""
-    from PIL import Image
-
+    """masks/<image>.png per image: its predicted class index per pixel, at the image's own size, as a palette PNG
+    (palette_mask); the row counts each class's pixels."""
     from core.rundir.predictions import output_path
     from utils import atomic_write
 
@@ -202,11 +200,23 @@ def save_predictions(logits, images, out_dir, classes):
         w, h = im["size"]
         mask = mask[:h, :w]  # a batch of several sizes is padded at the bottom and right
         path = output_path(out_dir, "masks", im["stem"], ".png")
-        atomic_write(path, lambda f, m=mask: Image.fromarray(m, mode="L").save(f, format="png"), mode="wb")
+        picture = palette_mask(mask, len(classes))
+        atomic_write(path, lambda f, p=picture: p.save(f, format="png"), mode="wb")
         counts = np.bincount(mask.ravel(), minlength=len(classes))
         rows.append({"image": im["image"], "mask": os.path.relpath(path, out_dir),
                      "pixels": {c: int(n) for c, n in zip(classes, counts) if n}})
     return rows
+
+
+def palette_mask(mask, n_clas):
+    """A mask of class indices as a palette ('P') PNG image: its pixels are the indices themselves, which PIL and
+    numpy read back and training reads as a mask (load_mask), while an image viewer shows each class in its
+    gallery colour (palette) instead of the near-black greys 0..K-1."""
+    from PIL import Image
+
+    picture = Image.fromarray(mask)
+    picture.putpalette(palette(n_clas).ravel().tolist())  # an 'L' image given a palette becomes 'P', pixels kept
+    return picture
 
 
 def finish_predictions(rows, out_dir, classes):
@@ -221,12 +231,13 @@ def draw_prediction(image, row, scale, out_dir, classes):
     """predict.py --draw: the predicted mask tinted over the image, the classes present named in their colours."""
     from PIL import Image
 
-    from core.rundir.plots import Text
+    from core.rundir.plots import Text, line_height, text_size
 
     with Image.open(os.path.join(out_dir, row["mask"])) as m:
         mask = np.asarray(m.resize((m.width * scale, m.height * scale), Image.NEAREST))
     colours = palette(len(classes))
     present = [c for c in classes[1:] if c in row["pixels"]]
-    labels = [Text(3, 3 + 12 * i, name, tuple(int(v) for v in colours[classes.index(name)]), size=9, anchor="lt")
-              for i, name in enumerate(present)]
+    size = text_size(image)
+    labels = [Text(3, 3 + line_height(size) * i, name, tuple(int(v) for v in colours[classes.index(name)]),
+                   size=size, anchor="lt") for i, name in enumerate(present)]
     return overlay(image, mask, colours), labels
