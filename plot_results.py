@@ -9,6 +9,9 @@ history_plots.png  train (dashed) and valid (solid) curves of the loss, the rank
 parallel.png       one axis per searched key plus the metric, one line per cell coloured by the metric;
                    parallel.html is the same as one self-contained file: hover a line to see its cell.
 rungs.png          successive halving only: every cell's metric against epochs, the rungs and each cut-off.
+
+Cells validated on different data sets are never ranked against each other: the top k of each set are in colour,
+and parallel coordinates colour the lines by data set.
 """
 
 import argparse
@@ -17,7 +20,16 @@ import os
 from core.search.asha import schedule_of
 from core.search.figures import history_figure, rungs_figure
 from core.search.parallel import parallel_figure, parallel_html
-from core.search.results import cells_of, gather, ranking_metric, read_optional, task_of, varied_keys
+from core.search.results import (
+    cells_of,
+    data_sets,
+    data_sets_note,
+    gather,
+    ranking_metric,
+    read_optional,
+    task_of,
+    varied_keys,
+)
 from core.search.space import axis_scales
 from model.tasks import TASKS
 from utils import UserError, run_cli
@@ -53,6 +65,8 @@ def plot(parent_dir, metric=None, top_k=8):
     for r in runs:
         if r["note"]:
             print(f"{r['folder']}: {r['note']}")
+    if len(data_sets(runs)) > 1:
+        print(data_sets_note(data_sets(runs)))
     if not any(c.histories and all(c.histories) for c in cells):
         raise UserError(f"--parent_dir {parent_dir}: no run with a history.json yet")
     scales = axis_scales(parent, keys, runs)

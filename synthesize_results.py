@@ -3,7 +3,8 @@
     python synthesize_results.py --parent_dir experiments/learning_rate [--metric accuracy] [--split val|test]
 
 Writes PARENT/results.md (GitHub markdown, repetitions as mean ± std, then which searched keys mattered: see
-docs/search.md) and PARENT/results.csv (one row per run folder), and prints the markdown.
+docs/search.md) and PARENT/results.csv (one row per run folder, in the same order), and prints the markdown. Runs
+of several tasks, or validated on several data sets, get a table each: their metrics are not comparable.
 """
 
 import argparse
@@ -22,10 +23,14 @@ from core.search.results import (
     budget_of,
     build_rows,
     cells_of,
+    data_set_name,
+    data_sets,
+    data_sets_note,
     gather,
     numbers,
     ranking_metric,
     read_optional,
+    runs_by_data_set,
     runs_by_task,
     varied_keys,
 )
@@ -60,30 +65,35 @@ def synthesize(parent_dir, metric=None, split="val", budget=False):
         raise UserError(f"--parent_dir {parent_dir}: no run folders (folders with a params.json) found")
     parent = read_optional(os.path.join(parent_dir, "params.json"), []) or {}
     schedule = schedule_of(parent, parent_dir)
-    by_task = runs_by_task(runs)
-    if len(by_task) == 1:
-        markdown = task_markdown(runs, metric, parent, parent_dir, split, schedule)
-    else:  # --metric ranks the tasks that report it; each other task ranks by its monitored metric
-        own = {task: metric if task in TASKS and metric in TASKS[task].metrics else None for task in by_task}
-        markdown = "\n\n".join(f"## {task}\n\n" + task_markdown(task_runs, own[task], parent, parent_dir, split,
-                                                                   schedule) for task, task_runs in by_task.items())
-    keys = varied_keys(runs)
+    by_task, sets = runs_by_task(runs), data_sets(runs)
+    sections, ranked = [], []
+    for task, task_runs in by_task.items():
+        # --metric ranks the tasks that report it; each other task ranks by its monitored metric
+        own = metric if len(by_task) == 1 or (task in TASKS and metric in TASKS[task].metrics) else None
+        for data, group in runs_by_data_set(task_runs).items():
+            markdown, order = task_markdown(group, own, parent, parent_dir, split, schedule)
+            heading = ", ".join(([task] if len(by_task) > 1 else [])
+                                + ([f"data set {data_set_name(data)}"] if len(sets) > 1 else []))
+            sections.append(f"## {heading}\n\n{markdown}" if heading else markdown)
+            ranked += order
+    markdown = "\n\n".join(([data_sets_note(sets)] if len(sets) > 1 else []) + sections)
     if budget:
         markdown += "\n\n" + budget_line(*budget_of(runs))
+    csv = csv_text(ranked, varied_keys(runs), with_data=len(sets) > 1)
     atomic_write(os.path.join(parent_dir, "results.md"), lambda f: f.write(markdown + "\n"))
-    atomic_write(os.path.join(parent_dir, "results.csv"), lambda f: f.write(csv_text(runs, keys)), mode="w")
+    atomic_write(os.path.join(parent_dir, "results.csv"), lambda f: f.write(csv), mode="w")
     return markdown
 
 
 def task_markdown(runs, metric, parent, parent_dir, split, schedule):
-    """The table of one task's runs, ranked by `metric` when the task reports it (else by its monitored one), and
-    which searched keys mattered."""
+    """(the table of runs of one task and one data set, ranked by `metric` when the task reports it, else by its
+    monitored one, then which searched keys mattered; the runs in the table's order)."""
     metric = ranking_metric(runs, metric)
     keys, metrics, rows = build_rows(runs, metric)
     markdown = markdown_table(rows, keys, metrics, parent_dir, split, schedule)
     cells = cells_of(runs, keys, metric, schedule, read_histories=schedule is not None)  # rung values only
-    mattered = importance_markdown(cells, axis_scales(parent, keys, runs), metric, schedule, split)
-    return markdown + ("\n\n" + mattered if mattered else "")
+    mattered = importance_markdown(cells, axis_scales(parent, keys, runs), metric, schedule, split, parent_dir)
+    return markdown + ("\n\n" + mattered if mattered else ""), [r for row in rows for r in row["runs"]]
 
 
 def cell_text(value):
@@ -121,17 +131,20 @@ def markdown_table(rows, keys, metrics, parent_dir, split, schedule=None):
     return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
 
 
-def csv_text(runs, keys):
+def csv_text(runs, keys, with_data=False):
+    """One line per run folder, in the order given (results.md's); with_data adds the data set each validated on."""
     buf = io.StringIO()
     names = sorted({f"{src}_{k}" for r in runs for src in ("best", "test") for k in numbers(r[src])})
     writer = csv.writer(buf)
-    writer.writerow(["folder", *keys, "status", "epoch", *names, "code", "note"])
+    data = ["data_set"] if with_data else []
+    writer.writerow(["folder", *data, *keys, "status", "epoch", *names, "code", "note"])
     for r in runs:
         values = ["" if k not in r["params"] else json.dumps(r["params"][k])
                   if not isinstance(r["params"][k], (int, float, str)) else r["params"][k] for k in keys]
         flat = {f"{src}_{k}": v for src in ("best", "test") for k, v in numbers(r[src]).items()}
-        writer.writerow([r["folder"], *values, r["status"], r["epoch"], *(flat.get(n, "") for n in names), r["code"],
-                         r["note"]])
+        data = [data_set_name(r["data"])] if with_data else []
+        writer.writerow([r["folder"], *data, *values, r["status"], r["epoch"], *(flat.get(n, "") for n in names),
+                         r["code"], r["note"]])
     return buf.getvalue()
 
 

@@ -89,7 +89,10 @@ def fixed_overrides(use):
 
 
 def suggest(key):
-    close = difflib.get_close_matches(key, list(KEYS) + list(NESTED), n=1, cutoff=0.5)
+    """' (did you mean 'KEY'?)' for the closest other known key, or ''. Never `key` itself: a known key refused
+    where it stands (a search setting inside hyper_search) needs its caller to say where it belongs instead."""
+    names = [k for k in [*KEYS, *NESTED] if k != key]
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 

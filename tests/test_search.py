@@ -144,6 +144,25 @@ def test_repetitions_get_distinct_seeds_and_suffixes():
     assert len({p["seed"] for _, p in grid}) == 4  # a searched seed never collides with a repetition's
 
 
+@pytest.mark.parametrize("params, message", [
+    ({"hyper_search": {"ps": [0.1], "n_repetitions": 3}},
+     "p: hyper_search: key 'n_repetitions' belongs in the parent's params, beside hyper_search, not in it"),
+    ({"method": "random", "n_samples": 2, "hyper_search": {"ps": {"uniform": [0, 0.5]}}},
+     "p: key 'method' belongs in the hyper_search block, not beside it"),
+    ({"schedule": {"type": "asha"}, "hyper_search": {"ps": [0.1, 0.2]}},  # not "did you mean 'scheduler'"
+     "p: key 'schedule' belongs in the hyper_search block, not beside it"),
+    ({"hyper_search": {"zip": {"ps": [0.1], "method": ["grid"]}}},
+     "p: hyper_search: 'method' belongs in the hyper_search block, beside 'zip', not in it"),
+])
+def test_a_search_setting_in_the_wrong_place_says_where_it_belongs(params, message):
+    from core.config import suggest
+
+    with pytest.raises(UserError) as e:
+        plan({**TINY, **params}, "p")
+    assert str(e.value) == message
+    assert all(f"'{key}'?" not in suggest(key) for key in ("n_repetitions", "hyper_search", "learning_rate"))
+
+
 @pytest.mark.parametrize("block, message", [
     ({"learning_rat": [0.1]}, "did you mean 'learning_rate'"),
     ({"ps": []}, "non-empty list"),

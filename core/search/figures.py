@@ -12,8 +12,8 @@ from matplotlib.collections import LineCollection
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
 
-from core.rundir.plots import margins, plt, save_figure
-from core.search.results import Cell, budget_line, budget_of
+from core.rundir.plots import epoch_axis, margins, plt, save_figure
+from core.search.results import Cell, best_of_each_data_set, budget_line, budget_of, data_set_name
 
 PANEL_W, PANEL_H, LEGEND_W, COLS = 4.0, 3.0, 3.4, 3
 MARKERS = {"completed": "o", "pruned": "v", "paused": "s", "running": "D", "failed": "X"}
@@ -25,6 +25,13 @@ MEANING = {"completed": "completed: its best valid value", "pruned": "pruned: it
 
 def label(values):
     return ", ".join(f"{k.split('.')[-1]}={json.dumps(v)}" for k, v in values.items()) or "run"
+
+
+def cell_label(cell, keys, several_sets):
+    """A legend entry: the cell's searched values, and its data set where the sets differ (data_dir then goes)."""
+    if not several_sets:
+        return label({k: cell.values[k] for k in keys})
+    return f"[{data_set_name(cell.data)}] " + label({k: cell.values[k] for k in keys if k != "data_dir"})
 
 
 def curve(histories, source, name):
@@ -71,35 +78,41 @@ def panel_grid(n_curves, n_keys):
 
 
 def history_figure(path, title, cells: list[Cell], scales, curves, metric, schedule, top_k):
-    """history_plots.png: each metric's curves (top-k cells in colour, the rest grey), then the metric against
-    each searched key."""
+    """history_plots.png: each metric's curves (the top-k cells in colour, of each data set where the validation
+    sets differ; the rest grey), then the metric against each searched key."""
     fig, curve_axes, key_axes = panel_grid(len(curves), len(scales))
     drawn = [c for c in cells if c.histories and all(c.histories)]
     for ax, name in zip(curve_axes, curves):
         draw_curves(ax, drawn, name, top_k)
     for ax, (key, scale) in zip(key_axes, scales.items()):
         draw_key(ax, cells, key, scale, metric, schedule)
-    handles = [Line2D([], [], color=f"C{rank % 10}", lw=1.6, label=label({k: c.values[k] for k in scales}))
-               for rank, c in enumerate(drawn[:top_k])]
-    if len(drawn) > top_k:
-        handles.append(Line2D([], [], color="0.75", lw=0.7, label=f"{len(drawn) - top_k} other cells (valid only)"))
+    sets = sorted({data_set_name(c.data) for c in cells})
+    top = best_of_each_data_set(drawn, top_k)
+    handles = [Line2D([], [], color=f"C{rank % 10}", lw=1.6, label=cell_label(c, scales, len(sets) > 1))
+               for rank, c in enumerate(top)]
+    if len(drawn) > len(top):
+        handles.append(Line2D([], [], color="0.75", lw=0.7, label=f"{len(drawn) - len(top)} other cells (valid only)"))
     handles += outcome_handles(cells, schedule) if scales else []
     fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(1 - (LEGEND_W - 0.15) / fig.get_figwidth(),
                1 - 0.8 / fig.get_figheight()), fontsize=7, frameon=False)
-    fig.suptitle(title, fontsize=10)
+    several = (f"\n{len(sets)} validation sets, each ranked on its own and nothing across them: in colour, the top "
+               f"{top_k} of each")
+    fig.suptitle(title + (several if len(sets) > 1 else ""), fontsize=10)
     save_figure(fig, path)
 
 
 def draw_curves(ax, cells, name, top_k):
+    """Valid (solid) and train (dashed) curves of the top_k cells of each data set in colour, the others grey."""
+    top = {id(c): rank for rank, c in enumerate(best_of_each_data_set(cells, top_k))}
     grey, ends = [], []
-    for rank, cell in enumerate(cells):
+    for cell in cells:
         x, mean, lo, hi = curve(cell.histories, "val", name)
-        if rank >= top_k:
+        if id(cell) not in top:
             grey.append(list(zip(x, mean)))
             if cell.outcome != "completed" and x:
                 ends.append((cell.outcome, x[-1], mean[-1]))
             continue
-        colour = f"C{rank % 10}"
+        colour = f"C{top[id(cell)] % 10}"
         ax.plot(x, mean, "-", color=colour, lw=1.6)
         if len(cell.runs) > 1:
             ax.fill_between(x, lo, hi, color=colour, alpha=0.15)
@@ -114,7 +127,7 @@ def draw_curves(ax, cells, name, top_k):
         pts = [(x, y) for o, x, y in ends if o == outcome]
         ax.scatter(*zip(*pts), marker=MARKERS[outcome], s=14, color="0.6", zorder=1)
     ax.set_title(f"{name} (solid: valid, dashed: train)", fontsize=9)
-    ax.set_xlabel("epoch")
+    epoch_axis(ax)
     ax.grid(alpha=0.3)
 
 
@@ -214,9 +227,9 @@ def rungs_figure(path, title, runs, cells, schedule):
     handles += [Line2D([], [], color="0.7", lw=0.8, marker=MARKERS[o], mfc=COLOURS[o], mec=COLOURS[o],
                        label=f"{o}: stopped there") for o in ("pruned", "paused", "failed", "running")
                 if any(outcome == o for outcome, _ in curves)]
-    ax.set_xlabel("epoch")
+    epoch_axis(ax)
+    ax.set_xticks(schedule.rungs)  # the rungs are the epochs that matter here
     ax.set_ylabel(f"valid {metric}")
-    ax.set_xticks(schedule.rungs)
     ax.grid(alpha=0.3)
     ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     ax.set_title(f"{title}: successive halving, rungs at {schedule.rungs}\n{budget_line(*budget_of(runs))}",

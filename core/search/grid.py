@@ -115,6 +115,8 @@ def zip_axis(group, where):
         raise UserError(f"{where}: 'zip' expects an object of KEY: [values] walked in lock-step")
     lengths = {}
     for key, values in group.items():
+        if key in (*SETTINGS, "zip"):
+            raise UserError(f"{where}: '{key}' belongs in the hyper_search block, beside 'zip', not in it")
         check_key(key, where)
         if is_distribution(values):
             raise UserError(f"{where}: 'zip' walks lists in lock-step; key '{key}' is a distribution (move it out "
@@ -132,7 +134,9 @@ def check_key(key, where):
     parts = key.split(".", 2)
     if parts[0] == "stages" and len(parts) == 3 and parts[1].isdigit() and is_stage_key(parts[2]):
         return  # a key of one stage of the plan: set_stage_key checks the stage exists
-    if key not in KEYS or not KEYS[key].hyperparam:
+    if key in KEYS and not KEYS[key].hyperparam:  # n_repetitions: how the whole search runs, not a value to vary
+        raise UserError(f"{where}: key '{key}' belongs in the parent's params, beside hyper_search, not in it")
+    if key not in KEYS:
         raise UserError(f"{where}: unknown key '{key}'{suggest(key)}")
 
 
@@ -221,6 +225,9 @@ def child_params(base, cell):
 
 def plan(parent_params, where):
     """[(folder name, child params dict)] for every cell and repetition, each validated as train.py would."""
+    misplaced = [k for k in SETTINGS if k in parent_params]
+    if misplaced:  # a search setting beside hyper_search: "unknown key", or a near key's name, would mislead
+        raise UserError(f"{where}: key '{misplaced[0]}' belongs in the hyper_search block, not beside it")
     base = base_params(parent_params)
     reps = parent_params.get("n_repetitions", 1)
     resolve(dict(base, n_repetitions=reps), where)  # the parent's own keys first: clearer errors

@@ -9,11 +9,13 @@ Keys are ranked by spread. docs/search.md says what this cannot tell.
 
 Every cell is compared at the same budget: its best valid metric, or with successive halving its value at the
 first rung, the one budget every cell trained. Later rungs hold only the promoted cells, so comparing there would
-hide the very keys the promotions selected on.
+hide the very keys the promotions selected on. A cell whose searched values are unknown (its params.json
+unreadable) has no place in any group: it is left out, and the section names it.
 """
 
 import json
 import math
+import os
 import statistics
 
 from core.search.results import minimized
@@ -34,6 +36,17 @@ def comparable(cells, metric, schedule, split="val"):
     rung = schedule.rungs[0]
     pairs = [(c, v) for c in cells if c.outcome != "failed" and (v := at_rung(c, rung, metric)) is not None]
     return f"valid (at epoch {rung}, the first rung)", pairs
+
+
+def unplaced(cell, scales):
+    """The searched keys whose value `cell` lacks (a repetition's params unreadable) or that lie off the key's axis."""
+    return [key for key, scale in scales.items()
+            if any(key not in r["params"] for r in cell.runs) or scale.position(cell.values.get(key)) is None]
+
+
+def unplaced_cells(cells, scales, metric, schedule=None, split="val"):
+    """The cells that have a value to compare but no place in the groups: the section names them."""
+    return [c for c, _ in comparable(cells, metric, schedule, split)[1] if unplaced(c, scales)]
 
 
 def groups_of(pairs, key, scale):
@@ -80,6 +93,7 @@ def spearman(xs, ys):
 def importance(cells, scales, metric, schedule=None, split="val"):
     """(what the values are, n cells, rows best-ranked first): {key, groups, best, worst, spread, rho} per key."""
     what, pairs = comparable(cells, metric, schedule, split)
+    pairs = [(c, v) for c, v in pairs if not unplaced(c, scales)]
     rows = []
     for key, scale in scales.items():
         groups = [(name, statistics.median(values)) for name, values in groups_of(pairs, key, scale)]
@@ -95,18 +109,22 @@ def importance(cells, scales, metric, schedule=None, split="val"):
     return what, len(pairs), rows
 
 
-def importance_markdown(cells, scales, metric, schedule=None, split="val"):
+def importance_markdown(cells, scales, metric, schedule=None, split="val", parent_dir=os.curdir):
     """The '## Which keys mattered' section, or '' when fewer than 3 cells or no key with two groups."""
     from tabulate import tabulate
 
     what, n, rows = importance(cells, scales, metric, schedule, split)
     if n < 3 or not rows:
         return ""
+    left_out = [os.path.relpath(c.runs[0]["folder"], parent_dir) for c in unplaced_cells(cells, scales, metric,
+                                                                                         schedule, split)]
     table = [[r["key"], r["groups"], f"{r['best'][0]} ({r['best'][1]:.4f})", f"{r['worst'][0]} ({r['worst'][1]:.4f})",
               f"{r['spread']:.4f}", "" if r["rho"] is None else f"{r['rho']:+.2f}"] for r in rows]
     headers = ["key", "groups", "best group (median)", "worst group (median)", "spread", "Spearman ρ"]
     note = (f"{what} {metric} of {n} cells, grouped by each key's value. Spread: the best group's median minus the "
             f"worst group's. Each key is looked at on its own: keys that interact, and searches of few cells, can "
             f"mislead (docs/search.md).")
+    if left_out:
+        note += f" Left out, their searched values unknown (see their rows' notes): {', '.join(left_out)}."
     return "## Which keys mattered\n\n" + note + "\n\n" + tabulate(table, headers=headers, tablefmt="github",
                                                                     disable_numparse=True)

@@ -4,6 +4,7 @@ Only JSON files are read (never logs, never torch), so thousands of cells take w
 corrupt file is reported on its row, never raised.
 """
 
+import functools
 import json
 import math
 import os
@@ -11,8 +12,9 @@ import statistics
 from dataclasses import dataclass, field
 
 from core.config import KEYS, hyperparams, resolve
+from core.paths import ROOT, repo_path
 from core.rundir.folder import EFFECTIVE, STATUS, Status, load_history, metrics_file
-from core.rundir.record import provenance
+from core.rundir.record import provenance, trained_on
 from model.tasks import TASKS
 from utils import UserError, read_json
 
@@ -64,11 +66,54 @@ def load_run(folder, split="val"):
     else:
         flat = resolved(params, folder)
     return {"folder": folder, "params": flat, "status": state, "epoch": status.get("epoch"),
-            "best": best or {}, "test": test or {}, "note": "; ".join(notes), "code": provenance(folder)}
+            "best": best or {}, "test": test or {}, "note": "; ".join(notes), "code": provenance(folder),
+            "data": data_set_of(folder, flat)}
+
+
+def data_set_of(folder, params):
+    """The data set a run validated on, one name per folder whatever the spelling (`./data/x`, `data/x` and its
+    absolute path agree): record.json's (what train.py used, a --data_dir included), else the params' data_dir;
+    None when neither says (not started with no data_dir, or its params unreadable). Relative to the repository
+    when inside it."""
+    path = trained_on(folder) or params.get("data_dir")
+    if not isinstance(path, str) or not path:
+        return None
+    real = os.path.realpath(repo_path(path))
+    inside = os.path.relpath(real, os.path.realpath(ROOT))
+    return real if inside == os.pardir or inside.startswith(os.pardir + os.sep) else inside
 
 
 def gather(parent, split="val"):
-    return [r for r in (load_run(f, split) for f in find_runs(parent)) if r is not None]
+    runs = [r for r in (load_run(f, split) for f in find_runs(parent)) if r is not None]
+    known = data_sets(runs)
+    if len(known) == 1:  # a run that names no set (not started, params unreadable) is taken to share the only one
+        for r in runs:
+            r["data"] = known[0]
+    return runs
+
+
+def data_sets(runs):
+    """The data sets the runs validated on, sorted. Metrics on different validation sets are not comparable: with
+    more than one, every table and figure ranks each set's runs on their own."""
+    return sorted({r["data"] for r in runs if r["data"]})
+
+
+def runs_by_data_set(runs):
+    """{data set: its runs}, in data_sets' order; runs that name none (None) last."""
+    out = {}
+    for r in sorted(runs, key=lambda r: (r["data"] is None, r["data"] or "")):
+        out.setdefault(r["data"], []).append(r)
+    return out
+
+
+def data_set_name(data):
+    return data or "data set not recorded"
+
+
+def data_sets_note(sets):
+    """What results.md, the figures and stdout say when runs validated on several sets."""
+    return (f"The validation sets differ (data_dir: {len(sets)} data sets, {', '.join(sets)}): each data set is "
+            f"ranked on its own, best first, and nothing is ranked across them.")
 
 
 def task_of(runs):
@@ -93,21 +138,41 @@ def ranking_metric(runs, metric=None):
 
 
 def varied_keys(runs):
-    """Hyperparameters that differ between runs (the table's columns), in first-seen order; seed excluded."""
+    """Hyperparameters that differ between runs (the table's columns), in first-seen order; seed excluded, and
+    data_dir where every run validated on one set (`data/x` and `./data/x` differ as text only). A run whose params
+    are unreadable (blank) differs from the others in the keys they set away from their task's defaults, the values
+    it may have had; not in every key, which would make every key a column."""
+    known = [r for r in runs if r["params"]]
+    blank = len(known) < len(runs)
+    one_set = len({r["data"] for r in runs}) == 1
     keys = []
-    for r in runs:
+    for r in known:
         keys += [k for k in r["params"] if k not in keys]
     def varies(k):
-        first = runs[0]["params"].get(k)
-        return any(r["params"].get(k) != first for r in runs)
-    return [k for k in keys if k != "seed" and varies(k)]
+        first = known[0]["params"].get(k)
+        return any(r["params"].get(k) != first or (blank and chosen(r, k)) for r in known)
+    return [k for k in keys if k != "seed" and not (k == "data_dir" and one_set) and varies(k)]
+
+
+def chosen(run, key):
+    """Whether the run holds `key` at another value than its task's default (or a key no default covers: a stage's)."""
+    defaults = task_defaults(run["params"].get("task", KEYS["task"].default))
+    return key in run["params"] and (key not in defaults or run["params"][key] != defaults[key])
+
+
+@functools.cache
+def task_defaults(task):
+    """The flattened params of a run of `task` that sets nothing else."""
+    return resolved({"task": task}, f"the defaults of task {task}")
 
 
 def group_repetitions(runs, keys):
-    """Runs with the same varied values (differing only in seed) form one group."""
+    """Runs with the same varied values on the same data set (differing only in seed) form one group; a run whose
+    values are unknown (its params unreadable) is a group of its own."""
     groups = {}
     for r in runs:
-        sig = json.dumps([r["params"].get(k) for k in keys], sort_keys=True)
+        unknown = [r["folder"]] if any(k not in r["params"] for k in keys) else []
+        sig = json.dumps([r["params"].get(k) for k in keys] + [r["data"], *unknown], sort_keys=True)
         groups.setdefault(sig, []).append(r)
     return list(groups.values())
 
@@ -137,10 +202,11 @@ def group_row(group, keys, metrics, metric):
            "n": len(group), "epochs": max(r["epoch"] or 0 for r in group),
            "note": "; ".join(r["note"] for r in group if r["note"]),
            "code": ", ".join(sorted({r["code"] for r in group if r["code"]})),
-           "stats": {}}
+           "stats": {}, "runs": group}
     for source, name in metrics:
         row["stats"][f"{source}_{name}"] = summarize(r[source].get(name) for r in group)
-    row["sort"] = row["stats"].get(f"best_{metric}", (None,))[0]
+    mean = row["stats"].get(f"best_{metric}", (None,))[0]
+    row["sort"] = mean if mean is not None and math.isfinite(mean) else None  # a NaN ranks last, not anywhere
     return row
 
 
@@ -200,6 +266,7 @@ class Cell:
     value: float = None  # mean over repetitions: best valid metric, or for a stopped cell its value at its last rung
     epochs: int = 0
     histories: list = field(default_factory=list)
+    data: str = None  # the data set it validated on: cells of different sets are never ranked against each other
 
 
 def value_at_last_rung(history, schedule, metric, epochs):
@@ -242,7 +309,16 @@ def cells_of(runs, keys, metric, schedule=None, read_histories=True):
         cells.append(Cell(group, {k: group[0]["params"].get(k) for k in keys},
                           outcomes.pop() if len(outcomes) == 1 else "running",
                           statistics.fmean(values) if values else None,
-                          max(r["epoch"] or 0 for r in group), histories))
+                          max(r["epoch"] or 0 for r in group), histories, group[0]["data"]))
     sign = 1 if minimized(metric, task_of(runs)) else -1
     cells.sort(key=lambda c: (c.value is None, c.outcome != "completed", sign * (c.value or 0)))
     return cells
+
+
+def best_of_each_data_set(cells, k):
+    """The first k cells of each data set, in the order given (cells_of's: best first), one set after another: the
+    only cells a figure may call the best when the validation sets differ."""
+    by_set = {}
+    for cell in cells:
+        by_set.setdefault(data_set_name(cell.data), []).append(cell)
+    return [cell for name in sorted(by_set) for cell in by_set[name][:k]]
