@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -106,7 +107,8 @@ def atomic_path(path, also=()):
     put in place before `path`, so a kill between the two leaves them ahead of `path`, never behind it.
     """
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    # the writer's pid in the name: what a process killed mid-write leaves is known as such (dead_writers_temp_files)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".tmp-{os.getpid()}-", suffix=os.path.basename(path))
     os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp makes 0600; results on a shared filesystem must stay readable
     os.close(fd)
     try:
@@ -119,6 +121,30 @@ def atomic_path(path, also=()):
         for leftover in (tmp, tmp + ".link"):
             if os.path.exists(leftover):
                 os.remove(leftover)
+
+
+TEMP_NAME = re.compile(r"^\.tmp-(\d+)-|\.tmp-(\d+)$")  # atomic_path's, link_into_place's: the writer's pid
+
+
+def dead_writers_temp_files(folder):
+    """The temp files in `folder` whose writer, a process of this machine, is gone (a run SIGKILLed mid-write, or
+    its figure helper): nobody will rename them into place. Those of live processes are theirs."""
+    out = []
+    for name in os.listdir(folder) if os.path.isdir(folder) else []:
+        match = TEMP_NAME.search(name)
+        if match and not process_alive(int(match.group(1) or match.group(2))):
+            out.append(os.path.join(folder, name))
+    return out
+
+
+def process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        pass
+    return True
 
 
 def atomic_write(path, write_fn, mode="w", also=()):

@@ -72,11 +72,20 @@ def test_resume_continues_at_next_epoch_and_matches_uninterrupted(make_experimen
         with pytest.raises(KeyboardInterrupt):
             run_train(resumed, digits_dir)
     assert read(os.path.join(resumed, "status.json"))["status"] == "interrupted"
-    stale = os.path.join(resumed, ".tmp-x1y2last.pth.tar")  # what a run SIGKILLed while saving leaves
-    open(stale, "wb").close()
+    # what a run SIGKILLed while writing leaves: a checkpoint's temp file, its figure helper's (a gone pid in the
+    # name); an evaluate.py writing at the same time keeps its own (a live pid)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    os.makedirs(os.path.join(resumed, "gallery"), exist_ok=True)
+    stale = [os.path.join(resumed, name) for name in (".tmp-x1y2last.pth.tar", f".tmp-{gone.pid}-ab12train_history.png",
+                                                      f"gallery/epoch_001.png.tmp-{gone.pid}")]
+    alive = os.path.join(resumed, f".tmp-{os.getpid()}-cd34metrics_test_best_weights.json")
+    for path in (*stale, alive):
+        open(path, "wb").close()
     # no --data_dir: a resume trains on the data set its run trained on (the default data would change the weights)
     assert train.main(["--model_dir", resumed, "--restore_file", "last"]) == 0
-    assert not os.path.exists(stale)
+    assert not any(os.path.exists(path) for path in stale) and os.path.exists(alive)
+    os.remove(alive)
 
     assert "resuming at epoch 3" in open(os.path.join(resumed, "train.log")).read()
     assert [r["epoch"] for r in read(os.path.join(resumed, "history.json"))["epochs"]] == [1, 2, 3]

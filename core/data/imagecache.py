@@ -166,7 +166,7 @@ def write_array(path, items, decode, shape):
 def remove_stale(folder, stem, keep):
     """Older arrays of this split and size, and temp files of builds that were killed. Called under the lock, so no
     build of ours is in progress. Safe for a process that has an old array mapped: its pages outlive the name."""
-    for prefix in ("", ".tmp-*"):  # atomic_write's temp files are named .tmp-<random><final name>
+    for prefix in ("", ".tmp-*"):  # atomic_write's temp files are named .tmp-<pid>-<random><final name>
         for path in glob.glob(os.path.join(glob.escape(folder), f"{prefix}{glob.escape(stem)}-*.npy")):
             if path != keep:
                 with suppress(OSError):

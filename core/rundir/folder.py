@@ -20,6 +20,7 @@ from utils import (
     RANK_ERRORS,
     FolderBusy,
     UserError,
+    dead_writers_temp_files,
     load_checkpoint,
     now,
     read_json,
@@ -31,6 +32,7 @@ from utils import (
 # the names of a run folder's files, known here only
 STATUS, EFFECTIVE, LOCK, LOG, HISTORY = "status.json", "params_effective.json", ".lock", "train.log", "history.json"
 LAST, BEST = "last.pth.tar", "best.pth.tar"  # the commit point of each epoch; the best epoch's weights
+GALLERY = "gallery"  # gallery/epoch_NNN.png: predictions.png as each redraw left it (core/rundir/plotter.py)
 
 
 def metrics_file(split, weights, variant=None):
@@ -257,9 +259,12 @@ def claim(model_dir, seen):
         if checkpoint_stamp(model_dir) != seen:
             raise FolderBusy(f"--model_dir {model_dir}: another process trained this folder while this run was "
                              f"starting; run the command again")
-        # a checkpoint's temp file that a killed run left (only train.py writes checkpoints, and it holds the lock)
-        for stale in glob.glob(os.path.join(glob.escape(model_dir), ".tmp-*.pth.tar*")):
-            os.remove(stale)
+        # what a killed run left half written: a checkpoint's temp file (only train.py writes checkpoints, and it
+        # holds the lock), and any temp file whose writer is gone (its figure helper, killed with it)
+        stale = glob.glob(os.path.join(glob.escape(model_dir), ".tmp-*.pth.tar*")) + dead_writers_temp_files(model_dir)
+        for path in {*stale, *dead_writers_temp_files(os.path.join(model_dir, GALLERY))}:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
         yield
 
 

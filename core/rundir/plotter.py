@@ -16,6 +16,7 @@ import sys
 import time
 import traceback
 
+from core.rundir.folder import GALLERY
 from utils import die_with_parent, link_into_place
 
 
@@ -133,9 +134,6 @@ def drawings(pending, model_dir, draw_best):
     if pending.get("best"):
         out += [kept(d, model_dir, pending["best"]["epoch"]) for d in draw_best(pending["best"], model_dir)]
     return out
-
-
-GALLERY = "gallery"  # gallery/epoch_NNN.png: predictions.png as each redraw left it
 
 
 def kept(drawing, model_dir, epoch):
