@@ -15,13 +15,13 @@ import os
 
 from tabulate import tabulate
 
-from core import exporting
+import model.tasks  # noqa: F401  (registers the tasks in core/tasks.py)
+from core import exporting, tasks
 from core.data.loaders import fetch_dataloader
 from core.rundir.record import provenance, trained_on
 from core.rundir.report import check_same_data, variant_of, write_report
 from core.training.engine import keep_freed_memory, pick_runtime
 from core.training.trained import option_overrides
-from model import tasks
 from model.loop import evaluate
 from utils import UserError, run_cli
 
@@ -81,7 +81,7 @@ def evaluate_run(ckpt, params, task, model, path, data_dir, split, tta=None, tra
         raise UserError(f"{data_dir}: classes {classes} differ from those {path} was trained on {ckpt['classes']}")
     task.check_params(params, classes, f"{path} (params)")
     metrics, details = evaluate(rt.prepare(model), loaders[split], rt, task, len(classes),
-                                task.predictor(params, tta, classes), split)
+                                task.predictor(params, tta, classes), desc=split)
     metrics.update(task.evaluation_report(details, loaders[split].dataset, classes), task=params.task,
                    epoch=ckpt["epoch"], weights=ckpt.get("weights", "raw"), tta=tta or "none",
                    data_dir=os.path.abspath(data_dir))

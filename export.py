@@ -17,13 +17,13 @@ checkpoint is replaced only with --overwrite. evaluate.py and predict.py run an 
 import argparse
 import os
 
-from core import exporting
+import model.tasks  # noqa: F401  (registers the tasks in core/tasks.py)
+from core import exporting, tasks
 from core.data.loaders import fetch_dataloader
 from core.rundir.folder import trained_checkpoint
 from core.rundir.record import provenance, trained_on
 from core.training.engine import keep_freed_memory
 from core.training.trained import trained_model, trained_run
-from model import tasks
 from utils import UserError, atomic_path, run_cli
 
 

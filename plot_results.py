@@ -17,6 +17,7 @@ and parallel coordinates colour the lines by data set.
 import argparse
 import os
 
+import model.tasks  # noqa: F401  (registers the tasks in core/tasks.py)
 from core.search.asha import schedule_of
 from core.search.figures import history_figure, rungs_figure
 from core.search.parallel import parallel_figure, parallel_html
@@ -31,7 +32,7 @@ from core.search.results import (
     varied_keys,
 )
 from core.search.space import axis_scales
-from model.tasks import TASKS
+from core.tasks import TASKS
 from utils import UserError, run_cli
 
 CURVES = 3

@@ -22,6 +22,7 @@ import functools
 
 import torch
 
+import model.tasks  # noqa: F401  (registers the tasks in core/tasks.py)
 from core import exporting
 from core.data.sources import image_sources, predict_loader
 from core.rundir import predictions

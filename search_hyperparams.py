@@ -13,6 +13,7 @@ import sys
 
 from tabulate import tabulate
 
+import model.tasks  # noqa: F401  (registers the tasks in core/tasks.py)
 from core.config import KEYS
 from core.rundir.folder import Status, read_status
 from core.search import cluster
@@ -34,7 +35,7 @@ from core.search.pool import (
 from core.search.progress import OK
 from core.search.results import budget_line
 from core.search.smoke import smoke_cells
-from model.tasks import TASKS
+from core.tasks import TASKS
 from utils import UserError, run_cli
 
 ACTIONS = {
@@ -134,7 +135,7 @@ def main(argv=None):
     if args.launcher != "local":
         cluster.need(cluster.PACKAGE[args.launcher])  # before any work: a missing extra is a one-line error
     check_data(todo, args.data_dir)  # defaults built once here, not raced by parallel cells; bad paths refused
-    if args.smoke and smoke_cells(todo, args.data_dir):
+    if args.smoke and smoke_test(todo, args.data_dir):
         print("smoke test failed: nothing trained; fix the cells above and rerun")
         return 1
     print(plan_line(cells, todo, schedule, sampler, args.launcher))
@@ -209,10 +210,17 @@ def parse_gpus(text):
         raise UserError(f"--gpus {text}: expected comma-separated integers, e.g. 0,1") from None
 
 
+def smoke_test(cells, data_dir):
+    """--smoke: one batch of every cell through model/loop.py's loop; the failures. Imports torch: only here."""
+    from model.loop import evaluate, train_one_epoch
+
+    return smoke_cells(cells, data_dir, train_one_epoch, evaluate)
+
+
 def check_presets(cells):
     """An augmentation preset name is checked against the task's data_loader.py, which only a dry run imports: it
     costs the seconds of importing torch and albumentations that the search itself avoids."""
-    from model import tasks
+    from core import tasks
 
     for cell in cells:
         name = cell.params.get("augmentation")

@@ -15,6 +15,7 @@ import os
 
 from tabulate import tabulate
 
+import model.tasks  # noqa: F401  (registers the tasks in core/tasks.py)
 from core.rundir.folder import Status
 from core.search.asha import rung_reached, schedule_of
 from core.search.importance import importance_markdown
@@ -35,7 +36,7 @@ from core.search.results import (
     varied_keys,
 )
 from core.search.space import axis_scales
-from model.tasks import TASKS
+from core.tasks import TASKS
 from utils import UserError, atomic_write, run_cli
 
 

@@ -12,10 +12,13 @@ import os
 import signal
 import sys
 import time
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
-from core.config import load_params
+import model.tasks  # noqa: F401  (registers the tasks in core/tasks.py)
+from core.config import Params, load_params
 from core.data.loaders import fetch_dataloader, reseed_epoch
 from core.rundir import record
 from core.rundir.folder import (
@@ -33,6 +36,7 @@ from core.rundir.folder import (
 )
 from core.rundir.outputs import Bystander, RunFolder, tensorboard_writer
 from core.stages import stage_of
+from core.tasks import TASKS, data_dir_for
 from core.training import distributed
 from core.training.compiling import compile_model
 from core.training.engine import epoch_seed, keep_freed_memory, pick_runtime, rank_seed, seed_everything
@@ -40,7 +44,6 @@ from core.training.monitor import GradMonitor, gradient_warnings
 from core.training.optim import layer_lrs, step_per_epoch
 from core.training.state import RESUME_NEEDS, advance_stage, build_state, params_of_stage, run_checkpoint
 from model.loop import evaluate, train_one_epoch
-from model.tasks import TASKS, data_dir_for
 from utils import UserError, one_line, run_cli, set_logger, write_json
 
 log = logging.getLogger(__name__)
@@ -69,69 +72,128 @@ def parse_args(argv=None):
     return args
 
 
+@dataclass
+class Run:
+    """One run of this command as main() assembles it: what the functions below share, rather than ten arguments."""
+
+    args: argparse.Namespace
+    command: list  # the command line, as record.json keeps it
+    params: Params
+    params_path: str
+    ranks: distributed.Ranks  # this process's place among several (one process: rank 0 of 1)
+    launch: bool  # nproc > 1 and not yet under torchrun: this process launches the ranks
+    seen: tuple  # the checkpoint's stamp when the run decided what to do: claim() refuses a folder trained since
+    resume_path: str | None
+    ckpt: dict | None  # the checkpoint a resume continues
+    rt: object = None  # core/training/engine.py Runtime: device, autocast, memory format
+    data_dir: str = None
+    loaders: dict = None  # {"train": ..., "valid": ...}
+    classes: list = None
+    state: object = None  # core/training/state.py TrainingState: model, optimizer, schedule, EMA, best so far
+    notes: list = field(default_factory=list)  # what building the state and compiling have to say, logged
+    start_epoch: int = 1
+
+    @property
+    def model_dir(self):
+        return self.args.model_dir
+
+    def reload(self, stage_params):
+        """The train loader of a stage whose batch size or augmentation differ from the one before."""
+        return fetch_dataloader(["train"], self.data_dir, stage_params, self.rt.pin_memory, ranks=self.ranks)[0][
+            "train"]
+
+
+class Outcome(NamedTuple):
+    status: Status
+    reason: str
+    history: list  # history.json's epoch rows
+    timing: dict  # wall_time_s, closing_s: the session's record
+
+
 def main(argv=None):
-    args = parse_args(argv)
+    run = read_run(parse_args(argv), argv)  # params, this process's place, what a resume continues: reads only
+    done = nothing_to_do(run.model_dir, run.ckpt, run.params, run.resume_path, run.args.stop_at_epoch)
+    if done is not None:  # finished, or paused there
+        return done
+    run.rt = pick_runtime(run.params.cuda, run.ranks.local_rank, run.params.deterministic)
+    distributed.check(run.params, run.ranks, run.ckpt, run.params_path, run.rt.device.type)
+    if run.launch:
+        return launch_ranks(run)
+    prepare(run)  # data, model, optimizer, the resumed state: bad input fails here, before a single file is written
+    stop_on_signals()
+    if not run.ranks.is_main:
+        return train_beside_rank_0(run)
+    return train_and_record(run)
+
+
+def read_run(args, argv):
+    """The run as params.json (and KEY=VALUE), torchrun's environment and the folder's checkpoints describe it."""
     params_path = check_model_dir(args.model_dir)
     params = load_params(params_path, args.overrides + ([f"nproc={args.nproc}"] if args.nproc else []))
-    # nproc > 1 and not yet under torchrun: check here, then run this command under torchrun
     launch = params.nproc > 1 and "WORLD_SIZE" not in os.environ
-    ranks = distributed.Ranks(0, params.nproc) if launch else distributed.from_env()  # this process's place
     seen = checkpoint_stamp(args.model_dir)
     resume_path = checkpoint_to_resume(args.model_dir, args.restore_file)
-    ckpt = run_checkpoint(resume_path, RESUME_NEEDS) if resume_path else None
-    done = nothing_to_do(args.model_dir, ckpt, params, resume_path, args.stop_at_epoch)  # finished, or paused there
-    if done is not None:
-        return done
+    return Run(args, [sys.argv[0], *(argv if argv is not None else sys.argv[1:])], params, params_path,
+               distributed.Ranks(0, params.nproc) if launch else distributed.from_env(), launch, seen, resume_path,
+               run_checkpoint(resume_path, RESUME_NEEDS) if resume_path else None)
 
-    # Everything below up to start_run() only reads: bad input fails here, before a single file is written.
-    rt = pick_runtime(params.cuda, ranks.local_rank, params.deterministic)  # device, autocast dtype, memory format
-    distributed.check(params, ranks, ckpt, params_path, rt.device.type)
-    if launch:  # holding the folder's lock for the ranks, so a busy folder is said once, before they start
-        with claim(args.model_dir, seen):
-            before = read_status(args.model_dir)
-            code = distributed.launch(params.nproc, sys.argv[1:] if argv is None else argv)
-            return after_torchrun(args.model_dir, code, before)
-    distributed.start(ranks, rt.device.type)
+
+def launch_ranks(run):
+    """nproc > 1: this very command under torchrun, holding the folder's lock for its ranks (a busy folder is said
+    once, before they start). Returns the run's exit code."""
+    with claim(run.model_dir, run.seen):
+        before = read_status(run.model_dir)
+        code = distributed.launch(run.params.nproc, run.command[1:])
+        return after_torchrun(run.model_dir, code, before)
+
+
+def prepare(run):
+    """Everything training needs, in memory: the process group, seeds, data, the training state (resumed from the
+    checkpoint when there is one). Only reads: bad input fails here, before a single file is written."""
+    params, ranks = run.params, run.ranks
+    distributed.start(ranks, run.rt.device.type)
     keep_freed_memory()  # no page faults for each batch's activations
     seed_everything(rank_seed(params.seed, ranks.rank))  # rank 0 initialises the weights DDP gives the others
-    trained_on = record.trained_on(args.model_dir) if ckpt else None  # a resume reads the data it trained on
-    data_dir = data_dir_for(params.task, params.data_dir, args.data_dir, trained_on)
-    first = ckpt["epoch"] + 1 if ckpt else 1  # in a plan, its stage decides batch size and augmentation
-    loaders, classes = fetch_dataloader(["train", "valid"], data_dir, stage_at(params, first), rt.pin_memory,
-                                        ranks=ranks)
-    state, notes = build_state(params, classes, rt, loaders["train"], params_path, init_weights=not ckpt, epoch=first,
-                               ranks=ranks)
-    x = preflight(state.model, loaders, rt, params_path)
+    trained_on = record.trained_on(run.model_dir) if run.ckpt else None  # a resume reads the data it trained on
+    run.data_dir = data_dir_for(params.task, params.data_dir, run.args.data_dir, trained_on)
+    first = run.ckpt["epoch"] + 1 if run.ckpt else 1  # in a plan, its stage decides batch size and augmentation
+    run.loaders, run.classes = fetch_dataloader(["train", "valid"], run.data_dir, stage_at(params, first),
+                                                run.rt.pin_memory, ranks=ranks)
+    run.state, run.notes = build_state(params, run.classes, run.rt, run.loaders["train"], run.params_path,
+                                       init_weights=not run.ckpt, epoch=first, ranks=ranks)
+    x = preflight(run.state.model, run.loaders, run.rt, run.params_path)
     if params.compile:
-        notes.append(compile_model(state.model, x, rt))
-    start_epoch = state.load(ckpt, resume_path) if ckpt else 1
-    reload = lambda sp: fetch_dataloader(["train"], data_dir, sp, rt.pin_memory, ranks=ranks)[0]["train"]  # noqa: E731
-
-    stop_on_signals()
-    if not ranks.is_main:  # the other ranks train their share and write nothing
-        session(Bystander(args.model_dir, classes), params, state, loaders, rt, start_epoch, args.stop_at_epoch,
-                reload)
-        distributed.stop(ranks)
-        return 0
-    tensorboard = tensorboard_writer(args.model_dir, params.tensorboard)
-    with claim(args.model_dir, seen):  # the folder's lock, if nobody trained here since we looked
-        start_run(args, argv, params, loaders, classes, rt, start_epoch, state, notes, data_dir)
-        folder = RunFolder(args.model_dir, params, classes, state.task, tensorboard)
-        status, reason, history, timing = session(folder, params, state, loaders, rt, start_epoch, args.stop_at_epoch,
-                                                  reload)
-        finish(args.model_dir, params, state.task, status, reason, history, start_epoch, timing)
-    distributed.stop(ranks)
-    log.info(f"{status}: {reason}; {state.tracker.summary()}")
-    return status.exit_code
+        run.notes.append(compile_model(run.state.model, x, run.rt))
+    run.start_epoch = run.state.load(run.ckpt, run.resume_path) if run.ckpt else 1
 
 
-def session(folder, params, state, loaders, rt, start_epoch, stop_at, reload):
+def train_beside_rank_0(run):
+    """A rank other than 0: trains its share of every batch and writes nothing."""
+    session(run, Bystander(run.model_dir, run.classes))
+    distributed.stop(run.ranks)
+    return 0
+
+
+def train_and_record(run):
+    """The run that writes the folder: under its lock (if nobody trained here since we looked), the first writes,
+    the epochs, the last writes. Returns the exit code of the status it ends with."""
+    tensorboard = tensorboard_writer(run.model_dir, run.params.tensorboard)
+    with claim(run.model_dir, run.seen):
+        start_run(run)
+        outcome = session(run, RunFolder(run.model_dir, run.params, run.classes, run.state.task, tensorboard))
+        finish(run, outcome)
+    distributed.stop(run.ranks)
+    log.info(f"{outcome.status}: {outcome.reason}; {run.state.tracker.summary()}")
+    return outcome.status.exit_code
+
+
+def session(run, folder):
     """fit(), then the folder's last writes, whatever happens; a failure or an interruption is recorded in the
-    status and the record before it propagates. Returns fit's (status, reason, history) and the timing."""
+    status and the record before it propagates."""
     started = time.perf_counter()
     try:
         try:
-            status, reason, history = fit(folder, params, state, loaders, rt, start_epoch, stop_at, reload)
+            status, reason, history = fit(run, folder)
         finally:
             closing_s = folder.close()  # however the run ends: the last checkpoint lands, every figure is drawn
     except BaseException as e:
@@ -141,7 +203,7 @@ def session(folder, params, state, loaders, rt, start_epoch, stop_at, reload):
             write_status(folder.dir, outcome, reason=(str(e) or "Ctrl-C") if stopped else one_line(e))
             record.end_session(folder.dir, outcome, time.perf_counter() - started)
         raise
-    return status, reason, history, {"wall_time_s": time.perf_counter() - started, "closing_s": closing_s}
+    return Outcome(status, reason, history, {"wall_time_s": time.perf_counter() - started, "closing_s": closing_s})
 
 
 def after_torchrun(model_dir, code, before):
@@ -193,47 +255,48 @@ def preflight(model, loaders, rt, where):
     return x
 
 
-def start_run(args, argv, params, loaders, classes, rt, start_epoch, state, notes, data_dir):
+def start_run(run):
     """First writes: the log, the effective params, the augmentation pipelines, the record and a 'running' status."""
-    set_logger(os.path.join(args.model_dir, LOG))
-    what = f"resuming at epoch {start_epoch}" if start_epoch > 1 else "starting"
+    params, state, loaders = run.params, run.state, run.loaders
+    set_logger(os.path.join(run.model_dir, LOG))
+    what = f"resuming at epoch {run.start_epoch}" if run.start_epoch > 1 else "starting"
     mode = f" [overfit check: {params.overfit_batches} batch(es)]" if params.overfit_batches else ""
-    where = f"{state.ranks.world} processes on {rt.device.type}" if state.ranks.active else rt.device
-    log.info(f"{args.model_dir}: {what} on {where} ({len(loaders['train'].dataset)} train, "
-             f"{len(loaders['valid'].dataset)} valid images, {len(classes)} classes){mode}")
-    write_json(os.path.join(args.model_dir, EFFECTIVE), params.to_dict())
+    where = f"{state.ranks.world} processes on {run.rt.device.type}" if state.ranks.active else run.rt.device
+    log.info(f"{run.model_dir}: {what} on {where} ({len(loaders['train'].dataset)} train, "
+             f"{len(loaders['valid'].dataset)} valid images, {len(run.classes)} classes){mode}")
+    write_json(os.path.join(run.model_dir, EFFECTIVE), params.to_dict())
     tf = state.task.transforms_record(loaders["train"].dataset.transform, loaders["valid"].dataset.transform)
-    write_json(os.path.join(args.model_dir, "augmentation.json"), tf)
-    record.start_session(args.model_dir, params, [sys.argv[0], *(argv if argv is not None else sys.argv[1:])], rt,
-                         start_epoch, data_dir)
-    write_status(args.model_dir, Status.RUNNING, epoch=start_epoch - 1, num_epochs=params.num_epochs)
-    for note in notes:
+    write_json(os.path.join(run.model_dir, "augmentation.json"), tf)
+    record.start_session(run.model_dir, params, run.command, run.rt, run.start_epoch, run.data_dir)
+    write_status(run.model_dir, Status.RUNNING, epoch=run.start_epoch - 1, num_epochs=params.num_epochs)
+    for note in run.notes:
         log.info(note)
 
 
-def fit(folder, params, state, loaders, rt, start_epoch, stop_at=None, reload=None):
-    """The epoch loop, up to num_epochs or a pause after epoch `stop_at`. Returns (status, reason, history).
+def fit(run, folder):
+    """The epoch loop, up to num_epochs or a pause after epoch --stop_at_epoch. Returns (status, reason, history).
     A pause changes nothing the run computes (the schedule still spans num_epochs): resuming it gives the run
-    that never paused. With a plan (core/stages.py), each stage begins at its first epoch: reload(stage params)
-    gives its train loader when its batch size or augmentation differ."""
-    history = folder.kept_history(start_epoch - 1)
+    that never paused. With a plan (core/stages.py), each stage begins at its first epoch, with its own train
+    loader when its batch size or augmentation differ (run.reload)."""
+    params, state, loaders, rt, stop_at = run.params, run.state, run.loaders, run.rt, run.args.stop_at_epoch
+    history = folder.kept_history(run.start_epoch - 1)
     monitor = GradMonitor(state.model, params.save_summary_steps) if params.monitor_gradients else None
-    n_clas, tracker = len(folder.classes), state.tracker
+    tracker = state.tracker
     predict = state.task.predictor(params, classes=folder.classes)
-    for epoch in range(start_epoch, params.num_epochs + 1):
+    for epoch in range(run.start_epoch, params.num_epochs + 1):
         epoch_start = time.perf_counter()
-        loaders["train"] = advance_stage(state, params, epoch, loaders["train"], reload)
+        loaders["train"] = advance_stage(state, params, epoch, loaders["train"], run.reload)
         # reseed data order and augmentation per epoch: a resumed run sees what an uninterrupted one would
         reseed_epoch(loaders["train"], epoch_seed(params.seed, epoch))
         if monitor:
             monitor.start_epoch()
-        check = within_epoch(folder, params, state, loaders["valid"], rt, predict, epoch)
-        train_m = train_one_epoch(state, loaders["train"], rt, n_clas, params.save_summary_steps, monitor,
-                                  desc=f"epoch {epoch}/{params.num_epochs}", check=check)
+        check = within_epoch(run, folder, predict, epoch)
+        train_m = train_one_epoch(state, loaders["train"], rt, monitor=monitor, check=check,
+                                  summary_steps=params.save_summary_steps, desc=f"epoch {epoch}/{params.num_epochs}")
         train_m = distributed.merged(train_m, state.ranks)  # several processes: over every rank's share
         # validation sees the EMA of the weights, if any; with several processes, rank 0 validates on every image
-        val_m, details = (evaluate(state.eval_model, loaders["valid"], rt, state.task, n_clas, predict, "valid")
-                          if folder.main else (None, None))
+        val_m, details = (evaluate(state.eval_model, loaders["valid"], rt, state.task, state.n_classes, predict,
+                                   desc="valid") if folder.main else (None, None))
         val_m = distributed.from_main(val_m, state.ranks)
         row = {"epoch": epoch, "lr": layer_lrs(state.optimizer),
                **{k: train_m.pop(k) for k in ("time_s", "data_time_s", "images_per_s")},
@@ -262,11 +325,11 @@ def fit(folder, params, state, loaders, rt, start_epoch, stop_at=None, reload=No
     return Status.COMPLETED, "all epochs done", history
 
 
-def within_epoch(folder, params, state, valid_loader, rt, predict, epoch):
+def within_epoch(run, folder, predict, epoch):
     """val_every_batches: check(batches done, n_batches) validates the weights as they are (rank 0), logs and
     records a row at the fractional epoch (history.json "checks"); None when off. Nothing the training computes
     changes: validation draws no random numbers and updates no statistics."""
-    every = params.val_every_batches
+    every, state = run.params.val_every_batches, run.state
     if not every:
         return None
 
@@ -275,7 +338,8 @@ def within_epoch(folder, params, state, valid_loader, rt, predict, epoch):
             return 0.0
         start = time.perf_counter()
         if folder.main:
-            val_m, _ = evaluate(state.eval_model, valid_loader, rt, state.task, len(folder.classes), predict, "valid")
+            val_m, _ = evaluate(state.eval_model, run.loaders["valid"], run.rt, state.task, state.n_classes, predict,
+                                desc="valid")
             row = {"epoch": round(epoch - 1 + done / n_batches, 4), "batch": done, "lr": layer_lrs(state.optimizer),
                    "val": val_m}
             folder.record_check(row, step=(epoch - 1) * n_batches + done)
@@ -286,21 +350,22 @@ def within_epoch(folder, params, state, valid_loader, rt, predict, epoch):
     return check
 
 
-def finish(model_dir, params, task, status, reason, history, start_epoch, timing):
-    """The final status, the session's record (with `timing`: wall_time_s, closing_s) and, in overfit mode, the
-    verdict of the sanity check."""
-    trained_now = [r for r in history if r["epoch"] >= start_epoch]
+def finish(run, outcome):
+    """The final status, the session's record (with its timing) and, in overfit mode, the verdict of the sanity
+    check."""
+    params, history = run.params, outcome.history
+    trained_now = [r for r in history if r["epoch"] >= run.start_epoch]
     images_per_s = sum(r["images_per_s"] for r in trained_now) / len(trained_now) if trained_now else None
     extra = {}
     if params.overfit_batches and history:
-        metric = task.overfit_metric
+        metric = run.state.task.overfit_metric
         acc = history[-1]["val"][metric]
         passed = acc >= OVERFIT_TARGET
         extra["overfit_check"] = {f"train_{metric}": acc, "passed": passed, "target": OVERFIT_TARGET}
         log.info(f"overfit check: {metric} {acc:.4f} on the {params.overfit_batches} training batch(es) - "
                  + ("passed" if passed else f"FAILED (want >= {OVERFIT_TARGET}): the model or its training is broken"))
-    write_status(model_dir, status, reason=reason, **extra)
-    record.end_session(model_dir, status, images_per_s=images_per_s, **timing)
+    write_status(run.model_dir, outcome.status, reason=outcome.reason, **extra)
+    record.end_session(run.model_dir, outcome.status, images_per_s=images_per_s, **outcome.timing)
 
 
 def metrics_text(metrics):

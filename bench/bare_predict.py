@@ -17,6 +17,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+import model.tasks  # noqa: E402, F401  (registers the tasks in core/tasks.py)
 from core.training.trained import trained_model, trained_run  # noqa: E402
 
 

@@ -17,12 +17,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
+import model.tasks  # noqa: E402, F401  (registers the tasks in core/tasks.py)
+from core import tasks  # noqa: E402
 from core.config import load_params  # noqa: E402
 from core.data.loaders import fetch_dataloader, reseed_epoch  # noqa: E402
+from core.tasks import ensure_data  # noqa: E402
 from core.training.engine import epoch_seed, pick_runtime, seed_everything  # noqa: E402
 from core.training.optim import PER_BATCH, build_optimizer, build_scheduler  # noqa: E402
-from model import tasks  # noqa: E402
-from model.tasks import ensure_data  # noqa: E402
 
 
 def main():

@@ -23,7 +23,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from model.tasks import TASKS, ensure_data  # noqa: E402
+import model.tasks  # noqa: E402, F401  (registers the tasks in core/tasks.py)
+from core.tasks import TASKS, ensure_data  # noqa: E402
 
 EXAMPLE = os.path.join(ROOT, "experiments", "asha_search", "params.json")
 

@@ -28,7 +28,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from model.tasks import TASKS, ensure_data  # noqa: E402
+import model.tasks  # noqa: E402, F401  (registers the tasks in core/tasks.py)
+from core.tasks import TASKS, ensure_data  # noqa: E402
 
 BASE = {"arch": "small_cnn", "im_sz": 32, "batch_size": 32, "learning_rate": 0.004, "cache_images": 1,
         "plot_every_s": 1000, "monitor_gradients": 0}

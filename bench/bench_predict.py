@@ -20,7 +20,8 @@ import time
 
 from common import ROOT  # noqa: F401  (puts the project on the path)
 
-from model.tasks import TASKS, ensure_data
+import model.tasks  # noqa: F401  (registers the tasks in core/tasks.py)
+from core.tasks import TASKS, ensure_data
 
 
 def images_folder(scratch, n):

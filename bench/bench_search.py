@@ -34,9 +34,10 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import model.tasks  # noqa: E402, F401  (registers the tasks in core/tasks.py)
 from core.search.forkserver import ForkServer  # noqa: E402
 from core.search.pool import cell_env, threads_per_worker  # noqa: E402
-from model.tasks import TASKS, ensure_data  # noqa: E402
+from core.tasks import TASKS, ensure_data  # noqa: E402
 
 PARENT = {"arch": "small_cnn", "im_sz": 32, "batch_size": 64, "cache_images": 1,
           "hyper_search": {"learning_rate": [0.001, 0.002, 0.004, 0.008], "ps": [0.1, 0.3]}}

@@ -20,12 +20,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
+import model.tasks  # noqa: E402, F401  (registers the tasks in core/tasks.py)
+from core import tasks  # noqa: E402
 from core.config import Params, fixed_overrides, resolve  # noqa: E402
 from core.data.loaders import fetch_dataloader  # noqa: E402
 from core.training.engine import pick_runtime  # noqa: E402
 from core.training.state import evaluated_weights  # noqa: E402
 from data.scenes import build_scenes  # noqa: E402
-from model import tasks  # noqa: E402
 from model.loop import evaluate  # noqa: E402
 from utils import load_checkpoint  # noqa: E402
 
@@ -65,7 +66,7 @@ def timed(ckpt, data_dir, window, stride):
     model.load_state_dict(evaluated_weights(ckpt))
     model = rt.prepare(model)
     start = time.perf_counter()
-    metrics, _ = evaluate(model, loaders["test"], rt, task, len(classes), task.predictor(params), "bench")
+    metrics, _ = evaluate(model, loaders["test"], rt, task, len(classes), task.predictor(params), desc="bench")
     return time.perf_counter() - start, metrics["miou"]
 
 

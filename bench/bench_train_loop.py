@@ -19,15 +19,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
+import model.tasks  # noqa: E402, F401  (registers the tasks in core/tasks.py)
+from core import tasks  # noqa: E402
 from core.config import load_params  # noqa: E402
 from core.data.loaders import fetch_dataloader  # noqa: E402
+from core.tasks import ensure_data  # noqa: E402
 from core.training.engine import pick_runtime  # noqa: E402
 from core.training.monitor import GradMonitor  # noqa: E402
 from core.training.optim import PER_BATCH, build_optimizer, build_scheduler  # noqa: E402
 from core.training.state import TrainingState  # noqa: E402
-from model import tasks  # noqa: E402
 from model.loop import train_one_epoch  # noqa: E402
-from model.tasks import ensure_data  # noqa: E402
 
 
 def fresh(task, params, n_clas, rt, steps):
@@ -40,11 +41,11 @@ def fresh(task, params, n_clas, rt, steps):
 def ours(task, model, optimizer, scheduler, loader, rt, n_clas, params):
     # as train.py's fit(): the scheduler only when it steps per batch, the monitor only when params ask for it
     state = TrainingState(task, model, optimizer, scheduler, tracker=None, per_batch=params.scheduler in PER_BATCH,
-                          criterion=task.build_loss(params, [1] * n_clas))
+                          criterion=task.build_loss(params, [1] * n_clas), n_classes=n_clas)
     monitor = GradMonitor(model, params.save_summary_steps) if params.monitor_gradients else None
     if monitor:
         monitor.start_epoch()
-    train_one_epoch(state, loader, rt, n_clas, params.save_summary_steps, monitor)
+    train_one_epoch(state, loader, rt, monitor=monitor, summary_steps=params.save_summary_steps)
     if monitor:
         monitor.end_epoch()
 

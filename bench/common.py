@@ -11,7 +11,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from model.tasks import ensure_data  # noqa: E402
+import model.tasks  # noqa: E402, F401  (registers the tasks in core/tasks.py)
+from core.tasks import ensure_data  # noqa: E402
 
 
 def parse_args(doc, rounds):

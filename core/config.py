@@ -10,12 +10,10 @@ import functools
 import json
 import math
 
-from core.keys import ANY, AUG, FLAG, INT_LIST, KEYS, LR, OPT_FLAG, OPT_INT, OPT_STR, WEIGHTS
+from core import tasks  # no torch there: search planning and tables stay fast
+from core.keys import ANY, AUG, FLAG, INT_LIST, KEYS, LR, NESTED, OPT_FLAG, OPT_INT, OPT_STR, WEIGHTS
 from core.stages import check_freeze, check_plan, stage_flat
-from model.tasks import TASKS, loss_defaults, metrics_of  # no torch there: search planning and tables stay fast
 from utils import UserError, read_json, short
-
-NESTED = {key.split(".")[0] for key in KEYS if "." in key}  # blocks: params.early_stopping.patience
 
 
 class Params:
@@ -186,7 +184,7 @@ def resolve(user, where, overrides=()):
     out = defaults()
     for key, value in flat.items():
         set_dotted(out, key, value)
-    task = TASKS[out["task"]]
+    task = tasks.load(out["task"])
     out["arch"] = out["arch"] or task.arch
     for key, default in task.loss_keys().items():  # the task's own defaults, where a term name is shared
         out["loss"][key] = flat.get(f"loss.{key}", default)
@@ -197,13 +195,13 @@ def resolve(user, where, overrides=()):
     check_freeze(out, where)
     for i, stage in enumerate(out["stages"] or [{}]):  # a stage too may turn on only its task's terms
         task.check_loss({**out["loss"], **stage.get("loss", {})}, f"{where}: stages.{i}" if stage else where,
-                        loss_defaults())
+                        tasks.loss_defaults())
     return out
 
 
 def monitor_direction(es, task, where):
     """early_stopping.minimize as 0/1: the monitored metric's own direction, unless the params contradict it."""
-    metrics = metrics_of(task)
+    metrics = tasks.metrics_of(task)
     if es["monitor_metric"] not in metrics:
         raise UserError(f"{where}: key 'early_stopping.monitor_metric' is {es['monitor_metric']}, not a metric of "
                         f"task {task} (one of {', '.join(metrics)})")

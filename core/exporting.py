@@ -179,8 +179,8 @@ def exported_run(model_dir, restore_file, fmt, overrides=()):
     """(info, params, task, model, path) of MODEL_DIR/export/<restore_file>.<fmt>: info has the checkpoint's
     "classes", "epoch" and "weights"; model an ExportedModel. A .pt2 is loaded (it unpickles) only when its
     SHA-256 is the one export.py recorded beside it."""
+    from core import tasks
     from core.training.trained import trained_params
-    from model import tasks
 
     check_model_dir(model_dir)
     check_format(fmt, "--exported")

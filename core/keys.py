@@ -3,10 +3,11 @@ whether it is a hyperparameter and what evaluation and a smoke test set it to. T
 core/config.py validates params.json against it.
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from core.stages import PLANS
-from model.tasks import TASKS, loss_defaults  # no torch there: search planning and tables stay fast
+from core.tasks import loss_defaults, registered  # no torch there: search planning and tables stay fast
 
 FLAG, LR, OPT_INT, AUG, ANY = "0/1", "float or list of floats", "int or null", "preset name or dict", "any"
 INT_LIST, OPT_FLAG, OPT_STR = "list of ints", "0/1 or null", "string or null"
@@ -48,7 +49,7 @@ def loss_keys():
     TERMS): the loss block's keys, learned from the tasks. A run's params carry every task's terms, the others'
     at their defaults (each task's check_params refuses another's term turned on)."""
     docs, users = {}, {}
-    for task in TASKS.values():
+    for task in registered().values():
         for name, term in task.loss_terms.items():
             docs.setdefault(name, f"training loss: weight of {term.doc}")
             docs.update({f"{name}_{s}": f"training loss: {name}'s {s}" for s in term.settings})
@@ -78,15 +79,45 @@ class Key:
         return self.default if self.legacy is SAME else self.legacy
 
 
-KEYS = {
+class Keys(Mapping):
+    """KEYS, a read-only dict built on first use: the `task` key's choices and the loss block's keys come from the
+    registered tasks (core/tasks.py), so core/ may be imported before model.tasks registers them."""
+
+    def __init__(self, build):
+        self.build, self.built = build, None
+
+    def all(self):
+        if self.built is None:
+            self.built = self.build()
+            assert {key.split(".")[0] for key in self.built if "." in key} == NESTED, "a new block: add it to NESTED"
+        return self.built
+
+    def __getitem__(self, key):
+        return self.all()[key]
+
+    def __iter__(self):
+        return iter(self.all())
+
+    def __len__(self):
+        return len(self.all())
+
+    def __contains__(self, key):
+        return key in self.all()
+
+
+NESTED = {"early_stopping", "loss"}  # the blocks of dotted keys: params.early_stopping.patience, params.loss.ce
+
+KEYS = Keys(lambda: {
     "task": Key("classification", str, "what a sample's target is: classification (a label per image), "
-                "segmentation (a class per pixel), keypoints (K named points) or detection (boxes); model/tasks.py",
-                choices=tuple(TASKS)),
+                "segmentation (a class per pixel), keypoints (K named points), detection (boxes) or multilabel (a set "
+                "of labels per image); model/tasks.py",
+                choices=tuple(registered())),
     # model
     "arch": Key(None, OPT_STR, "the task's architecture (null: its default, small_cnn, unet, small_fcos or "
                 "heatmap_unet): small_cnn or a torchvision classifier (resnet18, ...); unet or a torchvision "
                 "segmenter (deeplabv3_resnet50, ...); small_fcos, small_rt_detr or a torchvision detector "
-                "(fasterrcnn_resnet50_fpn, ...); heatmap_unet or a torchvision classifier as a point regressor"),
+                "(fasterrcnn_resnet50_fpn, ...); heatmap_unet or a torchvision classifier as a point regressor; a "
+                "multilabel task takes the classifiers"),
     "pretrain": Key(0, FLAG, "1: start from torchvision's ImageNet weights (torch cache or pretrained_path)",
                     evaluate=0),  # evaluation loads the trained weights instead
     "pretrained_path": Key("", str, "torchvision weights file, for pretrain=1 on a machine without network"),
@@ -215,4 +246,4 @@ KEYS = {
     "n_repetitions": Key(1, int, "search_hyperparams.py: train every cell this many times with distinct seeds",
                          check=at_least(1), hyperparam=False),
     "hyper_search": Key(None, ANY, "read by search_hyperparams.py; ignored by train.py", hyperparam=False),
-}
+})

@@ -5,6 +5,7 @@
     python data/build_dataset.py --dst data/digits_imbalanced --imbalance 0=0.1,1=0.1   # keep 10 % of 0s and 1s
     python data/build_dataset.py --task segmentation [--size 64] [--test_size 96]      # data/digit_scenes
     python data/build_dataset.py --task keypoints [--size 64]                          # data/digit_points
+    python data/build_dataset.py --task multilabel [--size 32]                         # data/digit_tags
 
 The default set is scikit-learn's bundled handwritten digits (1,797 real 8x8 scans, 10 classes), so it builds
 offline. Splits are stratified and seeded: the same command always gives the same files.
@@ -12,7 +13,8 @@ offline. Splits are stratified and seeded: the same command always gives the sam
 --task segmentation builds the default segmentation set instead: scenes of 1-3 of those digits with a mask and
 boxes each, in DST/{train,valid,test}/{images,masks}/ (data/scenes.py, which describes the layout). --task keypoints
 builds one-digit scenes with the corners and centre of the digit's box as named points (data/points.py); --task
-detection writes the digit scenes with their boxes in the COCO layout (data/boxes.py).
+detection writes the digit scenes with their boxes in the COCO layout (data/boxes.py); --task multilabel writes scenes
+of 1-3 distinct digits labelled with the digits drawn, images/ + labels.csv (data/tags.py).
 """
 
 import argparse
@@ -21,9 +23,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
 
+import model.tasks  # noqa: E402, F401  (registers the tasks in core/tasks.py; no torch)
+from core.tasks import TASKS  # noqa: E402  (each task's facts, its default data set among them)
 from data.digits import build_digits, keep_fractions, write_split  # noqa: E402
 from data.folders import IMAGE_EXTS, SPLITS, split_indices  # noqa: E402
-from model.tasks import TASKS  # noqa: E402  (no torch: each task's facts, its default data set among them)
 from utils import UserError, run_cli  # noqa: E402
 
 
@@ -93,7 +96,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", choices=tuple(TASKS), default="classification",
                     help="segmentation: digit scenes with masks instead of class folders; keypoints: one-digit "
-                         "scenes with five named points each; detection: the scenes' boxes, COCO layout")
+                         "scenes with five named points each; detection: the scenes' boxes, COCO layout; "
+                         "multilabel: scenes labelled with the digits in them")
     ap.add_argument("--src", help="folder of class sub-folders (default: scikit-learn's digits)")
     ap.add_argument("--dst", help="output folder (default: the task's own, " +
                     ", ".join(f"{t.name} {t.data}" for t in TASKS.values() if t.data) + ")")

@@ -1,5 +1,6 @@
-"""What every image task shares: reading an image file, the normalisation pretrained weights expect, and turning
-params.augmentation (a preset name or an albumentations dict) into pipeline steps."""
+"""What every image task shares: the normalisation pretrained weights expect, turning params.augmentation (a preset
+name or an albumentations dict) into pipeline steps, and the Dataset's common parts. Reading an image file is
+core/data/images.py's (load_image, image_size, readable_size, uniform_shape: the tasks import them from here too)."""
 
 import os
 import sys
@@ -9,11 +10,25 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network here: skip 
 
 import albumentations as A  # noqa: E402
 import numpy as np  # noqa: E402
-from PIL import Image, UnidentifiedImageError  # noqa: E402
 
+from core.data.images import image_size, load_image, readable_size, uniform_shape  # noqa: E402, F401  (for the tasks)
 from utils import UserError  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet statistics, which pretrained weights expect
+
+# the augmentation presets of a task without its own (model/task.py presets): steps that move the image alone, so a
+# task whose targets move with it (masks, boxes, points) writes its own
+PRESETS = {
+    "none": lambda sz: [],
+    # small shifts, zooms and turns: safe for digits and text, where flips would change the class
+    "light": lambda sz: [A.Affine(scale=(0.9, 1.1), translate_percent=(-0.08, 0.08), rotate=(-10, 10), p=0.8)],
+    # the usual recipe for photos
+    "standard": lambda sz: [
+        A.RandomResizedCrop(size=(sz, sz), scale=(0.6, 1.0)),
+        A.HorizontalFlip(),
+        A.ColorJitter(0.2, 0.2, 0.2, 0.05, p=0.5),
+    ],
+}
 
 
 def augmentation_steps(params, presets):
@@ -51,51 +66,6 @@ def pipeline_from_dict(spec):
             SAID.add(message)
             print(f"warning: params key 'augmentation': {message}", file=sys.stderr)
     return pipeline
-
-
-BOMB = "more pixels than PIL decodes safely (its decompression-bomb limit)"
-
-
-def load_image(path):
-    """The file as an HxWx3 uint8 RGB array."""
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except Image.DecompressionBombError:
-        raise UserError(f"{path}: cannot read image: {BOMB}") from None
-    except (OSError, UnidentifiedImageError, ValueError):
-        raise UserError(f"{path}: cannot read image") from None
-
-
-def image_size(path):
-    """(width, height) from the file's header."""
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except Image.DecompressionBombError:
-        raise UserError(f"{path}: cannot read image: {BOMB}") from None
-    except (OSError, UnidentifiedImageError, ValueError):
-        raise UserError(f"{path}: cannot read image") from None
-
-
-def readable_size(path):
-    """(width, height) of an image that decodes whole: what a task's check_item starts from. Decoding it all, as
-    training will, catches what PIL's verify() lets through (a JPEG cut short inside its pixel data)."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.size
-    except Image.DecompressionBombError:
-        raise UserError(f"{path}: cannot read image: {BOMB}") from None
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
-        raise UserError(f"{path}: cannot read image") from None
-
-
-def uniform_shape(paths, channels):
-    """(H, W, channels) when every image shares one size, else None: the image cache's row shape (a split of
-    several sizes is read from its files)."""
-    sizes = {image_size(p) for p in paths}
-    return (*next(iter(sizes))[::-1], channels) if len(sizes) == 1 else None
 
 
 def image_decoder():

@@ -23,7 +23,7 @@ def train_mode(state):
         norm.eval()
 
 
-def train_one_epoch(state, loader, rt, n_clas, summary_steps=10, monitor=None, desc="train", check=None):
+def train_one_epoch(state, loader, rt, *, monitor=None, check=None, summary_steps=10, desc="train"):
     """One pass over `loader`, updating `state` (core.training.state.TrainingState).
 
     Per batch: mix it (state.mix: MixUp/CutMix), forward, backward of the loss scaled by the batches in its
@@ -35,7 +35,7 @@ def train_one_epoch(state, loader, rt, n_clas, summary_steps=10, monitor=None, d
     optimizer = state.optimizer
     scheduler = state.scheduler if state.per_batch else None
     train_mode(state)
-    metrics = state.task.epoch_metrics(n_clas, rt.device)
+    metrics = state.task.epoch_metrics(state.n_classes, rt.device)
     n_seen, data_time, n_batches, accumulate, checking = 0, 0.0, len(loader), state.accumulate_steps, 0.0
     start = tick = time.perf_counter()
     bar = progress(loader, desc)
@@ -81,7 +81,7 @@ def optimizer_step(state, monitor, index, scheduler):
 
 
 @torch.inference_mode()
-def evaluate(model, loader, rt, task, n_clas, predict, desc="eval"):
+def evaluate(model, loader, rt, task, n_clas, predict, *, desc="eval"):
     """Metrics over the whole of `loader` (the plain loss of the task, loss_fn), and details: what the task keeps
     per sample for its report and gallery (the confusion matrix, each sample's prediction, ...), in loader order.
     predict(model, x, y): the task's predictor (test-time augmentation, sliding windows; a detector needs the

@@ -11,6 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+import model.tasks  # noqa: E402, F401  registers the tasks in core/tasks.py, as every script does
 
 # small enough for seconds per run on 2 CPU cores, large enough to learn digits clearly above chance
 FAST_PARAMS = {

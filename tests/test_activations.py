@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn as nn
 
+from core import tasks
 from core.config import Params, resolve
 from core.training.activations import blocks_of, checkpoint_blocks
 from core.training.state import recompute_activations
-from model import tasks
 from utils import UserError
 
 ARCHS = [("classification", "small_cnn"), ("classification", "resnet18"), ("segmentation", "unet"),

@@ -55,11 +55,28 @@ def test_core_and_model_never_import_a_script():
 
 
 def test_model_imports_nothing_from_core_at_the_top():
-    """model/ is what users edit: it may call machinery lazily, but reading it must not mean reading core/."""
+    """model/ is what users edit: it may call machinery lazily, but reading it must not mean reading core/. At the
+    top it imports only what it builds on: the registry its tasks register in and the image reader."""
     for path in (ROOT / "model").rglob("*.py"):
         top = [n for n in ast.parse(path.read_text()).body if isinstance(n, (ast.Import, ast.ImportFrom))]
         modules = {n.module for n in top if isinstance(n, ast.ImportFrom) and n.module}
-        assert not {m for m in modules if m.startswith("core")}, path.name
+        assert not {m for m in modules if m.startswith("core")} - {"core.tasks", "core.data.images"}, path.name
+
+
+def test_core_imports_nothing_from_model():
+    """The machinery reads, tests and runs without the tasks: the scripts import model.tasks, which registers them
+    in core/tasks.py (imports inside functions count too)."""
+    for path in (ROOT / "core").rglob("*.py"):
+        assert not {m for m in project_imports(path) if m.split(".")[0] == "model"}, path.relative_to(ROOT)
+
+
+def test_core_without_the_tasks_imports_and_asking_it_for_one_is_a_clear_error():
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import core.config, core.search.pool, core.tasks\n"
+            "for ask in (lambda: core.tasks.load('classification'), lambda: core.config.resolve({}, 'p')):\n"
+            "    try:\n        ask()\n    except RuntimeError as e:\n        print(e)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == 2 * ["no task registered: model/tasks.py registers them in core/tasks.py when "
+                                    "imported; import it before asking core/ for a task"]
 
 
 def test_no_import_cycle_among_core_model_and_data():
@@ -170,7 +187,7 @@ def test_a_model_without_a_final_linear_gets_a_one_line_error(make_experiment, d
     import torch.nn as nn
 
     from conftest import run_train
-    from model.tasks import TASKS
+    from core.tasks import TASKS
 
     classification = TASKS["classification"]
 
@@ -216,7 +233,8 @@ def focal(logits, masks, gamma):
 loss.TERMS["focal"] = Term(focal, 0.0, "focal loss", {{"gamma": 2.0}})  # the one edit a user makes
 from core.config import KEYS, Params, resolve
 from core.search.grid import plan
-from model.tasks import TASKS
+from core.tasks import TASKS
+import model.tasks
 
 out = {{"keys": [k for k in KEYS if k.startswith("loss.")]}}
 params = resolve({{"task": "segmentation", "loss": {{"ce": 0, "focal": 1, "focal_gamma": 3}}}}, "p")
@@ -252,40 +270,46 @@ def test_a_loss_term_added_to_a_tasks_terms_is_a_params_search_and_stage_key_and
                              "p: key 'loss.focal_gamma' expects float, got string \"a\""]
 
 
-# what model/task.py's default methods call in a task's own files
-TASK_FILES = {"data_loader": ("find_classes", "scan_split", "item_files", "check_item", "PRESETS", "build_transforms",
-                              "decoder", "transforms_record", "Dataset", "class_counts"),
-              "net": ("build_model", "head_of"), "loss": ("TERMS", "build_loss", "loss_fn"),
-              "metrics": ("METRICS", "EpochMetrics"),
-              "report": ("predictor", "evaluation_report", "report_markdown", "plot_evaluation", "best_figures",
-                         "draw_best", "save_predictions", "draw_prediction", "finish_predictions")}
+def unsupplied(task):
+    """The required names (model/task.py required_names) `task` supplies neither in its Task subclass nor in its
+    files."""
+    from model.task import Task, required_names
+
+    missing = []
+    for name in required_names():
+        member = vars(Task).get(name)
+        if member is None:  # a fact declared without a value
+            supplied = hasattr(task, name)
+        else:
+            file, own = getattr(member, "fget", member).required
+            supplied = task.supplies(name, file, own)
+        if not supplied:
+            missing.append(name)
+    return missing
 
 
-def test_every_task_is_a_task_with_its_facts_and_the_files_its_methods_call():
-    from model import tasks
+def test_every_task_is_a_task_that_supplies_the_required_names():
+    from core import tasks
     from model.task import Task
 
     for name, task in tasks.TASKS.items():
         assert isinstance(task, Task) and task.name == name
-        for fact in ("data", "arch", "monitor", "overfit_metric", "split_layout", "head", "metrics", "loss_terms"):
-            assert getattr(task, fact, None) is not None, (name, fact)
-        for file, names in TASK_FILES.items():
-            missing = [n for n in names if not hasattr(task.part(file), n)]
-            assert not missing, (name, file, missing)
+        assert unsupplied(task) == [], name
         assert task.overfit_metric in task.metrics and task.monitor in task.metrics
-        assert task.metrics is task.part("metrics").METRICS and task.loss_terms is task.part("loss").TERMS
+        assert list(task.metrics)[0] == "loss"
 
 
 def test_reading_the_tasks_facts_imports_no_torch():
     """Params validation, the search's planning and the result tables read every task's facts: no torch for that."""
     code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import core.config, core.search.results, model.tasks; "
+            "core.config.resolve({'task': 'segmentation'}, 'p'); core.search.results.minimized('miou'); "
             f"print(sorted(m for m in ('torch', 'albumentations') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
 
 def test_a_default_data_folder_two_tasks_share_is_built_once(tmp_path, monkeypatch):
-    from model import tasks
+    from core import tasks
     from model.task import Task
 
     built = []
@@ -305,10 +329,24 @@ def test_a_default_data_folder_two_tasks_share_is_built_once(tmp_path, monkeypat
 
 def test_a_classifier_needs_two_classes_and_refused_keys_come_first():
     from core.config import Params, resolve
-    from model.tasks import TASKS
+    from core.tasks import TASKS
 
     with pytest.raises(UserError, match="monitor_metric' is accuracy but the data has only 1 classes"):
         TASKS["classification"].check_params(Params(resolve({}, WHERE)), ["only"], WHERE)
     params = Params(resolve({"task": "keypoints", "class_weights": [1, 2]}, WHERE))
     with pytest.raises(UserError, match="key 'class_weights' weighs classes; not for keypoints"):
         TASKS["keypoints"].check_params(params, ["a", "b", "c"], WHERE)
+
+
+def test_train_py_main_is_an_outline_and_the_run_goes_around_as_one_object():
+    """main() fits on a screen, each branch (launch under torchrun, a rank beside rank 0, the run that writes) a
+    named function; no function of train.py or of the loop takes more than six positional parameters."""
+    sources = {name: ast.parse((ROOT / name).read_text()) for name in ("train.py", "model/loop.py")}
+    functions = {f"{name}:{node.name}": node for name, tree in sources.items() for node in ast.walk(tree)
+                 if isinstance(node, ast.FunctionDef)}
+    main = functions["train.py:main"]
+    assert main.end_lineno - main.lineno + 1 <= 30
+    called = {n.func.id for n in ast.walk(main) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    assert {"launch_ranks", "prepare", "train_beside_rank_0", "train_and_record"} <= called
+    wide = {name: len(f.args.args) for name, f in functions.items() if len(f.args.args) > 6}
+    assert wide == {}, wide

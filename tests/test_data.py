@@ -15,8 +15,8 @@ from data.build_dataset import list_images
 
 def test_loader_and_build_dataset_list_the_same_images(digits_dir):
     train = os.path.join(digits_dir, "train")
+    from core.tasks import TASKS
     from model.classification.data_loader import scan_image_folder
-    from model.tasks import TASKS
 
     classification = TASKS["classification"]
 

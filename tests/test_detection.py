@@ -254,7 +254,7 @@ def test_each_torchvision_detector_builds_offline_trains_a_step_and_detects(arch
 
 
 def test_box_loss_weights_weigh_the_terms_and_validation_sums_them_plainly(det_experiment):
-    from model.tasks import TASKS
+    from core.tasks import TASKS
 
     task = TASKS["detection"]
 

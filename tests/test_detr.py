@@ -172,7 +172,7 @@ def test_missing_transformers_names_the_requirements_file(detr_experiment, boxes
 
 
 def test_export_refuses_it_with_a_reason(detr_experiment):
-    from model.tasks import TASKS
+    from core.tasks import TASKS
     from utils import UserError
 
     params = load_params(os.path.join(detr_experiment(), "params.json"))

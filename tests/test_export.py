@@ -217,8 +217,8 @@ def test_a_pt2_export_is_loaded_only_as_export_py_wrote_it(exported, tmp_path, c
 
 
 def test_a_two_stage_detector_is_refused_with_the_reason():
+    from core import tasks
     from core.config import Params, resolve
-    from model import tasks
     from utils import UserError
 
     params = Params(resolve({"task": "detection", "arch": "fasterrcnn_mobilenet_v3_large_320_fpn", "im_sz": 64}, "p"))

@@ -23,8 +23,8 @@ from conftest import ROOT
 from core.config import load_params
 from core.data import imagecache
 from core.data import loaders as core_data
-from model.classification import data_loader
-from model.tasks import TASKS
+from core.tasks import TASKS
+from model import defaults
 from utils import UserError, load_checkpoint, run_cli
 
 CLASSES, PER_SPLIT = ("0", "1", "2"), {"train": 20, "valid": 6}
@@ -56,20 +56,20 @@ def params(make_experiment):
 
 @pytest.fixture
 def calls(monkeypatch):
-    """How many images fetch_dataloader checks and decodes."""
+    """How many images fetch_dataloader checks and decodes (classification's are the defaults', model/defaults.py)."""
     counts = {"checked": 0, "decoded": 0}
-    check, load = data_loader.check_item, data_loader.load_image
+    check, load = defaults.check_item, defaults.load_image
 
-    def counting_check(item, classes):
+    def counting_check(task, item, classes):
         counts["checked"] += 1
-        return check(item, classes)
+        return check(task, item, classes)
 
     def counting_load(path):
         counts["decoded"] += 1
         return load(path)
 
-    monkeypatch.setattr(data_loader, "check_item", counting_check)
-    monkeypatch.setattr(data_loader, "load_image", counting_load)
+    monkeypatch.setattr(defaults, "check_item", counting_check)
+    monkeypatch.setattr(defaults, "load_image", counting_load)
     return counts
 
 
@@ -145,7 +145,7 @@ def test_changed_image_is_rechecked_and_its_split_rebuilt(data, params, calls):
     (new_train,) = arrays(data, "train")
     assert new_train != old_train and arrays(data, "valid") == valid_array
     assert not killed_build.exists()
-    decode, _, _ = data_loader.decoder(params)
+    decode, _, _ = TASKS["classification"].decoder(params)
     new_pixels = np.array(loaders["train"].dataset.images[row])
     assert np.array_equal(new_pixels, decode((str(victim), None))) and not np.array_equal(new_pixels, old_pixels)
     assert manifest(data)[os.path.relpath(victim, data)] == imagecache.file_stamp(victim)

@@ -14,6 +14,7 @@ import evaluate
 import synthesize_results
 from conftest import assert_same_weights, read, run_train
 from core.config import Params, resolve
+from core.tasks import TASKS
 from core.training.compiling import compile_model
 from core.training.engine import pick_runtime
 from core.training.optim import build_optimizer, build_scheduler, layer_lrs, optimizer_steps
@@ -23,7 +24,6 @@ from model.classification.loss import build_loss, class_weight_tensor
 from model.classification.metrics import METRICS, EpochMetrics
 from model.classification.net import SmallCNN
 from model.loop import optimizer_step, train_one_epoch
-from model.tasks import TASKS
 from utils import UserError, load_checkpoint
 
 classification = TASKS["classification"]
@@ -64,11 +64,9 @@ def test_balanced_class_weights_follow_the_counts():
 
 def test_balanced_weights_on_imbalanced_data_change_the_training(make_experiment, imbalanced_dir):
     from core.data.loaders import fetch_dataloader
-    from model.classification.data_loader import class_counts
-
     p = params(train_subset=0, im_sz=24)
     loaders, classes = fetch_dataloader(["train"], imbalanced_dir, p)
-    counts = class_counts(loaders["train"].dataset, len(classes))
+    counts = classification.class_counts(loaders["train"].dataset, len(classes))
     assert counts[0] < counts[5] / 5  # the data set really is imbalanced
     w = class_weight_tensor("balanced", counts)
     assert w[0] > 4 * w[5]
@@ -106,7 +104,7 @@ def test_mixed_epochs_report_the_loss_only():
 def tiny_state(model, accumulate_steps=1, grad_clip=0.0, lr=0.1):
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     return TrainingState(classification, model, opt, None, BestTracker("loss", True, 0.0, 0), per_batch=False,
-                         criterion=F.cross_entropy, accumulate_steps=accumulate_steps, grad_clip=grad_clip)
+                         criterion=F.cross_entropy, accumulate_steps=accumulate_steps, grad_clip=grad_clip, n_classes=3)
 
 
 def linear():
@@ -121,8 +119,8 @@ def test_accumulated_gradients_equal_one_big_batch_with_a_short_last_group():
     small = [(x[i:i + 4], y[i:i + 4]) for i in (0, 4, 8)]  # accumulated as [b0 b1] [b2]
     big = [(x[:8], y[:8]), (x[8:], y[8:])]
     a, b = tiny_state(linear(), accumulate_steps=2), tiny_state(linear())
-    train_one_epoch(a, small, rt, 3)
-    train_one_epoch(b, big, rt, 3)
+    train_one_epoch(a, small, rt)
+    train_one_epoch(b, big, rt)
     for pa, pb in zip(a.model.parameters(), b.model.parameters()):
         assert torch.allclose(pa, pb, atol=1e-6)
 
@@ -134,11 +132,11 @@ def test_accumulation_steps_the_optimizer_and_schedule_per_group():
     opt = build_optimizer(p, model, classification)
     sched = build_scheduler(p, opt, optimizer_steps(5, 2))
     state = TrainingState(classification, model, opt, sched, BestTracker("loss", True, 0.0, 0), per_batch=True,
-                          criterion=F.cross_entropy, accumulate_steps=2)
+                          criterion=F.cross_entropy, accumulate_steps=2, n_classes=3)
     steps = []
     opt.register_step_post_hook(lambda *a: steps.append(1))
     batches = [(torch.randn(4, 3, 16, 16), torch.randint(0, 3, (4,))) for _ in range(5)]
-    train_one_epoch(state, batches, pick_runtime(0), 3)
+    train_one_epoch(state, batches, pick_runtime(0))
     assert len(steps) == 3 and sched.last_epoch == 3  # one_cycle ran its whole schedule, no more
 
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core.tasks import TASKS, ensure_data
 from data.build_dataset import SPLITS, main
 from data.scenes import CLASSES, build_scenes, source_splits
-from model.tasks import TASKS, ensure_data
 from utils import UserError
 
 COUNTS = (40, 10, 10)

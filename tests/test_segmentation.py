@@ -260,7 +260,7 @@ def test_loss_weights_are_keys_and_bad_terms_are_refused(tmp_path):
                                         "segmentation"):
         resolve({"task": "segmentation", "early_stopping": {"monitor_metric": "accuracy"}}, "p.json")
     with pytest.raises(UserError, match="key 'task' must be one of classification, segmentation, keypoints, "
-                                        "detection, got \"tracking\""):
+                                        "detection, multilabel, got \"tracking\""):
         resolve({"task": "tracking"}, "p.json")
 
 

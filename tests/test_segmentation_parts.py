@@ -328,7 +328,7 @@ def test_keep_largest_regions_keeps_each_classs_n_largest_and_gives_the_rest_to_
 ])
 def test_bad_keep_regions_are_one_line_errors(value, fragment):
     from core.config import Params, resolve
-    from model.tasks import TASKS
+    from core.tasks import TASKS
 
     with pytest.raises(UserError) as e:
         params = Params(resolve({"task": "segmentation", "keep_regions": value}, "p"))
@@ -338,7 +338,7 @@ def test_bad_keep_regions_are_one_line_errors(value, fragment):
 
 def test_keep_regions_is_refused_by_the_tasks_without_masks():
     from core.config import Params, resolve
-    from model.tasks import TASKS
+    from core.tasks import TASKS
 
     for task in ("classification", "keypoints", "detection"):
         with pytest.raises(UserError, match=f"key 'keep_regions' cleans segmentation masks; not for {task}"):

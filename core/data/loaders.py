@@ -15,9 +15,9 @@ import os
 
 import torch
 
+from core import tasks
 from core.data import imagecache
 from core.training.engine import rank_seed
-from model import tasks
 from utils import UserError
 
 

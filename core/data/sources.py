@@ -75,7 +75,7 @@ class PredictImages(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i):
-        from model.images import load_image
+        from core.data.images import load_image
 
         try:
             image = load_image(self.paths[i])
@@ -109,7 +109,7 @@ def predict_loader(paths, preprocess, batch_size, num_workers=0, pin_memory=Fals
 
 def size_batches(paths, batch_size):
     """[[indices]]: images of one (header) size together, at most batch_size each; unreadable headers alone."""
-    from model.images import image_size
+    from core.data.images import image_size
 
     groups = {}
     for i, path in enumerate(paths):

@@ -152,8 +152,8 @@ def draw(task, rows, out_dir, classes, stems):
     """drawn/<image>.png for each row not drawn yet: the image with its prediction (the task's draw_prediction)."""
     from PIL import Image
 
+    from core.data.images import load_image
     from core.rundir.plots import save_mosaic
-    from model.images import load_image
 
     for row in rows:
         path = output_path(out_dir, "drawn", stems[row["image"]], ".png")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from core.config import resolve
 from core.rundir.folder import Status, is_locked, load_history, read_status, write_status
 from core.search.grid import base_params
-from model.tasks import metrics_of
+from core.tasks import metrics_of
 from utils import UserError
 
 SCHEDULE_KEYS = ("type", "min_epochs", "reduction_factor", "metric", "mode")

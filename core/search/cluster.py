@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import time
 
+from core import tasks
 from core.paths import ROOT
 from core.rundir.folder import Status, is_locked, read_status, write_status
 from core.search.pool import cell_env, launch, prepare, procs_per_cell, train_cell
@@ -36,8 +37,10 @@ class SlurmCell:
 
     def __init__(self, data_dir, threads, max_requeues, container=None):
         self.data_dir, self.threads, self.max_requeues, self.container = data_dir, threads, max_requeues, container
+        self.tasks = tuple(tasks.PATHS)  # the search's tasks, registered again in the array task's own process
 
     def __call__(self, cell):
+        tasks.register(*self.tasks)
         if procs_per_cell([cell]) > 1:  # one Slurm task a rank (srun): torch.distributed's environment from Slurm's
             import submitit
 
@@ -173,7 +176,8 @@ def run_ray(cells, data_dir, opts):
         for cell in cells:
             prepare(cell)
         remote = ray.remote(num_cpus=opts.cpus_per_cell, num_gpus=opts.gpus_per_cell or 0)(ray_train_cell)
-        pending = {remote.remote(cell, data_dir, opts.cpus_per_cell, opts.container): cell for cell in cells}
+        pending = {remote.remote(cell, data_dir, opts.cpus_per_cell, opts.container, tuple(tasks.PATHS)): cell
+                   for cell in cells}
         progress = Progress(len(cells))
         progress.update(len(pending))
         try:
@@ -196,6 +200,7 @@ def wait_ray(ray, pending, progress):
     return progress.failed
 
 
-def ray_train_cell(cell, data_dir, threads, container=None):
+def ray_train_cell(cell, data_dir, threads, container=None, task_paths=()):
+    tasks.register(*task_paths)  # the search's tasks, in the Ray task's own process
     # Ray sets CUDA_VISIBLE_DEVICES for the GPUs it assigned; the child (or the container, given those) inherits it
     return train_cell(cell, data_dir, cell_env(threads=max(1, threads // procs_per_cell([cell]))), container)

@@ -24,7 +24,6 @@ RUNTIMES = ("podman", "docker", "apptainer")
 FILE_KEYS = ("pretrained_path", "init_weights_path")
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 SHM = "2g"  # DataLoader workers hand batches over in /dev/shm; the runtimes' 64 MB default is too small
-assert all(k in KEYS for k in FILE_KEYS)
 
 
 @dataclass(frozen=True)
@@ -85,6 +84,7 @@ def visible_gpus(env):
 
 def file_mounts(params):
     """(host path, container path) of each file a params key names: where train.py, run from /app, will look."""
+    assert all(k in KEYS for k in FILE_KEYS)
     mounts = []
     for key in FILE_KEYS:
         path = params.get(key)

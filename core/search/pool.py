@@ -36,7 +36,7 @@ from core.search.forkserver import ForkServer, ServerGone
 from core.search.grid import base_params, child_params, child_path, corners, plan, tpe_block
 from core.search.progress import Progress
 from core.search.squeue import queued_elsewhere
-from model.tasks import TASKS
+from core.tasks import data_dir_for, load
 from utils import FolderBusy, UserError, die_with_parent, read_json, write_json
 
 # what a cell's folder says about it -> what the search does with it
@@ -141,8 +141,6 @@ def estimate_hours(cells, epochs):
 def cell_data(cell, data_dir=None):
     """The data set of a cell: the search's --data_dir for every cell, else the cell's own params data_dir (a
     searched key too), else its task's; absolute, as cells run from elsewhere."""
-    from model.tasks import data_dir_for
-
     task = cell.params.get("task", KEYS["task"].default)
     return os.path.abspath(data_dir_for(task, cell.params.get("data_dir"), data_dir))
 
@@ -321,7 +319,7 @@ class JobSource(Protocol):
 def needs_torchvision(source):
     """Whether a cell asks for a torchvision architecture: a task's default arch (its own net.py's) needs none, and
     importing it would cost every search ~1 s."""
-    return any(c.params.get("arch") not in (None, TASKS[c.params.get("task", KEYS["task"].default)].arch)
+    return any(c.params.get("arch") not in (None, load(c.params.get("task", KEYS["task"].default)).arch)
                for c in source.cells)
 
 

@@ -15,7 +15,7 @@ from core.config import KEYS, hyperparams, resolve
 from core.paths import ROOT, repo_path
 from core.rundir.folder import EFFECTIVE, STATUS, Status, load_history, metrics_file
 from core.rundir.record import provenance, trained_on
-from model.tasks import TASKS
+from core.tasks import load, registered
 from utils import UserError, read_json
 
 
@@ -223,7 +223,7 @@ def build_rows(runs, metric):
 def minimized(metric, task=None):
     """Whether smaller is better for `task`'s metric (its metrics.py says); without a task, when every task that
     reports the name says so. An unknown name sorts as larger-is-better."""
-    found = [t.metrics[metric].minimize for t in ([TASKS[task]] if task in TASKS else TASKS.values())
+    found = [t.metrics[metric].minimize for t in ([load(task)] if task in registered() else registered().values())
              if metric in t.metrics]
     return bool(found) and all(found)
 

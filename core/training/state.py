@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from core import tasks
 from core.config import Params
 from core.paths import repo_path
 from core.stages import stage_of, stage_params
@@ -28,7 +29,6 @@ from core.training.optim import (
     learning_rates,
     optimizer_steps,
 )
-from model import tasks
 from utils import UserError, load_checkpoint, one_line
 
 
@@ -224,9 +224,10 @@ def build_state(params, classes, runtime, train_loader, where, init_weights=True
     ranks = ranks or distributed.Ranks()
     if ranks.active and params.sync_bn:  # before the optimizer and the EMA see the model's modules
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    state = TrainingState(task, model, None, None, BestTracker.from_params(params.early_stopping), False, None,
-                          counts=counts, n_classes=len(classes), ranks=ranks)
-    enter_stage(state, params, stage_of(params.to_dict(), epoch), train_loader)
+    i = stage_of(params.to_dict(), epoch)
+    state = TrainingState(task=task, model=model, tracker=BestTracker.from_params(params.early_stopping),
+                          counts=counts, n_classes=len(classes), ranks=ranks,
+                          **stage_parts(task, model, params, i, train_loader, counts, len(classes), ranks))
     if state.ema is not None:
         notes.append(f"validating the EMA of the weights (ema_decay {state.stage_params.ema_decay}); best.pth.tar "
                      f"holds both")
@@ -262,28 +263,35 @@ def params_of_stage(params, i):
     return Params(stage_params(params.to_dict(), i))
 
 
-def enter_stage(state, params, i, train_loader):
-    """Set `state` up for stage i of the run's plan: its frozen parts, a fresh optimizer and its own schedule over
-    its own epochs, its loss, mixing, EMA decay, accumulation and clipping. The weights, their EMA, the best so
-    far and the early-stopping count carry over."""
+def stage_parts(task, model, params, i, train_loader, counts, n_classes, ranks, ema=None):
+    """{TrainingState field: value} of what stage i of the run's plan trains with: its frozen parts, a fresh
+    optimizer and its own schedule over its own epochs, its loss (the task's build_loss: model/<task>/loss.py),
+    mixing, EMA decay, accumulation and clipping. `ema`: the average the stage before kept, which carries over."""
     sp = params_of_stage(params, i)
-    state.stage, state.stage_params = i, sp
-    state.frozen_norms = freeze(state.model, state.task, sp.freeze, len(learning_rates(sp)))
-    # DDP reduces the gradients of the parameters that train when it is built: again for each stage's frozen set
-    state.ddp = distributed.wrap(state.model, state.ranks)
-    state.optimizer = build_optimizer(sp, state.model, state.task)
-    state.scheduler = build_scheduler(sp, state.optimizer, optimizer_steps(len(train_loader), sp.accumulate_steps))
-    state.per_batch = sp.scheduler in PER_BATCH
-    state.criterion = state.task.build_loss(sp, list(state.counts))
-    # the overfit check learns its fixed batches as they are: no mixing, as no augmentation
-    state.mix = None if sp.overfit_batches else state.task.build_batch_mix(sp, state.n_classes)
+    frozen_norms = freeze(model, task, sp.freeze, len(learning_rates(sp)))
+    ddp = distributed.wrap(model, ranks)  # it reduces the gradients of what trains when built: one for each stage
+    optimizer = build_optimizer(sp, model, task)
+    scheduler = build_scheduler(sp, optimizer, optimizer_steps(len(train_loader), sp.accumulate_steps))
+    criterion = task.build_loss(sp, list(counts))
+    mix = None if sp.overfit_batches else task.build_batch_mix(sp, n_classes)  # the overfit check: batches as they are
     if not sp.ema_decay:
-        state.ema = None
-    elif state.ema is None:
-        state.ema = build_ema(state.model, sp.ema_decay)
+        ema = None
+    elif ema is None:
+        ema = build_ema(model, sp.ema_decay)
     else:
-        state.ema.multi_avg_fn = ema_update(sp.ema_decay)
-    state.accumulate_steps, state.grad_clip = sp.accumulate_steps, sp.grad_clip
+        ema.multi_avg_fn = ema_update(sp.ema_decay)
+    return {"stage": i, "stage_params": sp, "frozen_norms": frozen_norms, "ddp": ddp, "optimizer": optimizer,
+            "scheduler": scheduler, "per_batch": sp.scheduler in PER_BATCH, "criterion": criterion, "mix": mix,
+            "ema": ema, "accumulate_steps": sp.accumulate_steps, "grad_clip": sp.grad_clip}
+
+
+def enter_stage(state, params, i, train_loader):
+    """Set `state` up for stage i of the run's plan (stage_parts). The weights, their EMA, the best so far and the
+    early-stopping count carry over."""
+    parts = stage_parts(state.task, state.model, params, i, train_loader, state.counts, state.n_classes,
+                        state.ranks, state.ema)
+    for name, value in parts.items():
+        setattr(state, name, value)
 
 
 def advance_stage(state, params, epoch, train_loader, reload):

@@ -5,9 +5,9 @@ pretraining: the weights come from the checkpoint) and its model with the weight
     model = trained_model(ckpt, params, task, path)
 """
 
+from core import tasks
 from core.config import Params, fixed_overrides, resolve
 from core.training.state import evaluated_weights, run_checkpoint
-from model import tasks
 from utils import UserError, one_line
 
 EVAL_OPTIONS = ("eval_window", "eval_stride", "keep_regions")  # params keys evaluate.py and predict.py set as flags

@@ -9,6 +9,7 @@ from model.task import MASK_KEYS, Task
 class Classification(Task):
     name, data, arch, monitor = "classification", "data/digits", "small_cnn", "accuracy"
     overfit_metric, split_layout, classes_are = "accuracy", "<class>/", "class folders"
+    head = "a final nn.Linear classifier head"
     refused = MASK_KEYS
 
     def build_data(self, dst, **options):

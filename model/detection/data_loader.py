@@ -232,11 +232,6 @@ def scan_yolo(split_dir, classes):
     return items
 
 
-def item_files(item):
-    """The files a sample is read from: its image (the annotations are checked when the split is scanned)."""
-    return [item[0]]
-
-
 def check_item(item, classes):
     image, boxes = item
     w, h = readable_size(image)

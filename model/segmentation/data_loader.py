@@ -51,11 +51,6 @@ def build_transforms(params):
             A.Compose(tail, seed=params.seed))
 
 
-def transforms_record(train_tf, eval_tf):
-    """The pipelines actually used, in albumentations' own serialisation (readable JSON, no pickle)."""
-    return {"train": A.to_dict(train_tf), "eval": A.to_dict(eval_tf)}
-
-
 def decoder(params):
     """(decode, recipe, row_shape) for the image cache: an item as an H x W x 4 array, the image's RGB and its mask
     as a fourth channel, both as stored (the pipelines resize, not the cache, so evaluation keeps each image's
