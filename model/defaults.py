@@ -23,8 +23,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
 
+from core.losses import weighted_terms  # noqa: E402
 from model.images import MEAN, STD, ItemDataset, augmentation_steps, image_decoder, load_image, readable_size  # noqa: E402
-from model.task import EpochSums, metric_names, weighted_terms  # noqa: E402
+from model.task import EpochSums, metric_names  # noqa: E402
 from utils import UserError  # noqa: E402
 
 # ---------------------------------------------------------------- data

@@ -16,7 +16,7 @@ names: data_loader.py, net.py, loss.py, metrics.py. Every other fact and method 
 better than the default, in its Task subclass or in its own file named beside the method (report.py, ...). The
 defaults are model/defaults.py's (the facts' are below), written for any task whose items are (image path, target)
 and whose model returns one tensor: model/multilabel/ supplies the six names and little else. Below the class: what
-tasks build on (Metric, EpochSums, Term).
+tasks build on (Metric, EpochSums); a loss's Term and weighted_terms are core/losses.py's.
 
 No torch import here, nor at the top of a task's task.py, metrics.py or loss.py: params validation, the search and
 the result tables read a task's facts (metrics, loss terms, defaults) without loading torch.
@@ -25,8 +25,10 @@ the result tables read a task's facts (metrics, loss terms, defaults) without lo
 import functools
 import importlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
+
+from core.losses import loss_keys
 
 # keys only segmentation honours, and keys only classification or segmentation honour: the other tasks refuse them
 MASK_KEYS = {"eval_window": "tiles segmentation masks", "eval_stride": "tiles segmentation masks",
@@ -320,7 +322,7 @@ class Task:
 
     def loss_keys(self):
         """{key of the loss block: default}: each term's weight and its settings (<term>_<setting>)."""
-        return term_keys(self.loss_terms)
+        return loss_keys(self.loss_terms)
 
 
 # ---------------------------------------------------------------- what a task's files build on
@@ -372,36 +374,3 @@ class EpochSums:
         return {"loss": self.loss_sum.item() / self.n} if self.loss_only else None
 
 
-@dataclass(frozen=True)
-class Term:
-    """One term of a task's training loss: params' loss block weighs it ("loss": {"dice": 0.5}) and sets its own
-    settings ("loss": {"focal_gamma": 3}); hyper_search varies either as loss.<term> or loss.<term>_<setting>."""
-
-    fn: Callable  # fn(outputs, targets, **settings) -> a scalar tensor
-    weight: float  # its default weight (0: off unless params turn it on)
-    doc: str  # one line: what it measures
-    settings: dict = field(default_factory=dict)  # {setting: default number}: passed to fn as keyword arguments
-
-
-def term_keys(terms):
-    """{key of the loss block: default} for `terms` ({name: Term}): each weight, each setting as <term>_<setting>."""
-    return {k: v for name, term in terms.items()
-            for k, v in {name: term.weight, **{f"{name}_{s}": d for s, d in term.settings.items()}}.items()}
-
-
-def weighted_terms(terms, loss_block, bound=None):
-    """loss(outputs, targets): the sum of weight x term over `terms` ({name: Term}) weighted above 0 in
-    `loss_block` (params.loss), each with its own settings from the block. bound: {term: {keyword: value}} of
-    what the run decides for a term (class weights, label smoothing)."""
-    block = vars(loss_block) if not isinstance(loss_block, dict) else loss_block
-    parts = []
-    for name, term in terms.items():
-        weight = float(block.get(name, term.weight))
-        if weight > 0:
-            kwargs = {s: block.get(f"{name}_{s}", default) for s, default in term.settings.items()}
-            parts.append((weight, term.fn, {**kwargs, **(bound or {}).get(name, {})}))
-
-    def loss(outputs, targets):
-        return sum(w * fn(outputs, targets, **kw) for w, fn, kw in parts)
-
-    return loss

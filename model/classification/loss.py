@@ -7,7 +7,7 @@ settings (loss.<term>_<setting>), and hyper_search and stages can vary both. No 
 validation reads TERMS cheaply.
 """
 
-from model.task import Term, weighted_terms
+from core.losses import Term, weighted_terms
 
 
 def cross_entropy(outputs, targets, weight=None, label_smoothing=0.0):

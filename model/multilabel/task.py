@@ -11,8 +11,9 @@ sigmoid) and its metrics; the rest is model/defaults.py's. No torch at the top: 
 import csv
 import os
 
+from core.losses import Term
 from data.folders import IMAGE_EXTS
-from model.task import LOSS, Metric, Task, Term
+from model.task import LOSS, Metric, Task
 from utils import UserError
 
 # ---------------------------------------------------------------- the data

@@ -12,8 +12,8 @@ defaults); params then weigh it (loss.<term>) and set its settings (loss.<term>_
 stages can vary both. No torch import at the top: params validation reads TERMS cheaply.
 """
 
+from core.losses import Term, loss_keys, weighted_terms
 from model.segmentation.metrics import IGNORE, predicted_classes
-from model.task import Term, term_keys, weighted_terms
 from utils import UserError
 
 
@@ -23,7 +23,7 @@ def build_loss(params, counts):
     from model.classification.loss import class_weight_tensor
 
     weights = class_weight_tensor(params.class_weights, counts)
-    block = {k: v for k, v in vars(params.loss).items() if k in term_keys(TERMS)}  # not other tasks' terms
+    block = {k: v for k, v in vars(params.loss).items() if k in loss_keys(TERMS)}  # not other tasks' terms
     return terms_loss(block, len(counts), weights, params.label_smoothing, params.aux_weight)
 
 
@@ -59,7 +59,7 @@ def check_terms(block, n_clas):
     if not isinstance(block, dict) or not block:
         raise UserError(f"params key 'loss': expected a dict of term weights, {example}, not {block!r}")
     for name, w in block.items():
-        if name not in term_keys(TERMS):
+        if name not in loss_keys(TERMS):
             raise UserError(f"params key 'loss': unknown term '{name}' (terms: {', '.join(TERMS)})")
         if name in TERMS and (isinstance(w, bool) or not isinstance(w, int | float) or w < 0):
             raise UserError(f"params key 'loss': term '{name}' needs a weight >= 0, not {w!r}")
