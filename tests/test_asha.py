@@ -62,6 +62,22 @@ def test_promote_n_trains_the_best_cells_to_the_end(tmp_path):
     assert [(j.name, j.stop_at) for j in (first, second)] == [("b", 9), ("c", 9)]
 
 
+def test_a_search_over_data_sets_promotes_within_each_set(tmp_path):
+    # metrics on different validation sets do not compare: the easy set's cells must not take every place
+    p, values = str(tmp_path), (("a", "data/easy", 0.99), ("b", "data/easy", 0.98), ("c", "data/hard", 0.6),
+                                ("d", "data/hard", 0.5))
+    cells = [fake_cell(p, n, "paused", 1, [v]) for n, _, v in values]
+    for cell, (_, data, _) in zip(cells, values):
+        cell.params["data_dir"] = data
+    asha = Asha(cells, Schedule(1, 2, "accuracy", "max", 9))
+    first = asha.next_job(set())
+    second = asha.next_job({first.name})
+    assert [(j.name, j.stop_at) for j in (first, second)] == [("a", 2), ("c", 2)]  # not a and b
+    asha = Asha(cells, Schedule(1, 2, "accuracy", "max", 9), promote=1)
+    first = asha.next_job(set())
+    assert [first.name, asha.next_job({first.name}).name] == ["a", "c"]
+
+
 def scheduled_parent(tmp_path, lrs=LRS, schedule=ASHA, **extra):
     return make_parent(tmp_path, {"learning_rate": lrs, "schedule": schedule}, **{"num_epochs": 3, **extra})
 

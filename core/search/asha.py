@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from core.config import resolve
 from core.rundir.folder import Status, is_locked, load_history, read_status, write_status
 from core.search.grid import base_params
+from core.search.results import data_set_of
 from core.tasks import metrics_of
 from utils import UserError
 
@@ -204,20 +205,29 @@ class Asha:
                   if (v := self.value_at(c, rung)) is not None]
         return [c for *_, c in sorted(scored, key=lambda t: t[:2])]
 
+    def by_data_set(self, cells):
+        """`cells` in their order, in groups of one validation set each: results on different validation sets are
+        never compared, so a search over data_dir promotes within each set."""
+        groups = {}
+        for cell in cells:
+            groups.setdefault(data_set_of(cell.folder, cell.params), []).append(cell)
+        return list(groups.values())
+
     def promotable(self, k):
-        """Paused cells at rung k within the top 1/eta of every cell that reached it."""
-        ranked = self.ranked(self.rungs[k])
-        top = ranked[:len(ranked) // self.schedule.reduction_factor]
+        """Paused cells at rung k within the top 1/eta of every cell that reached it on the same data set."""
+        eta = self.schedule.reduction_factor
+        top = [c for group in self.by_data_set(self.ranked(self.rungs[k])) for c in group[:len(group) // eta]]
         return [c for c in top if self.progress[c.name].epochs == self.rungs[k] and self.trainable(c)]
 
     def forced(self):
-        """--promote N: the N best cells of the search (highest rung reached, then value) train to the end."""
+        """--promote N: the N best cells of the search (highest rung reached, then value) of each data set train to
+        the end."""
         if not self.promote:
             return []
         best = []
         for rung in reversed(self.rungs):  # only cells that trained to the rung (not early-stopped before it)
             best += [c for c in self.ranked(rung) if c not in best and self.progress[c.name].epochs >= rung]
-        return [c for c in best[:self.promote] if self.trainable(c)]
+        return [c for group in self.by_data_set(best) for c in group[:self.promote] if self.trainable(c)]
 
     def next_job(self, busy):
         """(cell, epoch to stop at) for a free worker, or None while nothing can start. `busy`: cell names in
