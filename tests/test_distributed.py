@@ -96,9 +96,12 @@ def test_two_processes_train_as_one_on_the_same_global_batch_and_only_rank_0_wri
 
 
 @pytest.mark.slow
-def test_rank_0_sigkilled_is_failed_and_its_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path, digits_dir):
+def test_a_sigkilled_rank_0_or_process_group_then_a_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path,
+                                                                                                     digits_dir):
     """Dropout and augmentation on: each rank's random streams must come back as they were. A plan whose first stage
-    freezes the body: DDP reduces the gradients of what trains, so it is built again when the stage changes."""
+    freezes the body: DDP reduces the gradients of what trains, so it is built again when the stage changes. Killed
+    twice: rank 0 alone (the launcher says the run failed), then the launcher's whole process group, as kill -9
+    -PGID or a pool stopping a cell does (torchrun starts the ranks in sessions of their own: they must die too)."""
     extra = {"ps": 0.25, "augmentation": "light", "num_epochs": 6,
              "stages": [{"num_epochs": 2, "freeze": "body"}, {"num_epochs": 4}]}
     whole, killed = folder(tmp_path, "whole", **extra), folder(tmp_path, "killed", **extra)
@@ -114,12 +117,31 @@ def test_rank_0_sigkilled_is_failed_and_its_resume_gives_the_weights_of_an_unint
     status = read(os.path.join(killed, "status.json"))  # the launcher says so for it
     assert status["status"] == "failed" and status["reason"].startswith("a process of the run died (torchrun exit")
 
+    run = two_processes(killed, digits_dir, "--restore_file", "last", start_new_session=True)
+    pids = training_again(run, killed)
+    time.sleep(random.uniform(0.0, 0.4))
+    os.killpg(run.pid, signal.SIGKILL)  # the launcher and torchrun; the ranks are in sessions of their own
+    run.wait(timeout=30)
+    deadline = time.time() + 2
+    while time.time() < deadline and any(os.path.exists(f"/proc/{pid}") and alive(pid) for pid in pids.values()):
+        time.sleep(0.05)
+    assert not [pid for pid in pids.values() if alive(pid)], "a rank outlived its launcher"
+
     resumed = two_processes(killed, digits_dir, "--restore_file", "last")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert [r["epoch"] for r in read(os.path.join(killed, "history.json"))["epochs"]] == [1, 2, 3, 4, 5, 6]
     a, b = (load_checkpoint(os.path.join(d, "last.pth.tar")) for d in (whole, killed))
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def alive(pid):
+    """A process that runs (a zombie waiting for its parent to read its end has stopped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from utils import LAUNCHER_PID, RANK_ERRORS, FolderBusy, UserError, read_json
+from utils import LAUNCHER_PID, RANK_ERRORS, FolderBusy, UserError, die_with_parent, read_json
 
 
 @dataclass(frozen=True)
@@ -85,9 +85,10 @@ def launch(nproc, args):
         # torchrun would set 1 thread a process (and say so): share the cores out instead
         env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc)), **os.environ,
                RANK_ERRORS: errors, LAUNCHER_PID: str(os.getpid())}
+        # torchrun dies with train.py (and its ranks with it: start), however train.py is killed
         proc = subprocess.Popen([sys.executable, "-c", QUIET_TORCHRUN, "--standalone", f"--nproc_per_node={nproc}",
                                  f"--signals_to_handle={','.join(PASSED_ON)},SIGHUP,SIGQUIT",
-                                 TRAIN, *args, f"nproc={nproc}"], env=env)
+                                 TRAIN, *args, f"nproc={nproc}"], env=env, preexec_fn=die_with_parent)
         for name in PASSED_ON:
             signal.signal(getattr(signal, name), lambda signum, frame: proc.send_signal(signum))
         code = proc.wait()
@@ -118,7 +119,11 @@ def check(params, ranks, ckpt, where, device_type):
 
 
 def start(ranks, device_type):
-    """Join the process group: NCCL between GPUs, gloo between CPU processes."""
+    """Join the process group: NCCL between GPUs, gloo between CPU processes. A rank torchrun started dies with
+    torchrun: torchrun starts each in a session of its own, so a SIGKILL of the launcher's process group (kill -9
+    -PGID, a pool stopping a cell) would leave them training as orphans, writing into a folder nobody holds."""
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        die_with_parent()
     if ranks.active and not dist.is_initialized():
         if device_type == "cuda":
             torch.cuda.set_device(ranks.local_rank)
