@@ -76,6 +76,15 @@ def test_a_search_over_data_sets_promotes_within_each_set(tmp_path):
     asha = Asha(cells, Schedule(1, 2, "accuracy", "max", 9), promote=1)
     first = asha.next_job(set())
     assert [first.name, asha.next_job({first.name}).name] == ["a", "c"]
+    # eta 3: two cells a set, no top third anywhere; the last resort finishes the best of each set, not 'a' twice
+    asha = Asha(cells, Schedule(1, 3, "accuracy", "max", 9))
+    assert (asha.next_job(set()).name, asha.next_job(set()).name) == ("a", "a")  # nothing ran yet: a first
+    for cell, epochs in ((cells[0], 3), (cells[0], 9)):  # a goes on to the end
+        json.dump({"status": "paused" if epochs < 9 else "completed", "epoch": epochs},
+                  open(os.path.join(cell.folder, "status.json"), "w"))
+    asha = Asha(cells, Schedule(1, 3, "accuracy", "max", 9))
+    job = asha.next_job(set())
+    assert (job.name, job.stop_at) == ("c", 3)
 
 
 def scheduled_parent(tmp_path, lrs=LRS, schedule=ASHA, **extra):

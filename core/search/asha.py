@@ -160,7 +160,7 @@ class Asha:
         self.schedule, self.rungs = schedule, schedule.rungs
         # done cells are ranked but never trained; mismatched and locked ones are none of ours
         self.cells = [c for c in cells if c.state not in ("mismatch", "locked")]
-        self.promote, self.sampler, self.added = promote, sampler, []
+        self.promote, self.sampler, self.added, self.data_sets = promote, sampler, [], {}
         self.progress = {c.name: read_progress(c.folder, schedule.metric) for c in self.cells}
         # --retry_failed: the cells that had failed when the search started, once each (not one failing again now)
         self.retry = {c.name for c in self.cells if self.failed(c)} if retry_failed else set()
@@ -207,10 +207,13 @@ class Asha:
 
     def by_data_set(self, cells):
         """`cells` in their order, in groups of one validation set each: results on different validation sets are
-        never compared, so a search over data_dir promotes within each set."""
+        never compared, so a search over data_dir promotes within each set. A cell's set is its params' data_dir
+        (the search's --data_dir is every cell's), read once."""
         groups = {}
         for cell in cells:
-            groups.setdefault(data_set_of(cell.folder, cell.params), []).append(cell)
+            if cell.name not in self.data_sets:
+                self.data_sets[cell.name] = data_set_of(None, cell.params)
+            groups.setdefault(self.data_sets[cell.name], []).append(cell)
         return list(groups.values())
 
     def promotable(self, k):
@@ -258,14 +261,16 @@ class Asha:
     def last_resort(self, free):
         """Nothing runs and nothing qualifies: with fewer than reduction_factor cells at a rung its top 1/eta is
         empty, and a small search would end with no cell trained to the end. Promote the best cell of the highest
-        rung that no cell has passed, so every search finishes at least one."""
-        for k in range(len(self.rungs) - 2, -1, -1):
-            if any(p.epochs > self.rungs[k] for p in self.progress.values()):
-                return None  # a cell went on from here: the rule already chose
-            rung = self.rungs[k]
-            paused = [c for c in self.ranked(rung) if c in free and self.progress[c.name].epochs == rung]
-            if paused:
-                return self.job(paused[0], self.rungs[k + 1])
+        rung that no cell of its data set has passed, so every search finishes at least one cell a data set."""
+        for group in self.by_data_set(self.cells):
+            for k in range(len(self.rungs) - 2, -1, -1):
+                if any(self.progress[c.name].epochs > self.rungs[k] for c in group):
+                    break  # a cell of this set went on from here: the rule already chose
+                rung = self.rungs[k]
+                paused = [c for c in self.ranked(rung) if c in group and c in free
+                          and self.progress[c.name].epochs == rung]
+                if paused:
+                    return self.job(paused[0], self.rungs[k + 1])
         return None
 
     def job(self, cell, epoch):

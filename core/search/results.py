@@ -74,8 +74,8 @@ def data_set_of(folder, params):
     """The data set a run validated on, one name per folder whatever the spelling (`./data/x`, `data/x` and its
     absolute path agree): record.json's (what train.py used, a --data_dir included), else the params' data_dir;
     None when neither says (not started with no data_dir, or its params unreadable). Relative to the repository
-    when inside it."""
-    path = trained_on(folder) or params.get("data_dir")
+    when inside it. folder None: the params' alone."""
+    path = (trained_on(folder) if folder else None) or params.get("data_dir")
     if not isinstance(path, str) or not path:
         return None
     real = os.path.realpath(repo_path(path))
