@@ -49,7 +49,7 @@ def run_cli(main):
             print(f"error: {one_line(e)}", file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt as e:
-        if os.environ.get("RANK", "0") == "0":  # several processes stop together: rank 0 says it for all
+        if "WORLD_SIZE" not in os.environ or os.environ.get("RANK", "0") == "0":  # ranks stop together: 0 says it
             say_interrupted(str(e) or "Ctrl-C")
         sys.exit(130)
     sys.exit(code or 0)
@@ -107,8 +107,8 @@ def atomic_path(path, also=()):
     put in place before `path`, so a kill between the two leaves them ahead of `path`, never behind it.
     """
     folder = os.path.dirname(os.path.abspath(path))
-    # the writer's pid in the name: what a process killed mid-write leaves is known as such (dead_writers_temp_files)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".tmp-{os.getpid()}-", suffix=os.path.basename(path))
+    # the writer in the name: what a process killed mid-write leaves is known as such (dead_writers_temp_files)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".tmp-{writer()}-", suffix=os.path.basename(path))
     os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp makes 0600; results on a shared filesystem must stay readable
     os.close(fd)
     try:
@@ -123,18 +123,52 @@ def atomic_path(path, also=()):
                 os.remove(leftover)
 
 
-TEMP_NAME = re.compile(r"^\.tmp-(\d+)-|\.tmp-(\d+)$")  # atomic_path's, link_into_place's: the writer's pid
+def pid_space():
+    """This machine and PID namespace, as 8 hex digits: a pid means a process only there (a container has its own
+    pids, another node of a shared filesystem its own too)."""
+    import socket
+    import zlib
+
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = 0
+    return f"{zlib.crc32(f'{socket.gethostname()}:{namespace}'.encode()):08x}"
+
+
+PID_SPACE = pid_space()
+ABANDONED_S = 3600  # a temp file this old is nobody's write in progress, whoever wrote it
+
+
+def writer():
+    """'<pid>-<pid space>': who writes a temp file, in its name."""
+    return f"{os.getpid()}-{PID_SPACE}"
+
+
+TEMP_NAME = re.compile(r"^\.tmp-(\d+)-([0-9a-f]{8})-|\.tmp-(\d+)-([0-9a-f]{8})$")  # atomic_path's, link_into_place's
 
 
 def dead_writers_temp_files(folder):
-    """The temp files in `folder` whose writer, a process of this machine, is gone (a run SIGKILLed mid-write, or
-    its figure helper): nobody will rename them into place. Those of live processes are theirs."""
+    """The temp files in `folder` that nobody will rename into place: their writer, a process of this machine and
+    PID namespace, is gone (a run SIGKILLed mid-write, or its figure helper), or, written elsewhere (another
+    container or node), they are ABANDONED_S old. A live writer's are its own."""
     out = []
     for name in os.listdir(folder) if os.path.isdir(folder) else []:
         match = TEMP_NAME.search(name)
-        if match and not process_alive(int(match.group(1) or match.group(2))):
-            out.append(os.path.join(folder, name))
+        if not match:
+            continue
+        pid, space = (match.group(1), match.group(2)) if match.group(1) else (match.group(3), match.group(4))
+        path = os.path.join(folder, name)
+        if (space == PID_SPACE and not process_alive(int(pid))) or older_than(path, ABANDONED_S):
+            out.append(path)
     return out
+
+
+def older_than(path, seconds):
+    try:
+        return time.time() - os.stat(path).st_mtime > seconds
+    except FileNotFoundError:
+        return False
 
 
 def process_alive(pid):
@@ -166,7 +200,7 @@ def link_into_place(src, dst):
     """`dst` becomes another name for `src`'s bytes (a copy where links are not supported), atomically: readers see
     the old file or the new one. The temp name is removed whatever happens: when `dst` already names the same file
     (two processes keeping one picture), POSIX rename does nothing and would leave it behind."""
-    tmp = f"{dst}.tmp-{os.getpid()}"
+    tmp = f"{dst}.tmp-{writer()}"
     try:
         link_or_copy(src, tmp)
         os.replace(tmp, dst)

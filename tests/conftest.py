@@ -82,7 +82,7 @@ TASK_RUNS = {"classification": (FAST_PARAMS, "digits_dir"), "segmentation": (SEG
 
 
 # what a run writes on its way to a file's final name (utils.atomic_path, link_into_place, snapshot_code)
-TEMP_NAME = re.compile(r"^\.tmp-|\.tmp-\d+$|\.tmp$|\.link$")
+TEMP_NAME = re.compile(r"^\.tmp-|\.tmp-[\d-]+(-[0-9a-f]{8})?$|\.tmp$|\.link$")
 ENDED = {"completed", "paused", "pruned", "interrupted", "diverged"}  # a process closed the folder itself
 
 

@@ -73,19 +73,26 @@ def test_resume_continues_at_next_epoch_and_matches_uninterrupted(make_experimen
             run_train(resumed, digits_dir)
     assert read(os.path.join(resumed, "status.json"))["status"] == "interrupted"
     # what a run SIGKILLed while writing leaves: a checkpoint's temp file, its figure helper's (a gone pid in the
-    # name); an evaluate.py writing at the same time keeps its own (a live pid)
+    # name); an evaluate.py writing at the same time keeps its own (a live pid), as does one in another container
+    # or on another node (another pid space) until it is an hour old
+    from utils import PID_SPACE
+
     gone = subprocess.Popen(["true"])
     gone.wait()
     os.makedirs(os.path.join(resumed, "gallery"), exist_ok=True)
-    stale = [os.path.join(resumed, name) for name in (".tmp-x1y2last.pth.tar", f".tmp-{gone.pid}-ab12train_history.png",
-                                                      f"gallery/epoch_001.png.tmp-{gone.pid}")]
-    alive = os.path.join(resumed, f".tmp-{os.getpid()}-cd34metrics_test_best_weights.json")
-    for path in (*stale, alive):
+    stale = [os.path.join(resumed, name) for name in (
+        ".tmp-x1y2last.pth.tar", f".tmp-{gone.pid}-{PID_SPACE}-ab12train_history.png",
+        f"gallery/epoch_001.png.tmp-{gone.pid}-{PID_SPACE}", ".tmp-1-0badc0de-ef56history.json")]
+    alive = [os.path.join(resumed, name) for name in (f".tmp-{os.getpid()}-{PID_SPACE}-cd34metrics_test.json",
+                                                      ".tmp-1-0badc0de-ab34metrics_test.json")]
+    for path in (*stale, *alive):
         open(path, "wb").close()
+    os.utime(stale[-1], (time.time() - 7200,) * 2)  # another pid space's, two hours old: abandoned
     # no --data_dir: a resume trains on the data set its run trained on (the default data would change the weights)
     assert train.main(["--model_dir", resumed, "--restore_file", "last"]) == 0
-    assert not any(os.path.exists(path) for path in stale) and os.path.exists(alive)
-    os.remove(alive)
+    assert not any(os.path.exists(path) for path in stale) and all(os.path.exists(path) for path in alive)
+    for path in alive:
+        os.remove(path)
 
     assert "resuming at epoch 3" in open(os.path.join(resumed, "train.log")).read()
     assert [r["epoch"] for r in read(os.path.join(resumed, "history.json"))["epochs"]] == [1, 2, 3]
