@@ -48,14 +48,14 @@ def loss_keys():
     """{"loss.<term>": Key, "loss.<term>_<setting>": Key} over every task's loss terms (model/<task>/loss.py
     TERMS): the loss block's keys, learned from the tasks. A run's params carry every task's terms, the others'
     at their defaults (each task's check_params refuses another's term turned on)."""
-    docs, users = {}, {}
+    docs = {}  # {key: {what it is: [the tasks it is that for]}}: a name two tasks share may mean two things
     for task in registered().values():
         for name, term in task.loss_terms.items():
-            docs.setdefault(name, f"training loss: weight of {term.doc}")
-            docs.update({f"{name}_{s}": f"training loss: {name}'s {s}" for s in term.settings})
-        for key in task.loss_keys():
-            users.setdefault(key, []).append(task.name)
-    return {f"loss.{key}": Key(default, float, f"{docs[key]} ({', '.join(users[key])})", check=at_least(0))
+            for key, doc in {name: f"weight of {term.doc}", **{f"{name}_{s}": f"{name}'s {s}" for s in term.settings}
+                             }.items():
+                docs.setdefault(key, {}).setdefault(doc, []).append(task.name)
+    return {f"loss.{key}": Key(default, float, "training loss: " + "; ".join(
+        f"{doc} ({', '.join(names)})" for doc, names in docs[key].items()), check=at_least(0))
             for key, default in loss_defaults().items()}
 
 

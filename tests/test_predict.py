@@ -294,3 +294,15 @@ def test_draw_pictures_every_image_also_those_predicted_before(classifier, digit
         corner = np.asarray(drawn.convert("RGB"))[:12, :40].astype(int)
     assert ((corner[..., 0] - corner[..., 1:].max(-1)) > 100).any()  # the red label, top left
     assert "drawn/" in read(os.path.join(out, "manifest.json"))["files"]
+
+
+def test_each_option_that_changes_the_predictions_names_its_own_default_folder():
+    from core.rundir.predictions import default_out
+    from core.rundir.report import variant_of
+
+    options = [(None, None, None, None), (None, 64, None, None), (None, 64, 32, None), (None, None, 32, None),
+               (None, None, None, 1), (None, None, None, None, "onnx")]
+    names = [os.path.basename(default_out("m", "photos", "best", variant_of(*o))) for o in options]
+    assert names == ["photos", "photos_window64", "photos_window64_stride32", "photos_stride32", "photos_regions1",
+                     "photos_onnx"]  # a stride alone changes the params' tiles too: never the plain folder
+    assert default_out("m", "photos", "last", None).endswith("photos_last")

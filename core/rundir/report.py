@@ -13,6 +13,8 @@ def variant_of(tta=None, eval_window=None, eval_stride=None, keep_regions=None, 
     parts = [f"tta_{tta}"] if tta else []
     if eval_window is not None:
         parts.append(f"window{eval_window}" + (f"_stride{eval_stride}" if eval_stride is not None else ""))
+    elif eval_stride is not None:  # the params' window with another stride: other predictions, another name
+        parts.append(f"stride{eval_stride}")
     if keep_regions is not None:
         parts.append(f"regions{keep_regions}")
     if exported:

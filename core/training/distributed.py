@@ -53,7 +53,7 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import main
 
 def stop_once(signum, frame):
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_IGN)
     raise api.SignalException(f"got signal {signum}", sigval=signal.Signals(signum))
 
