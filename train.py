@@ -227,12 +227,18 @@ def stage_at(params, epoch):
 
 def stop_on_signals():
     """SIGTERM (a scheduler's kill or requeue) and SIGUSR2 (Slurm's time-limit warning) stop the run like Ctrl-C:
-    status 'interrupted', and the last checkpoint to resume from."""
+    status 'interrupted', and the last checkpoint to resume from. A rank under torchrun stops on the first signal
+    and ignores the rest: Slurm signals every process of a job, and torchrun passes the same signal on, so each rank
+    gets it twice, and the second would cut short the writes that close the run (a second Ctrl-C of one process
+    still hurries them)."""
+    stopping = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2) if "TORCHELASTIC_RUN_ID" in os.environ else ()
 
     def interrupt(signum, frame):
-        raise KeyboardInterrupt(signal.Signals(signum).name)
+        for sig in stopping:
+            signal.signal(sig, signal.SIG_IGN)
+        raise KeyboardInterrupt("Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name)
 
-    for sig in (signal.SIGTERM, signal.SIGUSR2):
+    for sig in (signal.SIGTERM, signal.SIGUSR2, *stopping):
         signal.signal(sig, interrupt)
 
 

@@ -1,6 +1,7 @@
 """One run on two CPU processes (train.py --nproc 2: torchrun, gloo): the same training as one process on the same
 global batch, rank 0 alone writing and validating, exact resume after a rank is SIGKILLed, bad input."""
 
+import contextlib
 import json
 import os
 import random
@@ -145,22 +146,30 @@ def alive(pid):
 
 
 @pytest.mark.slow
-def test_ctrl_c_of_two_processes_is_one_line_reason_ctrl_c_in_the_log_and_the_status_names_both_pids(tmp_path,
-                                                                                                     digits_dir):
+def test_ctrl_c_or_scancel_of_two_processes_is_one_line_with_its_reason_in_the_log_and_both_pids(tmp_path, digits_dir):
     model_dir = folder(tmp_path, "stopped", num_epochs=20)
     # first only train.py gets SIGINT (kill -INT PID); then the terminal's Ctrl-C: the whole foreground process group
-    for restore, stop in (((), lambda run: run.send_signal(signal.SIGINT)),
-                          (("--restore_file", "last"), lambda run: os.killpg(run.pid, signal.SIGINT))):
+    def slurm_cancel(run, pids):  # scancel signals every process of the job: torchrun, and the ranks directly
+        run.send_signal(signal.SIGTERM)
+        time.sleep(0.4)  # the ranks are closing the run: the second signal must not cut it short
+        for pid in pids.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    resume = ("--restore_file", "last")
+    for restore, stop, reason in (((), lambda run, pids: run.send_signal(signal.SIGINT), "Ctrl-C"),
+                                  (resume, lambda run, pids: os.killpg(run.pid, signal.SIGINT), "Ctrl-C"),
+                                  (resume, slurm_cancel, "SIGTERM")):
         run = two_processes(model_dir, digits_dir, *restore, start_new_session=True)
         pids = training_again(run, model_dir) if restore else started_ranks(run, model_dir)
         time.sleep(0.3)
-        stop(run)
+        stop(run, pids)
         assert run.wait(timeout=120) == 130
-        assert run.stderr.read().strip().splitlines() == ["interrupted (Ctrl-C)"]  # no traceback, said once
+        assert run.stderr.read().strip().splitlines() == [f"interrupted ({reason})"]  # no traceback, said once
         status = read(os.path.join(model_dir, "status.json"))
-        assert (status["status"], status["reason"]) == ("interrupted", "Ctrl-C")
+        assert (status["status"], status["reason"]) == ("interrupted", reason)
         assert (status["pid"], status["launcher_pid"]) == (pids[0], run.pid)
-        assert open(os.path.join(model_dir, "train.log")).read().rstrip().endswith("interrupted (Ctrl-C)")
+        assert open(os.path.join(model_dir, "train.log")).read().rstrip().endswith(f"interrupted ({reason})")
 
 
 @pytest.mark.slow
