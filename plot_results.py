@@ -66,8 +66,9 @@ def plot(parent_dir, metric=None, top_k=8):
     for r in runs:
         if r["note"]:
             print(f"{r['folder']}: {r['note']}")
-    if len(data_sets(runs)) > 1:
-        print(data_sets_note(data_sets(runs)))
+    sets = data_sets(runs)
+    if len(sets) > 1:
+        print(data_sets_note(sets))
     if not any(c.histories and all(c.histories) for c in cells):
         raise UserError(f"--parent_dir {parent_dir}: no run with a history.json yet")
     scales = axis_scales(parent, keys, runs)

@@ -114,13 +114,11 @@ def atomic_path(path, also=()):
     try:
         yield tmp
         for other in also:
-            link_or_copy(tmp, tmp + ".link")
-            os.replace(tmp + ".link", other)
+            link_into_place(tmp, other)
         os.replace(tmp, path)
     finally:
-        for leftover in (tmp, tmp + ".link"):
-            if os.path.exists(leftover):
-                os.remove(leftover)
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def pid_space():
@@ -157,7 +155,7 @@ def dead_writers_temp_files(folder):
         match = TEMP_NAME.search(name)
         if not match:
             continue
-        pid, space = (match.group(1), match.group(2)) if match.group(1) else (match.group(3), match.group(4))
+        pid, space = match.group(1) or match.group(3), match.group(2) or match.group(4)  # a prefix, or a suffix
         path = os.path.join(folder, name)
         if (space == PID_SPACE and not process_alive(int(pid))) or older_than(path, ABANDONED_S):
             out.append(path)

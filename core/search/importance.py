@@ -44,9 +44,12 @@ def unplaced(cell, scales):
             if any(key not in r["params"] for r in cell.runs) or scale.position(cell.values.get(key)) is None]
 
 
-def unplaced_cells(cells, scales, metric, schedule=None, split="val"):
-    """The cells that have a value to compare but no place in the groups: the section names them."""
-    return [c for c, _ in comparable(cells, metric, schedule, split)[1] if unplaced(c, scales)]
+def placed(cells, scales, metric, schedule=None, split="val"):
+    """(what the values are, [(cell, value)] of the cells with a place in every key's groups, [the cells that have a
+    value to compare but no place: the section names them])."""
+    what, pairs = comparable(cells, metric, schedule, split)
+    out = {id(c) for c, _ in pairs if unplaced(c, scales)}
+    return what, [(c, v) for c, v in pairs if id(c) not in out], [c for c, _ in pairs if id(c) in out]
 
 
 def groups_of(pairs, key, scale):
@@ -92,8 +95,12 @@ def spearman(xs, ys):
 
 def importance(cells, scales, metric, schedule=None, split="val"):
     """(what the values are, n cells, rows best-ranked first): {key, groups, best, worst, spread, rho} per key."""
-    what, pairs = comparable(cells, metric, schedule, split)
-    pairs = [(c, v) for c, v in pairs if not unplaced(c, scales)]
+    what, pairs, _ = placed(cells, scales, metric, schedule, split)
+    return what, len(pairs), key_rows(pairs, scales, metric)
+
+
+def key_rows(pairs, scales, metric):
+    """A row per key with two groups or more, best-ranked first."""
     rows = []
     for key, scale in scales.items():
         groups = [(name, statistics.median(values)) for name, values in groups_of(pairs, key, scale)]
@@ -106,18 +113,18 @@ def importance(cells, scales, metric, schedule=None, split="val"):
         rows.append({"key": key, "groups": len(groups), "best": best, "worst": worst,
                      "spread": abs(best[1] - worst[1]), "rho": rho})
     rows.sort(key=lambda r: -r["spread"])
-    return what, len(pairs), rows
+    return rows
 
 
 def importance_markdown(cells, scales, metric, schedule=None, split="val", parent_dir=os.curdir):
     """The '## Which keys mattered' section, or '' when fewer than 3 cells or no key with two groups."""
     from tabulate import tabulate
 
-    what, n, rows = importance(cells, scales, metric, schedule, split)
+    what, pairs, unplaced_cells = placed(cells, scales, metric, schedule, split)
+    rows, n = key_rows(pairs, scales, metric), len(pairs)
     if n < 3 or not rows:
         return ""
-    left_out = [os.path.relpath(c.runs[0]["folder"], parent_dir) for c in unplaced_cells(cells, scales, metric,
-                                                                                         schedule, split)]
+    left_out = [os.path.relpath(c.runs[0]["folder"], parent_dir) for c in unplaced_cells]
     table = [[r["key"], r["groups"], f"{r['best'][0]} ({r['best'][1]:.4f})", f"{r['worst'][0]} ({r['worst'][1]:.4f})",
               f"{r['spread']:.4f}", "" if r["rho"] is None else f"{r['rho']:+.2f}"] for r in rows]
     headers = ["key", "groups", "best group (median)", "worst group (median)", "spread", "Spearman ρ"]

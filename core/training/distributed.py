@@ -46,15 +46,15 @@ def from_env():
 # rest: a Ctrl-C reaches it twice (from the terminal and from train.py), and a second one in the middle of stopping
 # would stop them again with SIGTERM. SIGUSR2 (Slurm's time-limit warning) is passed on like the others, not
 # torchrun's death.
-QUIET_TORCHRUN = """import logging, signal, sys
+QUIET_TORCHRUN = """import logging, os, signal, sys
 logging.disable(logging.ERROR)
 from torch.distributed.elastic.multiprocessing import api
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import main
 
-def stop_once(signum, frame):
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2, signal.SIGHUP, signal.SIGQUIT):
-        signal.signal(sig, signal.SIG_IGN)
+def stop_once(signum, frame):  # torchrun's --signals_to_handle, which it keeps in its environment
+    for name in os.environ["TORCHELASTIC_SIGNALS_TO_HANDLE"].split(","):
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
     raise api.SignalException(f"got signal {signum}", sigval=signal.Signals(signum))
 
 api._terminate_process_handler = stop_once
@@ -64,6 +64,7 @@ except (ChildFailedError, api.SignalException):
     sys.exit(1)
 """
 PASSED_ON = ("SIGINT", "SIGTERM", "SIGUSR2")  # what train.py passes to torchrun, and torchrun to the ranks
+HANDLED = (*PASSED_ON, "SIGHUP", "SIGQUIT")  # what torchrun stops its ranks on (its default, and SIGUSR2)
 
 
 def launch(nproc, args):
@@ -87,7 +88,7 @@ def launch(nproc, args):
                RANK_ERRORS: errors, LAUNCHER_PID: str(os.getpid())}
         # torchrun dies with train.py (and its ranks with it: start), however train.py is killed
         proc = subprocess.Popen([sys.executable, "-c", QUIET_TORCHRUN, "--standalone", f"--nproc_per_node={nproc}",
-                                 f"--signals_to_handle={','.join(PASSED_ON)},SIGHUP,SIGQUIT",
+                                 f"--signals_to_handle={','.join(HANDLED)}",
                                  TRAIN, *args, f"nproc={nproc}"], env=env, preexec_fn=die_with_parent)
         for name in PASSED_ON:
             signal.signal(getattr(signal, name), lambda signum, frame: proc.send_signal(signum))

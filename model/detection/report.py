@@ -72,7 +72,8 @@ def best_figures(epoch, details, dataset, classes, fixed):
     for group, indices in ((False, fixed), (True, worst)):
         for i in indices:
             det = details["detections"][i]
-            det, scores = det[det[:, 5] >= 0], det[det[:, 5] >= 0, 4]
+            det = det[det[:, 5] >= 0]
+            scores = det[:, 4]
             gallery.append({"image": dataset.paths[i], "truth": [list(b) for b in dataset.targets[i]],
                             "detections": det[scores >= SCORE_SHOWN].tolist(), "note": hidden_note(scores.tolist()),
                             "side": side, "mistakes": details["mistakes"][i], "worst": group})
