@@ -22,10 +22,15 @@ ENV VIRTUAL_ENV=/opt/venv \
     HOME=/tmp \
     MPLCONFIGDIR=/tmp/matplotlib
 
+# Optional extras, each a requirements-NAME.txt of this repository, e.g. --build-arg EXTRAS="trackers export"
+# (trackers: MLflow, W&B and TensorBoard for params key loggers, docs/trackers.md).
+ARG EXTRAS=""
+
 RUN python3 -m venv /opt/venv
 # requirements first: editing the code rebuilds only the last layer, not the several-GB one
-COPY requirements.txt /app/requirements.txt
-RUN pip install --no-cache-dir --disable-pip-version-check $PIP_OPTIONS -r /app/requirements.txt
+COPY requirements*.txt /app/
+RUN pip install --no-cache-dir --disable-pip-version-check $PIP_OPTIONS -r /app/requirements.txt \
+        $(for extra in $EXTRAS; do echo "-r /app/requirements-$extra.txt"; done)
 COPY . /app
 WORKDIR /app
 RUN python -m compileall -q core model data utils.py train.py evaluate.py

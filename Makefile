@@ -18,7 +18,7 @@ $(BIN)/.core: requirements.txt
 	$(BIN)/pip install -q -r requirements.txt
 	touch $@
 
-$(BIN)/.dev: $(BIN)/.core requirements-dev.txt
+$(BIN)/.dev: $(BIN)/.core $(wildcard requirements-*.txt)
 	$(BIN)/pip install -q -r requirements-dev.txt
 	touch $@
 

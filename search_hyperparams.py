@@ -36,6 +36,7 @@ from core.search.progress import OK
 from core.search.results import budget_line
 from core.search.smoke import smoke_cells
 from core.tasks import TASKS
+from core.trackers.search import close_search, open_search, search_files
 from utils import UserError, run_cli
 
 ACTIONS = {
@@ -126,6 +127,7 @@ def main(argv=None):
         raise UserError("--print_commands: this search decides its next cells (or rungs) as results come in; run "
                         "it with a launcher (local, slurm or ray)")
     if args.print_commands:
+        open_search(args.parent_dir)  # the cells' tracker runs are its children
         for cell in todo:
             prepare(cell)
             print(shlex.join(cell_command(cell, args.data_dir, cell_env(), args.container)))
@@ -139,7 +141,12 @@ def main(argv=None):
         print("smoke test failed: nothing trained; fix the cells above and rerun")
         return 1
     print(plan_line(cells, todo, schedule, sampler, args.launcher))
-    failed = launch_cells(source, args)
+    open_search(args.parent_dir)  # MLflow's and W&B's parent run, before any cell starts
+    try:
+        failed = launch_cells(source, args)
+    except KeyboardInterrupt:
+        close_search(args.parent_dir, Status.INTERRUPTED, [])
+        raise
     cells += source.added  # method "tpe": the cells proposed while it ran
     if args.launcher == "slurm" and args.no_wait:
         return 0
@@ -147,6 +154,7 @@ def main(argv=None):
         source.prune_rest()
     print_summary(cells)
     summarize(args.parent_dir)
+    close_search(args.parent_dir, Status.COMPLETED, search_files(args.parent_dir))
     return 1 if failed else 0
 
 

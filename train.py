@@ -34,9 +34,10 @@ from core.rundir.folder import (
     read_status,
     write_status,
 )
-from core.rundir.outputs import Bystander, RunFolder, tensorboard_writer
+from core.rundir.outputs import Bystander, RunFolder
 from core.stages import stage_of
 from core.tasks import TASKS, data_dir_for
+from core.trackers import Trackers, artifact_files, check_installed, run_facts
 from core.training import distributed
 from core.training.compiling import compile_model
 from core.training.engine import epoch_seed, keep_freed_memory, pick_runtime, rank_seed, seed_everything
@@ -92,6 +93,7 @@ class Run:
     state: object = None  # core/training/state.py TrainingState: model, optimizer, schedule, EMA, best so far
     notes: list = field(default_factory=list)  # what building the state and compiling have to say, logged
     start_epoch: int = 1
+    trackers: Trackers = None  # MLflow, W&B, TensorBoard (params loggers): rank 0's, started early (imports take s)
 
     @property
     def model_dir(self):
@@ -119,6 +121,7 @@ def main(argv=None):
     distributed.check(run.params, run.ranks, run.ckpt, run.params_path, run.rt.device.type)
     if run.launch:
         return launch_ranks(run)
+    run.trackers = Trackers(run.model_dir, run.params.loggers if run.ranks.is_main else [])
     prepare(run)  # data, model, optimizer, the resumed state: bad input fails here, before a single file is written
     stop_on_signals()
     if not run.ranks.is_main:
@@ -130,6 +133,7 @@ def read_run(args, argv):
     """The run as params.json (and KEY=VALUE), torchrun's environment and the folder's checkpoints describe it."""
     params_path = check_model_dir(args.model_dir)
     params = load_params(params_path, args.overrides + ([f"nproc={args.nproc}"] if args.nproc else []))
+    check_installed(params.loggers, params_path)
     launch = params.nproc > 1 and "WORLD_SIZE" not in os.environ
     seen = checkpoint_stamp(args.model_dir)
     resume_path = checkpoint_to_resume(args.model_dir, args.restore_file)
@@ -177,10 +181,10 @@ def train_beside_rank_0(run):
 def train_and_record(run):
     """The run that writes the folder: under its lock (if nobody trained here since we looked), the first writes,
     the epochs, the last writes. Returns the exit code of the status it ends with."""
-    tensorboard = tensorboard_writer(run.model_dir, run.params.tensorboard)
     with claim(run.model_dir, run.seen):
         start_run(run)
-        outcome = session(run, RunFolder(run.model_dir, run.params, run.classes, run.state.task, tensorboard))
+        facts = run_facts(run.model_dir, run.params.to_dict(), run.data_dir, record.sessions(run.model_dir)[-1])
+        outcome = session(run, RunFolder(run.model_dir, run.params, run.classes, run.state.task, run.trackers, facts))
         finish(run, outcome)
     distributed.stop(run.ranks)
     log.info(f"{outcome.status}: {outcome.reason}; {run.state.tracker.summary()}")
@@ -200,8 +204,10 @@ def session(run, folder):
         if folder.main:
             stopped = isinstance(e, KeyboardInterrupt)  # Ctrl-C, or a signal named by stop_on_signals
             outcome = Status.INTERRUPTED if stopped else Status.FAILED
-            write_status(folder.dir, outcome, reason=(str(e) or "Ctrl-C") if stopped else one_line(e))
+            reason = (str(e) or "Ctrl-C") if stopped else one_line(e)
+            write_status(folder.dir, outcome, reason=reason)
             record.end_session(folder.dir, outcome, time.perf_counter() - started)
+            run.trackers.end(outcome, reason, artifact_files(folder.dir, run.params.log_checkpoints))
         raise
     return Outcome(status, reason, history, {"wall_time_s": time.perf_counter() - started, "closing_s": closing_s})
 
@@ -346,9 +352,10 @@ def within_epoch(run, folder, predict, epoch):
         if folder.main:
             val_m, _ = evaluate(state.eval_model, run.loaders["valid"], run.rt, state.task, state.n_classes, predict,
                                 desc="valid")
-            row = {"epoch": round(epoch - 1 + done / n_batches, 4), "batch": done, "lr": layer_lrs(state.optimizer),
-                   "val": val_m}
-            folder.record_check(row, step=(epoch - 1) * n_batches + done)
+            # step: the batches trained so far (the x of a tracker), while a plan's stages keep the batch size
+            row = {"epoch": round(epoch - 1 + done / n_batches, 4), "batch": done,
+                   "step": (epoch - 1) * n_batches + done, "lr": layer_lrs(state.optimizer), "val": val_m}
+            folder.record_check(row)
             log.info(f"epoch {row['epoch']:.2f} (batch {done}/{n_batches})  valid: {metrics_text(val_m)}")
         distributed.wait_for_all(state.ranks)  # the others wait here, so every rank leaves the wait out of its time
         return time.perf_counter() - start
@@ -372,6 +379,7 @@ def finish(run, outcome):
                  + ("passed" if passed else f"FAILED (want >= {OVERFIT_TARGET}): the model or its training is broken"))
     write_status(run.model_dir, outcome.status, reason=outcome.reason, **extra)
     record.end_session(run.model_dir, outcome.status, images_per_s=images_per_s, **outcome.timing)
+    run.trackers.end(outcome.status, outcome.reason, artifact_files(run.model_dir, params.log_checkpoints))
 
 
 def metrics_text(metrics):

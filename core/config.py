@@ -11,7 +11,7 @@ import json
 import math
 
 from core import tasks  # no torch there: search planning and tables stay fast
-from core.keys import ANY, AUG, FLAG, INT_LIST, KEYS, LR, NESTED, OPT_FLAG, OPT_INT, OPT_STR, WEIGHTS
+from core.keys import ANY, AUG, FLAG, INT_LIST, KEYS, LR, NESTED, OPT_FLAG, OPT_INT, OPT_STR, RETIRED, WEIGHTS
 from core.stages import check_freeze, check_plan, stage_flat
 from utils import UserError, read_json, short
 
@@ -156,11 +156,19 @@ def parse_override(text):
     return key.strip(), value
 
 
+def upgrade(flat):
+    """A params file of an earlier version keeps working: its retired keys (RETIRED) become today's."""
+    for key in RETIRED.keys() & flat.keys():
+        new, value = RETIRED[key](flat.pop(key))
+        flat.setdefault(new, value)  # where both are given, today's key wins
+    return flat
+
+
 def validate(user, where):
     """Check a (possibly partial) nested params dict; return it flattened to dotted keys."""
     if not isinstance(user, dict):
         raise UserError(f"{where}: expected a JSON object at the top level, got {type_name(user)}")
-    flat = flatten_user(user, where)
+    flat = flatten_user(upgrade(dict(user)), where)
     for key, value in flat.items():
         check_value(key, value, where)
     return flat
@@ -172,6 +180,8 @@ def resolve(user, where, overrides=()):
     for text in overrides:
         key, value = parse_override(text)
         source = f"override '{text}'"
+        if key in RETIRED:
+            key, value = RETIRED[key](value)
         if key in NESTED:  # a whole block: early_stopping={"patience": 3} sets only the keys it names
             items = flatten_user({key: value}, source)
         elif key in KEYS:

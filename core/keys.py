@@ -44,6 +44,15 @@ def fraction(closed_low=True):
 SAME = "same as the default"
 
 
+TRACKERS = ("tensorboard", "mlflow", "wandb")
+# keys that params files of earlier versions may hold: what they became (config.py's upgrade() applies it)
+RETIRED = {"tensorboard": lambda on: ("loggers", ["tensorboard"] if on else [])}
+
+
+def loggers_ok(v):
+    return isinstance(v, list) and all(x in TRACKERS for x in v) and len(set(v)) == len(v)
+
+
 def loss_keys():
     """{"loss.<term>": Key, "loss.<term>_<setting>": Key} over every task's loss terms (model/<task>/loss.py
     TERMS): the loss block's keys, learned from the tasks. A run's params carry every task's terms, the others'
@@ -233,8 +242,12 @@ KEYS = Keys(lambda: {
     # insight and debugging
     "monitor_gradients": Key(1, FLAG, "per-layer gradient norms and update/weight ratios in history and "
                              "gradients.png", resumable=True),
-    "tensorboard": Key(0, FLAG, "1: also write TensorBoard scalars to MODEL_DIR/tensorboard (pip install "
-                       "tensorboard)", resumable=True),
+    # trackers mirror the folder (docs/trackers.md): turning one on or off changes nothing the run computes
+    "loggers": Key([], ANY, "experiment trackers that also show the run: a list of tensorboard, mlflow, wandb "
+                   "(each an optional install: requirements-trackers.txt)", check=(loggers_ok, "a list of "
+                   "distinct names from tensorboard, mlflow, wandb"), resumable=True),
+    "log_checkpoints": Key(0, FLAG, "1: MLflow and W&B also keep best.pth.tar and last.pth.tar at the end of a "
+                           "session (they keep the figures and metrics files anyway)", resumable=True),
     "gallery_indices": Key([], INT_LIST, "valid examples shown in predictions.png ([]: a seeded choice)",
                            check=(lambda v: all(i >= 0 for i in v), "a list of indices >= 0"), resumable=True),
     "gallery_size": Key(16, int, "how many valid examples predictions.png shows when gallery_indices is empty",

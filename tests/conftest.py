@@ -258,3 +258,40 @@ def image():
     if proc.returncode != 0:
         unavailable(f"the test image did not build: {(proc.stderr or proc.stdout).strip()[-400:]}")
     return TEST_IMAGE
+
+
+def mlflow_runs(store_folder):
+    """{run name: (run, {metric key: [(step, value)]})} of every run in the sqlite store under `store_folder` (a
+    search's or a run's `mlflow/`), read with MLflow's own client."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{os.path.join(store_folder, 'mlflow.db')}")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = {}
+    for run in client.search_runs(experiments):
+        assert run.info.run_name not in runs, f"two runs named {run.info.run_name}"
+        history = {k: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, k))
+                   for k in run.data.metrics}
+        runs[run.info.run_name] = (run, history)
+    return runs
+
+
+def assert_children_of_one_parent(store_folder, parent_name, cells):
+    """The store holds the search's parent run and one FINISHED child run per cell, each with its params."""
+    runs = mlflow_runs(store_folder)
+    assert sorted(runs) == sorted([parent_name, *cells])
+    parent = runs[parent_name][0]
+    assert parent.info.status == "FINISHED" and "results.md" in parent_artifacts(store_folder, parent)
+    for cell in cells:
+        run, _ = runs[cell]
+        assert run.info.status == "FINISHED", (cell, run.info.status)
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert "learning_rate" in run.data.params and run.data.tags["model_dir"].endswith(cell)
+    return runs
+
+
+def parent_artifacts(store_folder, run):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{os.path.join(store_folder, 'mlflow.db')}")
+    return [a.path for a in client.list_artifacts(run.info.run_id)]

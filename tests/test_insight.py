@@ -127,7 +127,7 @@ def test_tensorboard_scalars_match_history(make_experiment, digits_dir):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    exp = make_experiment(num_epochs=2, tensorboard=1, val_every_batches=5)
+    exp = make_experiment(num_epochs=2, tensorboard=1, val_every_batches=5)  # a params file from before `loggers`
     assert run_train(exp, digits_dir) == 0
     events = EventAccumulator(os.path.join(exp, "tensorboard"))
     events.Reload()
@@ -136,6 +136,8 @@ def test_tensorboard_scalars_match_history(make_experiment, digits_dir):
     assert acc == pytest.approx([r["val"]["accuracy"] for r in history["epochs"]])
     assert "grad_norm/head.1.weight" in events.Tags()["scalars"]
     # the checks within epochs: 13 batches an epoch, checked after batches 5 and 10, at steps counted in batches
+    events = EventAccumulator(os.path.join(exp, "tensorboard", "checks"))
+    events.Reload()
     checks = [(e.step, e.value) for e in events.Scalars("val_checks/accuracy")]
     assert checks == [(s, pytest.approx(r["val"]["accuracy"])) for s, r in zip([5, 10, 18, 23], history["checks"],
                                                                              strict=True)]

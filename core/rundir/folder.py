@@ -15,6 +15,7 @@ import socket
 import time
 
 from core.config import KEYS, flatten
+from core.keys import RETIRED
 from utils import (
     LAUNCHER_PID,
     RANK_ERRORS,
@@ -283,7 +284,7 @@ def check_resume(ckpt, params, status, path):
     old = {k: e.before_it_existed for k, e in KEYS.items()} | flatten(ckpt.get("params", {}))
     new = flatten(params.to_dict())
     changed = [f"{k}: {json.dumps(old.get(k))} -> {json.dumps(new.get(k))}" for k in sorted(set(old) | set(new))
-               if not (k in KEYS and KEYS[k].resumable) and old.get(k) != new.get(k)]
+               if not (k in KEYS and KEYS[k].resumable or k in RETIRED) and old.get(k) != new.get(k)]
     if changed:
         raise UserError(f"{path}: params changed since this checkpoint ({'; '.join(changed)}); resume with the "
                         f"same params, or start a new folder with init_weights_path")

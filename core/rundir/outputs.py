@@ -21,26 +21,17 @@ from core.rundir.folder import (
 )
 from core.rundir.plotter import Plotter
 from core.training.monitor import gallery_indices
-from utils import UserError, save_checkpoint, write_json
-
-
-def tensorboard_writer(model_dir, enabled):
-    """A SummaryWriter on MODEL_DIR/tensorboard, or None. Checked before the run writes anything."""
-    if not enabled:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise UserError("params key 'tensorboard': needs the tensorboard package (pip install tensorboard)") from None
-    return lambda: SummaryWriter(os.path.join(model_dir, "tensorboard"))
+from utils import save_checkpoint, write_json
 
 
 class RunFolder:
     main = True  # the process that writes the folder (rank 0 of several)
 
-    def __init__(self, model_dir, params, classes, task, tensorboard=None):
+    def __init__(self, model_dir, params, classes, task, trackers, facts):
+        """trackers: core/trackers Trackers (MLflow, W&B, TensorBoard), opened once the kept history is known;
+        facts: what they record about the run besides its metrics (core/trackers run_facts)."""
         self.dir, self.params, self.classes, self.task = model_dir, params, classes, task
-        self.tb = tensorboard() if tensorboard else None
+        self.trackers, self.facts = trackers, facts
         self.writes = Background()
         self.epochs, self.checks = [], []  # history.json's rows: epochs, validations within them
         self.plotter = Plotter(model_dir, params.plot_every_s, task.draw_best)
@@ -53,6 +44,7 @@ class RunFolder:
         epochs, checks = load_history_and_checks(self.dir)
         self.epochs = [r for r in epochs if r["epoch"] <= up_to_epoch]
         self.checks = [r for r in checks if r["epoch"] <= up_to_epoch]
+        self.trackers.open(self.facts, self.epochs, self.checks)  # a tracker lacking kept rows gets them now
         return list(self.epochs)
 
     def record_epoch(self, history, improved, state, details, valid_set):
@@ -61,18 +53,12 @@ class RunFolder:
         snapshot = detached_copy(state)  # the next epoch changes the weights in place while this one is written
         self.epochs = list(history)
         self.writes.submit(self.write_epoch, self.epochs, list(self.checks), improved, snapshot, best)
-        self.log_tensorboard(history[-1])
 
-    def record_check(self, row, step):
-        """A validation within an epoch (val_every_batches): history.json gains it, the figures are redrawn.
-        TensorBoard's steps are whole numbers, so its checks are `val_checks/*` at `step`: train.py gives
-        (epoch - 1) x this epoch's batches + batch, the batch number while a plan's stages keep the batch size."""
+    def record_check(self, row):
+        """A validation within an epoch (val_every_batches): history.json gains it, the figures are redrawn."""
         self.checks.append(row)
         self.writes.submit(self.write_history, self.epochs, list(self.checks))
-        if self.tb is not None:
-            for name, value in row["val"].items():
-                self.tb.add_scalar(f"val_checks/{name}", value, step)
-            self.tb.flush()
+        self.trackers.sync(self.epochs, self.checks)
 
     def write_history(self, epochs, checks):
         write_json(self.path(HISTORY), {"classes": self.classes, "epochs": epochs, **({"checks": checks} if checks
@@ -89,6 +75,7 @@ class RunFolder:
         # when the best epoch is this one, best.pth.tar is a hard link to the same bytes, not a second write
         save_checkpoint(state, checkpoint_path(self.dir), also=[checkpoint_path(self.dir, "best")] if improved else [])
         write_status(self.dir, Status.RUNNING, epoch=row["epoch"])
+        self.trackers.sync(history, checks)  # queued: trackers log on a thread of their own
         if best:
             self.plotter.new_best(best)
 
@@ -98,21 +85,6 @@ class RunFolder:
         fixed = gallery_indices(self.params, len(valid_set))
         return self.task.best_figures(epoch, details, valid_set, self.classes, fixed)
 
-    def log_tensorboard(self, row):
-        if self.tb is None:
-            return
-        step = row["epoch"]
-        for split in ("train", "val"):
-            for name, value in row[split].items():
-                self.tb.add_scalar(f"{split}/{name}", value, step)
-        for i, lr in enumerate(row["lr"]):
-            self.tb.add_scalar(f"lr/group{i}", lr, step)
-        for kind in ("grad_norm", "update_ratio"):
-            for name, value in row.get(kind, {}).items():
-                self.tb.add_scalar(f"{kind}/{name}", value, step)
-        self.tb.add_scalar("time/images_per_s", row["images_per_s"], step)
-        self.tb.flush()
-
     def close(self):
         """Wait for the last writes (their errors are raised here), then for every figure to be drawn. Returns the
         seconds this took: what the end of a run costs beyond training."""
@@ -121,8 +93,6 @@ class RunFolder:
             self.writes.join()
         finally:
             self.plotter.close()
-            if self.tb is not None:
-                self.tb.close()
         return time.perf_counter() - start
 
 
@@ -195,7 +165,7 @@ class Bystander:
     def record_epoch(self, *args):
         pass
 
-    def record_check(self, row, step):
+    def record_check(self, row):
         pass
 
     def close(self):

@@ -15,6 +15,7 @@ from core.rundir.folder import Status, is_locked, read_status, write_status
 from core.search.pool import cell_env, launch, prepare, procs_per_cell, train_cell
 from core.search.progress import Progress
 from core.search.squeue import slurm_alive
+from core.trackers.search import given_up
 from utils import UserError, one_line
 
 EXTRA = "pip install -r requirements-cluster.txt"
@@ -136,7 +137,9 @@ def outcome_of_gone_task(cell, task):
     ended = (Status.COMPLETED, Status.PAUSED, Status.PRUNED, Status.DIVERGED, Status.INTERRUPTED, Status.FAILED)
     if status in ended:
         return Status(status)
-    write_status(cell.folder, Status.FAILED, reason=f"{task} ended with status '{status}'")
+    reason = f"{task} ended with status '{status}'"
+    write_status(cell.folder, Status.FAILED, reason=reason)
+    given_up(cell.folder, Status.FAILED, reason)
     return Status.FAILED
 
 

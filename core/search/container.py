@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from core.config import KEYS
 from core.paths import repo_path
 from core.rundir.record import IMAGE_ENV
+from core.trackers import HOST_DATA_DIR, HOST_MODEL_DIR, RECORD, read_record
 from utils import UserError
 
 CELL, DATA, APP = "/cell", "/data", "/app"  # where the Dockerfile's entry point looks; its WORKDIR
@@ -23,6 +24,9 @@ RUNTIMES = ("podman", "docker", "apptainer")
 # params keys naming a file a run reads besides its data: mounted read-only where the container looks for them
 FILE_KEYS = ("pretrained_path", "init_weights_path")
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+# what a tracker needs to reach its server (docs/trackers.md); a search's store and parent run come in trackers.json
+TRACKER_VARS = ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME",
+                "MLFLOW_TRACKING_PASSWORD")
 SHM = "2g"  # DataLoader workers hand batches over in /dev/shm; the runtimes' 64 MB default is too small
 
 
@@ -93,12 +97,29 @@ def file_mounts(params):
     return mounts
 
 
+def tracker_mounts(folder):
+    """A search that logs to MLflow or W&B: its trackers.json, read-only where the cell looks for it (beside /cell),
+    and a sqlite store's folder read-write at its own path, so that the URI trackers.json names holds inside too:
+    the one place besides its folder that a cell writes to."""
+    parent = os.path.dirname(folder)
+    if not os.path.isfile(os.path.join(parent, RECORD)):
+        return []
+    mounts = [(os.path.join(parent, RECORD), "/" + RECORD, "ro")]
+    uri = (read_record(parent).get("mlflow") or {}).get("tracking_uri", "")
+    if uri.startswith("sqlite:///"):
+        store = os.path.dirname(uri.removeprefix("sqlite:///"))
+        mounts.append((store, store, "rw"))
+    return mounts
+
+
 def run_command(ct, folder, data_dir, params, train_args, env):
     """The command that trains the cell in `folder` in a container of `ct`; train_args are train.py's beyond
     --model_dir and --data_dir (which the image's entry point sets to /cell and /data)."""
     folder, data_dir = os.path.abspath(folder), os.path.abspath(data_dir)
     mounts = [(folder, CELL, "rw"), (data_dir, DATA, "ro")] + [(h, c, "ro") for h, c in file_mounts(params)]
-    pass_env = {k: env[k] for k in THREAD_VARS if k in env} | ct.record()
+    mounts += tracker_mounts(folder)
+    pass_env = {k: env[k] for k in THREAD_VARS + TRACKER_VARS if k in env} | ct.record() | {
+        HOST_MODEL_DIR: folder, HOST_DATA_DIR: data_dir}
     gpus = visible_gpus(env)
     if ct.runtime == "apptainer":
         # apptainer ignores the image's WORKDIR: --pwd, so relative paths in params resolve as they do elsewhere

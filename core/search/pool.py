@@ -37,6 +37,7 @@ from core.search.grid import base_params, child_params, child_path, corners, pla
 from core.search.progress import Progress
 from core.search.squeue import queued_elsewhere
 from core.tasks import data_dir_for, load
+from core.trackers.search import given_up
 from utils import FolderBusy, UserError, die_with_parent, read_json, write_json
 
 # what a cell's folder says about it -> what the search does with it
@@ -262,6 +263,7 @@ def collect(cell, returncode):
     if returncode in (-signal.SIGKILL, 128 + signal.SIGKILL):  # its log ends mid-run: say what stopped it
         reason = f"killed (SIGKILL, exit code {returncode}): out of memory, a `kill -9`/`podman kill`, or a lost node"
     write_status(cell.folder, Status.FAILED, reason=reason, exit_code=returncode, log_tail=tail)
+    given_up(cell.folder, Status.FAILED, reason)  # its tracker run, left RUNNING, ends too
     return Status.FAILED
 
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Build the repository's image for the container tests and CI, on this machine (as root). Installs podman, runc and
 # mmdebstrap when missing, makes the Dockerfile's base image locally (no registry is reachable here), then runs
-# `make image` with this machine's pip sources mounted into the build. Idempotent and cached: podman reuses every
-# layer whose inputs are unchanged, so a rerun after a code edit rebuilds only the code layer (seconds).
+# `make image` with this machine's pip sources mounted into the build, and the trackers extra (the container tests
+# log to MLflow). Idempotent and cached: podman reuses every layer whose inputs are unchanged, so a rerun after a
+# code edit rebuilds only the code layer (seconds).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 IMAGE=${IMAGE:-cs230-template}
@@ -44,4 +45,4 @@ for index in /opt/pypi /opt/pypi-more; do
 done
 [ -d /opt/wheels ] && opts+=(--find-links /opt/wheels) && mounts+=(-v /opt/wheels:/opt/wheels:ro)
 make --no-print-directory image IMAGE="$IMAGE" RUNTIME=podman \
-  BUILD_OPTS="${mounts[*]} --build-arg PIP_OPTIONS='${opts[*]}'"
+  BUILD_OPTS="${mounts[*]} --build-arg PIP_OPTIONS='${opts[*]}' --build-arg EXTRAS=trackers"
