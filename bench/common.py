@@ -15,10 +15,13 @@ import model.tasks  # noqa: E402, F401  (registers the tasks in core/tasks.py)
 from core.tasks import ensure_data  # noqa: E402
 
 
-def parse_args(doc, rounds):
-    """--experiments, --rounds, --data_dir and KEY=VALUE overrides; builds the data set if it is missing."""
+def parse_args(doc, rounds, experiments=("base_model", "resnet18"), more=None):
+    """--experiments, --rounds, --data_dir and KEY=VALUE overrides (and what more(parser) adds); builds the data set
+    if it is missing."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--experiments", nargs="+", default=["base_model", "resnet18"])
+    ap.add_argument("--experiments", nargs="+", default=list(experiments))
+    if more:
+        more(ap)
     ap.add_argument("--rounds", type=int, default=rounds)
     ap.add_argument("--data_dir", help="default: each experiment's task's own data set (built on first use)")
     ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE")

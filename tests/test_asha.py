@@ -12,7 +12,7 @@ import pytest
 import torch
 from test_search import TINY, make_parent, mtimes, search
 
-from conftest import FAST_PARAMS, ROOT, read
+from conftest import FAST_PARAMS, ROOT, mlflow_runs, read
 from core.rundir.folder import read_status
 from core.search.asha import Asha, Schedule
 from core.search.pool import Cell
@@ -101,7 +101,7 @@ def model_weights(path):
 
 @pytest.mark.slow
 def test_asha_promotes_the_best_cells_in_place_and_a_rerun_retrains_nothing(tmp_path, digits_dir):
-    parent = scheduled_parent(tmp_path)
+    parent = scheduled_parent(tmp_path, loggers=["mlflow"])
     proc = search(parent, digits_dir, "--workers", "2")
     assert proc.returncode == 0, proc.stderr[-2000:]
     cells = {lr: os.path.join(parent, f"learning_rate_{lr}") for lr in LRS}
@@ -112,6 +112,11 @@ def test_asha_promotes_the_best_cells_in_place_and_a_rerun_retrains_nothing(tmp_
     for lr in LRS:  # the others were paused at rung 1 and left there
         assert status[lr] == "completed" or (status[lr] == "pruned" and epochs_of(cells[lr]) == [1])
     assert "pruned" in status.values() and "budget:" in proc.stdout
+    runs = mlflow_runs(str(tmp_path / "mlflow"))  # a cell paused at a rung, then promoted, is one run
+    for lr in LRS:
+        run, metrics = runs[f"learning_rate_{lr}"]
+        assert run.info.status == ("FINISHED" if status[lr] == "completed" else "KILLED")
+        assert [s for s, _ in metrics["val/loss"]] == epochs_of(cells[lr])
     header = open(os.path.join(parent, "results.md")).readline()
     assert "| epochs " in header and "| rung " in header
     assert os.path.getsize(os.path.join(parent, "rungs.png")) > 5000

@@ -16,7 +16,16 @@ import time
 import pytest
 import torch
 
-from conftest import DET_PARAMS, FAST_PARAMS, KP_PARAMS, ROOT, SEG_PARAMS, read, unavailable
+from conftest import (
+    DET_PARAMS,
+    FAST_PARAMS,
+    KP_PARAMS,
+    ROOT,
+    SEG_PARAMS,
+    assert_children_of_one_parent,
+    read,
+    unavailable,
+)
 from core.rundir.folder import read_status
 
 pytestmark = pytest.mark.slow  # real Slurm and Ray
@@ -45,11 +54,11 @@ def ray_installed():
         unavailable("ray is not installed (pip install -r requirements-cluster.txt)")
 
 
-def make_parent(tmp_path, num_epochs):
+def make_parent(tmp_path, num_epochs, **extra):
     parent = tmp_path / "search"
     parent.mkdir()
     params = {**FAST_PARAMS, "train_subset": 300, "valid_subset": 100, "num_epochs": num_epochs,
-              "hyper_search": {"learning_rate": [0.002, 0.004]}}
+              "hyper_search": {"learning_rate": [0.002, 0.004]}, **extra}
     (parent / "params.json").write_text(json.dumps(params))
     return str(parent)
 
@@ -79,7 +88,7 @@ def release_requeued(job, timeout=120):
 
 
 def test_slurm_array_runs_both_cells_and_a_requeued_cell_resumes(slurm, tmp_path, digits_dir):
-    parent = make_parent(tmp_path, num_epochs=5)
+    parent = make_parent(tmp_path, num_epochs=5, loggers=["mlflow"])
     cmd = [sys.executable, "search_hyperparams.py", "--parent_dir", parent, "--data_dir", digits_dir,
            "--launcher", "slurm", "--time_min", "10"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -100,9 +109,21 @@ def test_slurm_array_runs_both_cells_and_a_requeued_cell_resumes(slurm, tmp_path
     for cell in CELLS:
         assert epochs(parent, cell) == [1, 2, 3, 4, 5]  # all epochs, each exactly once
     assert os.path.isdir(os.path.join(parent, ".slurm")) and "results.md" in os.listdir(parent)
+    runs = assert_children_of_one_parent(str(tmp_path / "mlflow"), "search", CELLS)
+    assert [s for s, _ in runs[CELLS[0]][1]["val/loss"]] == [1, 2, 3, 4, 5]  # the requeued job reopened its run
 
     rerun = search(parent, digits_dir, "--launcher", "slurm")
     assert rerun.returncode == 0 and "0 of 2 cells to train" in rerun.stdout
+
+
+def test_slurm_search_of_four_cells_is_one_mlflow_parent_with_four_children(slurm, tmp_path, digits_dir):
+    grid = {"learning_rate": [0.002, 0.004], "ps": [0.1, 0.3]}
+    parent = make_parent(tmp_path, num_epochs=1, loggers=["mlflow", "wandb"], hyper_search=grid)
+    proc = search(parent, digits_dir, "--launcher", "slurm", "--time_min", "10")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    cells = [f"learning_rate_{lr}__ps_{ps}" for lr in (0.002, 0.004) for ps in (0.1, 0.3)]
+    assert_children_of_one_parent(str(tmp_path / "mlflow"), "search", cells)
+    assert all(os.path.isdir(os.path.join(parent, c, "wandb")) for c in cells)
 
 
 def test_slurm_no_wait_then_rerun_collects(slurm, tmp_path, digits_dir):
@@ -155,13 +176,14 @@ def test_bad_cluster_options_are_one_line_before_anything_is_written(slurm, ray_
 
 
 def test_ray_runs_both_cells_and_rerun_skips(ray_installed, tmp_path, digits_dir):
-    parent = make_parent(tmp_path, num_epochs=2)
+    parent = make_parent(tmp_path, num_epochs=2, loggers=["mlflow"])
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
     proc = search(parent, digits_dir, "--launcher", "ray", "--cpus_per_cell", "1", env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     for cell in CELLS:
         assert read_status(os.path.join(parent, cell))["status"] == "completed"
         assert epochs(parent, cell) == [1, 2]
+    assert_children_of_one_parent(str(tmp_path / "mlflow"), "search", CELLS)
     before = [os.path.getmtime(os.path.join(parent, c, "last.pth.tar")) for c in CELLS]
     again = search(parent, digits_dir, "--launcher", "ray", env=env)
     assert again.returncode == 0 and "0 of 2 cells to train" in again.stdout

@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from conftest import FAST_PARAMS, ROOT, read
+from conftest import FAST_PARAMS, ROOT, assert_children_of_one_parent, read
 from core.rundir.folder import read_status
 from core.search.container import Container, container_name, find_container, run_command
 from utils import UserError
@@ -144,7 +144,7 @@ def test_a_cell_container_writes_only_its_folder_and_tmp(image, tmp_path, digits
 
 @pytest.mark.slow
 def test_container_search_trains_every_cell_then_rerun_skips(image, tmp_path, digits_dir):
-    parent = make_parent(tmp_path, {"learning_rate": [0.005, 0.01]})
+    parent = make_parent(tmp_path, {"learning_rate": [0.005, 0.01]}, loggers=["mlflow"])
     dry = search(parent, digits_dir, "--container", image, "--dry_run")
     assert dry.returncode == 0 and "podman run --rm" in dry.stdout and os.listdir(parent) == ["params.json"]
     proc = search(parent, digits_dir, "--container", image, "--workers", "2")
@@ -158,6 +158,11 @@ def test_container_search_trains_every_cell_then_rerun_skips(image, tmp_path, di
     results = open(os.path.join(parent, "results.md")).read()
     assert f"image {image_id[:12]}" in results
     assert os.path.getsize(os.path.join(parent, "history_plots.png")) > 5000
+    # the sqlite store, mounted into each container at its own path: one parent, a child per cell, named by the
+    # folders as the host has them
+    runs = assert_children_of_one_parent(str(tmp_path / "mlflow"), "search", ["learning_rate_0.005",
+                                                                               "learning_rate_0.01"])
+    assert runs["learning_rate_0.01"][0].data.tags["model_dir"] == os.path.join(parent, "learning_rate_0.01")
     again = search(parent, digits_dir, "--container", image)
     assert again.returncode == 0 and "0 of 2 cells to train" in again.stdout
     printed = search(parent, digits_dir, "--container", image, "--print_commands", "--retry_failed").stdout

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from conftest import FAST_PARAMS, ROOT, read
+from conftest import FAST_PARAMS, ROOT, mlflow_runs, read
 from core.rundir.folder import read_status
 from core.search.forkserver import ForkServer
 from core.search.pool import Cell, Launcher, cell_env, collect
@@ -125,11 +125,11 @@ def test_every_outcome_is_recorded_as_a_cold_cell_records_it(tmp_path, digits_di
 
 @pytest.mark.parametrize("mode", ["warm", "cold"])
 def test_a_cell_killed_mid_run_is_recorded_as_failed_with_its_signal(tmp_path, digits_dir, mode):
-    parent = make_parent(tmp_path / mode, {"learning_rate": [0.005]}, num_epochs=6)
+    parent = make_parent(tmp_path / mode, {"learning_rate": [0.005]}, num_epochs=6, loggers=["mlflow"])
     folder = os.path.join(parent, "learning_rate_0.005")
     proc = subprocess.Popen(search_cmd(parent, digits_dir, *(["--cold"] if mode == "cold" else [])), cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for(lambda: started(folder))
+    wait_for(lambda: started(folder) and os.path.exists(os.path.join(folder, "trackers.json")))  # its run opened
     cell_pid = read_status(folder)["pid"]
     assert cell_pid in descendants(proc.pid) and cell_pid != proc.pid
     os.kill(cell_pid, signal.SIGKILL)
@@ -139,6 +139,8 @@ def test_a_cell_killed_mid_run_is_recorded_as_failed_with_its_signal(tmp_path, d
     assert recorded["reason"].startswith("killed (SIGKILL, exit code -9)")  # its log ends mid-run: says why
     tail = read(os.path.join(folder, "status.json"))["log_tail"]
     assert tail and tail[-1] in open(os.path.join(folder, "train.log")).read()  # the last thing it logged
+    run, _ = mlflow_runs(str(tmp_path / "mlflow"))["learning_rate_0.005"]
+    assert run.info.status == "FAILED"  # left RUNNING by the SIGKILL: the search that gave the cell up ends it
 
 
 def test_ctrl_c_leaves_cells_interrupted_then_a_rerun_resumes_them(tmp_path, digits_dir):

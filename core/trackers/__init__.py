@@ -47,7 +47,8 @@ def read_record(folder):
 
 
 def write_record(folder, record):
-    write_json(os.path.join(folder, RECORD), record)
+    if record != read_record(folder):  # a rerun that changes nothing leaves the file as it was
+        write_json(os.path.join(folder, RECORD), record)
 
 
 def parent_record(model_dir):
