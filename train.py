@@ -37,7 +37,8 @@ from core.rundir.folder import (
 from core.rundir.outputs import Bystander, RunFolder
 from core.stages import stage_of
 from core.tasks import TASKS, data_dir_for
-from core.trackers import Trackers, artifact_files, check_installed, run_facts
+from core.trackers import Trackers, artifact_files, check_installed
+from core.trackers.rows import run_facts
 from core.training import distributed
 from core.training.compiling import compile_model
 from core.training.engine import epoch_seed, keep_freed_memory, pick_runtime, rank_seed, seed_everything

@@ -141,8 +141,7 @@ def test_a_search_is_one_parent_run_with_a_child_per_cell(tmp_path, digits_dir):
         assert read(str(parent / cell / "trackers.json"))["wandb"]["project"] == tmp_path.name
 
 
-def test_a_store_that_cannot_be_written_is_one_warning_and_a_resume_backfills_it(tmp_path, digits_dir, monkeypatch,
-                                                                                   capsys):
+def test_a_store_that_cannot_be_written_is_one_warning_and_a_resume_backfills_it(tmp_path, digits_dir, monkeypatch):
     """(f) MLflow's store unreachable: the run completes its epochs with one warning; the resume, with the store
     back, logs the epoch the tracker missed (from history.json) and the new one, each once."""
     exp = tmp_path / "exp"
@@ -150,8 +149,8 @@ def test_a_store_that_cannot_be_written_is_one_warning_and_a_resume_backfills_it
     (exp / "params.json").write_text(json.dumps({**FAST_PARAMS, "loggers": ["mlflow"]}))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////proc/no/such/folder/mlflow.db")
     assert run_train(str(exp), digits_dir, "--stop_at_epoch", "1") == 0
-    out = capsys.readouterr().out
-    assert out.count("warning: mlflow:") == 1 and "training goes on without it" in out
+    logged = open(exp / "train.log").read()
+    assert logged.count("warning: mlflow:") == 1 and "training goes on without it" in logged
     assert read(str(exp / "status.json"))["status"] == "paused"
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/store/mlflow.db")
@@ -177,8 +176,8 @@ def test_a_tracker_not_installed_is_one_line_before_anything_is_written(tmp_path
 
 
 def test_a_paused_run_ends_killed_and_its_resume_reopens_the_same_run(tmp_path, digits_dir, monkeypatch):
-    """A pause (a rung of successive halving) ends the run KILLED; the resume, with `loggers` as an older params
-    file spelled it (tensorboard: 1) in its checkpoint, reopens it and ends it FINISHED."""
+    """A pause (a rung of successive halving) ends the run KILLED; the resume reopens it (found by the folder's
+    run_key where trackers.json lost its id) and ends it FINISHED, with a checkpoint from before `loggers`."""
     import torch
 
     exp = tmp_path / "exp"
@@ -191,6 +190,8 @@ def test_a_paused_run_ends_killed_and_its_resume_reopens_the_same_run(tmp_path, 
     ckpt = torch.load(last, weights_only=True)
     ckpt["params"]["tensorboard"] = 0  # what a checkpoint of a version before `loggers` holds
     torch.save(ckpt, last)
+    record = read(str(exp / "trackers.json"))  # as if killed after MLflow made the run, before its id was saved
+    (exp / "trackers.json").write_text(json.dumps({"run_key": record["run_key"]}))
     assert run_train(str(exp), digits_dir, "--restore_file", "last") == 0
     (again, metrics), = mlflow_runs(str(tmp_path / "mlflow")).values()
     assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
@@ -210,3 +211,34 @@ def test_bad_loggers_are_one_line(tmp_path, digits_dir, capsys, value, message):
     (exp / "params.json").write_text(json.dumps({**FAST_PARAMS, "loggers": value}))
     assert_one_line_error(lambda: train.main(["--model_dir", str(exp), "--data_dir", digits_dir]), capsys,
                           str(exp / "params.json"), message, str(exp))
+
+
+def test_sigterm_ends_the_run_killed_and_divergence_ends_it_failed(tmp_path, digits_dir):
+    """The end state follows status.json: SIGTERM (a scheduler's stop) -> interrupted -> KILLED, with the figures,
+    metrics files and (log_checkpoints) checkpoints kept as artifacts; a non-finite loss -> diverged -> FAILED."""
+    from mlflow import MlflowClient
+
+    stopped, diverged = tmp_path / "stopped", tmp_path / "diverged"
+    for folder, extra in ((stopped, {"num_epochs": 20, "log_checkpoints": 1}),
+                          (diverged, {"optimizer": "sgd", "scheduler": "none", "learning_rate": 1e6,
+                                      "momentum": 0.0})):
+        folder.mkdir()
+        (folder / "params.json").write_text(json.dumps({**FAST_PARAMS, "loggers": ["mlflow"], **extra}))
+    proc = subprocess.Popen(train_cmd(str(stopped), digits_dir), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while epoch_done(str(stopped)) < 1:
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 130
+    assert run_train(str(diverged), digits_dir) == 1
+
+    runs = mlflow_runs(str(tmp_path / "mlflow"))
+    run, _ = runs["stopped"]
+    assert run.info.status == "KILLED" and run.data.tags["status_reason"] == "SIGTERM"
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow/mlflow.db")
+    kept = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"last.pth.tar", "history.json", "train_history.png", "params_effective.json"} <= kept
+    run, _ = runs["diverged"]
+    assert run.info.status == "FAILED" and "non-finite" in run.data.tags["status_reason"]

@@ -44,7 +44,7 @@ class RunFolder:
         epochs, checks = load_history_and_checks(self.dir)
         self.epochs = [r for r in epochs if r["epoch"] <= up_to_epoch]
         self.checks = [r for r in checks if r["epoch"] <= up_to_epoch]
-        self.trackers.open(self.facts, self.epochs, self.checks)  # a tracker lacking kept rows gets them now
+        self.trackers.open(self.facts, up_to_epoch)  # a tracker lacking kept rows gets them now
         return list(self.epochs)
 
     def record_epoch(self, history, improved, state, details, valid_set):
@@ -58,12 +58,12 @@ class RunFolder:
         """A validation within an epoch (val_every_batches): history.json gains it, the figures are redrawn."""
         self.checks.append(row)
         self.writes.submit(self.write_history, self.epochs, list(self.checks))
-        self.trackers.sync(self.epochs, self.checks)
 
     def write_history(self, epochs, checks):
         write_json(self.path(HISTORY), {"classes": self.classes, "epochs": epochs, **({"checks": checks} if checks
                                                                                       else {})})
         self.plotter.history_changed()
+        self.trackers.sync()  # they read history.json, in a helper process
 
     def write_epoch(self, history, checks, improved, state, best):
         row = history[-1]
@@ -75,7 +75,6 @@ class RunFolder:
         # when the best epoch is this one, best.pth.tar is a hard link to the same bytes, not a second write
         save_checkpoint(state, checkpoint_path(self.dir), also=[checkpoint_path(self.dir, "best")] if improved else [])
         write_status(self.dir, Status.RUNNING, epoch=row["epoch"])
-        self.trackers.sync(history, checks)  # queued: trackers log on a thread of their own
         if best:
             self.plotter.new_best(best)
 

@@ -7,15 +7,14 @@ still pending (one process per figure) and waits for that, so every figure exist
 A process rather than a thread: drawing holds the GIL for a second at a time, which a training loop would feel.
 """
 
-import gc
 import json
 import os
-import select
 import signal
 import sys
 import time
 import traceback
 
+from core.forked import Lines, fork
 from core.rundir.folder import GALLERY
 from utils import die_with_parent, link_into_place
 
@@ -56,27 +55,6 @@ class Plotter:
         os.waitpid(self.pid, 0)
 
 
-def fork(fn, *args):
-    """fn(*args) in a forked child, which exits when it returns (never back into the caller's code); its pid."""
-    pid = os.fork()
-    if pid == 0:
-        # what the parent left for the cycle collector is not the child's to free: freeing it here runs destructors
-        # of objects whose threads did not survive the fork (an onnxruntime session deadlocked a drawing child of
-        # a process that had exported a model); the child's own garbage is still collected
-        gc.freeze()
-        code = 0
-        try:
-            fn(*args)
-        except BaseException:
-            traceback.print_exc()  # a figure that cannot be drawn must not go unnoticed, nor stop training
-            code = 1
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-    return pid
-
-
 def serve(fd, write_end, model_dir, every_s, draw_best):
     os.close(write_end)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):  # the trainer handles these, then closes us
@@ -96,27 +74,6 @@ def serve(fd, write_end, model_dir, every_s, draw_best):
             draw(pending, model_dir, draw_best)
             pending, last_draw = {}, time.monotonic()
     draw_in_parallel(pending, model_dir, draw_best)
-
-
-class Lines:
-    """Newline-separated messages from a pipe, with a timeout."""
-
-    CLOSED = object()
-
-    def __init__(self, fd):
-        self.fd, self.buffer, self.ready = fd, b"", []
-
-    def next(self, timeout):
-        """The next message; None when `timeout` seconds pass first; CLOSED at the end of the pipe."""
-        while not self.ready:
-            if not select.select([self.fd], [], [], timeout)[0]:
-                return None
-            chunk = os.read(self.fd, 1 << 16)
-            if not chunk:
-                return Lines.CLOSED
-            *done, self.buffer = (self.buffer + chunk).split(b"\n")
-            self.ready += done
-        return self.ready.pop(0)
 
 
 def drawings(pending, model_dir, draw_best):

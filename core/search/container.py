@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from core.config import KEYS
 from core.paths import repo_path
 from core.rundir.record import IMAGE_ENV
-from core.trackers import HOST_DATA_DIR, HOST_MODEL_DIR, RECORD, read_record
+from core.trackers import RECORD, read_record
+from core.trackers.rows import HOST_DATA_DIR, HOST_MODEL_DIR
 from utils import UserError
 
 CELL, DATA, APP = "/cell", "/data", "/app"  # where the Dockerfile's entry point looks; its WORKDIR

@@ -7,17 +7,24 @@ cell the store of its search. The experiment: MLFLOW_EXPERIMENT_NAME, else the n
 experiment folders ("experiments").
 """
 
+import contextlib
+import logging
 import os
+import tempfile
 import time
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
-from core.trackers import END_STATE, check_metrics, check_step, default_name, epoch_metrics
+from core.trackers.rows import END_STATE, check_metrics, check_step, default_name, epoch_metrics
+from utils import dead_writers_temp_files, writer
+
+logging.getLogger("mlflow").setLevel(logging.WARNING)  # not "Creating initial MLflow database tables" in train.log
+logging.getLogger("alembic").setLevel(logging.WARNING)
 
 STORE_DIR = "mlflow"
-PARENT_TAG = "mlflow.parentRunId"
+PARENT_TAG, KEY_TAG = "mlflow.parentRunId", "run_key"
 MAX_PARAM, MAX_BATCH, MAX_METRICS = 6000, 100, 1000  # MLflow's limits: a param value, params and metrics per call
 RETRIES = 8  # cells running at once share a sqlite file: "database is locked" waits and retries
 
@@ -49,7 +56,7 @@ def connect(uri, experiment_name):
     """(client, experiment id): the store created and the experiment made if new (two processes racing to make
     them: the loser reads the winner's)."""
     if uri.startswith("sqlite:///"):
-        os.makedirs(os.path.dirname(uri.removeprefix("sqlite:///")), exist_ok=True)
+        create_store(uri.removeprefix("sqlite:///"))
     client = retried(MlflowClient, uri)
     found = retried(client.get_experiment_by_name, experiment_name)
     if found is not None:
@@ -64,6 +71,27 @@ def connect(uri, experiment_name):
         return client, found.experiment_id
 
 
+def create_store(db):
+    """A new sqlite store is made under a temp name, then linked into place (never over one another process made
+    meanwhile): MLflow creates its tables in many steps, and a run SIGKILLed among them left a store that no later
+    run could open ("duplicate column name")."""
+    if os.path.exists(db):
+        return
+    folder = os.path.dirname(db)
+    os.makedirs(folder, exist_ok=True)
+    for path in dead_writers_temp_files(folder):  # what creations killed before us left
+        with contextlib.suppress(OSError):
+            os.remove(path)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".tmp-{writer()}-", suffix=os.path.basename(db))
+    os.close(fd)
+    try:
+        retried(MlflowClient(f"sqlite:///{tmp}").search_experiments)
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, db)
+    finally:
+        os.remove(tmp)
+
+
 def store_of(model_dir, saved, parent):
     """(tracking URI, experiment name) of a run: its own (a resume), its search's, the environment's, the
     default."""
@@ -75,17 +103,25 @@ def store_of(model_dir, saved, parent):
 
 
 class MlflowRun:
-    def __init__(self, model_dir, facts, saved, parent):
+    def __init__(self, model_dir, facts, saved, parent, key):
+        """key: trackers.json's run_key, a tag of the run: a session killed between creating the run and writing its
+        id finds it by the key."""
         uri, experiment = store_of(model_dir, saved, parent)
         self.client, experiment_id = connect(uri, experiment)
-        run = self.reopened(saved["run_id"]) if saved else None
+        run_id = (saved or {}).get("run_id") or self.run_with_key(experiment_id, key)
+        run = self.reopened(run_id) if run_id else None
         if run is None:
-            tags = dict(facts["tags"], **({PARENT_TAG: parent["run_id"]} if parent else {}))
+            tags = dict(facts["tags"], **{KEY_TAG: key}, **({PARENT_TAG: parent["run_id"]} if parent else {}))
             run = retried(self.client.create_run, experiment_id, run_name=facts["name"], tags=tags)
         self.id = run.info.run_id
         self.saved = {"run_id": self.id, "tracking_uri": uri, "experiment": experiment}
         self.log_params(facts["params"], run.data.params)
         self.logged = {"epoch": self.steps("epoch"), "val_checks/epoch": self.steps("val_checks/epoch")}
+
+    def run_with_key(self, experiment_id, key):
+        found = retried(self.client.search_runs, [experiment_id], filter_string=f"tags.{KEY_TAG} = '{key}'",
+                        max_results=1)
+        return found[0].info.run_id if found else None
 
     @classmethod
     def attach(cls, saved):

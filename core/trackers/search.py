@@ -10,9 +10,11 @@ the search's figures.
 
 import logging
 import os
+import secrets
 
 from core.config import upgrade
-from core.trackers import END_STATE, check_installed, read_record, write_record
+from core.trackers import check_installed, read_record, write_record
+from core.trackers.rows import END_STATE
 from utils import one_line, read_json_object
 
 log = logging.getLogger(__name__)
@@ -34,16 +36,16 @@ def open_search(parent_dir):
         return
     check_installed(loggers, os.path.join(parent_dir, "params.json"))
     saved = read_record(parent_dir)
-    record = {"search": True}
+    record = {"search": True, "run_key": saved.get("run_key") or secrets.token_hex(6)}
     for name in loggers:
         try:
-            record[name] = open_parent(name, parent_dir, saved.get(name))
+            record[name] = open_parent(name, parent_dir, saved.get(name), record["run_key"])
         except Exception as e:
             log.warning(f"warning: {name}: {one_line(e)[:300]}; the cells are logged without a parent run")
     write_record(parent_dir, record)
 
 
-def open_parent(name, parent_dir, saved):
+def open_parent(name, parent_dir, saved, key):
     folder = os.path.basename(os.path.abspath(parent_dir).rstrip("/"))
     if name == "wandb":
         from core.trackers.wandb_run import default_project
@@ -52,7 +54,7 @@ def open_parent(name, parent_dir, saved):
     from core.trackers.mlflow_run import MlflowRun
 
     facts = {"name": folder, "tags": {"model_dir": os.path.abspath(parent_dir), "search": "1"}, "params": {}}
-    return MlflowRun(parent_dir, facts, saved, None).saved
+    return MlflowRun(parent_dir, facts, saved, None, key).saved
 
 
 def search_files(parent_dir):

@@ -10,13 +10,13 @@ import os
 
 from torch.utils.tensorboard import SummaryWriter
 
-from core.trackers import check_metrics, check_step, epoch_metrics
+from core.trackers.rows import check_metrics, check_step, epoch_metrics
 
 FOLDER = "tensorboard"
 
 
 class TensorboardRun:
-    def __init__(self, model_dir, facts, saved, parent):
+    def __init__(self, model_dir, facts, saved, parent, key):
         folder = os.path.join(model_dir, FOLDER)
         self.writers = {"epochs": SummaryWriter(folder, purge_step=1),
                         "checks": SummaryWriter(os.path.join(folder, "checks"), purge_step=1)}

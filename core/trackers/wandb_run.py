@@ -16,12 +16,11 @@ import glob
 import json
 import netrc
 import os
-import secrets
 import struct
 
 import wandb
 
-from core.trackers import END_STATE, check_metrics, default_name, epoch_metrics
+from core.trackers.rows import END_STATE, check_metrics, default_name, epoch_metrics
 
 STEPS_PER_EPOCH = 10000  # steps are integers: a validation at epoch 1.2345 (history rounds to 4 digits) is 12345
 
@@ -84,10 +83,10 @@ def step_of(epoch):
 
 
 class WandbRun:
-    def __init__(self, model_dir, facts, saved, parent):
+    def __init__(self, model_dir, facts, saved, parent, key):
         saved = saved or {}
         project = saved.get("project") or (parent or {}).get("project") or default_project(model_dir)
-        run_id = saved.get("id") or secrets.token_hex(6)
+        run_id = saved.get("id") or key  # the folder's own key: a session killed before saving the id reuses it
         self.run = wandb.init(project=project, id=run_id, resume="allow", dir=os.path.abspath(model_dir),
                               name=facts["name"], group=(parent or {}).get("group"), mode=mode(),
                               config={**facts["params"], **{f"run.{k}": v for k, v in facts["tags"].items()}},
