@@ -9,7 +9,6 @@ DATA_DIR/train, validates on DATA_DIR/valid each epoch and writes everything int
 import argparse
 import logging
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -45,6 +44,14 @@ from core.training.engine import epoch_seed, keep_freed_memory, pick_runtime, ra
 from core.training.monitor import GradMonitor, gradient_warnings
 from core.training.optim import layer_lrs, step_per_epoch
 from core.training.state import RESUME_NEEDS, advance_stage, build_state, params_of_stage, run_checkpoint
+from core.training.within_epoch import (
+    Clock,
+    between_batches,
+    check_row,
+    resumed_position,
+    stop_if_asked,
+    stop_on_signals,
+)
 from model.loop import evaluate, train_one_epoch
 from utils import UserError, one_line, run_cli, set_logger, write_json
 
@@ -232,23 +239,6 @@ def stage_at(params, epoch):
     return params_of_stage(params, stage_of(params.to_dict(), epoch))
 
 
-def stop_on_signals():
-    """SIGTERM (a scheduler's kill or requeue) and SIGUSR2 (Slurm's time-limit warning) stop the run like Ctrl-C:
-    status 'interrupted', and the last checkpoint to resume from. A rank under torchrun stops on the first signal
-    and ignores the rest: Slurm signals every process of a job, and torchrun passes the same signal on, so each rank
-    gets it twice, and the second would cut short the writes that close the run (a second Ctrl-C of one process
-    still hurries them)."""
-    stopping = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2) if "TORCHELASTIC_RUN_ID" in os.environ else ()
-
-    def interrupt(signum, frame):
-        for sig in stopping:
-            signal.signal(sig, signal.SIG_IGN)
-        raise KeyboardInterrupt("Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name)
-
-    for sig in (signal.SIGTERM, signal.SIGUSR2, *stopping):
-        signal.signal(sig, interrupt)
-
-
 def preflight(model, loaders, rt, where):
     """Augment one image and push one validation batch through the model, so an augmentation or an architecture
     that cannot work on this data (e.g. a 224-px ViT on 32-px images) fails here, before anything is written.
@@ -272,7 +262,9 @@ def start_run(run):
     """First writes: the log, the effective params, the augmentation pipelines, the record and a 'running' status."""
     params, state, loaders = run.params, run.state, run.loaders
     set_logger(os.path.join(run.model_dir, LOG))
-    what = f"resuming at epoch {run.start_epoch}" if run.start_epoch > 1 else "starting"
+    within = run.ckpt.get("within") if run.ckpt else None
+    what = f"resuming at epoch {run.start_epoch}" + (f", after batch {within['batches']}" if within else "") \
+        if run.ckpt else "starting"
     mode = f" [overfit check: {params.overfit_batches} batch(es)]" if params.overfit_batches else ""
     where = f"{state.ranks.world} processes on {run.rt.device.type}" if state.ranks.active else run.rt.device
     log.info(f"{run.model_dir}: {what} on {where} ({len(loaders['train'].dataset)} train, "
@@ -292,20 +284,25 @@ def fit(run, folder):
     that never paused. With a plan (core/stages.py), each stage begins at its first epoch, with its own train
     loader when its batch size or augmentation differ (run.reload)."""
     params, state, loaders, rt, stop_at = run.params, run.state, run.loaders, run.rt, run.args.stop_at_epoch
-    history = folder.kept_history(run.start_epoch - 1)
+    within = run.ckpt.get("within") if run.ckpt else None  # the checkpoint was written within epoch start_epoch
+    done = within["batches"] if within else 0
+    history = folder.kept_history(run.start_epoch - 1, done)
     monitor = GradMonitor(state.model, params.save_summary_steps) if params.monitor_gradients else None
-    tracker = state.tracker
+    tracker, clock = state.tracker, Clock(params, state.ranks or distributed.Ranks(), done)
     predict = state.task.predictor(params, classes=folder.classes)
     for epoch in range(run.start_epoch, params.num_epochs + 1):
         epoch_start = time.perf_counter()
         loaders["train"] = advance_stage(state, params, epoch, loaders["train"], run.reload)
-        # reseed data order and augmentation per epoch: a resumed run sees what an uninterrupted one would
-        reseed_epoch(loaders["train"], epoch_seed(params.seed, epoch))
+        # reseed data order and augmentation per epoch: a resumed run sees what an uninterrupted one would, and one
+        # resumed within the epoch starts at the batch after its checkpoint
+        skip = done if epoch == run.start_epoch else 0
+        reseed_epoch(loaders["train"], epoch_seed(params.seed, epoch), skip)
         if monitor:
             monitor.start_epoch()
-        check = within_epoch(run, folder, predict, epoch)
+        check = between_batches(run, folder, epoch, monitor, clock, validator(run, folder, predict, epoch))
         train_m = train_one_epoch(state, loaders["train"], rt, monitor=monitor, check=check,
-                                  summary_steps=params.save_summary_steps, desc=f"epoch {epoch}/{params.num_epochs}")
+                                  summary_steps=params.save_summary_steps, desc=f"epoch {epoch}/{params.num_epochs}",
+                                  start=resumed_position(within, state, rt, monitor) if skip else None)
         train_m = distributed.merged(train_m, state.ranks)  # several processes: over every rank's share
         # validation sees the EMA of the weights, if any; with several processes, rank 0 validates on every image
         val_m, details = (evaluate(state.eval_model, loaders["valid"], rt, state.task, state.n_classes, predict,
@@ -331,37 +328,33 @@ def fit(run, folder):
         reason = ("early stopping" if epoch < params.num_epochs else "all epochs done") if last else None
         ckpt = state.checkpoint(epoch, params, folder.classes, stop_reason=reason)
         folder.record_epoch(history, improved, ckpt, details, loaders["valid"].dataset)
+        clock.written()
         if last:
             return Status.COMPLETED, reason, history
         if epoch == stop_at:
             return Status.PAUSED, f"paused at epoch {epoch} (--stop_at_epoch)", history
+        stop_if_asked(state.ranks or distributed.Ranks(), rt.device)  # a signal during validation: stop here
     return Status.COMPLETED, "all epochs done", history
 
 
-def within_epoch(run, folder, predict, epoch):
-    """val_every_batches: check(batches done, n_batches) validates the weights as they are (rank 0), logs and
-    records a row at the fractional epoch (history.json "checks"); None when off. Nothing the training computes
-    changes: validation draws no random numbers and updates no statistics."""
-    every, state = run.params.val_every_batches, run.state
-    if not every:
-        return None
+def validator(run, folder, predict, epoch):
+    """validate(batches done, n_batches) for a validation within an epoch (val_every_batches): the weights as they
+    are (rank 0), a log line and a row at the fractional epoch (history.json "checks"); returns its seconds. Nothing
+    the training computes changes: validation draws no random numbers and updates no statistics."""
+    state = run.state
 
-    def check(done, n_batches):
-        if done % every or done == n_batches:  # the end of the epoch validates anyway
-            return 0.0
+    def validate(done, n_batches):
         start = time.perf_counter()
         if folder.main:
             val_m, _ = evaluate(state.eval_model, run.loaders["valid"], run.rt, state.task, state.n_classes, predict,
                                 desc="valid")
-            # step: the batches trained so far (the x of a tracker), while a plan's stages keep the batch size
-            row = {"epoch": round(epoch - 1 + done / n_batches, 4), "batch": done,
-                   "step": (epoch - 1) * n_batches + done, "lr": layer_lrs(state.optimizer), "val": val_m}
-            folder.record_check(row)
-            log.info(f"epoch {row['epoch']:.2f} (batch {done}/{n_batches})  valid: {metrics_text(val_m)}")
+            folder.record_check(check_row(run, epoch, done, n_batches, val_m))
+            log.info(f"epoch {epoch - 1 + done / n_batches:.2f} (batch {done}/{n_batches})  valid: "
+                     f"{metrics_text(val_m)}")
         distributed.wait_for_all(state.ranks)  # the others wait here, so every rank leaves the wait out of its time
         return time.perf_counter() - start
 
-    return check
+    return validate
 
 
 def finish(run, outcome):

@@ -201,6 +201,9 @@ def resolve(user, where, overrides=()):
     es = out["early_stopping"]
     es["monitor_metric"] = es["monitor_metric"] or task.monitor
     es["minimize"] = monitor_direction(es, out["task"], where)
+    if out["checkpoint_every_s"] is not None and out["checkpoint_every_batches"] is not None:
+        raise UserError(f"{where}: keys 'checkpoint_every_s' and 'checkpoint_every_batches' both set; set one (a "
+                        f"checkpoint every S seconds, or every N batches)")
     check_plan(out, flat.get("num_epochs"), where, check_value, flatten)
     check_freeze(out, where)
     for i, stage in enumerate(out["stages"] or [{}]):  # a stage too may turn on only its task's terms

@@ -49,6 +49,10 @@ TRACKERS = ("tensorboard", "mlflow", "wandb")
 RETIRED = {"tensorboard": lambda on: ("loggers", ["tensorboard"] if on else [])}
 
 
+def positive_or_null(v):
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0)
+
+
 def loggers_ok(v):
     return isinstance(v, list) and all(x in TRACKERS for x in v) and len(set(v)) == len(v)
 
@@ -233,6 +237,13 @@ KEYS = Keys(lambda: {
     "deterministic": Key(0, FLAG, "1: deterministic kernels only (cuDNN without autotuning, torch's deterministic "
                          "algorithms): GPU runs and their resumes bit-identical, a little slower; the CPU's already "
                          "are", resumable=True),
+    # when a checkpoint is written changes nothing the run computes (tested bit-identical): a resume may change it
+    "checkpoint_every_s": Key(None, ANY, "also write last.pth.tar within an epoch, every S seconds of training (at "
+                              "an optimizer step), so a preempted run resumes from that batch (null: at epoch ends "
+                              "only)", check=(positive_or_null, "a number > 0, or null"), resumable=True),
+    "checkpoint_every_batches": Key(None, OPT_INT, "also write last.pth.tar within an epoch every N training "
+                                    "batches (null: at epoch ends only)", check=(positive_or_null, "an int >= 1, "
+                                    "or null"), resumable=True),
     # validating changes no weights (no RNG drawn, no statistics updated): a resume may change it
     "val_every_batches": Key(0, int, "also validate every N training batches within an epoch (history.json "
                              "'checks', train_history.png); best.pth.tar and early stopping read the end-of-epoch "

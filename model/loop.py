@@ -23,24 +23,27 @@ def train_mode(state):
         norm.eval()
 
 
-def train_one_epoch(state, loader, rt, *, monitor=None, check=None, summary_steps=10, desc="train"):
+def train_one_epoch(state, loader, rt, *, monitor=None, check=None, summary_steps=10, desc="train", start=None):
     """One pass over `loader`, updating `state` (core.training.state.TrainingState).
 
     Per batch: mix it (state.mix: MixUp/CutMix), forward, backward of the loss scaled by the batches in its
     accumulation group. Every state.accumulate_steps batches, and at the epoch's end for a remainder, one
     optimizer step: `monitor` (a core.training.monitor.GradMonitor) samples the gradients, they are clipped to
     state.grad_clip, the optimizer steps, then a per-batch scheduler (one_cycle, cosine) and the EMA.
-    check(batches done, n_batches), after each batch: a validation within the epoch when one is due
-    (val_every_batches), returning its seconds (0 when none), which the epoch's time leaves out."""
+    check(batches done, n_batches, metrics), after each batch: a validation within the epoch when one is due
+    (val_every_batches), a checkpoint within it (checkpoint_every_s/_batches, a stop signal: core/training/
+    within_epoch.py), returning its seconds (0 when none), which the epoch's time leaves out.
+    start: (batches done, the epoch's metrics over them) where a checkpoint within this epoch left it; the loader
+    then begins at that batch (core/data/loaders.py reseed_epoch's skip)."""
     optimizer = state.optimizer
     scheduler = state.scheduler if state.per_batch else None
     train_mode(state)
-    metrics = state.task.epoch_metrics(state.n_classes, rt.device)
+    done, metrics = start or (0, state.task.epoch_metrics(state.n_classes, rt.device))
     n_seen, data_time, n_batches, accumulate, checking = 0, 0.0, len(loader), state.accumulate_steps, 0.0
     start = tick = time.perf_counter()
     bar = progress(loader, desc)
     optimizer.zero_grad(set_to_none=True)
-    for step, (x, y) in enumerate(bar):
+    for step, (x, y) in enumerate(bar, start=done):
         data_time += time.perf_counter() - tick
         x, y = rt.to_device(x, y)
         x, targets = state.mix(x, y) if state.mix is not None else (x, y)  # targets: indices, or probabilities
@@ -55,7 +58,7 @@ def train_one_epoch(state, loader, rt, *, monitor=None, check=None, summary_step
         n_seen += x.shape[0]
         if step % summary_steps == 0 and not bar.disable:
             bar.set_postfix(loss=f"{loss.item():.4f}")  # .item() waits for the GPU: only every summary_steps
-        spent = check(step + 1, n_batches) if check is not None else 0.0
+        spent = check(step + 1, n_batches, metrics) if check is not None else 0.0
         if spent:  # a validation ran (in eval mode): back to training
             checking += spent
             train_mode(state)

@@ -162,9 +162,12 @@ def train_cmd(model_dir, data_dir, *extra):
     return [sys.executable, "train.py", "--model_dir", model_dir, "--data_dir", data_dir, *extra]
 
 
-def kill_mid_run_then_resume(whole, killed, data_dir, after_first_epoch_s=0.3):
-    """Train `whole` uninterrupted; train `killed` until its first checkpoint exists, SIGKILL it that long after
-    (somewhere inside epoch 2), and resume it with --restore_file last. Returns both last checkpoints."""
+def kill_mid_run_then_resume(whole, killed, data_dir, after_first_epoch_s=0.3, kills=2, every_batches=2, seed=0):
+    """Train `whole` uninterrupted; train `killed` with checkpoints within epochs (checkpoint_every_batches:
+    `every_batches`, a key that changes nothing a run computes), SIGKILL its process group `kills` times, each a
+    random moment (up to `after_first_epoch_s`) after it wrote a checkpoint within an epoch, and resume it each time
+    with --restore_file last. Returns both last checkpoints."""
+    import random
     import signal
     import subprocess
     import time
@@ -172,18 +175,33 @@ def kill_mid_run_then_resume(whole, killed, data_dir, after_first_epoch_s=0.3):
     from utils import load_checkpoint
 
     assert subprocess.run(train_cmd(whole, data_dir), cwd=ROOT, capture_output=True).returncode == 0
-    proc = subprocess.Popen(train_cmd(killed, data_dir), cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and not os.path.exists(os.path.join(killed, "last.pth.tar")):
-        time.sleep(0.01)
-    time.sleep(after_first_epoch_s)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    params = read(os.path.join(killed, "params.json"))
+    Path(killed, "params.json").write_text(json.dumps({**params, "checkpoint_every_batches": every_batches}))
+    rng, last = random.Random(seed), os.path.join(killed, "last.pth.tar")
+    for _ in range(kills):
+        resume = ["--restore_file", "last"] if os.path.exists(last) else []
+        proc = subprocess.Popen(train_cmd(killed, data_dir, *resume), cwd=ROOT, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        before, deadline = checkpoint_stamp(last), time.time() + 300
+        while checkpoint_stamp(last) == before or read(os.path.join(killed, "status.json")).get("batch") is None:
+            assert time.time() < deadline and proc.poll() is None, "no checkpoint within an epoch"
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0, after_first_epoch_s))
+        os.killpg(proc.pid, signal.SIGKILL)  # the run and its helpers (figures, trackers, loader workers)
+        proc.wait()
     resumed = subprocess.run(train_cmd(killed, data_dir, "--restore_file", "last"), cwd=ROOT, capture_output=True,
                              text=True)
     assert resumed.returncode == 0, resumed.stderr
+    assert ", after batch " in open(os.path.join(killed, "train.log")).read()  # resumed within an epoch
     return tuple(load_checkpoint(os.path.join(d, "last.pth.tar")) for d in (whole, killed))
+
+
+def checkpoint_stamp(path):
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns
 
 
 def assert_same_weights(a, b, parts=("model", "ema")):

@@ -88,7 +88,9 @@ def release_requeued(job, timeout=120):
 
 
 def test_slurm_array_runs_both_cells_and_a_requeued_cell_resumes(slurm, tmp_path, digits_dir):
-    parent = make_parent(tmp_path, num_epochs=5, loggers=["mlflow"])
+    """Requeued (Slurm stops the task: SIGTERM, then SIGKILL after KillWait), the cell checkpoints at its next
+    batch, resumes from there in the requeued task and ends with the weights of an uninterrupted run."""
+    parent = make_parent(tmp_path, num_epochs=5, loggers=["mlflow"], checkpoint_every_batches=3)
     cmd = [sys.executable, "search_hyperparams.py", "--parent_dir", parent, "--data_dir", digits_dir,
            "--launcher", "slurm", "--time_min", "10"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -114,6 +116,15 @@ def test_slurm_array_runs_both_cells_and_a_requeued_cell_resumes(slurm, tmp_path
 
     rerun = search(parent, digits_dir, "--launcher", "slurm")
     assert rerun.returncode == 0 and "0 of 2 cells to train" in rerun.stdout
+
+    fresh = tmp_path / "fresh"  # the same cell never requeued, with the threads Slurm's task had (--cpus_per_cell)
+    fresh.mkdir()
+    (fresh / "params.json").write_text(open(os.path.join(first, "params.json")).read())
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    subprocess.run([sys.executable, "train.py", "--model_dir", str(fresh), "--data_dir", digits_dir], cwd=ROOT,
+                   env=env, check=True, capture_output=True)
+    a, b = (torch.load(os.path.join(d, "last.pth.tar"), weights_only=True)["model"] for d in (first, str(fresh)))
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_slurm_search_of_four_cells_is_one_mlflow_parent_with_four_children(slurm, tmp_path, digits_dir):

@@ -105,7 +105,8 @@ def test_a_sigkilled_rank_0_or_process_group_then_a_resume_gives_the_weights_of_
     -PGID or a pool stopping a cell does (torchrun starts the ranks in sessions of their own: they must die too)."""
     extra = {"ps": 0.25, "augmentation": "light", "num_epochs": 6,
              "stages": [{"num_epochs": 2, "freeze": "body"}, {"num_epochs": 4}]}
-    whole, killed = folder(tmp_path, "whole", **extra), folder(tmp_path, "killed", **extra)
+    # the killed run also checkpoints within epochs (a key that changes nothing computed): it resumes from a batch
+    whole, killed = folder(tmp_path, "whole", **extra), folder(tmp_path, "killed", **extra, checkpoint_every_batches=2)
     proc = two_processes(whole, digits_dir)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
@@ -120,6 +121,10 @@ def test_a_sigkilled_rank_0_or_process_group_then_a_resume_gives_the_weights_of_
 
     run = two_processes(killed, digits_dir, "--restore_file", "last", start_new_session=True)
     pids = training_again(run, killed)
+    deadline = time.time() + 120
+    while read(os.path.join(killed, "status.json")).get("batch") is None:  # a checkpoint within an epoch
+        assert time.time() < deadline
+        time.sleep(0.01)
     time.sleep(random.uniform(0.0, 0.4))
     os.killpg(run.pid, signal.SIGKILL)  # the launcher and torchrun; the ranks are in sessions of their own
     run.wait(timeout=30)
@@ -131,9 +136,13 @@ def test_a_sigkilled_rank_0_or_process_group_then_a_resume_gives_the_weights_of_
     resumed = two_processes(killed, digits_dir, "--restore_file", "last")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert [r["epoch"] for r in read(os.path.join(killed, "history.json"))["epochs"]] == [1, 2, 3, 4, 5, 6]
+    assert ", after batch " in open(os.path.join(killed, "train.log")).read()
     a, b = (load_checkpoint(os.path.join(d, "last.pth.tar")) for d in (whole, killed))
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+    history = [read(os.path.join(d, "history.json"))["epochs"] for d in (whole, killed)]
+    strip = lambda rows: [{k: r[k] for k in ("epoch", "lr", "train", "val", "grad_norm")} for r in rows]  # noqa: E731
+    assert strip(history[0]) == strip(history[1])  # each rank's share of the resumed epoch's sums came back
 
 
 def alive(pid):

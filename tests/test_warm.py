@@ -92,6 +92,12 @@ def running(pid):
     return stat is not None and stat[0] != "Z"
 
 
+def tracked(folder):
+    from core.trackers import read_record
+
+    return read_record(folder)
+
+
 def started(folder, epochs=0):
     """The cell trains (its imports and data loading are done) and has finished `epochs` epochs."""
     status = read_status(folder)
@@ -125,11 +131,12 @@ def test_every_outcome_is_recorded_as_a_cold_cell_records_it(tmp_path, digits_di
 
 @pytest.mark.parametrize("mode", ["warm", "cold"])
 def test_a_cell_killed_mid_run_is_recorded_as_failed_with_its_signal(tmp_path, digits_dir, mode):
-    parent = make_parent(tmp_path / mode, {"learning_rate": [0.005]}, num_epochs=6, loggers=["mlflow"])
+    # epochs enough for the trackers' helper (niced) to make the run on 2 busy cores before the kill
+    parent = make_parent(tmp_path / mode, {"learning_rate": [0.005]}, num_epochs=30, loggers=["mlflow"])
     folder = os.path.join(parent, "learning_rate_0.005")
     proc = subprocess.Popen(search_cmd(parent, digits_dir, *(["--cold"] if mode == "cold" else [])), cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for(lambda: started(folder) and os.path.exists(os.path.join(folder, "trackers.json")))  # its run opened
+    wait_for(lambda: started(folder) and "mlflow" in tracked(folder))  # its MLflow run was made
     cell_pid = read_status(folder)["pid"]
     assert cell_pid in descendants(proc.pid) and cell_pid != proc.pid
     os.kill(cell_pid, signal.SIGKILL)

@@ -305,6 +305,13 @@ def load_history(folder):
     return read_json_field(os.path.join(folder, HISTORY), "epochs", [])
 
 
+def kept_rows(epochs, checks, up_to_epoch, batches=0):
+    """The rows of history.json a resume keeps: the epochs up to `up_to_epoch` and the validations within them,
+    and, resuming within the next epoch (a checkpoint after `batches` of its batches), its validations up to there."""
+    return [r for r in epochs if r["epoch"] <= up_to_epoch], [
+        r for r in checks if r["epoch"] <= up_to_epoch or (r["epoch"] < up_to_epoch + 1 and r["batch"] <= batches)]
+
+
 def load_history_and_checks(folder):
     """(history.json's rows, its validations within epochs (val_every_batches)) from one read of the file, so the
     two agree even while a run rewrites it; [] for either when absent."""

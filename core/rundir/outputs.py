@@ -7,6 +7,7 @@ resume starts from it and truncates history to its epoch, so the status never na
 Figures are drawn by a helper process (core/rundir/plotter.py), never by the training process.
 """
 
+import logging
 import os
 import threading
 import time
@@ -15,6 +16,7 @@ from core.rundir.folder import (
     HISTORY,
     Status,
     checkpoint_path,
+    kept_rows,
     load_history_and_checks,
     metrics_file,
     write_status,
@@ -22,6 +24,8 @@ from core.rundir.folder import (
 from core.rundir.plotter import Plotter
 from core.training.monitor import gallery_indices
 from utils import save_checkpoint, write_json
+
+log = logging.getLogger(__name__)
 
 
 class RunFolder:
@@ -39,12 +43,11 @@ class RunFolder:
     def path(self, name):
         return os.path.join(self.dir, name)
 
-    def kept_history(self, up_to_epoch):
-        """The rows of the epochs a resume keeps; the validations within them (checks) are kept alike."""
-        epochs, checks = load_history_and_checks(self.dir)
-        self.epochs = [r for r in epochs if r["epoch"] <= up_to_epoch]
-        self.checks = [r for r in checks if r["epoch"] <= up_to_epoch]
-        self.trackers.open(self.facts, up_to_epoch)  # a tracker lacking kept rows gets them now
+    def kept_history(self, up_to_epoch, batches=0):
+        """The rows of the epochs a resume keeps, with the validations within them (checks), and those within the
+        next epoch up to `batches` (a resume from a checkpoint within it)."""
+        self.epochs, self.checks = kept_rows(*load_history_and_checks(self.dir), up_to_epoch, batches)
+        self.trackers.open(self.facts, [up_to_epoch, batches])  # a tracker lacking kept rows gets them now
         return list(self.epochs)
 
     def record_epoch(self, history, improved, state, details, valid_set):
@@ -53,6 +56,25 @@ class RunFolder:
         snapshot = detached_copy(state)  # the next epoch changes the weights in place while this one is written
         self.epochs = list(history)
         self.writes.submit(self.write_epoch, self.epochs, list(self.checks), improved, snapshot, best)
+
+    def record_within(self, state, epoch, batches):
+        """A checkpoint within `epoch`, after `batches` of its batches: last.pth.tar (written in the background, as
+        at an epoch's end) and the status saying so."""
+        snapshot = detached_copy(state)
+        self.writes.submit(self.write_within, snapshot, epoch, batches)
+
+    def write_within(self, state, epoch, batches):
+        save_checkpoint(state, checkpoint_path(self.dir))
+        write_status(self.dir, Status.RUNNING, epoch=epoch - 1, batch=batches)
+
+    def flush(self):
+        """Wait for the writes under way (a checkpoint within an epoch before a stop)."""
+        self.writes.join()
+
+    def note_stop(self, batches, seconds):
+        """A stop asked for by a signal: the checkpoint after `batches` landed `seconds` after the signal."""
+        write_status(self.dir, Status.RUNNING, signal_to_checkpoint_s=round(seconds, 3))
+        log.info(f"stopping after batch {batches}: last.pth.tar holds it, {seconds:.2f} s after the signal")
 
     def record_check(self, row):
         """A validation within an epoch (val_every_batches): history.json gains it, the figures are redrawn."""
@@ -74,7 +96,7 @@ class RunFolder:
             write_json(self.path(metrics_file("val", "best")), val)
         # when the best epoch is this one, best.pth.tar is a hard link to the same bytes, not a second write
         save_checkpoint(state, checkpoint_path(self.dir), also=[checkpoint_path(self.dir, "best")] if improved else [])
-        write_status(self.dir, Status.RUNNING, epoch=row["epoch"])
+        write_status(self.dir, Status.RUNNING, epoch=row["epoch"], batch=None)
         if best:
             self.plotter.new_best(best)
 
@@ -158,13 +180,22 @@ class Bystander:
     def __init__(self, model_dir, classes):
         self.dir, self.classes = model_dir, classes
 
-    def kept_history(self, up_to_epoch):
+    def kept_history(self, up_to_epoch, batches=0):
         return []
 
     def record_epoch(self, *args):
         pass
 
     def record_check(self, row):
+        pass
+
+    def record_within(self, state, epoch, batches):
+        pass
+
+    def flush(self):
+        pass
+
+    def note_stop(self, batches, seconds):
         pass
 
     def close(self):

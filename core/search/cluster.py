@@ -4,15 +4,17 @@ Both train each cell with train.py in its folder (on a shared filesystem), exact
 rerun-is-resume holds everywhere: the folders are the state, not the scheduler.
 """
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import time
 
 from core import tasks
 from core.paths import ROOT
 from core.rundir.folder import Status, is_locked, read_status, write_status
-from core.search.pool import cell_env, launch, prepare, procs_per_cell, train_cell
+from core.search.pool import cell_env, collect, launch, prepare, procs_per_cell, train_cell
 from core.search.progress import Progress
 from core.search.squeue import slurm_alive
 from core.trackers.search import given_up
@@ -34,11 +36,17 @@ def need(module):
 
 class SlurmCell:
     """The callable each array task runs. Checkpointable: on preemption or time limit submitit requeues it, and the
-    requeued task resumes from last.pth.tar because train_cell passes --restore_file last when a checkpoint exists."""
+    requeued task resumes from last.pth.tar because launch passes --restore_file last when a checkpoint exists."""
+
+    STOP_GRACE_S = 60  # what checkpoint() waits for train.py to write its checkpoint within the epoch
 
     def __init__(self, data_dir, threads, max_requeues, container=None):
         self.data_dir, self.threads, self.max_requeues, self.container = data_dir, threads, max_requeues, container
         self.tasks = tuple(tasks.PATHS)  # the search's tasks, registered again in the array task's own process
+        self.proc = None  # the cell's train.py while it runs (never pickled: __getstate__)
+
+    def __getstate__(self):
+        return {**self.__dict__, "proc": None}
 
     def __call__(self, cell):
         tasks.register(*self.tasks)
@@ -58,11 +66,23 @@ class SlurmCell:
             write_status(cell.folder, Status.FAILED, reason=f"requeued {restarts} times (limit {self.max_requeues})")
             return Status.FAILED
         # a container is given the GPUs Slurm gave this task (core/search/container.py reads SLURM_JOB_GPUS)
-        return train_cell(cell, self.data_dir, cell_env(threads=self.threads), self.container)
+        self.proc = launch(cell, self.data_dir, cell_env(threads=self.threads), self.container)
+        try:
+            return collect(cell, self.proc.wait())
+        finally:
+            self.proc = None
 
     def checkpoint(self, cell):
+        """submitit calls this on preemption or before the time limit (its signal), then requeues the task. The
+        cell's train.py is asked to stop (SIGTERM: a checkpoint at its next batch) and waited for, so that the
+        requeued task resumes from that batch rather than from a checkpoint the task's end cut short."""
         import submitit
 
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=self.STOP_GRACE_S)
         return submitit.helpers.DelayedSubmission(self, cell)
 
 

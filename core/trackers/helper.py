@@ -1,11 +1,12 @@
 """The trackers' helper process: it imports the trackers while the trainer builds its data and model, then does
 what the trainer's messages say (core/trackers/__init__.py Trackers):
 
-    {"open": facts, "up_to": E}   open (or reopen) each tracker's run, write their ids into trackers.json, log the
-                                  kept rows of history.json (epochs <= E) a tracker lacks
-    {"sync": 1}                   history.json changed: log the rows a tracker lacks
-    {"end": [status, reason, files]}  keep the files as artifacts, end each run in that state
-    {"close": true}               exit
+    {"open": facts, "up_to": [E, B]}   open (or reopen) each tracker's run, write their ids into trackers.json,
+                                       log the kept rows of history.json (epochs <= E, B batches of the next) a
+                                       tracker lacks
+    {"sync": 1}                        history.json changed: log the rows a tracker lacks
+    {"end": [status, reason, files]}   keep the files as artifacts, end each run in that state
+    {"close": true}                    exit
 
 It reads history.json itself: the folder is the source of truth, and the messages stay one short line. A tracker
 that raises is one warning (in train.log and on the console) and is dropped for the rest of the run.
@@ -16,7 +17,7 @@ import os
 import signal
 
 from core.forked import Lines
-from core.rundir.folder import LOG, load_history_and_checks
+from core.rundir.folder import LOG, kept_rows, load_history_and_checks
 from core.trackers import parent_record, read_record, write_record
 from utils import die_with_parent, one_line, set_logger
 
@@ -76,7 +77,7 @@ class Helper:
     def sync(self, up_to=None):
         epochs, checks = load_history_and_checks(self.dir)
         if up_to is not None:  # rows beyond the checkpoint a resume continues are trained again: not the folder's
-            epochs, checks = [r for r in epochs if r["epoch"] <= up_to], [r for r in checks if r["epoch"] <= up_to]
+            epochs, checks = kept_rows(epochs, checks, *up_to)
         self.each(lambda name: self.runs[name].sync(epochs, checks))
 
     def end(self, status, reason, files):
@@ -88,7 +89,7 @@ def serve(fd, write_end, model_dir, names):
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):  # the trainer handles these, then ends the runs
         signal.signal(sig, signal.SIG_IGN)
     die_with_parent()  # a trainer killed with SIGKILL takes its helper along (its runs stay RUNNING: a resume ends)
-    os.nice(19)  # the trainer first: imports and store calls take the cycles training leaves (bench_trackers.py)
+    os.nice(10)  # the trainer first: imports and store calls take the cycles training leaves (bench_trackers.py)
     import json
 
     helper, lines = Helper(model_dir, names), Lines(fd)

@@ -36,6 +36,16 @@ class GradMonitor:
         self.sums += torch.stack(torch._foreach_norm(grads)).float()
         self.samples += 1
 
+    def state_dict(self):
+        """Where the epoch stands (a checkpoint within it): the weights it started from, the norms summed so far."""
+        return {"start": self.start, "sums": self.sums, "samples": self.samples}  # the checkpoint copies them
+
+    def load_state_dict(self, state, device):
+        """After start_epoch(), the epoch as a checkpoint within it left it."""
+        self.start = [w.to(device) for w in state["start"]]
+        self.sums = state["sums"].to(device) if state["sums"] is not None else None
+        self.samples = state["samples"]
+
     def end_epoch(self):
         if self.sums is None:
             return {}, {}
