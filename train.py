@@ -131,10 +131,8 @@ def main(argv=None):
         return launch_ranks(run)
     run.trackers = Trackers(run.model_dir, run.params.loggers if run.ranks.is_main else [])
     prepare(run)  # data, model, optimizer, the resumed state: bad input fails here, before a single file is written
-    stop_on_signals()
-    if not run.ranks.is_main:
-        return train_beside_rank_0(run)
-    return train_and_record(run)
+    with stop_on_signals():
+        return train_beside_rank_0(run) if not run.ranks.is_main else train_and_record(run)
 
 
 def read_run(args, argv):

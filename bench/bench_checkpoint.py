@@ -44,10 +44,9 @@ def blocking(experiment):
     import model.tasks  # noqa: F401
     from core.config import load_params
     from core.data.loaders import fetch_dataloader
-    from core.rundir.outputs import detached_copy
     from core.training.engine import pick_runtime
     from core.training.monitor import GradMonitor
-    from core.training.state import build_state
+    from core.training.state import build_state, detached_copy
     from core.training.within_epoch import position
 
     path = os.path.join(ROOT, "experiments", experiment, "params.json")

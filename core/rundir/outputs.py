@@ -23,6 +23,7 @@ from core.rundir.folder import (
 )
 from core.rundir.plotter import Plotter
 from core.training.monitor import gallery_indices
+from core.training.state import detached_copy
 from utils import save_checkpoint, write_json
 
 log = logging.getLogger(__name__)
@@ -154,22 +155,6 @@ class Background:
             raise error
         if interrupted is not None:
             raise interrupted
-
-
-def detached_copy(obj):
-    """A copy of a state dict's tensors (on the CPU) in the same containers, keeping state_dict's _metadata."""
-    import torch
-
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        out = type(obj)((k, detached_copy(v)) for k, v in obj.items())
-        if hasattr(obj, "_metadata"):  # module versions, which load_state_dict reads
-            out._metadata = obj._metadata
-        return out
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(detached_copy(v) for v in obj)
-    return obj
 
 
 class Bystander:

@@ -305,3 +305,17 @@ def advance_stage(state, params, epoch, train_loader, reload):
         train_loader = reload(sp)
     enter_stage(state, params, i, train_loader)
     return train_loader
+
+
+def detached_copy(obj):
+    """A copy of a state dict's tensors (on the CPU) in the same containers, keeping state_dict's _metadata."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        out = type(obj)((k, detached_copy(v)) for k, v in obj.items())
+        if hasattr(obj, "_metadata"):  # module versions, which load_state_dict reads
+            out._metadata = obj._metadata
+        return out
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(detached_copy(v) for v in obj)
+    return obj

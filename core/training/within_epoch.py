@@ -13,26 +13,31 @@ is ever half accumulated in one. With several processes every rank takes the sam
 (agree): rank 0's clock decides checkpoint_every_s, and a signal any rank got stops them all.
 """
 
+import contextlib
 import os
 import signal
 import time
 
 import torch
 
-from core.rundir.outputs import detached_copy
 from core.training import distributed
 from core.training.optim import layer_lrs
+from core.training.state import detached_copy
 
 STOPPING = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 REASONS = {signal.SIGINT: "Ctrl-C"}
 stop_requested, signalled_at = None, None  # the reason, once a stopping signal arrived; when (time.monotonic)
 
 
+@contextlib.contextmanager
 def stop_on_signals():
-    """The first stopping signal asks the run to stop after the batch under way, with a checkpoint. A second one of
-    a single process stops it at once (status 'interrupted', the last checkpoint to resume from); a rank under
-    torchrun ignores the rest: Slurm signals every process of a job and torchrun passes the same signal on, so each
-    rank gets it twice, and the second would cut short the writes that close the run."""
+    """While training: the first stopping signal asks the run to stop after the batch under way, with a checkpoint.
+    A second one of a single process stops it at once (status 'interrupted', the last checkpoint to resume from); a
+    rank under torchrun ignores the rest: Slurm signals every process of a job and torchrun passes the same signal
+    on, so each rank gets it twice, and the second would cut short the writes that close the run. The handlers that
+    were there before come back after (train.main called in a process that goes on: tests, a notebook)."""
+    global stop_requested, signalled_at
+    stop_requested, signalled_at = None, None
     under_torchrun = "TORCHELASTIC_RUN_ID" in os.environ
 
     def on_signal(signum, frame):
@@ -43,8 +48,12 @@ def stop_on_signals():
         elif not under_torchrun:
             raise KeyboardInterrupt(reason)
 
-    for sig in STOPPING:
-        signal.signal(sig, on_signal)
+    before = {sig: signal.signal(sig, on_signal) for sig in STOPPING}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 def agree(ranks, device, *flags):
