@@ -65,7 +65,7 @@ def main(argv=None):
     with atomic_path(path) as tmp:  # in place only once the parity check passed
         exporting.write(program, fmt, tmp, meta)
         run, _ = exporting.runner(tmp, fmt)
-        diff, n = exporting.parity(graph, decode, run, batches)
+        diff, n = exporting.parity(graph, run, batches)
         tolerance = task.export_tolerance
         if not diff <= tolerance:
             raise UserError(f"export: parity check failed on {n} validation images: max abs diff {diff:.3g} > "

@@ -215,15 +215,14 @@ def max_diff(a, b):
 
 
 @torch.inference_mode()
-def parity(graph, decode, run, batches):
-    """(max abs diff between the eager graph and the exported file on `batches`, over the decoded outputs where
-    the task decodes, images compared)."""
+def parity(graph, run, batches):
+    """(max abs diff between the eager graph and the exported file on `batches`, images compared). On the graph's
+    own outputs: the task's decoding after it is the same Python on both paths, and compared after it, a difference
+    of 1e-6 could flip a near-tied box across NMS or the score threshold, a whole box of difference from an export
+    that is right (a detector after one epoch: 8.33)."""
     worst, n = 0.0, 0
     for x in batches:
-        eager, exported = graph(x), run(x)
-        if decode is not None:
-            eager, exported = decode(eager, x), decode(exported, x)
-        worst, n = max(worst, max_diff(eager, exported)), n + x.shape[0]
+        worst, n = max(worst, max_diff(graph(x), run(x))), n + x.shape[0]
     return worst, n
 
 

@@ -162,11 +162,11 @@ def train_cmd(model_dir, data_dir, *extra):
     return [sys.executable, "train.py", "--model_dir", model_dir, "--data_dir", data_dir, *extra]
 
 
-def kill_mid_run_then_resume(whole, killed, data_dir, after_first_epoch_s=0.3, kills=2, every_batches=2, seed=0):
+def kill_mid_run_then_resume(whole, killed, data_dir, after_first_epoch_s=0.3, kills=1, every_batches=2, seed=0):
     """Train `whole` uninterrupted; train `killed` with checkpoints within epochs (checkpoint_every_batches:
-    `every_batches`, a key that changes nothing a run computes), SIGKILL its process group `kills` times, each a
-    random moment (up to `after_first_epoch_s`) after it wrote a checkpoint within an epoch, and resume it each time
-    with --restore_file last. Returns both last checkpoints."""
+    `every_batches`, a key that changes nothing a run computes), SIGKILL its process group `kills` times (the first
+    as soon as it wrote a checkpoint within an epoch, the others a random moment up to `after_first_epoch_s` after
+    one), and resume it each time with --restore_file last. Returns both last checkpoints."""
     import random
     import signal
     import subprocess
@@ -178,7 +178,7 @@ def kill_mid_run_then_resume(whole, killed, data_dir, after_first_epoch_s=0.3, k
     params = read(os.path.join(killed, "params.json"))
     Path(killed, "params.json").write_text(json.dumps({**params, "checkpoint_every_batches": every_batches}))
     rng, last = random.Random(seed), os.path.join(killed, "last.pth.tar")
-    for _ in range(kills):
+    for kill in range(kills):
         resume = ["--restore_file", "last"] if os.path.exists(last) else []
         proc = subprocess.Popen(train_cmd(killed, data_dir, *resume), cwd=ROOT, start_new_session=True,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -186,7 +186,7 @@ def kill_mid_run_then_resume(whole, killed, data_dir, after_first_epoch_s=0.3, k
         while checkpoint_stamp(last) == before or read(os.path.join(killed, "status.json")).get("batch") is None:
             assert time.time() < deadline and proc.poll() is None, "no checkpoint within an epoch"
             time.sleep(0.005)
-        time.sleep(rng.uniform(0, after_first_epoch_s))
+        time.sleep(rng.uniform(0, after_first_epoch_s) if kill else 0)  # the first resumes within an epoch
         os.killpg(proc.pid, signal.SIGKILL)  # the run and its helpers (figures, trackers, loader workers)
         proc.wait()
     resumed = subprocess.run(train_cmd(killed, data_dir, "--restore_file", "last"), cwd=ROOT, capture_output=True,

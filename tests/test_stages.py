@@ -84,7 +84,7 @@ def test_sigkill_across_a_stage_boundary_then_resume_is_bit_identical(make_exper
                "accumulate_steps": 2, "grad_clip": 1.0, "label_smoothing": 0.1}]
     whole = make_experiment("whole", num_epochs=3, stages=stages, train_subset=400)
     killed = make_experiment("killed", num_epochs=3, stages=stages, train_subset=400)
-    a, b = kill_mid_run_then_resume(whole, killed, digits_dir, after_first_epoch_s=0.4)
+    a, b = kill_mid_run_then_resume(whole, killed, digits_dir, after_first_epoch_s=0.4, kills=2)
     assert "resuming at epoch" in open(os.path.join(killed, "train.log")).read()
     assert_same_weights(a, b)
     assert read(os.path.join(whole, "history.json"))["epochs"][-1]["val"] == \

@@ -220,7 +220,7 @@ def test_sigterm_ends_the_run_killed_and_divergence_ends_it_failed(tmp_path, dig
 
     stopped, diverged = tmp_path / "stopped", tmp_path / "diverged"
     for folder, extra in ((stopped, {"num_epochs": 20, "log_checkpoints": 1}),
-                          (diverged, {"optimizer": "sgd", "scheduler": "none", "learning_rate": 1e6,
+                          (diverged, {"optimizer": "sgd", "scheduler": "none", "learning_rate": 1e12,
                                       "momentum": 0.0})):
         folder.mkdir()
         (folder / "params.json").write_text(json.dumps({**FAST_PARAMS, "loggers": ["mlflow"], **extra}))

@@ -21,7 +21,7 @@ CRASH = {"__class_fullname__": "RandomCrop", "p": 0.05, "height": 100, "width": 
 OUTCOMES = [
     {"learning_rate": [0.005]},  # completes
     {"augmentation": [CRASH]},  # crashes mid-training
-    {"optimizer": ["sgd"], "learning_rate": [1e6], "scheduler": ["none"], "momentum": [0.0]},  # diverges
+    {"optimizer": ["sgd"], "learning_rate": [1e12], "scheduler": ["none"], "momentum": [0.0]},  # diverges
     {"arch": ["resnet_nope"]},  # bad input: exit 2
 ]
 ON_LINUX = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the warm launcher is Linux-only")

@@ -22,7 +22,7 @@ def test_checks_snapshots_and_recomputed_blocks_sigkilled_and_resumed_equal_unin
     params = {"num_epochs": 3, "val_every_batches": 4, "ps": 0.3, "augmentation": "light", "ema_decay": 0.9,
               "plot_every_s": 0}  # every new best's gallery is drawn and kept: gallery/epoch_NNN.png
     whole, killed = make_experiment("whole", **params), make_experiment("killed", **params, grad_checkpointing=1)
-    a, b = kill_mid_run_then_resume(whole, killed, digits_dir)
+    a, b = kill_mid_run_then_resume(whole, killed, digits_dir, kills=3)
     plain = make_experiment("plain", **{**params, "val_every_batches": 0})
     assert run_train(plain, digits_dir) == 0
     c = torch.load(os.path.join(plain, "last.pth.tar"), weights_only=True)

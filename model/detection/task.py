@@ -11,7 +11,7 @@ class Detection(Task):
     overfit_metric, split_layout = "map_50", "images/ and annotations.json (COCO) or labels/ (YOLO)"
     head = "the detector's box and class predictors (model/detection/net.py head_of)"
     trains_on = "the detector's own loss terms (weights: box_loss_weights)"
-    export_tolerance = 1e-3  # pixels of a box (scores and labels too), a detection count differing: inf
+    export_tolerance = 1e-3  # on the head's raw outputs (class logits, box offsets), before the decoding
     refused = {**IMAGE_LABEL_KEYS, "compile": "compiles a fixed-shape model"}
 
     def build_data(self, dst, **options):
