@@ -44,6 +44,7 @@ def blocking(experiment):
     import model.tasks  # noqa: F401
     from core.config import load_params
     from core.data.loaders import fetch_dataloader
+    from core.rundir.outputs import within_snapshot
     from core.training.engine import pick_runtime
     from core.training.monitor import GradMonitor
     from core.training.state import build_state, detached_copy
@@ -65,7 +66,7 @@ def blocking(experiment):
         t = time.perf_counter()
         ckpt = state.checkpoint(0, params, classes)
         ckpt["within"] = position(1, 5, metrics, monitor, state.ranks)
-        detached_copy(ckpt)
+        within_snapshot(ckpt)
         within.append(time.perf_counter() - t)
     size = sum(p.numel() * p.element_size() for p in state.model.parameters()) / 2**20
     e, w = statistics.median(end), statistics.median(within)

@@ -61,8 +61,7 @@ class RunFolder:
     def record_within(self, state, epoch, batches):
         """A checkpoint within `epoch`, after `batches` of its batches: last.pth.tar (written in the background, as
         at an epoch's end) and the status saying so."""
-        snapshot = detached_copy(state)
-        self.writes.submit(self.write_within, snapshot, epoch, batches)
+        self.writes.submit(self.write_within, within_snapshot(state), epoch, batches)
 
     def write_within(self, state, epoch, batches):
         save_checkpoint(state, checkpoint_path(self.dir))
@@ -116,6 +115,15 @@ class RunFolder:
         finally:
             self.plotter.close()
         return time.perf_counter() - start
+
+
+def within_snapshot(state):
+    """A copy of a checkpoint within an epoch that the loop may go on from, as detached_copy, but for the epoch's
+    first weights (the gradient monitor's): nothing changes them until the epoch ends, so they are not copied."""
+    start = state["within"].pop("monitor_start")
+    snapshot = detached_copy(state)
+    snapshot["within"]["monitor_start"] = start
+    return snapshot
 
 
 class Background:

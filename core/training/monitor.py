@@ -37,12 +37,14 @@ class GradMonitor:
         self.samples += 1
 
     def state_dict(self):
-        """Where the epoch stands (a checkpoint within it): the weights it started from, the norms summed so far."""
-        return {"start": self.start, "sums": self.sums, "samples": self.samples}  # the checkpoint copies them
+        """Where the epoch stands (a checkpoint within it): the norms summed so far. The weights it started from
+        (self.start, the same on every rank) are saved apart: nothing changes them until the epoch ends, so the
+        checkpoint writer reads them as they are, without a copy that would block the loop."""
+        return {"sums": self.sums, "samples": self.samples}
 
-    def load_state_dict(self, state, device):
+    def load_state_dict(self, state, start, device):
         """After start_epoch(), the epoch as a checkpoint within it left it."""
-        self.start = [w.to(device) for w in state["start"]]
+        self.start = [w.to(device) for w in start]
         self.sums = state["sums"].to(device) if state["sums"] is not None else None
         self.samples = state["samples"]
 

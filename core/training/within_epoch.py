@@ -145,7 +145,11 @@ def plain(value):
 
 def sums_of(obj):
     """An object's state as plain data: its attributes that are."""
-    return detached_copy({k: v for k, v in vars(obj).items() if plain(v)})
+    return sums_of_dict(vars(obj))
+
+
+def sums_of_dict(d):
+    return detached_copy({k: v for k, v in d.items() if plain(v)})
 
 
 def restore(obj, sums, device):
@@ -172,8 +176,9 @@ def moved(value, device):
 def position(epoch, done, metrics, monitor, ranks):
     """A checkpoint's `within`: where epoch `epoch` stands after `done` batches, on each rank (each sums the
     metrics and gradient norms of its share; called on every rank)."""
-    sums = {"metrics": sums_of(metrics), "monitor": monitor.state_dict() if monitor is not None else None}
-    return {"epoch": epoch, "batches": done, "ranks": distributed.gathered(sums, ranks)}
+    sums = {"metrics": sums_of(metrics), "monitor": sums_of_dict(monitor.state_dict()) if monitor else None}
+    return {"epoch": epoch, "batches": done, "ranks": distributed.gathered(sums, ranks),
+            "monitor_start": monitor.start if monitor is not None else None}
 
 
 def resumed_position(within, state, rt, monitor):
@@ -183,5 +188,5 @@ def resumed_position(within, state, rt, monitor):
     metrics = state.task.epoch_metrics(state.n_classes, rt.device)
     restore(metrics, mine["metrics"], rt.device)
     if monitor is not None and mine["monitor"]:
-        monitor.load_state_dict(mine["monitor"], rt.device)
+        monitor.load_state_dict(mine["monitor"], within["monitor_start"], rt.device)
     return within["batches"], metrics
