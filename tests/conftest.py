@@ -172,6 +172,7 @@ def kill_mid_run_then_resume(whole, killed, data_dir, after_first_epoch_s=0.3, k
     import subprocess
     import time
 
+    from core.rundir.plotter import stamp
     from utils import load_checkpoint
 
     assert subprocess.run(train_cmd(whole, data_dir), cwd=ROOT, capture_output=True).returncode == 0
@@ -182,8 +183,8 @@ def kill_mid_run_then_resume(whole, killed, data_dir, after_first_epoch_s=0.3, k
         resume = ["--restore_file", "last"] if os.path.exists(last) else []
         proc = subprocess.Popen(train_cmd(killed, data_dir, *resume), cwd=ROOT, start_new_session=True,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        before, deadline = checkpoint_stamp(last), time.time() + 300
-        while checkpoint_stamp(last) == before or read(os.path.join(killed, "status.json")).get("batch") is None:
+        before, deadline = stamp(last), time.time() + 300
+        while stamp(last) == before or read(os.path.join(killed, "status.json")).get("batch") is None:
             assert time.time() < deadline and proc.poll() is None, "no checkpoint within an epoch"
             time.sleep(0.005)
         time.sleep(rng.uniform(0, after_first_epoch_s) if kill else 0)  # the first resumes within an epoch
@@ -194,14 +195,6 @@ def kill_mid_run_then_resume(whole, killed, data_dir, after_first_epoch_s=0.3, k
     assert resumed.returncode == 0, resumed.stderr
     assert ", after batch " in open(os.path.join(killed, "train.log")).read()  # resumed within an epoch
     return tuple(load_checkpoint(os.path.join(d, "last.pth.tar")) for d in (whole, killed))
-
-
-def checkpoint_stamp(path):
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return st.st_ino, st.st_mtime_ns
 
 
 def assert_same_weights(a, b, parts=("model", "ema")):

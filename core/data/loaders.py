@@ -169,8 +169,6 @@ def seed_worker(worker_id):
     draws it."""
     import random
 
-    import numpy as np
-
     seed = torch.utils.data.get_worker_info().seed % 2**32
     random.seed(seed)
     np.random.seed(seed)

@@ -96,15 +96,15 @@ class WandbRun:
         self.run.define_metric("*", step_metric="epoch")
         self.dir = model_dir
         held = self.run.step - 1 if self.run.resumed and mode() == "online" else last_offline_step(model_dir, run_id)
-        self.saved = {"id": run_id, "project": project, "logged_through": held}
+        self.saved, self.logged_through = {"id": run_id, "project": project}, held
 
     def sync(self, epochs, checks):
         rows = [(step_of(r["epoch"]), epoch_metrics(r)) for r in epochs]
         rows += [(step_of(r["epoch"]), {**check_metrics(r), "epoch": r["epoch"]}) for r in checks]
         for step, metrics in sorted(rows, key=lambda pair: pair[0]):
-            if step > self.saved["logged_through"]:
+            if step > self.logged_through:
                 self.run.log(metrics, step=step)
-                self.saved["logged_through"] = step
+                self.logged_through = step
 
     def end(self, status, reason, files):
         for path in files:
