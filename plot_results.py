@@ -1,6 +1,6 @@
 """Figures over every run folder under a parent, written into it.
 
-    python plot_results.py --parent_dir experiments/learning_rate [--metric accuracy] [--top_k 8]
+    python plot_results.py --parent_dir experiments/learning_rate [--metric accuracy] [--top_k 8] [--all]
 
 history_plots.png  train (dashed) and valid (solid) curves of the loss, the ranking metric and the task's next
                    metric: the top-k cells in colour, the rest grey (repetitions: mean line, min-max band). Below,
@@ -19,13 +19,14 @@ import os
 
 import model.tasks  # noqa: F401  (registers the tasks in core/tasks.py)
 from core.search.asha import schedule_of
+from core.search.cells import shown_folders
 from core.search.figures import history_figure, rungs_figure
 from core.search.parallel import parallel_figure, parallel_html
 from core.search.results import (
-    cells_of,
     data_sets,
     data_sets_note,
     gather,
+    points_of,
     ranking_metric,
     read_optional,
     task_of,
@@ -43,26 +44,31 @@ def parse_args(argv=None):
     ap.add_argument("--parent_dir", default="experiments")
     ap.add_argument("--metric", help="ranks the cells (loss ranks ascending; default: the monitored one)")
     ap.add_argument("--top_k", type=int, default=8, help="cells drawn in colour with a legend entry")
+    ap.add_argument("--all", action="store_true", help="a search parent: every run folder under it, not only the "
+                                                       "cells its hyper_search block names now")
     return ap.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    for path in plot(args.parent_dir, args.metric, args.top_k):
+    for path in plot(args.parent_dir, args.metric, args.top_k, args.all):
         print(f"wrote {path}")
     return 0
 
 
-def plot(parent_dir, metric=None, top_k=8):
+def plot(parent_dir, metric=None, top_k=8, every=False):
     """Write the figures; return their paths, history_plots.png first."""
     if not os.path.isdir(parent_dir):
         raise UserError(f"--parent_dir {parent_dir}: not a folder")
-    runs = gather(parent_dir)
+    folders, left_out = shown_folders(parent_dir, every)
+    runs = gather(parent_dir, folders=folders)
+    if left_out:
+        print(left_out)
     parent = read_optional(os.path.join(parent_dir, "params.json"), []) or {}
     schedule = schedule_of(parent, parent_dir)
     metric = ranking_metric(runs, metric)
     keys = varied_keys(runs)
-    cells = cells_of(runs, keys, metric, schedule)
+    cells = points_of(runs, keys, metric, schedule)
     for r in runs:
         if r["note"]:
             print(f"{r['folder']}: {r['note']}")

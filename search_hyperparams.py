@@ -18,14 +18,13 @@ from core.config import KEYS
 from core.rundir.folder import Status, read_status
 from core.search import cluster
 from core.search.asha import Asha
+from core.search.cells import FAILED, LOCKED, read_statuses, resumes, wants_training
 from core.search.container import RUNTIMES, find_container
 from core.search.pool import (
-    TODO,
     Queue,
     cell_command,
     cell_data,
     cell_env,
-    cell_state,
     estimate_hours,
     load_search,
     prepare,
@@ -39,15 +38,7 @@ from core.tasks import TASKS
 from core.trackers.search import close_search, open_search, search_files
 from utils import UserError, run_cli
 
-ACTIONS = {
-    "new": "run",
-    "resume": "resume",
-    "retry": "retry (failed before)",
-    "done": "skip (done)",
-    "failed": "skip (failed; --retry_failed)",
-    "locked": "skip (running elsewhere)",
-    "mismatch": "skip (params.json differs from the grid)",
-}
+NOT_HERE = "not in this search (kept)"
 
 
 def parse_args(argv=None):
@@ -107,10 +98,9 @@ def main(argv=None):
     args = parse_args(argv)
     if args.container:  # before anything runs: a missing runtime or image is a one-line error
         args.container = find_container(args.container, args.container_runtime)
-    cells, schedule, sampler = load_search(args.parent_dir)
-    for cell in cells:
-        cell.state = cell_state(cell.folder, cell.params)
-    todo = [c for c in cells if c.state in TODO or (args.retry_failed and c.state == "failed")]
+    cells, schedule, sampler, others = load_search(args.parent_dir)
+    read_statuses(cells)
+    todo = [c for c in cells if wants_training(c, args.retry_failed)]
     if args.promote and not schedule:
         raise UserError("--promote: only for a search with a successive-halving \"schedule\"")
     # successive halving decides which cell trains how far as results come in; a plain search trains `todo`
@@ -121,7 +111,7 @@ def main(argv=None):
 
     if args.dry_run:
         check_presets(cells)
-        print_plan(cells, todo, args, source)
+        print_plan(cells, todo, args, source, others)
         return 0
     if args.print_commands and (schedule or sampler):
         raise UserError("--print_commands: this search decides its next cells (or rungs) as results come in; run "
@@ -133,7 +123,7 @@ def main(argv=None):
             print(shlex.join(cell_command(cell, args.data_dir, cell_env(), args.container)))
         return 0
 
-    report_skipped(cells, todo)
+    report_skipped(cells, todo, args.parent_dir, others)
     if args.launcher != "local":
         cluster.need(cluster.PACKAGE[args.launcher])  # before any work: a missing extra is a one-line error
     check_data(todo, args.data_dir)  # defaults built once here, not raced by parallel cells; bad paths refused
@@ -178,7 +168,7 @@ def launch_cells(source, args):
             failed += cluster.run_ray(wave, args.data_dir, args)
         for cell in wave:
             source.refresh(cell)
-            if cell.result == "locked":  # trained elsewhere now: not offered to the next wave again
+            if cell.result == LOCKED:  # trained elsewhere now: not offered to the next wave again
                 locked.add(cell.name)
         if args.launcher == "slurm" and args.no_wait:
             break  # the rest is decided by a rerun, once these results are in
@@ -238,12 +228,13 @@ def check_presets(cells):
                             f"(presets: {', '.join(presets)}; or an albumentations dict)")
 
 
-def print_plan(cells, todo, args, source):
-    rows = [[c.name, action(c, todo, source)] for c in cells]
+def print_plan(cells, todo, args, source, others):
+    rows = [[c.name, action(c, todo, source)] for c in cells] + [[name, NOT_HERE] for name in others]
     if rows:
         print(tabulate(rows, headers=["cell folder", "action"], tablefmt="github"))
         counts = {a: sum(r[1] == a for r in rows) for a in dict.fromkeys(r[1] for r in rows)}
-        print(f"{len(cells)} cells: " + ", ".join(f"{n} {a}" for a, n in counts.items()))
+        print(f"{len(cells)} cells: " + ", ".join(f"{n} {a}" for a, n in counts.items() if a != NOT_HERE)
+              + (f"; {len(others)} folders {NOT_HERE}" if others else ""))
     schedule, sampler = getattr(source, "schedule", None), source.sampler
     print(plan_line(cells, todo, schedule, sampler, args.launcher))
     if schedule:
@@ -267,10 +258,14 @@ def print_plan(cells, todo, args, source):
 
 def action(cell, todo, source):
     """What the search would do with a cell now (a scheduled one: to which epoch it goes next)."""
-    if cell.state == "failed" and cell in todo:
-        return ACTIONS["retry"]
-    if not isinstance(source, Asha) or cell.state in ("done", "failed", "locked", "mismatch"):
-        return ACTIONS[cell.state]
+    if cell.status == LOCKED:
+        return "skip (running elsewhere)"
+    if cell.status == Status.COMPLETED:
+        return "skip (done)"
+    if cell.status in FAILED:
+        return "retry (failed before)" if cell in todo else "skip (failed; --retry_failed)"
+    if not isinstance(source, Asha):
+        return "resume" if resumes(cell) else "run"
     p, rungs = source.progress[cell.name], source.rungs
     if p.epochs == 0:
         return f"run to epoch {rungs[0]}"
@@ -299,10 +294,13 @@ def num_epochs(params):
     return params.get("num_epochs", KEYS["num_epochs"].default)
 
 
-def report_skipped(cells, todo):
+def report_skipped(cells, todo, parent_dir, others):
     for c in cells:
-        if c.state in ("mismatch", "locked") or (c.state == "failed" and c not in todo):
-            print(f"{c.folder}: {ACTIONS[c.state]}", file=sys.stderr)
+        if c.status == LOCKED or (c.status in FAILED and c not in todo):
+            job = read_status(c.folder).get("slurm_job_id") if c.status == LOCKED else None
+            print(f"{c.folder}: {action(c, todo, None)}" + (f" (Slurm job {job})" if job else ""), file=sys.stderr)
+    if others:
+        print(f"{len(others)} folders in {parent_dir} are {NOT_HERE}: {', '.join(others)}", file=sys.stderr)
 
 
 def print_summary(cells):

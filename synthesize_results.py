@@ -1,6 +1,6 @@
 """One table over every run folder under a parent: varied hyperparameters, status and metrics, best first.
 
-    python synthesize_results.py --parent_dir experiments/learning_rate [--metric accuracy] [--split val|test]
+    python synthesize_results.py --parent_dir experiments/learning_rate [--metric accuracy] [--split val|test] [--all]
 
 Writes PARENT/results.md (GitHub markdown, repetitions as mean ± std, then which searched keys mattered: see
 docs/search.md) and PARENT/results.csv (one row per run folder, in the same order), and prints the markdown. Runs
@@ -18,17 +18,18 @@ from tabulate import tabulate
 import model.tasks  # noqa: F401  (registers the tasks in core/tasks.py)
 from core.rundir.folder import Status
 from core.search.asha import rung_reached, schedule_of
+from core.search.cells import shown_folders
 from core.search.importance import importance_markdown
 from core.search.results import (
     budget_line,
     budget_of,
     build_rows,
-    cells_of,
     data_set_name,
     data_sets,
     data_sets_note,
     gather,
     numbers,
+    points_of,
     ranking_metric,
     read_optional,
     runs_by_data_set,
@@ -45,6 +46,8 @@ def parse_args(argv=None):
     ap.add_argument("--parent_dir", default="experiments", help="folder searched recursively for runs")
     ap.add_argument("--metric", help="sort by this metric (loss sorts ascending; default: the monitored one)")
     ap.add_argument("--split", default="val", choices=["val", "test"], help="metrics file the rows are ranked by")
+    ap.add_argument("--all", action="store_true", help="a search parent: every run folder under it, not only the "
+                                                       "cells its hyper_search block names now")
     ap.add_argument("--budget", action="store_true",
                     help="add a line: epochs trained against training every run to num_epochs")
     return ap.parse_args(argv)
@@ -52,16 +55,17 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    markdown = synthesize(args.parent_dir, args.metric, args.split, args.budget)
+    markdown = synthesize(args.parent_dir, args.metric, args.split, args.budget, args.all)
     print(markdown)
     return 0
 
 
-def synthesize(parent_dir, metric=None, split="val", budget=False):
+def synthesize(parent_dir, metric=None, split="val", budget=False, every=False):
     """Write results.md and results.csv in `parent_dir`; return the markdown table."""
     if not os.path.isdir(parent_dir):
         raise UserError(f"--parent_dir {parent_dir}: not a folder")
-    runs = gather(parent_dir, split)
+    folders, left_out = shown_folders(parent_dir, every)
+    runs = gather(parent_dir, split, folders)
     if not runs:
         raise UserError(f"--parent_dir {parent_dir}: no run folders (folders with a params.json) found")
     parent = read_optional(os.path.join(parent_dir, "params.json"), []) or {}
@@ -80,6 +84,8 @@ def synthesize(parent_dir, metric=None, split="val", budget=False):
     markdown = "\n\n".join(([data_sets_note(sets)] if len(sets) > 1 else []) + sections)
     if budget:
         markdown += "\n\n" + budget_line(*budget_of(runs))
+    if left_out:
+        markdown += "\n\n" + left_out
     csv = csv_text(ranked, varied_keys(runs), with_data=len(sets) > 1)
     atomic_write(os.path.join(parent_dir, "results.md"), lambda f: f.write(markdown + "\n"))
     atomic_write(os.path.join(parent_dir, "results.csv"), lambda f: f.write(csv), mode="w")
@@ -92,7 +98,7 @@ def task_markdown(runs, metric, parent, parent_dir, split, schedule):
     metric = ranking_metric(runs, metric)
     keys, metrics, rows = build_rows(runs, metric)
     markdown = markdown_table(rows, keys, metrics, parent_dir, split, schedule)
-    cells = cells_of(runs, keys, metric, schedule, read_histories=schedule is not None)  # rung values only
+    cells = points_of(runs, keys, metric, schedule, read_histories=schedule is not None)  # rung values only
     mattered = importance_markdown(cells, axis_scales(parent, keys, runs), metric, schedule, split, parent_dir)
     return markdown + ("\n\n" + mattered if mattered else ""), [r for row in rows for r in row["runs"]]
 

@@ -3,8 +3,8 @@
     python bench/bench_synthesize.py [--cells 2000]
 
 Generates a search parent with N finished cells (params.json, status.json, metrics_val_best_weights.json) in a
-temporary folder, then times one synthesize() call: walking the tree, reading every JSON, grouping, sorting and
-writing results.md and results.csv.
+temporary folder, then times one synthesize() call: planning the search and matching each cell to its folder, reading
+every JSON, grouping, sorting and writing results.md and results.csv.
 """
 
 import argparse
@@ -20,8 +20,12 @@ from synthesize_results import synthesize  # noqa: E402
 
 
 def make_cells(parent, n):
+    """A search of n cells (a zip) and each cell's folder: synthesize plans the search and finds every cell's folder
+    by what it trained, as it does for a real search parent."""
+    values = [(1e-4 * (i + 1), (i % 7) / 10) for i in range(n)]
     with open(os.path.join(parent, "params.json"), "w") as f:
-        json.dump({"hyper_search": {"learning_rate": [], "ps": []}}, f)
+        json.dump({"num_epochs": 10, "hyper_search": {"zip": {"learning_rate": [lr for lr, _ in values],
+                                                              "ps": [ps for _, ps in values]}}}, f)
     for i in range(n):
         cell = os.path.join(parent, f"learning_rate_{i}__ps_{i % 7}")
         os.makedirs(cell)

@@ -247,7 +247,7 @@ out["trained"] = task.build_loss(Params(params), [1, 1, 1])(logits, masks).item(
 out["by_hand"] = focal(logits, masks, 3).item()
 cells = plan({{"task": "segmentation", "stages": [{{"num_epochs": 1, "loss": {{"focal": 1}}}}, {{"num_epochs": 1}}],
               "hyper_search": {{"loss.focal_gamma": [1, 3], "stages.0.loss.focal": [0.5, 1]}}}}, "search")
-out["cells"] = [name for name, _ in cells]
+out["cells"] = [name for name, _, _ in cells]
 for bad in ({{"loss": {{"focal": 1}}}}, {{"task": "segmentation", "loss": {{"focal_gamma": "a"}}}}):
     try:
         resolve(bad, "p")

@@ -2,19 +2,31 @@
 (tests/container/build_image.sh). Where podman cannot run, the container tests skip and say why, unless
 REQUIRE_CLUSTER_TESTS=1 (CI), where they fail instead. The Slurm variant is in test_cluster.py."""
 
+import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from unittest.mock import patch
 
 import pytest
 import torch
 
 from conftest import FAST_PARAMS, ROOT, assert_children_of_one_parent, read
 from core.rundir.folder import read_status
-from core.search.container import Container, container_name, find_container, run_command
+from core.search.container import (
+    POOL_GPUS,
+    Container,
+    container_name,
+    container_prefix,
+    find_container,
+    run_command,
+    visible_gpus,
+)
+from core.trackers.rows import HOST_MODEL_DIR
 from utils import UserError
 
 # a few seconds of training per container run (the image's imports cost ~3 s more)
@@ -66,8 +78,8 @@ def test_each_runtime_gets_the_cells_gpus_its_own_way(monkeypatch):
     docker = cmd("docker", dict(env, CUDA_VISIBLE_DEVICES="0,2"))
     assert docker[docker.index("--gpus") + 1] == '"device=0,2"' and docker[docker.index("--user") + 1] == "1000:1000"
     apptainer = cmd("apptainer")
-    assert "--nv" in apptainer and "CUDA_VISIBLE_DEVICES=3" in apptainer and "--containall" in apptainer
-    # in a Slurm job, the physical ids Slurm allocated, not the renumbered CUDA_VISIBLE_DEVICES
+    assert "--nv" in apptainer and "APPTAINERENV_CUDA_VISIBLE_DEVICES=3" in apptainer and "--containall" in apptainer
+    # in a Slurm job, podman gets the physical ids Slurm allocated, not the renumbered CUDA_VISIBLE_DEVICES
     slurm = cmd("podman", {"CUDA_VISIBLE_DEVICES": "0", "SLURM_JOB_GPUS": "5"})
     assert slurm[slurm.index("--device") + 1] == "nvidia.com/gpu=5"
     assert "--device" not in cmd("podman", {}) and "--gpus" not in cmd("docker", {})
@@ -79,8 +91,78 @@ def test_files_a_params_key_names_are_mounted_where_the_container_looks(tmp_path
     mounts = [cmd[i + 1] for i, a in enumerate(cmd) if a == "-v"]
     assert f"{ROOT}/experiments/base/best.pth.tar:/app/experiments/base/best.pth.tar:ro" in mounts
     assert f"{tmp_path}/w.pth:{tmp_path}/w.pth:ro" in mounts
-    assert container_name("/a/b/lr 0.1;rm -rf") != container_name("/c/b/lr 0.1;rm -rf")
-    assert container_name("/a/b/lr 0.1;rm -rf").startswith("cell-lr_0.1_rm_-rf-")
+    assert container_prefix("/a/b/lr 0.1;rm -rf") != container_prefix("/c/b/lr 0.1;rm -rf")
+    assert container_name("/a/b/lr 0.1;rm -rf").startswith(container_prefix("/a/b/lr 0.1;rm -rf") + "-")
+    assert container_prefix("/a/b/lr 0.1;rm -rf").startswith("cell-lr_0.1_rm_-rf-")
+
+
+def test_each_run_of_a_cell_gets_a_container_name_of_its_own_and_replaces_none():
+    """Two searches starting one cell at once: a shared name with podman's --replace removed the first's container,
+    a training, before its train.py took the folder's lock. Each run's own name: the lock decides who trains."""
+    for runtime in ("podman", "docker"):
+        a, b = (run_command(Container(runtime, "img", "abc"), "/x/learning_rate_0.0001,0.001", "/d", {}, [], {})
+                for _ in range(2))
+        names = [cmd[cmd.index("--name") + 1] for cmd in (a, b)]
+        assert names[0] != names[1] and "--replace" not in a + b
+        for name in names:  # which cell it trains, readable in `podman ps`; a name podman and docker accept
+            assert name.startswith(container_prefix("/x/learning_rate_0.0001,0.001") + "-")
+            assert name.startswith("cell-learning_rate_0.0001_0.001-")
+            assert re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", name)
+
+
+def test_apptainer_keeps_commas_in_mounted_paths_and_passed_values(tmp_path):
+    """apptainer's --bind and --env split their values on commas, which older cell folders' names hold: each mount is
+    a --mount CSV record with quoted fields (apptainer's documented form), each variable an APPTAINERENV_ one."""
+    apptainer = Container("apptainer", "/img.sif", "1-2")
+    folder, data = str(tmp_path / "search" / "learning_rate_0.0001,0.001"), str(tmp_path / "data,v2")
+    env = {"CUDA_VISIBLE_DEVICES": "0,1", "OMP_NUM_THREADS": "2"}
+    cmd = run_command(apptainer, folder, data, {}, ["--restore_file", "last"], env)
+    assert "--bind" not in cmd and "--env" not in cmd and cmd[-3:] == ["/img.sif", "--restore_file", "last"]
+    records = [next(csv.reader([cmd[i + 1]])) for i, a in enumerate(cmd) if a == "--mount"]
+    mounts = {dict(f.split("=", 1) for f in r if "=" in f)["destination"]: r for r in records}
+    assert set(mounts["/cell"]) == {"type=bind", f"source={folder}", "destination=/cell"}
+    assert set(mounts["/data"]) == {"type=bind", f"source={data}", "destination=/data", "ro"}
+    # env(1) puts them in apptainer's environment, whole: run it on a program that prints what it got
+    start = cmd.index("apptainer")
+    assert cmd[0] == "env" and cmd[start:start + 2] == ["apptainer", "run"]
+    proc = subprocess.run(cmd[:start] + [sys.executable, "-c", "import os, json; print(json.dumps(dict(os.environ)))"],
+                          capture_output=True, text=True, check=True, env={})
+    got = json.loads(proc.stdout)
+    assert got[f"APPTAINERENV_{HOST_MODEL_DIR}"] == folder and got["APPTAINERENV_CUDA_VISIBLE_DEVICES"] == "0,1"
+    assert got["APPTAINERENV_OMP_NUM_THREADS"] == "2"
+    for bad in ('data "v2"', "data\nv2"):  # beyond what a quoted CSV field holds plainly: refused, not mangled
+        with pytest.raises(UserError, match=re.escape(repr(str(tmp_path / bad))[1:-1])):
+            run_command(apptainer, folder, str(tmp_path / bad), {}, [], env)
+
+
+def test_a_pool_inside_a_slurm_job_gives_each_container_the_one_gpu_it_chose():
+    """The search in an salloc/sbatch job with GPUs 4 and 6 (SLURM_JOB_GPUS), its pool giving a cell GPU 1 of the two:
+    that cell's container gets host GPU 6 only, not all the job's."""
+    def cmd(runtime, env):
+        return run_command(Container(runtime, "img", "abc"), "/x/cell", "/d", {}, [], env)
+
+    pooled = {"SLURM_JOB_GPUS": "4,6", "CUDA_VISIBLE_DEVICES": "1", POOL_GPUS: "1"}
+    podman = cmd("podman", pooled)
+    assert [podman[i + 1] for i, a in enumerate(podman) if a == "--device"] == ["nvidia.com/gpu=6"]
+    docker = cmd("docker", pooled)
+    assert docker[docker.index("--gpus") + 1] == "device=6"
+    # apptainer runs in the caller's cgroup and sees the GPUs as the caller does: the pool's own id, as a bare cell
+    apptainer = cmd("apptainer", pooled)
+    assert "--nv" in apptainer and "APPTAINERENV_CUDA_VISIBLE_DEVICES=1" in apptainer
+    assert visible_gpus({"SLURM_JOB_GPUS": "4,6", POOL_GPUS: "1,0"}) == ["6", "4"]
+    assert visible_gpus({POOL_GPUS: "1", "CUDA_VISIBLE_DEVICES": "1"}) == ["1"]  # no Slurm: the host's ids
+    assert visible_gpus({"SLURM_JOB_GPUS": "4,6", "CUDA_VISIBLE_DEVICES": "0,1"}) == ["4", "6"]  # Slurm's own task
+    with pytest.raises(UserError, match=f"{POOL_GPUS}=2.*SLURM_JOB_GPUS=4,6"):
+        visible_gpus({"SLURM_JOB_GPUS": "4,6", POOL_GPUS: "2"})
+    # Slurm's own task: podman gets the physical ids, apptainer the CUDA_VISIBLE_DEVICES Slurm set for its cgroup
+    slurm = {"SLURM_JOB_GPUS": "5", "CUDA_VISIBLE_DEVICES": "0"}
+    assert "APPTAINERENV_CUDA_VISIBLE_DEVICES=0" in cmd("apptainer", slurm)
+    # the chain as the pool builds it (core/search/pool.py cell_env): a GPU slot, and a CPU cell that gets none
+    from core.search.pool import cell_env
+
+    with patch.dict(os.environ, {"SLURM_JOB_GPUS": "4,6", "CUDA_VISIBLE_DEVICES": "0,1"}):
+        gpu, cpu = cell_env([1], pool=True), cell_env(None, threads=2, pool=True)
+    assert visible_gpus(gpu) == ["6"] and visible_gpus(cpu) == []
 
 
 def test_a_missing_runtime_or_image_is_a_one_line_error_before_anything_runs(tmp_path, monkeypatch, capsys):
@@ -140,6 +222,44 @@ def test_a_cell_container_writes_only_its_folder_and_tmp(image, tmp_path, digits
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["/cell", "/tmp"] and os.listdir(cell) == ["probe"]
+
+
+def cell_containers(cell, *flags):
+    """The names of the cell's containers podman knows of (-a: stopped ones too)."""
+    names = subprocess.run(["podman", "ps", *flags, "--format", "{{.Names}}", "--filter",
+                            f"name={container_prefix(cell)}"], capture_output=True, text=True, check=True).stdout
+    return [n for n in names.split() if n.startswith(container_prefix(cell))]
+
+
+@pytest.mark.slow
+def test_a_second_run_of_a_cell_leaves_the_first_container_running(image, tmp_path):
+    """What a second search starting the same cell does before its train.py finds the folder locked: with a shared
+    name and --replace, it removed the first container, which trained. Here the first is `sleep` in the image."""
+    cell, data = tmp_path / "learning_rate_0.01", tmp_path / "data"
+    cell.mkdir()
+    data.mkdir()
+    ct = find_container(image)
+
+    def sleeper(seconds):
+        cmd = run_command(ct, str(cell), str(data), {}, [], {})
+        cmd[cmd.index(image):] = ["--entrypoint", "sleep", image, str(seconds)]
+        return cmd
+
+    first, second = sleeper(60), sleeper(0)
+    proc = subprocess.Popen(first, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 20
+        while cell_containers(cell) == [] and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert cell_containers(cell) == [first[first.index("--name") + 1]]
+        again = subprocess.run(second, capture_output=True, text=True, timeout=60)
+        assert again.returncode == 0, again.stderr
+        assert proc.poll() is None and cell_containers(cell) == [first[first.index("--name") + 1]]
+    finally:
+        names = {first[first.index("--name") + 1], second[second.index("--name") + 1], *cell_containers(cell, "-a")}
+        subprocess.run(["podman", "rm", "-f", "-t", "0", "--ignore", *names], capture_output=True)
+        proc.kill()
+        proc.wait()
 
 
 @pytest.mark.slow
@@ -214,7 +334,7 @@ def test_ctrl_c_a_killed_search_and_podman_kill_mid_cell_and_each_rerun_resumes_
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130 and read_status(cell)["status"] == "interrupted", out
-    assert subprocess.run(["podman", "container", "exists", container_name(cell)]).returncode == 1
+    assert cell_containers(cell, "-a") == []
     # the search SIGKILLed: its runtime client gets SIGTERM (PDEATHSIG) and passes it on, so again 'interrupted'
     proc = start_search(parent, digits_dir, image)
     wait_for_epoch(cell, read_status(cell)["epoch"] + 1, proc)
@@ -227,7 +347,7 @@ def test_ctrl_c_a_killed_search_and_podman_kill_mid_cell_and_each_rerun_resumes_
     # the rerun resumes it; killed from outside, it is failed, and --retry_failed resumes it again
     proc = start_search(parent, digits_dir, image)
     wait_for_epoch(cell, read_status(cell)["epoch"] + 1, proc)
-    subprocess.run(["podman", "kill", container_name(cell)], check=True, capture_output=True)
+    subprocess.run(["podman", "kill", *cell_containers(cell)], check=True, capture_output=True)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 1, out
     status = read_status(cell)

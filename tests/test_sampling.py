@@ -43,9 +43,9 @@ def test_sampled_names_are_readable_distinct_and_stay_with_their_values():
     out = plan({**FAST_PARAMS, "hyper_search": {"method": "random", "n_samples": 6,
                                                 "learning_rate": {"loguniform": [1e-4, 1e-1]},
                                                 "ps": {"uniform": [0, 0.5]}}}, "p")
-    names = [n for n, _ in out]
+    names = [n for n, _, _ in out]
     assert len(set(names)) == 6
-    for name, params in out:
+    for name, params, _ in out:
         assert re.fullmatch(r"learning_rate_[0-9.e-]+__ps_[0-9.e-]+", name), name
         assert name == f"learning_rate_{params['learning_rate']!r}__ps_{params['ps']!r}"
 
@@ -65,8 +65,8 @@ def test_sampling_combines_with_zip_union_and_repetitions():
     out = plan({**FAST_PARAMS, "n_repetitions": 2,
                 "hyper_search": [{"method": "sobol", "n_samples": 3, "ps": {"uniform": [0, 0.5]}},
                                  {"ps": [0.7]}]}, "p")
-    assert len(out) == 8 and sum(n.startswith("ps_0.7__rep") for n, _ in out) == 2
-    assert {p["seed"] for n, p in out if n.endswith("rep1")} == {FAST_PARAMS.get("seed", 230) + 1000}
+    assert len(out) == 8 and sum(n.startswith("ps_0.7") for n, _, _ in out) == 2
+    assert {p["seed"] for n, p, _ in out if n.endswith("rep1")} == {FAST_PARAMS.get("seed", 230) + 1000}
     assert expand({"ps": {"choice": [0.1, 0.2]}, "wd": [0, 1e-4]}, "p")[1] == {"ps": 0.1, "wd": 1e-4}  # grid
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -112,14 +113,16 @@ def test_dry_run_writes_nothing_and_print_commands_prepares_folders(tmp_path, di
                                           "params.json"]
 
 
-def test_mismatched_child_is_reported_and_left_untouched(tmp_path, digits_dir, capsys):
+def test_a_hand_edited_cell_is_kept_and_the_cell_of_the_block_gets_its_own_folder(tmp_path, digits_dir, capsys):
     parent = make_parent(tmp_path, {"ps": [0.1]})
     child = os.path.join(parent, "ps_0.1")
     os.makedirs(child)
     edited = json.dumps({**TINY, "ps": 0.1, "num_epochs": 9})
     open(os.path.join(child, "params.json"), "w").write(edited)
     assert search_hyperparams.main(["--parent_dir", parent, "--data_dir", digits_dir, "--dry_run"]) == 0
-    assert "params.json differs" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert re.search(r"\| ps_0\.1__[0-9a-f]{8} +\| run ", out) and re.search(r"\| ps_0\.1 +\| not in this search", out)
+    assert "1 of 1 cells to train" in out and "1 folders not in this search (kept)" in out
     assert open(os.path.join(child, "params.json")).read() == edited and os.listdir(child) == ["params.json"]
 
 
@@ -132,16 +135,16 @@ def test_product_zip_union_nested_and_list_values():
                     {"arch": ["resnet18"], "learning_rate": [[1e-4, 1e-3], [1e-3, 1e-2]]}], "p")
     assert len(union) == 3 and {"arch": "resnet18", "learning_rate": [1e-4, 1e-3]} in union
     out = plan({**TINY, "early_stopping": {"patience": 5}, "hyper_search": {"early_stopping.patience": [1, 3]}}, "p")
-    assert [n for n, _ in out] == ["early_stopping.patience_1", "early_stopping.patience_3"]
+    assert [n for n, _, _ in out] == ["early_stopping.patience_1", "early_stopping.patience_3"]
     assert out[1][1]["early_stopping"] == {"patience": 3}
 
 
 def test_repetitions_get_distinct_seeds_and_suffixes():
     out = plan({**TINY, "seed": 7, "n_repetitions": 3, "hyper_search": {"ps": [0.5]}}, "p")
-    assert [n for n, _ in out] == ["ps_0.5__rep0", "ps_0.5__rep1", "ps_0.5__rep2"]
-    assert [p["seed"] for _, p in out] == [7, 1007, 2007] and all("n_repetitions" not in p for _, p in out)
+    assert [n for n, _, _ in out] == ["ps_0.5", "ps_0.5__rep1", "ps_0.5__rep2"]  # the first keeps the plain name
+    assert [p["seed"] for _, p, _ in out] == [7, 1007, 2007] and all("n_repetitions" not in p for _, p, _ in out)
     grid = plan({**TINY, "n_repetitions": 2, "hyper_search": {"seed": [1, 2]}}, "p")
-    assert len({p["seed"] for _, p in grid}) == 4  # a searched seed never collides with a repetition's
+    assert len({p["seed"] for _, p, _ in grid}) == 4  # a searched seed never collides with a repetition's
 
 
 @pytest.mark.parametrize("params, message", [
@@ -189,7 +192,7 @@ def test_folder_names_never_escape_the_parent(tmp_path):
     assert len(set(names)) == len(names)
     assert folder_name({"learning_rate": 0.001}) == "learning_rate_0.001"  # the seed template's naming
     with pytest.raises(UserError):
-        from core.search.grid import child_path
+        from core.search.cells import child_path
         child_path(str(tmp_path), "../outside")
 
 

@@ -12,7 +12,7 @@ import synthesize_results
 from core.rundir.plots import plt
 from core.search import parallel
 from core.search.figures import draw_curves
-from core.search.results import Cell, cells_of, gather, varied_keys
+from core.search.results import Point, gather, points_of, varied_keys
 from core.search.space import axis_scales
 
 
@@ -46,7 +46,7 @@ def two_sets(tmp_path):
 
 def test_each_data_set_is_ranked_on_its_own_and_results_say_so(two_sets, capsys):
     p, digits, imbalanced = two_sets
-    assert synthesize_results.main(["--parent_dir", p]) == 0
+    assert synthesize_results.main(["--parent_dir", p, "--all"]) == 0  # by_hand is no cell of the block
     out = capsys.readouterr().out
     note = f"The validation sets differ (data_dir: 2 data sets, {digits}, {imbalanced}): each data set is ranked on"
     assert note in out
@@ -66,7 +66,7 @@ def test_each_data_set_is_ranked_on_its_own_and_results_say_so(two_sets, capsys)
 def test_figures_colour_the_best_of_each_data_set_and_say_so(two_sets, capsys, monkeypatch):
     p, digits, imbalanced = two_sets
     runs = gather(p)
-    cells = cells_of(runs, varied_keys(runs), "accuracy")
+    cells = points_of(runs, varied_keys(runs), "accuracy")
     fig, ax = plt.subplots()
     draw_curves(ax, cells, "accuracy", top_k=1)
     coloured = [line for line in ax.lines if line.get_linestyle() == "-"]
@@ -121,7 +121,7 @@ def test_epoch_axes_are_ticked_at_whole_epochs(tmp_path):
         make_run(p, f"lr_{lr}", {"learning_rate": lr}, acc=acc, epochs=2)
     runs = gather(p)
     fig, ax = plt.subplots()
-    draw_curves(ax, cells_of(runs, varied_keys(runs), "accuracy"), "accuracy", top_k=8)
+    draw_curves(ax, points_of(runs, varied_keys(runs), "accuracy"), "accuracy", top_k=8)
     fig.canvas.draw()
     lo, hi = ax.get_xlim()
     ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
@@ -132,7 +132,7 @@ def test_epoch_axes_are_ticked_at_whole_epochs(tmp_path):
 @pytest.mark.parametrize("metric", ["accuracy", "loss"])
 def test_the_metric_axis_of_parallel_coordinates_is_ticked_at_evenly_spaced_round_values(metric):
     low, high = 0.9517, 0.9593
-    cells = [Cell([], {}, "completed", v) for v in (low, 0.9554, high)]
+    cells = [Point([], {}, "completed", v) for v in (low, 0.9554, high)]
     marks = parallel.metric_ticks(cells, metric)
     values = [float(text) for _, text in marks]
     steps = {round(b - a, 12) for a, b in zip(values, values[1:])}

@@ -10,7 +10,6 @@ from test_search import TINY, make_parent, mtimes, search
 
 from conftest import ROOT
 from core.search.grid import tpe_block
-from core.search.pool import Cell
 from core.search.tpe import Tpe
 
 pytest.importorskip("optuna")
@@ -40,7 +39,7 @@ def test_the_study_is_rebuilt_from_the_folders(tmp_path):
     write_cell(parent, {**base, "learning_rate": 0.004, "ps": 0.0}, "running", [0.6])
     write_cell(parent, {**base, "learning_rate": 0.004, "ps": 0.9})  # ps outside the space: not this search's
     write_cell(parent, {**base, "learning_rate": 0.004, "ps": 0.0, "wd": 0.1})  # another key changed: not ours
-    tpe = Tpe(parent, parent_params, *tpe_block(SPACE, "p"), "accuracy", "max", Cell)
+    tpe = Tpe(parent, parent_params, *tpe_block(SPACE, "p"), "accuracy", "max")
     cells = tpe.existing()
     assert [c.name for c in cells] == ["cell0", "cell1", "cell2", "cell3", "cell4"]
     trials = [tpe.trial(c) for c in cells]
@@ -103,7 +102,7 @@ def test_tpe_with_repetitions_or_without_optuna_is_a_one_line_error(tmp_path, di
 def test_tpe_fills_a_small_discrete_space_and_never_adopts_a_foreign_folder(tmp_path):
     parent = str(tmp_path)
     space = {"method": "tpe", "n_samples": 4, "learning_rate": [0.001, 0.002, 0.004, 0.008]}
-    tpe = Tpe(parent, {**TINY, "hyper_search": space}, *tpe_block(space, "p"), "accuracy", "max", Cell)
+    tpe = Tpe(parent, {**TINY, "hyper_search": space}, *tpe_block(space, "p"), "accuracy", "max")
     cells = []
     while (cell := tpe.propose(cells)) is not None:
         cells.append(cell)
@@ -112,8 +111,10 @@ def test_tpe_fills_a_small_discrete_space_and_never_adopts_a_foreign_folder(tmp_
     other = {"method": "tpe", "n_samples": 1, "ps": [0.5]}
     os.makedirs(os.path.join(parent, "ps_0.5"))  # an older search's cell: same name, other params
     json.dump({**TINY, "ps": 0.5, "batch_size": 7}, open(os.path.join(parent, "ps_0.5", "params.json"), "w"))
-    tpe = Tpe(parent, {**TINY, "hyper_search": other}, *tpe_block(other, "p"), "accuracy", "max", Cell)
-    assert tpe.existing() == [] and tpe.propose([]) is None
+    tpe = Tpe(parent, {**TINY, "hyper_search": other}, *tpe_block(other, "p"), "accuracy", "max")
+    assert tpe.existing() == []
+    cell = tpe.propose([])  # the space's one cell, in a folder of its own beside the foreign one
+    assert cell.name.startswith("ps_0.5__") and cell.params == {**TINY, "ps": 0.5}
 
 
 def test_tpe_with_a_schedule_cannot_vary_num_epochs(tmp_path, digits_dir):

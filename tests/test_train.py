@@ -210,7 +210,7 @@ def test_a_folder_being_trained_is_refused_with_its_own_exit_code(make_experimen
 
 
 def test_a_forked_child_does_not_keep_the_folder_locked(tmp_path):
-    from core.rundir.folder import folder_lock, lock_held
+    from core.rundir.folder import folder_lock, is_locked
 
     ready, started = os.pipe()
     with folder_lock(str(tmp_path)):
@@ -220,7 +220,7 @@ def test_a_forked_child_does_not_keep_the_folder_locked(tmp_path):
             time.sleep(3)
             os._exit(0)
     os.read(ready, 1)
-    assert not lock_held(str(tmp_path))
+    assert not is_locked(str(tmp_path), settle_s=0)
     os.kill(child, signal.SIGKILL)
     os.waitpid(child, 0)
     os.close(ready)

@@ -116,7 +116,9 @@ def test_every_outcome_is_recorded_as_a_cold_cell_records_it(tmp_path, digits_di
     assert cells(warm) == cells(cold) and len(cells(warm)) == 4
     for name in cells(warm):
         assert outcome(os.path.join(warm, name), warm) == outcome(os.path.join(cold, name), cold), name
-    by_arg = {name.split("_")[0]: outcome(os.path.join(warm, name)) for name in cells(warm)}
+    by_arg = {key: outcome(os.path.join(warm, next(n for n in cells(warm) if part in n)))
+              for key, part in (("learning", "learning_rate_0.005"), ("augmentation", "augmentation_"),
+                                ("optimizer", "optimizer_sgd"), ("arch", "arch_"))}
     assert by_arg["learning"]["status"] == "completed"
     assert by_arg["augmentation"]["status"] == "failed" and by_arg["augmentation"]["exit_code"] == 1
     assert "CropSizeError" in by_arg["augmentation"]["reason"]
@@ -180,7 +182,7 @@ def test_sigkill_of_the_search_leaves_no_server_and_no_cell(tmp_path, digits_dir
     wait_for(lambda: not any(map(running, tree)), timeout=10)
 
 
-def test_when_the_server_dies_its_cells_fail_and_the_rest_start_cold(tmp_path, digits_dir):
+def test_when_the_server_dies_its_cells_are_interrupted_saying_so_and_the_rest_start_cold(tmp_path, digits_dir):
     parent = make_parent(tmp_path / "search", {"learning_rate": [0.002, 0.005]}, num_epochs=3)
     first, second = (os.path.join(parent, f"learning_rate_{lr}") for lr in (0.002, 0.005))
     proc = subprocess.Popen(search_cmd(parent, digits_dir), cwd=ROOT, stdout=subprocess.DEVNULL,
@@ -191,7 +193,11 @@ def test_when_the_server_dies_its_cells_fail_and_the_rest_start_cold(tmp_path, d
     os.kill(server[0], signal.SIGKILL)
     assert proc.wait(timeout=120) == 1
     assert "warm-start server exited" in proc.stderr.read() and outcome(first)["exit_code"] == -signal.SIGKILL
+    # not the cell's doing (no "out of memory" guess): resumable, and a rerun resumes it without --retry_failed
+    assert outcome(first)["status"] == "interrupted" and "warm-cell server died" in outcome(first)["reason"]
     assert outcome(second)["status"] == "completed"
+    assert subprocess.run(search_cmd(parent, digits_dir), cwd=ROOT, capture_output=True).returncode == 0
+    assert outcome(first)["status"] == "completed"  # from its checkpoint if it had one, else from the start
 
 
 # ------------------------------------------------------------------ the server itself, through a probe script

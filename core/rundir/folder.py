@@ -141,34 +141,24 @@ def folder_lock(model_dir):
         os.close(fd)
 
 
-def is_locked(model_dir, settle_s=10.0):
-    """Whether a process holds the folder's lock. A run that has written its last status (interrupted, failed,
-    paused, ...) still holds the lock while it exits (in a container, until the runtime has torn it down): that
-    process is waited for, up to settle_s, so a search rerun right after Ctrl-C resumes the cell instead of
-    skipping it as running elsewhere."""
-    return lock_outlasts(model_dir, settle_s, lambda: read_status(model_dir).get("status") == Status.RUNNING)
-
-
-def held_by_another(model_dir, settle_s=5.0):
-    """After our run of the folder ended: whether another process holds its lock. Ours may hold it a moment longer
-    (a warm cell dying with its server after the search heard it was gone): waited for, up to settle_s."""
-    return lock_outlasts(model_dir, settle_s)
-
-
-def lock_outlasts(model_dir, settle_s, surely_held=lambda: False):
-    """Whether the folder's lock is still held after waiting up to settle_s for it to be released; surely_held()
-    ends the wait early with True."""
+def is_locked(model_dir, settle_s=10.0, ours_ending=False):
+    """The one lock question: whether another process holds the folder's lock. A run that has written its last
+    status (interrupted, failed, paused, ...) still holds the lock while it exits (in a container, until the runtime
+    has torn it down): that process is waited for, up to settle_s, so a search rerun right after Ctrl-C resumes the
+    cell instead of skipping it as running elsewhere. A status that says running ends the wait at once, unless the
+    run that just ended was ours (ours_ending: a warm cell dying with its server may not have recorded its end)."""
     deadline = time.monotonic() + settle_s
-    while lock_held(model_dir):
-        if surely_held() or time.monotonic() > deadline:
+    while _held_now(model_dir):
+        if time.monotonic() > deadline or (not ours_ending and read_status(model_dir).get("status") == Status.RUNNING):
             return True
         time.sleep(0.05)
     return False
 
 
-def lock_held(model_dir):
-    """Probes with a shared lock on an existing lock file only, so it creates nothing (--dry_run writes nothing)
-    and never blocks a train.py taking the lock."""
+def _held_now(model_dir):
+    """Whether any process holds the lock at this instant (is_locked asks what a search means). Probes with a shared
+    lock on an existing lock file only, so it creates nothing (--dry_run writes nothing) and never blocks a train.py
+    taking the lock."""
     try:
         fd = os.open(os.path.join(model_dir, LOCK), os.O_RDONLY)
     except OSError:  # no lock file: nobody has ever trained here
@@ -236,7 +226,7 @@ def nothing_to_do(model_dir, ckpt, params, path, stop_at):
     record = read_status(model_dir)
     status = record.get("status")
     if status == Status.COMPLETED or ckpt.get("stop_reason"):  # a finished run's end may have been killed mid-write
-        if status != Status.COMPLETED and not lock_held(model_dir):
+        if status != Status.COMPLETED and not is_locked(model_dir, settle_s=0):
             write_status(model_dir, Status.COMPLETED, reason=ckpt["stop_reason"], epoch=ckpt["epoch"])
         print(f"{model_dir}: already completed (checkpoint at epoch {ckpt['epoch']}); nothing to do (to train "
               f"further, start a new folder with init_weights_path)")
@@ -244,7 +234,7 @@ def nothing_to_do(model_dir, ckpt, params, path, stop_at):
     check_resume(ckpt, params, record, path)
     if stop_at and ckpt["epoch"] >= stop_at:
         # a pause killed between its checkpoint and its status; not a run that went on past it (a promoted cell)
-        if status not in (Status.PAUSED, Status.PRUNED) and not lock_held(model_dir):
+        if status not in (Status.PAUSED, Status.PRUNED) and not is_locked(model_dir, settle_s=0):
             write_status(model_dir, Status.PAUSED, reason=f"paused at epoch {ckpt['epoch']}", epoch=ckpt["epoch"])
         print(f"{model_dir}: already at epoch {ckpt['epoch']} (--stop_at_epoch {stop_at}); nothing to do")
         return Status.PAUSED.exit_code

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from core.config import resolve
 from core.rundir.folder import Status, is_locked, load_history, read_status, write_status
+from core.search.cells import LOCKED
 from core.search.grid import base_params
 from core.search.results import data_set_of
 from core.tasks import metrics_of
@@ -158,8 +159,8 @@ class Asha:
 
     def __init__(self, cells, schedule, retry_failed=False, promote=0, sampler=None):
         self.schedule, self.rungs = schedule, schedule.rungs
-        # done cells are ranked but never trained; mismatched and locked ones are none of ours
-        self.cells = [c for c in cells if c.state not in ("mismatch", "locked")]
+        # done cells are ranked but never trained; locked ones are none of ours
+        self.cells = [c for c in cells if c.status != LOCKED]
         self.promote, self.sampler, self.added, self.data_sets = promote, sampler, [], {}
         self.progress = {c.name: read_progress(c.folder, schedule.metric) for c in self.cells}
         # --retry_failed: the cells that had failed when the search started, once each (not one failing again now)

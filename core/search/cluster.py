@@ -14,6 +14,7 @@ import time
 from core import tasks
 from core.paths import ROOT
 from core.rundir.folder import Status, is_locked, read_status, write_status
+from core.search.cells import LOCKED
 from core.search.pool import cell_env, collect, launch, prepare, procs_per_cell, train_cell
 from core.search.progress import Progress
 from core.search.squeue import slurm_alive
@@ -57,7 +58,7 @@ class SlurmCell:
             if os.environ["RANK"] != "0":  # rank 0 keeps the folder's status and lock; the others just train
                 return launch(cell, self.data_dir, cell_env(threads=self.threads), self.container).wait()
         if is_locked(cell.folder):  # a hand-run train.py or another search trains it: its status is not ours
-            return "locked"
+            return LOCKED
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
         job = os.environ.get("SLURM_ARRAY_JOB_ID", os.environ.get("SLURM_JOB_ID", "?"))
         task = os.environ.get("SLURM_ARRAY_TASK_ID")
@@ -152,7 +153,7 @@ def outcome_of_gone_task(cell, task):
     """A scheduler's task that is gone (ended, lost, failed): what its folder says; 'failed' written only where
     train.py left none of its ends (a status of 'queued' or 'running', or none)."""
     if is_locked(cell.folder):  # trained by another process now: neither ours nor failed
-        return "locked"
+        return LOCKED
     status = read_status(cell.folder).get("status")
     ended = (Status.COMPLETED, Status.PAUSED, Status.PRUNED, Status.DIVERGED, Status.INTERRUPTED, Status.FAILED)
     if status in ended:

@@ -9,6 +9,7 @@ image's own filesystem is mounted read-only: a cell can write into its folder an
 import hashlib
 import os
 import re
+import secrets
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 TRACKER_VARS = ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME",
                 "MLFLOW_TRACKING_PASSWORD")
 SHM = "2g"  # DataLoader workers hand batches over in /dev/shm; the runtimes' 64 MB default is too small
+# the local pool's choice of GPUs for a cell (core/search/pool.py cell_env), as ids 0..n-1 of the GPUs it may use
+POOL_GPUS = "SEARCH_POOL_GPUS"
 
 
 @dataclass(frozen=True)
@@ -74,17 +77,43 @@ def default_runtime(image):
     return next((r for r in ("podman", "docker") if shutil.which(r)), "podman")
 
 
-def container_name(folder):
-    """A name `podman ps` shows and `podman kill` takes: the cell's folder name, made unique by its path."""
-    tag = hashlib.sha1(os.path.abspath(folder).encode()).hexdigest()[:8]
+def container_prefix(folder):
+    """What `podman ps` shows of the cell a container trains: its folder's name and a hash of the folder's path. A
+    cell's containers, and only they, have names that begin with it (`podman ps --filter name=PREFIX`)."""
+    folder = os.path.abspath(folder)
+    tag = hashlib.sha1(folder.encode()).hexdigest()[:8]
     return f"cell-{re.sub(r'[^A-Za-z0-9_.-]', '_', os.path.basename(folder))[:60]}-{tag}"
 
 
+def container_name(folder):
+    """The cell's prefix and a part new for each run. A shared name had to be --replace'd (a killed run's container
+    can take seconds to go), and that removed a training: two searches starting one cell at once, the second's
+    --replace came before the first's train.py held the folder's lock. With its own name each run starts, and the
+    lock decides which trains: the other exits 'locked'."""
+    return f"{container_prefix(folder)}-{secrets.token_hex(4)}"
+
+
+def gpu_ids(value):
+    return [g.strip() for g in (value or "").split(",") if g.strip()]
+
+
 def visible_gpus(env):
-    """The GPUs a cell may use, as the host numbers them: Slurm's allocation (SLURM_JOB_GPUS holds physical ids,
-    where CUDA_VISIBLE_DEVICES may be renumbered inside the job's cgroup), else the local pool's choice."""
-    ids = env.get("SLURM_JOB_GPUS") or env.get("CUDA_VISIBLE_DEVICES") or ""
-    return [g for g in ids.split(",") if g.strip()]
+    """The GPUs a cell may use, as the host numbers them: podman's and docker's containers are started by their
+    runtime, outside the caller's cgroup, and name GPUs so. Slurm's SLURM_JOB_GPUS holds those physical ids (its
+    CUDA_VISIBLE_DEVICES may be renumbered inside the job's cgroup). A local pool running within a Slurm job chose
+    its cell's GPUs as indices into the job's (POOL_GPUS), so those index SLURM_JOB_GPUS; without Slurm they are the
+    host's ids already."""
+    slurm, pool = gpu_ids(env.get("SLURM_JOB_GPUS")), env.get(POOL_GPUS)
+    if pool is None:  # the Slurm launcher's own task, or a cell given its GPUs by Ray
+        return slurm or gpu_ids(env.get("CUDA_VISIBLE_DEVICES"))
+    if not slurm:
+        return gpu_ids(pool)
+    ids = gpu_ids(pool)
+    beyond = [g for g in ids if not (g.isdigit() and int(g) < len(slurm))]
+    if beyond:
+        raise UserError(f"GPU {beyond[0]} of {POOL_GPUS}={pool} is not one of this Slurm job's SLURM_JOB_GPUS="
+                        f"{','.join(slurm)} (a pool in a Slurm job numbers the job's GPUs from 0)")
+    return [slurm[int(g)] for g in ids]
 
 
 def file_mounts(params):
@@ -121,21 +150,36 @@ def run_command(ct, folder, data_dir, params, train_args, env):
     mounts += tracker_mounts(folder)
     pass_env = {k: env[k] for k in THREAD_VARS + TRACKER_VARS if k in env} | ct.record() | {
         HOST_MODEL_DIR: folder, HOST_DATA_DIR: data_dir}
-    gpus = visible_gpus(env)
     if ct.runtime == "apptainer":
-        # apptainer ignores the image's WORKDIR: --pwd, so relative paths in params resolve as they do elsewhere
-        return ["apptainer", "run", "--containall", "--no-home", "--pwd", APP, *(["--nv"] if gpus else []),
-                *[a for h, c, mode in mounts for a in ("--bind", f"{h}:{c}:{mode}")],
-                *[a for k, v in (pass_env | gpu_env(gpus)).items() for a in ("--env", f"{k}={v}")],
-                ct.image, *train_args]
-    # podman: a container of this name that outlived its run (still being removed after a kill) is replaced; one
-    # that trains holds the cell's folder lock, so the search never starts the cell while it does
-    replace = ["--replace"] if ct.runtime == "podman" else []
-    return [ct.runtime, "run", "--rm", *replace, "--name", container_name(folder), "--read-only", "--tmpfs", "/tmp",
-            "--shm-size", SHM, "--security-opt", "label=disable", *user_flags(ct.runtime), *gpu_flags(ct.runtime, gpus),
-            *[a for h, c, mode in mounts for a in ("-v", f"{h}:{c}:{mode}")],
+        return apptainer_command(ct, mounts, pass_env, gpu_ids(env.get("CUDA_VISIBLE_DEVICES")), train_args)
+    return [ct.runtime, "run", "--rm", "--name", container_name(folder), "--read-only", "--tmpfs", "/tmp",
+            "--shm-size", SHM, "--security-opt", "label=disable", *user_flags(ct.runtime),
+            *gpu_flags(ct.runtime, visible_gpus(env)), *[a for h, c, mode in mounts for a in ("-v", f"{h}:{c}:{mode}")],
             *[a for k, v in pass_env.items() for a in ("-e", f"{k}={v}")],
             ct.image, *train_args]
+
+
+def apptainer_command(ct, mounts, pass_env, gpus, train_args):
+    """apptainer's --bind and --env split their values on commas, which older cell folders' names hold (list values
+    joined with ','): each mount is a --mount record instead, and each variable APPTAINERENV_NAME=value in apptainer's
+    environment (taken whole, --containall or not), set by env(1) so that the command stays a list of arguments,
+    run as it is and printed ready to run. It ignores the image's WORKDIR: --pwd, so relative paths in params resolve
+    as they do elsewhere. It runs in the caller's cgroup and --nv shows the GPUs as the caller sees them (in a Slurm
+    job that constrains devices, the job's, from 0): the caller's CUDA_VISIBLE_DEVICES holds inside as it is."""
+    variables = pass_env | ({"CUDA_VISIBLE_DEVICES": ",".join(gpus)} if gpus else {})
+    return ["env", *[f"APPTAINERENV_{k}={v}" for k, v in variables.items()],
+            "apptainer", "run", "--containall", "--no-home", "--pwd", APP, *(["--nv"] if gpus else []),
+            *[a for m in mounts for a in ("--mount", apptainer_mount(*m))], ct.image, *train_args]
+
+
+def apptainer_mount(host, inside, mode):
+    """One --mount spec: a CSV record, each path's field quoted so that a comma (or colon) in it stays in it, as
+    apptainer's docs show (type=bind,"src=/comma,dir",dst=/mnt). A double quote or a line break would take CSV escapes
+    as well: refused, rather than risk a mount of another path."""
+    for path in (host, inside):
+        if any(c in path for c in '"\r\n'):
+            raise UserError(f"apptainer cannot mount {path!r}: a path with a double quote or a line break (rename it)")
+    return ",".join(["type=bind", f'"source={host}"', f'"destination={inside}"', *(["ro"] if mode == "ro" else [])])
 
 
 def user_flags(runtime):
@@ -153,8 +197,3 @@ def gpu_flags(runtime, gpus):
     if runtime == "docker":  # docker reads the value as CSV: several ids need the quotes
         return ["--gpus", f"device={gpus[0]}" if len(gpus) == 1 else f'"device={",".join(gpus)}"']
     return [a for g in gpus for a in ("--device", f"nvidia.com/gpu={g}")]  # podman: CDI names
-
-
-def gpu_env(gpus):
-    """apptainer --nv shows every GPU: CUDA_VISIBLE_DEVICES narrows it to the cell's."""
-    return {"CUDA_VISIBLE_DEVICES": ",".join(gpus)} if gpus else {}

@@ -13,7 +13,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
 
 from core.rundir.plots import epoch_axis, margins, plt, save_figure
-from core.search.results import Cell, best_of_each_data_set, budget_line, budget_of, data_set_name
+from core.search.results import Point, best_of_each_data_set, budget_line, budget_of, data_set_name
 
 PANEL_W, PANEL_H, LEGEND_W, COLS = 4.0, 3.0, 3.4, 3
 MARKERS = {"completed": "o", "pruned": "v", "paused": "s", "running": "D", "failed": "X"}
@@ -77,7 +77,7 @@ def panel_grid(n_curves, n_keys):
     return fig, curve_axes, key_axes
 
 
-def history_figure(path, title, cells: list[Cell], scales, curves, metric, schedule, top_k):
+def history_figure(path, title, cells: list[Point], scales, curves, metric, schedule, top_k):
     """history_plots.png: each metric's curves (the top-k cells in colour, of each data set where the validation
     sets differ; the rest grey), then the metric against each searched key."""
     fig, curve_axes, key_axes = panel_grid(len(curves), len(scales))

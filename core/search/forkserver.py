@@ -267,11 +267,9 @@ class ForkServer:
     def lost(self):
         self.gone = True  # its children got SIGKILL from the kernel (die_with_parent) as it died
 
-    def exit_of(self, pid):
-        """The child's returncode once the server reported it, else None."""
-        if pid in self.exits:
-            return self.exits.pop(pid)
-        return -signal.SIGKILL if self.gone else None
+    def death(self):
+        """Why a cell that was running died with the server: what its status says instead of a guess at the kill."""
+        return f"the warm-cell server died (exit code {self.proc.poll()}) and its running cells with it"
 
     def close(self):
         """Close the request pipe: the server exits, and with it any child still running."""
@@ -286,11 +284,15 @@ class WarmProcess:
 
     def __init__(self, server, pid):
         self.server, self.pid, self.returncode = server, pid, None
+        self.lost = None  # why it ended, when the server died and took it along (no exit of its own was heard)
 
     def poll(self):
         if self.returncode is None:
             self.server.pump(0)
-            self.returncode = self.server.exit_of(self.pid)
+            if self.pid in self.server.exits:
+                self.returncode = self.server.exits.pop(self.pid)
+            elif self.server.gone:
+                self.returncode, self.lost = -signal.SIGKILL, self.server.death()
         return self.returncode
 
     def wait(self):

@@ -9,20 +9,21 @@
 Everything is validated before anything is written: keys against core/config.py, every cell's full params.
 """
 
+import collections
 import copy
 import hashlib
 import itertools
 import json
-import os
 import re
 
 from core.config import KEYS, resolve, set_dotted, suggest, type_name
+from core.search.cells import canonical, short_id
 from core.search.sampling import DISTRIBUTIONS, METHODS, SAMPLED, check_distribution, is_distribution, sample
 from core.stages import is_stage_key
 from utils import UserError
 
 MAX_NAME = 100
-SAFE = re.compile(r"[^A-Za-z0-9._,=+-]")
+SAFE = re.compile(r"[^A-Za-z0-9._=+-]")  # no comma: tools that take lists of paths (apptainer --bind) split on it
 REP_SEED_STRIDE = 1000  # repetition r trains with seed + 1000 r: distinct even when the grid itself varies seed
 
 
@@ -166,7 +167,7 @@ def format_value(v):
     if isinstance(v, float):
         return repr(v)
     if isinstance(v, list):
-        return ",".join(format_value(x) for x in v)
+        return "+".join(format_value(x) for x in v)
     if isinstance(v, dict):
         return short_hash(v)
     return str(v)
@@ -176,26 +177,26 @@ def short_hash(obj):
     return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:8]
 
 
-def folder_name(cell, rep=None):
-    """Deterministic, filesystem-safe folder name: 'learning_rate_0.001', 'lr_0.001__ps_0.5', '..._rep1'.
+def folder_name(cell, rep=0):
+    """Deterministic, filesystem-safe folder name, keys in sorted order: 'learning_rate_0.001',
+    'learning_rate_0.001__ps_0.5'; repetitions after the first end in '__rep1', '__rep2', ...
 
     Unsafe characters become '_', runs of dots collapse, and long or altered names get a hash of the cell, so
-    two cells never share a folder and no name can leave its parent.
+    no name can leave its parent.
     """
-    raw = "__".join(f"{k}_{format_value(v)}" for k, v in cell.items())
+    raw = "__".join(f"{k}_{format_value(cell[k])}" for k in sorted(cell))
     name = re.sub(r"\.{2,}", ".", SAFE.sub("_", raw)).strip(".") or "cell"
     if name != raw or len(name) > MAX_NAME:
         name = f"{name[:MAX_NAME - 9]}_{short_hash(cell)}"
-    return name + (f"__rep{rep}" if rep is not None else "")
+    return name + (f"__rep{rep}" if rep else "")
 
 
-def child_path(parent, name):
-    path = os.path.join(parent, name)
-    if os.path.dirname(os.path.abspath(path)) != os.path.abspath(parent):  # belt and braces after folder_name
-        raise UserError(f"hyper_search: folder name {name!r} would leave {parent}")
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise UserError(f"{path}: is a file, where the search puts cell {name}'s folder; move it away")
-    return path
+def named_keys(cells):
+    """The keys a folder name shows: those whose value is not the same in every cell (a key every cell sets alike
+    says nothing about one of them)."""
+    first = cells[0] if cells else {}
+    same = {k for k in first if all(k in c and c[k] == first[k] for c in cells)}
+    return lambda cell: {k: v for k, v in cell.items() if k not in same} or cell
 
 
 def base_params(parent_params):
@@ -224,7 +225,8 @@ def child_params(base, cell):
 
 
 def plan(parent_params, where):
-    """[(folder name, child params dict)] for every cell and repetition, each validated as train.py would."""
+    """[(folder name, child params dict, identity)] for every cell and repetition, each validated as train.py would;
+    the names are the canonical ones, before core/search/cells.py's place() finds the cells' existing folders."""
     misplaced = [k for k in SETTINGS if k in parent_params]
     if misplaced:  # a search setting beside hyper_search: "unknown key", or a near key's name, would mislead
         raise UserError(f"{where}: key '{misplaced[0]}' belongs in the hyper_search block, not beside it")
@@ -238,15 +240,23 @@ def plan(parent_params, where):
                         f"grid, random or sobol")
     for cell in corners(tpe[0]) if tpe else []:  # the cells Optuna will propose lie between these
         resolve(child_params(base, cell), f"{where}: hyper_search value {json.dumps(cell)}")
-    out = []
+    out, shown, seen = [], named_keys(cells), {}
     for cell in cells:
         for rep in range(reps):
             child = child_params(base, cell)
             if reps > 1:
                 child["seed"] = child.get("seed", KEYS["seed"].default) + REP_SEED_STRIDE * rep
-            resolve(child, f"{where}: cell {json.dumps(cell)}")
-            out.append((folder_name(cell, rep if reps > 1 else None), child))
-    names = [n for n, _ in out]
-    if len(set(names)) != len(names):
-        raise UserError(f"{where}: two cells map to the same folder name; make the values distinguishable")
-    return out
+            ident = canonical(resolve(child, f"{where}: cell {json.dumps(cell)}"))
+            if ident in seen:
+                raise UserError(f"{where}: cells {json.dumps(seen[ident])} and {json.dumps(cell)} train the same "
+                                f"params (a value equal to the default, or one number spelled twice); keep one")
+            seen[ident] = cell
+            out.append((folder_name(shown(cell), rep), child, ident))
+    return unique_names(out)
+
+
+def unique_names(planned):
+    """Where two cells' readable names clash (names cut short, or altered), each gets its identity's hash too."""
+    count = collections.Counter(name for name, _, _ in planned)
+    return [(name if count[name] == 1 else f"{name}__{short_id(ident)}", child, ident)
+            for name, child, ident in planned]

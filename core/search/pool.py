@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Protocol
 
 from tqdm import tqdm
@@ -24,34 +23,20 @@ from core.rundir.folder import (
     LOG,
     Status,
     checkpoint_path,
-    held_by_another,
     is_locked,
     load_history,
     read_status,
     write_status,
 )
 from core.search.asha import find_schedule, parse_schedule
-from core.search.container import run_command
+from core.search.cells import LOCKED, NOT_STARTED, Cell, cells_of_search
+from core.search.container import POOL_GPUS, run_command
 from core.search.forkserver import ForkServer, ServerGone
-from core.search.grid import base_params, child_params, child_path, corners, plan, tpe_block
+from core.search.grid import base_params, child_params, corners, tpe_block
 from core.search.progress import Progress
-from core.search.squeue import queued_elsewhere
 from core.tasks import data_dir_for, load
 from core.trackers.search import given_up
 from utils import FolderBusy, UserError, die_with_parent, read_json, write_json
-
-# what a cell's folder says about it -> what the search does with it
-TODO = ("new", "resume")
-
-
-@dataclass
-class Cell:
-    name: str
-    folder: str
-    params: dict
-    state: str = "new"  # new, resume, done, failed, locked, mismatch
-    result: str = ""  # after running: completed, paused, failed, diverged, interrupted, locked
-    stop_at: int | None = None  # successive halving: the rung (epoch) this job trains to
 
 
 class Queue:
@@ -79,7 +64,8 @@ class Queue:
 
 
 def load_search(parent_dir):
-    """PARENT_DIR/params.json -> (cells, successive-halving Schedule or None, Tpe sampler or None), validated."""
+    """PARENT_DIR/params.json -> (cells, successive-halving Schedule or None, Tpe sampler or None, names of the
+    folders that are no cell of this search), validated."""
     path = os.path.join(parent_dir, "params.json")
     if not os.path.isdir(parent_dir):
         raise UserError(f"--parent_dir {parent_dir}: not a folder")
@@ -88,44 +74,22 @@ def load_search(parent_dir):
         raise UserError(f"{path}: no 'hyper_search' block (e.g. \"hyper_search\": {{\"learning_rate\": [1e-3, 1e-2]}})")
     # absolute paths: children run from the repository root, Ray and Slurm tasks from wherever they land
     parent = os.path.abspath(parent_dir)
-    planned, base = plan(params, path), base_params(params)
+    planned, cells, others = cells_of_search(parent, params, path)
     spec = find_schedule(params["hyper_search"], path)
     tpe = tpe_block(params["hyper_search"], path)
     # what the schedule is checked against (one num_epochs for all): the cells, or the corners of TPE's space
-    examples = [child for _, child in planned]
+    examples = [child for _, child, _ in planned]
     if tpe:
-        examples += [child_params(base, c) for c in corners(tpe[0])]
+        examples += [child_params(base_params(params), c) for c in corners(tpe[0])]
     schedule = parse_schedule(spec, examples, path) if spec else None
-    cells = [Cell(name, child_path(parent, name), child) for name, child in planned]
     if not tpe:
-        return cells, schedule, None
+        return cells, schedule, None, others
     from core.search.tpe import Tpe  # imports optuna: only for a tpe search
 
-    es = resolve(base, path)["early_stopping"]
+    es = resolve(base_params(params), path)["early_stopping"]
     metric, mode = (schedule.metric, schedule.mode) if schedule else (es["monitor_metric"],
                                                                        "min" if es["minimize"] else "max")
-    sampler = Tpe(parent, params, *tpe, metric, mode, Cell)
-    return sampler.existing(), schedule, sampler
-
-
-def cell_state(folder, params):
-    path = os.path.join(folder, "params.json")
-    if not os.path.exists(path):
-        return "new"
-    try:
-        if read_json(path) != params:
-            return "mismatch"
-    except UserError:
-        return "mismatch"
-    record = read_status(folder)
-    status = record.get("status")
-    if status == Status.COMPLETED:
-        return "done"
-    if is_locked(folder) or queued_elsewhere(record):
-        return "locked"
-    if status in (Status.FAILED, Status.DIVERGED):
-        return "failed"
-    return "resume" if os.path.exists(checkpoint_path(folder)) else "new"
+    return cells, schedule, Tpe(parent, params, *tpe, metric, mode), others
 
 
 def estimate_hours(cells, epochs):
@@ -166,11 +130,14 @@ def cell_command(cell, data_dir, env, container=None):
     return run_command(container, cell.folder, cell_data(cell, data_dir), cell.params, train_args(cell), env)
 
 
-def cell_env(gpus=None, threads=None):
-    """Environment of one cell: the GPUs it may see, or how many CPU threads each of its processes may use."""
+def cell_env(gpus=None, threads=None, pool=False):
+    """Environment of one cell: the GPUs it may see, or how many CPU threads each of its processes may use. pool:
+    the local pool's choice of GPUs (none: a CPU cell), which a container maps to its allocation's."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if gpus is not None:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))  # the cell sees exactly these, as devices 0, 1, ...
+    if pool:
+        env[POOL_GPUS] = ",".join(map(str, gpus or []))
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     return env
@@ -185,8 +152,10 @@ def log_tail(folder, n=15):
 
 
 def prepare(cell):
-    """Create the cell folder and its params.json (never rewriting an existing one)."""
+    """Create the cell folder and its params.json (never rewriting an existing one); note the status record the
+    job finds, so that collect() tells an earlier session's from this job's."""
     os.makedirs(cell.folder, exist_ok=True)
+    cell.found = read_status(cell.folder)
     if not os.path.exists(os.path.join(cell.folder, "params.json")):
         write_json(os.path.join(cell.folder, "params.json"), cell.params)
 
@@ -245,18 +214,21 @@ def train_cell(cell, data_dir, env, container=None):
     return collect(cell, proc.wait())
 
 
-def collect(cell, returncode):
-    """Read the outcome from the folder; record a failure train.py could not record itself."""
+def collect(cell, returncode, lost=None):
+    """Read the outcome from the folder; record an end train.py could not record itself. `lost`: why the process
+    was killed from outside (its warm-cell server died): resumable, none of the cell's doing."""
     # another process trains it (its exit code said so, or it took the folder since): its status is not ours
-    if returncode == FolderBusy.exit_code or held_by_another(cell.folder):
-        return "locked"
-    # the exit code decides, the status confirms: a stale status from an earlier session must not (a completed run
-    # is never stale: a folder that holds one is never trained again)
-    status = read_status(cell.folder).get("status")
+    if returncode == FolderBusy.exit_code or is_locked(cell.folder, settle_s=5, ours_ending=True):
+        return LOCKED
+    # the exit code decides, the status confirms; a status this job left as it found it is an earlier session's (a
+    # completed run is never stale: a folder that holds one is never trained again)
+    record = read_status(cell.folder)
+    status = record.get("status") if record != cell.found or record.get("status") == Status.COMPLETED else None
     if status == Status.COMPLETED or status in set(Status) and Status(status).exited_with(returncode):
         return Status(status)
-    if Status.INTERRUPTED.exited_with(returncode):  # stopped before it recorded anything: still resumable
-        write_status(cell.folder, Status.INTERRUPTED, reason="interrupted while starting", exit_code=returncode)
+    if lost or Status.INTERRUPTED.exited_with(returncode):  # stopped from outside, or before it recorded anything
+        write_status(cell.folder, Status.INTERRUPTED, reason=lost or "interrupted while starting",
+                     exit_code=returncode)
         return Status.INTERRUPTED
     tail = log_tail(cell.folder)
     reason = tail[-1] if tail else f"exit code {returncode}"
@@ -302,7 +274,7 @@ def run_pool(source, data_dir, workers, gpus, fail_fast, warm=True, meanwhile=No
     finally:
         pool.close()
     for cell in source.not_started():
-        cell.result = "not started"
+        cell.result = NOT_STARTED
     return pool.progress.failed
 
 
@@ -337,12 +309,12 @@ class Pool:
         """Start a job in every free slot while the source has one; whether any job is running now."""
         while self.free and not self.stopped and (cell := self.source.next_job(self.busy())):
             if is_locked(cell.folder):  # someone else trains it now: not ours to start, nor to offer again
-                cell.result = "locked"
+                cell.result = LOCKED
                 self.locked.add(cell.name)
                 self.progress.finished(cell, len(self.running))
                 continue
             slot = self.free.pop(0)
-            env = cell_env(self.slot_gpus(slot), self.threads)
+            env = cell_env(self.slot_gpus(slot), self.threads, pool=True)
             self.running[self.launcher.start(cell, self.data_dir, env)] = (cell, slot)
             self.progress.started(len(self.running))
         return bool(self.running)
@@ -362,7 +334,7 @@ class Pool:
         for proc in [p for p in self.running if p.poll() is not None]:
             cell, slot = self.running.pop(proc)
             self.free.append(slot)
-            cell.result = collect(cell, proc.returncode)
+            cell.result = collect(cell, proc.returncode, getattr(proc, "lost", None))
             self.source.refresh(cell)
             self.progress.finished(cell, len(self.running))
 

@@ -3,8 +3,9 @@
 from tqdm import tqdm
 
 from core.rundir.folder import Status
+from core.search.cells import LOCKED
 
-OK = (Status.COMPLETED, Status.PAUSED, "locked")  # job results that are not failures
+OK = (Status.COMPLETED, Status.PAUSED, LOCKED)  # job results that are not failures
 
 
 class Progress:

@@ -15,6 +15,7 @@ from core.config import KEYS, hyperparams, resolve
 from core.paths import ROOT, repo_path
 from core.rundir.folder import EFFECTIVE, STATUS, Status, load_history, metrics_file
 from core.rundir.record import provenance, trained_on
+from core.search.cells import NOT_STARTED
 from core.tasks import load, registered
 from utils import UserError, read_json
 
@@ -59,7 +60,7 @@ def load_run(folder, split="val"):
     status = read_optional(os.path.join(folder, STATUS), notes) or {}
     best = read_optional(os.path.join(folder, metrics_file(split, "best")), notes)
     test = read_optional(os.path.join(folder, metrics_file("test", "best")), notes) if split != "test" else None
-    state = status.get("status") or ("not started" if best is None else "unknown")
+    state = status.get("status") or (NOT_STARTED if best is None else "unknown")
     if params is None:  # unreadable or gone: what train.py recorded it ran with, else blanks, never the defaults
         ran = read_optional(os.path.join(folder, EFFECTIVE), [])
         flat = hyperparams(ran) if ran else {}
@@ -83,8 +84,10 @@ def data_set_of(folder, params):
     return real if inside == os.pardir or inside.startswith(os.pardir + os.sep) else inside
 
 
-def gather(parent, split="val"):
-    runs = [r for r in (load_run(f, split) for f in find_runs(parent)) if r is not None]
+def gather(parent, split="val", folders=None):
+    """The runs of `folders` (default: every run folder under `parent`)."""
+    folders = find_runs(parent) if folders is None else folders
+    runs = [r for r in (load_run(f, split) for f in folders) if r is not None]
     known = data_sets(runs)
     if len(known) == 1:  # a run that names no set (not started, params unreadable) is taken to share the only one
         for r in runs:
@@ -253,16 +256,18 @@ def numbers(metrics):
 
 
 # how a cell's point is marked in the search figures: the state it ended in, and what its value means there
-OUTCOMES = {"completed": "completed", "pruned": "pruned", "paused": "paused", "failed": "failed", "diverged": "failed"}
+OUTCOMES = {Status.COMPLETED: Status.COMPLETED, Status.PRUNED: Status.PRUNED, Status.PAUSED: Status.PAUSED,
+            Status.FAILED: Status.FAILED, Status.DIVERGED: Status.FAILED}
 
 
 @dataclass
-class Cell:
-    """One row of the search figures: a cell's repetitions, its searched values, how it ended and its value."""
+class Point:
+    """A point of the search space as the tables and figures show it: the cells (run folders) that repeat it, its
+    searched values, how it ended and its value. (core/search/cells.py's Cell is one folder the search trains.)"""
 
     runs: list
     values: dict
-    outcome: str  # completed, pruned, paused, failed or running (anything else: running, interrupted, queued)
+    outcome: str  # a Status: completed, pruned, paused, failed (diverged too) or running (interrupted, queued too)
     value: float = None  # mean over repetitions: best valid metric, or for a stopped cell its value at its last rung
     epochs: int = 0
     histories: list = field(default_factory=list)
@@ -298,15 +303,15 @@ def checked_history(run):
     return []
 
 
-def cells_of(runs, keys, metric, schedule=None, read_histories=True):
+def points_of(runs, keys, metric, schedule=None, read_histories=True):
     """Cells (repetitions grouped), best first: completed cells, then stopped ones, then those without a value.
     read_histories=False leaves history.json unread where nothing needs it (a table of a search without a schedule)."""
     cells = []
     for group in group_repetitions(runs, keys):
         histories = [checked_history(r) if read_histories else [] for r in group]
-        outcomes = {OUTCOMES.get(r["status"], "running") for r in group}
+        outcomes = {OUTCOMES.get(r["status"], Status.RUNNING) for r in group}
         values = [v for r, h in zip(group, histories) if (v := cell_value(r, h, schedule, metric)) is not None]
-        cells.append(Cell(group, {k: group[0]["params"].get(k) for k in keys},
+        cells.append(Point(group, {k: group[0]["params"].get(k) for k in keys},
                           outcomes.pop() if len(outcomes) == 1 else "running",
                           statistics.fmean(values) if values else None,
                           max(r["epoch"] or 0 for r in group), histories, group[0]["data"]))
@@ -316,7 +321,7 @@ def cells_of(runs, keys, metric, schedule=None, read_histories=True):
 
 
 def best_of_each_data_set(cells, k):
-    """The first k cells of each data set, in the order given (cells_of's: best first), one set after another: the
+    """The first k cells of each data set, in the order given (points_of's: best first), one set after another: the
     only cells a figure may call the best when the validation sets differ."""
     by_set = {}
     for cell in cells:

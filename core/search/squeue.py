@@ -22,9 +22,12 @@ def slurm_alive(job_ids):
 
 
 def queued_elsewhere(status):
-    """True when a cell's status names a Slurm submission still in the queue (a rerun must not resubmit it)."""
+    """True when a cell's status names a Slurm job that squeue still lists (pending, running, requeued, held),
+    whatever the status says but 'completed': the cell is that job's, and a rerun must not submit it again (two jobs
+    would train one folder). The status alone cannot tell: a requeued job's train.py recorded 'interrupted', and the
+    job waits in the queue to resume the cell; a job requeued after it failed trains the folder again too."""
     job_id = status.get("slurm_job_id")
-    return status.get("status") in (Status.QUEUED, Status.RUNNING) and job_id in queue_snapshot()
+    return bool(job_id) and status.get("status") != Status.COMPLETED and job_id in queue_snapshot()
 
 
 @functools.lru_cache(maxsize=1)

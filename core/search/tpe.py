@@ -16,7 +16,8 @@ import os
 from core.config import flatten
 from core.rundir.folder import Status, metrics_file
 from core.search.asha import read_progress
-from core.search.grid import base_params, child_params, child_path, folder_name
+from core.search.cells import Cell, child_path, folder_identity, identity, place, run_folders
+from core.search.grid import base_params, child_params, folder_name
 from core.search.results import read_optional
 from core.search.sampling import round_sig
 from core.stages import stage_flat
@@ -35,14 +36,13 @@ def need_optuna():
 
 
 class Tpe:
-    """Proposes new cells of one search space; `Cell` is core.search.pool.Cell (passed in: no import cycle)."""
+    """Proposes new cells of one search space."""
 
-    def __init__(self, parent_dir, parent_params, dims, n_samples, seed, metric, mode, cell_type):
+    def __init__(self, parent_dir, parent_params, dims, n_samples, seed, metric, mode):
         self.optuna = need_optuna()
         self.parent, self.base = parent_dir, base_params(parent_params)
         self.dims, self.n_samples, self.seed = dims, n_samples, seed
         self.metric, self.direction = metric, "maximize" if mode == "max" else "minimize"
-        self.cell_type = cell_type
         self.dists = self.distributions()
 
     def distributions(self):
@@ -58,22 +58,7 @@ class Tpe:
         return out
 
     def existing(self):
-        """The cells already in the parent folder, in the order they were made (their params.json's mtime)."""
-        cells = []
-        for name in sorted(os.listdir(self.parent)):
-            path = os.path.join(self.parent, name, "params.json")
-            params = read_optional(path, [])
-            if params is not None and self.values(params) is not None:
-                cells.append((os.path.getmtime(path), self.cell_type(name, os.path.join(self.parent, name), params)))
-        return [c for _, c in sorted(cells, key=lambda t: t[0])]
-
-    def values(self, params):
-        """{key: value} when `params` is a cell of this space (the base plus one value per key), else None."""
-        flat = flatten(params) | stage_flat(params, flatten)  # stage keys of a plan: stages.1.learning_rate
-        values = {key: flat.get(key) for key, _, _ in self.dims}
-        if any(v is None for v in values.values()) or child_params(self.base, values) != params:
-            return None
-        return values
+        return existing_cells(self.parent, self.base, self.dims)
 
     def as_trial_params(self, values):
         """Folder values -> Optuna's (choice indices); None when a value lies outside today's space."""
@@ -92,7 +77,7 @@ class Tpe:
 
     def trial(self, cell):
         """The cell's folder as an Optuna trial, or None for a cell outside today's space."""
-        params = self.as_trial_params(self.values(cell.params))
+        params = self.as_trial_params(space_values(cell.params, self.dims))
         if params is None:
             return None
         progress = read_progress(cell.folder, self.metric)
@@ -123,10 +108,12 @@ class Tpe:
             study = self.optuna.create_study(direction=self.direction, sampler=sampler)
             study.add_trials(trials)
             values = self.from_trial_params(study.ask(self.dists).params)
-            name = folder_name(values)
-            # a folder of that name is taken, by this search or by an older one whose params differ
-            if name not in {c.name for c in cells} and not os.path.exists(os.path.join(self.parent, name)):
-                return self.cell_type(name, child_path(self.parent, name), child_params(self.base, values))
+            params = child_params(self.base, values)
+            ident = identity(params, "hyper_search")
+            # a cell this search has (under whatever name): ask again; a folder of its name that trains something
+            # else: place() names it apart
+            if all(identity(c.params, c.folder) != ident for c in cells):
+                return place([(folder_name(values), params, ident)], self.parent)[0][0]
         print(f"tpe: {TRIES + RANDOM_TRIES} proposals in a row repeat existing cells; the space looks exhausted")
         return None
 
@@ -142,3 +129,23 @@ class Tpe:
                 values[key] = min(max(round_sig(v), args[0]), args[1])
         return values
 
+
+
+def existing_cells(parent, base, dims):
+    """The cells of this space already in the parent folder, in the order they were made (their params.json's
+    mtime): the folders whose identity is that of the base params plus one value per searched key."""
+    cells = []
+    for name in run_folders(parent):
+        path = os.path.join(parent, name, "params.json")
+        params = read_optional(path, [])
+        values = space_values(params, dims) if params is not None else None
+        if values is not None and folder_identity(os.path.dirname(path)) == identity(child_params(base, values), path):
+            cells.append((os.path.getmtime(path), Cell(name, child_path(parent, name), params)))
+    return [c for _, c in sorted(cells, key=lambda t: t[0])]
+
+
+def space_values(params, dims):
+    """{key: value} of each searched key in a folder's params, or None when one is missing."""
+    flat = flatten(params) | stage_flat(params, flatten)  # stage keys of a plan: stages.1.learning_rate
+    values = {key: flat.get(key) for key, _, _ in dims}
+    return None if any(v is None for v in values.values()) else values
