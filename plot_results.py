@@ -19,8 +19,8 @@ import os
 
 import model.tasks  # noqa: F401  (registers the tasks in core/tasks.py)
 from core.search.asha import schedule_of
-from core.search.cells import shown_folders
 from core.search.figures import history_figure, rungs_figure
+from core.search.folders import shown_folders
 from core.search.parallel import parallel_figure, parallel_html
 from core.search.results import (
     data_sets,

@@ -18,7 +18,7 @@ from tabulate import tabulate
 import model.tasks  # noqa: F401  (registers the tasks in core/tasks.py)
 from core.rundir.folder import Status
 from core.search.asha import rung_reached, schedule_of
-from core.search.cells import shown_folders
+from core.search.folders import shown_folders
 from core.search.importance import importance_markdown
 from core.search.results import (
     budget_line,

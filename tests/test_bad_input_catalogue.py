@@ -277,7 +277,7 @@ def cell(parent, name, params, acc, history=True):
 
 def test_a_cell_with_unreadable_params_shows_blanks_not_defaults(tmp_path):
     parent = str(tmp_path / "lr")
-    write(os.path.join(parent, "params.json"), {"hyper_search": {"learning_rate": [0.1, 0.01]}})
+    write(os.path.join(parent, "params.json"), {"num_epochs": 7, "hyper_search": {"learning_rate": [0.1, 0.01]}})
     cell(parent, "learning_rate_0.1", {"learning_rate": 0.1, "num_epochs": 7}, 0.8)
     cell(parent, "learning_rate_0.01", '{"learning_rate": 0.01, "num_ep', 0.9)  # cut short
     assert synthesize_results.main(["--parent_dir", parent]) == 0

@@ -13,7 +13,8 @@ from test_search import TINY, search
 
 import synthesize_results
 from conftest import read
-from core.search.cells import Cell, folder_identity, identity
+from core.search.cells import Cell
+from core.search.identity import folder_identity, identity
 from core.search.pool import collect, prepare
 
 BLOCK = {"learning_rate": [0.001, 0.004], "ps": [0.1, 0.3]}

@@ -192,7 +192,7 @@ def test_folder_names_never_escape_the_parent(tmp_path):
     assert len(set(names)) == len(names)
     assert folder_name({"learning_rate": 0.001}) == "learning_rate_0.001"  # the seed template's naming
     with pytest.raises(UserError):
-        from core.search.cells import child_path
+        from core.search.identity import child_path
         child_path(str(tmp_path), "../outside")
 
 

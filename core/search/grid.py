@@ -17,7 +17,7 @@ import json
 import re
 
 from core.config import KEYS, resolve, set_dotted, suggest, type_name
-from core.search.cells import canonical, short_id
+from core.search.identity import canonical, short_id
 from core.search.sampling import DISTRIBUTIONS, METHODS, SAMPLED, check_distribution, is_distribution, sample
 from core.stages import is_stage_key
 from utils import UserError

@@ -29,8 +29,9 @@ from core.rundir.folder import (
     write_status,
 )
 from core.search.asha import find_schedule, parse_schedule
-from core.search.cells import LOCKED, NOT_STARTED, Cell, cells_of_search
+from core.search.cells import LOCKED, NOT_STARTED, Cell
 from core.search.container import POOL_GPUS, run_command
+from core.search.folders import cells_of_search
 from core.search.forkserver import ForkServer, ServerGone
 from core.search.grid import base_params, child_params, corners, tpe_block
 from core.search.progress import Progress

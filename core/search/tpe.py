@@ -16,8 +16,9 @@ import os
 from core.config import flatten
 from core.rundir.folder import Status, metrics_file
 from core.search.asha import read_progress
-from core.search.cells import Cell, child_path, folder_identity, identity, place, run_folders
+from core.search.cells import Cell
 from core.search.grid import base_params, child_params, folder_name
+from core.search.identity import child_path, folder_identity, identity, place, run_folders
 from core.search.results import read_optional
 from core.search.sampling import round_sig
 from core.stages import stage_flat
