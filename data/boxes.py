@@ -10,13 +10,15 @@
 
 The scenes (1-3 digits each, 64 px) are those of the segmentation set with the same seed, so both tasks learn from
 the same pictures; each digit's box is its strokes' tight box, in pixels.
+
+    python data/build_dataset.py --task detection --large   # data/digit_boxes_large: 1024-px scenes, small digits
 """
 
 import json
 import os
 
 from data.folders import SPLITS
-from data.scenes import build_scene_set, draw_scenes
+from data.scenes import MAX_DIGITS, SCALE, build_scene_set, draw_scenes
 
 CATEGORIES = [{"id": d + 1, "name": str(d)} for d in range(10)]
 
@@ -38,11 +40,18 @@ def coco_split(scenes, folder):
     return {"images": images, "annotations": annotations, "categories": CATEGORIES}
 
 
-def build_boxes(dst, size=64, counts=(1200, 300, 300), seed=230):
+# the large-image set (--large): 1024-px scenes of 4 to 16 digits 16 to 32 px tall, the scale of seed 000's small
+# objects on large photos; resized whole to 128 px, a digit is 2 to 4 px: what crops and tiles are for
+LARGE = {"size": 1024, "counts": (96, 24, 24), "scale": (16 / 1024, 32 / 1024), "max_digits": 16}
+LARGE_DATA = "data/digit_boxes_large"
+
+
+def build_boxes(dst, size=64, counts=(1200, 300, 300), seed=230, scale=SCALE, max_digits=MAX_DIGITS):
     """Build the digit boxes in dst (never over an existing one). Returns dst."""
 
     def write_split(folder, split, count, size, pool, scans, labels):
-        coco = coco_split(draw_scenes(split, count, size, pool, scans, labels, seed), folder)
+        scenes = draw_scenes(split, count, size, pool, scans, labels, seed, scale, max_digits)
+        coco = coco_split(scenes, folder)
         with open(os.path.join(folder, "annotations.json"), "w") as f:
             json.dump(coco, f)
 

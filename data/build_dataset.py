@@ -6,6 +6,7 @@
     python data/build_dataset.py --task segmentation [--size 64] [--test_size 96]      # data/digit_scenes
     python data/build_dataset.py --task keypoints [--size 64]                          # data/digit_points
     python data/build_dataset.py --task multilabel [--size 32]                         # data/digit_tags
+    python data/build_dataset.py --task detection --large                # data/digit_boxes_large: 1024-px scenes
 
 The default set is scikit-learn's bundled handwritten digits (1,797 real 8x8 scans, 10 classes), so it builds
 offline. Splits are stratified and seeded: the same command always gives the same files.
@@ -25,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import model.tasks  # noqa: E402, F401  (registers the tasks in core/tasks.py; no torch)
 from core.tasks import TASKS  # noqa: E402  (each task's facts, its default data set among them)
+from data.boxes import LARGE, LARGE_DATA  # noqa: E402
 from data.digits import build_digits, keep_fractions, write_split  # noqa: E402
 from data.folders import IMAGE_EXTS, SPLITS, split_indices  # noqa: E402
 from utils import UserError, run_cli  # noqa: E402
@@ -106,9 +108,13 @@ def main(argv=None):
                     help="segmentation: test scenes are TEST_SIZE x TEST_SIZE (default: --size)")
     ap.add_argument("--fractions", help="train,valid,test fractions (default: 0.7,0.15,0.15)")
     ap.add_argument("--seed", type=int, default=230)
+    ap.add_argument("--large", action="store_true", help="detection: 1024-px scenes of 4-16 small digits (16-32 px), "
+                                                        "in data/digit_boxes_large: for crop_size and tiles")
     ap.add_argument("--imbalance", metavar="CLASS=FRACTION,...",
                     help="keep only this fraction of the named classes' images (an imbalanced variant)")
     args = ap.parse_args(argv)
+    if args.large and args.task != "detection":
+        raise UserError("--large: only with --task detection")
     if args.task != "classification":
         return main_scenes(args)
     if args.test_size is not None:
@@ -135,7 +141,7 @@ def main_scenes(args):
         if getattr(args, flag) is not None:
             raise UserError(f"--{flag}: not with --task {args.task} (its data set is built by its "
                             f"model/{args.task}/task.py build_data)")
-    dst = args.dst or TASKS[args.task].data
+    dst = args.dst or (LARGE_DATA if args.large else TASKS[args.task].data)
     if dst is None:
         raise UserError(f"--task {args.task}: has no default data set; give --dst and build it yourself")
     if os.path.exists(dst):
@@ -144,6 +150,8 @@ def main_scenes(args):
         if getattr(args, flag) is not None and getattr(args, flag) < 8:
             raise UserError(f"--{flag} {getattr(args, flag)}: must be >= 8 for scenes")
     options = {k: v for k, v in (("size", args.size), ("test_size", args.test_size)) if v is not None}
+    if args.large:
+        options = {**LARGE, **options}
     TASKS[args.task].build_data(dst, seed=args.seed, **options)
     inputs = {s: os.path.join(dst, s, "images") if os.path.isdir(os.path.join(dst, s, "images")) else
               os.path.join(dst, s) for s in SPLITS}  # the images, not the masks beside them

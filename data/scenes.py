@@ -47,13 +47,13 @@ def scene_rng(seed, split, k):
     return np.random.default_rng([seed, SPLITS.index(split), k])
 
 
-def place_squares(rng, size, n):
+def place_squares(rng, size, n, scale=SCALE):
     """Up to n (x, y, side) squares inside size x size, each pair overlapping at most MAX_OVERLAP of the smaller:
     rejection sampling, PLACE_TRIES per square; the first square always fits."""
     placed = []
     for _ in range(n):
         for _ in range(PLACE_TRIES):
-            side = max(2, round(rng.uniform(*SCALE) * size))
+            side = max(2, round(rng.uniform(*scale) * size))
             x, y = (int(v) for v in rng.integers(0, size - side + 1, size=2))
             if all(overlap((x, y, side), p) <= MAX_OVERLAP for p in placed):
                 placed.append((x, y, side))
@@ -94,13 +94,13 @@ def upscale(scan, side):
     return a / max(a.max(), 1.0)
 
 
-def render_scene(rng, size, scans, digits):
+def render_scene(rng, size, scans, digits, scale=SCALE):
     """(RGB uint8 image, uint8 mask, [(digit, bbox)]) for one scene: digits[i] drawn from scans[i] until the squares
     run out. A later digit wins where it overlaps an earlier one, in the image and the mask alike."""
     image = background(rng, size)
     mask = np.zeros((size, size), np.uint8)
     drawn = []
-    for (x, y, side), scan, digit in zip(place_squares(rng, size, len(scans)), scans, digits):
+    for (x, y, side), scan, digit in zip(place_squares(rng, size, len(scans), scale), scans, digits):
         alpha = upscale(scan, side)
         window = image[y:y + side, x:x + side]
         window += alpha[:, :, None] * (bright_colour(rng) - window)
@@ -112,12 +112,13 @@ def render_scene(rng, size, scans, digits):
     return np.clip(image, 0, 255).round().astype(np.uint8), mask, drawn
 
 
-def draw_scenes(split, count, size, pool, scans, labels, seed):
-    """Yield (name, image, mask, boxes) for a split's scenes, each made of scans drawn from pool."""
+def draw_scenes(split, count, size, pool, scans, labels, seed, scale=SCALE, max_digits=MAX_DIGITS):
+    """Yield (name, image, mask, boxes) for a split's scenes, each made of scans drawn from pool: 1 to max_digits
+    digits, each a square whose side is a fraction of the scene's in `scale`."""
     for k in range(count):
         rng = scene_rng(seed, split, k)
-        chosen = [int(pool[j]) for j in rng.integers(0, len(pool), size=int(rng.integers(1, MAX_DIGITS + 1)))]
-        image, mask, drawn = render_scene(rng, size, [scans[i] for i in chosen], [labels[i] for i in chosen])
+        chosen = [int(pool[j]) for j in rng.integers(0, len(pool), size=int(rng.integers(1, max_digits + 1)))]
+        image, mask, drawn = render_scene(rng, size, [scans[i] for i in chosen], [labels[i] for i in chosen], scale)
         boxes = [{"bbox": bbox, "category_id": d + 1, "digit": d, "scan": i} for (d, bbox), i in zip(drawn, chosen)]
         yield f"scene_{k:05d}", image, mask, boxes
 

@@ -145,3 +145,18 @@ def test_ensure_data_builds_the_default_scenes_on_first_use(tmp_path, monkeypatc
     assert ensure_data(DEFAULT_SCENES) == DEFAULT_SCENES and built == [DEFAULT_SCENES]
     assert ensure_data("./" + DEFAULT_SCENES) and len(built) == 2  # the same folder, spelled another way
     assert ensure_data(os.path.join("data", "elsewhere")) and len(built) == 2
+
+
+def test_the_large_detection_set_has_small_digits_on_large_scenes(tmp_path, capsys):
+    """--large: 1024-px scenes whose digits keep 16-32 px, the scale crops and tiles are for; the default scenes are
+    unchanged by the options that make them (the same bytes as before: test_same_arguments_give_identical_bytes)."""
+    from data.boxes import LARGE, build_boxes
+
+    dst = str(tmp_path / "large")
+    build_boxes(dst, **{**LARGE, "counts": (2, 1, 1)})
+    coco = json.load(open(os.path.join(dst, "train", "annotations.json")))
+    assert {(i["width"], i["height"]) for i in coco["images"]} == {(1024, 1024)}
+    sides = [max(a["bbox"][2:]) for a in coco["annotations"]]
+    assert len(sides) >= 2 and all(8 <= s <= 32 for s in sides)  # a stroke's box, within its 16-32 px square
+    with pytest.raises(UserError, match="--large: only with --task detection"):
+        main(["--task", "segmentation", "--large", "--dst", str(tmp_path / "x")])
