@@ -7,7 +7,9 @@ Writes into each folder MODEL_DIR/metrics_<split>_<restore>_weights.json (e.g. m
 the metrics, per-class precision, recall, F1 and support, balanced accuracy), report_<split>_<restore>_weights.md
 (the per-class table) and confusion_<split>_<restore>_weights.png, and prints one table over all folders. With
 --tta hflip, predictions are averaged over each image and its mirror image, and the file names end in _tta_hflip;
-with --exported onnx (or pt2), the file export.py wrote is evaluated, and the names end in _onnx (_pt2).
+with --exported onnx (or pt2), the file export.py wrote is evaluated, and the names end in _onnx (_pt2). With
+--eval_window N [--eval_stride S] (segmentation, detection), the model sees N x N tiles of each image and the names
+end in _windowN[_strideS]; a detector's boxes are merged over the tiles and scored against the whole image's.
 """
 
 import argparse
@@ -35,9 +37,9 @@ def parse_args(argv=None):
     ap.add_argument("--tta", choices=["hflip"], help="test-time augmentation: average over the mirrored images")
     ap.add_argument("--exported", metavar="FORMAT", help="evaluate MODEL_DIR/export/<restore_file>.FORMAT (onnx, "
                                                           "pt2: export.py's) instead of the checkpoint")
-    ap.add_argument("--eval_window", type=int, metavar="N",
-                    help="segmentation: evaluate in N x N tiles (0: whole images), whatever the run's params say")
-    ap.add_argument("--eval_stride", type=int, metavar="S", help="segmentation: pixels between tiles")
+    ap.add_argument("--eval_window", type=int, metavar="N", help="segmentation, detection: evaluate in N x N tiles "
+                                                                   "(0: whole images), whatever the run's params say")
+    ap.add_argument("--eval_stride", type=int, metavar="S", help="segmentation, detection: pixels between tiles")
     ap.add_argument("--keep_regions", type=int, metavar="N",
                     help="segmentation: keep each class's N largest connected regions of a predicted mask, the rest "
                          "becomes background (0: off), whatever the run's params say")

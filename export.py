@@ -47,7 +47,7 @@ def main(argv=None):
     keep_freed_memory()
     fmt = exporting.check_format(args.format)
     checkpoint = trained_checkpoint(args.model_dir, args.restore_file)
-    ckpt, params, task = trained_run(checkpoint)
+    ckpt, params, task = trained_run(checkpoint, ["eval_window=0"])  # the graph sees one input: tiling is outside it
     path = exporting.export_path(args.model_dir, args.restore_file, fmt)
     identity = exporting.checkpoint_identity(checkpoint, ckpt)
     if is_up_to_date(path, identity, args.overwrite):

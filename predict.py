@@ -14,7 +14,8 @@ too (the image with its prediction drawn). <image> is the image's path under the
 (a.jpg -> masks/a.png); two images sharing one (a.png, a.jpg) are refused. Every image gets a result, an empty one
 too; an unreadable image gets one line naming it and the rest are still predicted. Rerunning skips the images
 already done; a folder holding another model's predictions is refused unless --overwrite. With --exported onnx (or
-pt2), the file export.py wrote predicts, through the same preprocessing and decoding.
+pt2), the file export.py wrote predicts, through the same preprocessing and decoding. With --eval_window N
+(segmentation, detection), the model sees N x N tiles of each image, --exported too: the tiling is this script's.
 """
 
 import argparse
@@ -45,8 +46,9 @@ def parse_args(argv=None):
                                                           "pt2: export.py's) instead of the checkpoint")
     ap.add_argument("--overwrite", action="store_true", help="replace another model's predictions in --out")
     ap.add_argument("--batch_size", type=int, help="images per batch (default: the run's bs_test)")
-    ap.add_argument("--eval_window", type=int, metavar="N", help="segmentation: predict in N x N tiles")
-    ap.add_argument("--eval_stride", type=int, metavar="S", help="segmentation: pixels between tiles")
+    ap.add_argument("--eval_window", type=int, metavar="N",
+                    help="segmentation, detection: predict in N x N tiles (0: whole images)")
+    ap.add_argument("--eval_stride", type=int, metavar="S", help="segmentation, detection: pixels between tiles")
     ap.add_argument("--draw", action="store_true",
                     help="also drawn/<image>.png: each image with its prediction drawn (mask, boxes, points, label)")
     ap.add_argument("--keep_regions", type=int, metavar="N",
@@ -80,8 +82,9 @@ def main(argv=None):
 
     predict = task.predictor(params, classes=classes)
     eval_tf = task.build_transforms(params)[1]
+    # tiles are cut from each image at its own size: a batch of one size, so none is padded into another's tiles
     loader = predict_loader(todo, functools.partial(task.preprocess, eval_tf), args.batch_size or params.bs_test,
-                            params.num_workers, rt.pin_memory, by_size=task.own_size)
+                            params.num_workers, rt.pin_memory, by_size=task.own_size or bool(params.eval_window))
     with torch.inference_mode():
         for x, indices, sizes, unreadable in progress(loader, "predict"):
             rows = [{"image": todo[i], "error": "cannot read image"} for i in unreadable]

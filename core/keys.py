@@ -156,6 +156,11 @@ KEYS = Keys(lambda: {
                                                                    'of numbers > 0')),
     # data
     "im_sz": Key(32, int, "images are resized to im_sz x im_sz", check=at_least(8)),
+    "crop_size": Key(0, int, "segmentation, detection, keypoints: train on crop_size x crop_size crops of each image "
+                     "at its own resolution (padded where smaller) instead of resizing it to im_sz; 0: resize",
+                     check=(lambda v: v == 0 or v >= 8, "0 or >= 8")),
+    "crop_mode": Key("objects", str, "which crops: objects (one holding an object, where the image has one) or "
+                     "random", choices=("objects", "random")),
     "augmentation": Key("light", AUG, "train augmentation: a preset of model/<task>/data_loader.py or an "
                         "albumentations dict"),
     "cache_images": Key(0, FLAG, "1: decode each split once into DATA_DIR/.cache, memory-mapped and shared by all runs",
@@ -215,9 +220,10 @@ KEYS = Keys(lambda: {
     "early_stopping.minimize": Key(None, OPT_FLAG, "1 when a smaller monitor_metric is better; null: the metric's "
                                    "own direction (model/<task>/metrics.py)"),
     # evaluation
-    "eval_window": Key(0, int, "segmentation: evaluate in window x window tiles (pixels; 0: the whole image)",
+    "eval_window": Key(0, int, "segmentation, detection: evaluate in window x window tiles (pixels; 0: the whole "
+                       "image)", check=at_least(0)),
+    "eval_stride": Key(0, int, "segmentation, detection: pixels between tiles (0: eval_window // 2)",
                        check=at_least(0)),
-    "eval_stride": Key(0, int, "segmentation: pixels between tiles (0: eval_window // 2)", check=at_least(0)),
     "keep_regions": Key(0, ANY, "segmentation: keep each class's N largest connected regions of a predicted mask, the "
                         "rest becomes background (0: off; or {class name: N} for the classes named)",
                         check=(keep_regions_ok, "an int >= 0 or an object of ints >= 1")),

@@ -42,6 +42,19 @@ def augmentation_steps(params, presets):
                     f"(presets: {', '.join(presets)}; or an albumentations dict)")
 
 
+def size_steps(params, objects=None, fill_mask=0):
+    """The training pipeline's first steps: the image resized to im_sz x im_sz, or with crop_size a crop_size square
+    cut at the image's own resolution, so a 2048-px scene trains in pieces whose small objects keep their pixels.
+    What is smaller than a crop is padded first (images with 0, masks with fill_mask). crop_mode "objects" takes
+    `objects(size)`, the task's albumentations crop that holds an object where the image has one; "random" any."""
+    size = params.crop_size
+    if not size:
+        return [A.Resize(params.im_sz, params.im_sz)]
+    pad = A.PadIfNeeded(size, size, border_mode=0, fill=0, fill_mask=fill_mask)
+    crop = objects(size) if objects and params.crop_mode == "objects" else A.RandomCrop(size, size)
+    return [pad, crop]
+
+
 SAID = set()  # what albumentations said of a valid pipeline, said once a process (each stage and split rebuilds it)
 
 

@@ -30,11 +30,17 @@ from types import MappingProxyType
 
 from core.losses import loss_keys
 
-# keys only segmentation honours, and keys only classification or segmentation honour: the other tasks refuse them
-MASK_KEYS = {"eval_window": "tiles segmentation masks", "eval_stride": "tiles segmentation masks",
-             "keep_regions": "cleans segmentation masks"}
+# keys only segmentation and detection honour (tiled evaluation), keys only segmentation honours, and keys only
+# classification or segmentation honour: the other tasks refuse them
+WINDOW_KEYS = {"eval_window": "tiles images (segmentation and detection only)",
+               "eval_stride": "tiles images (segmentation and detection only)"}
+MASK_KEYS = {**WINDOW_KEYS, "keep_regions": "cleans segmentation masks"}
 IMAGE_LABEL_KEYS = {"mixup_alpha": "mixes images", "cutmix_alpha": "mixes images", "label_smoothing": "smooths labels",
                     "class_weights": "weighs classes", **MASK_KEYS}
+
+
+# a key only the tasks whose pipelines cut targets with the image honour (segmentation, detection, keypoints)
+CROP_KEYS = {"crop_size": "crops each image with its targets"}
 
 
 def required(file, table=None):
@@ -92,7 +98,7 @@ class Task:
     export_tolerance: float = 1e-4  # export.py's parity check: the largest difference allowed from the checkpoint
     # {params key: what it does}: keys this task cannot honour, refused. Default: every key only some tasks honour
     # (the default loss has no class weights nor smoothing, nothing mixes batches, nothing tiles)
-    refused: Mapping = MappingProxyType(IMAGE_LABEL_KEYS)
+    refused: Mapping = MappingProxyType({**IMAGE_LABEL_KEYS, **CROP_KEYS})
 
     def __repr__(self):
         return f"<task {self.name}>"

@@ -3,14 +3,14 @@
     DATA_DIR/{train,valid,test}/<class>/*.png       classes: the sorted folder names of train/
 """
 
-from model.task import MASK_KEYS, Task
+from model.task import CROP_KEYS, MASK_KEYS, Task
 
 
 class Classification(Task):
     name, data, arch, monitor = "classification", "data/digits", "small_cnn", "accuracy"
     overfit_metric, split_layout, classes_are = "accuracy", "<class>/", "class folders"
     head = "a final nn.Linear classifier head"
-    refused = MASK_KEYS
+    refused = {**MASK_KEYS, **CROP_KEYS}
 
     def build_data(self, dst, **options):
         from data.digits import build_digits

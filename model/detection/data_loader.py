@@ -22,7 +22,16 @@ import torch  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
 
 from data.folders import IMAGE_EXTS  # noqa: E402
-from model.images import MEAN, STD, ItemDataset, augmentation_steps, image_decoder, image_size, readable_size  # noqa: E402
+from model.images import (  # noqa: E402
+    MEAN,
+    STD,
+    ItemDataset,
+    augmentation_steps,
+    image_decoder,
+    image_size,
+    readable_size,
+    size_steps,
+)
 from utils import UserError, read_json, short  # noqa: E402
 
 PRESETS = {
@@ -38,11 +47,14 @@ EPS = 1e-3  # pixels: a box edge this far past the image border is rounding, not
 
 
 def build_transforms(params):
-    """(train, eval) pipelines over image and boxes together, both resized to im_sz x im_sz."""
+    """(train, eval) pipelines over image and boxes together, both resized to im_sz x im_sz; with crop_size, train
+    on crops at the image's resolution instead (boxes clipped to the crop, those left with less than MIN_VISIBILITY
+    of themselves dropped; crop_mode "objects": a crop holding at least one box)."""
     augment = augmentation_steps(params, PRESETS)
-    head, tail = [A.Resize(params.im_sz, params.im_sz)], [A.Normalize(mean=MEAN, std=STD), ToTensorV2()]
+    resize, tail = [A.Resize(params.im_sz, params.im_sz)], [A.Normalize(mean=MEAN, std=STD), ToTensorV2()]
+    head = size_steps(params, lambda size: A.AtLeastOneBBoxRandomCrop(size, size))
     return tuple(A.Compose(steps, bbox_params=A.BboxParams(**BBOX_PARAMS), seed=params.seed)
-                 for steps in (head + augment + tail, head + tail))
+                 for steps in (head + augment + tail, resize + tail))
 
 
 def input_side(transform):

@@ -10,12 +10,19 @@ from model.detection.metrics import SCORE_SHOWN
 
 
 def predictor(params, tta=None):
-    """predict(model, x, targets) -> {"detections", "losses"} (the losses need the targets), or the detections."""
+    """predict(model, x, targets) -> {"detections", "losses"} (the losses need the targets), or the detections:
+    of the whole images, or with eval_window of tiles eval_stride apart (default half a window), each resized to
+    im_sz, their boxes merged over the image (tiles.py); per_call: bs_test tiles a forward pass."""
     if tta:
         from utils import UserError
 
         raise UserError(f"--tta {tta}: not for detection (flipped boxes would need merging, which this template "
                         f"does not do)")
+    window = params.eval_window if params else 0
+    if window:
+        from model.detection.tiles import tiled_predictor
+
+        return tiled_predictor(window, params.eval_stride or max(1, window // 2), params.im_sz, params.bs_test)
     return lambda model, x, targets=None: model(x, targets)
 
 
@@ -63,10 +70,12 @@ def plot_evaluation(details, classes, model_dir, tag, title):
 
 
 def best_figures(epoch, details, dataset, classes, fixed):
-    """What predictions.png needs, as plain data for the plotter: boxes in pixels of the stored image."""
+    """What predictions.png needs, as plain data for the plotter: the side of the square the detections' pixels are
+    pixels of (im_sz), or None where they are the stored image's (tiled evaluation)."""
     from model.detection.data_loader import input_side
+    from model.detection.tiles import is_native
 
-    side = input_side(dataset.transform)
+    side = None if is_native(dataset.transform) else input_side(dataset.transform)
     worst = sorted(range(len(details["mistakes"])), key=lambda i: -details["mistakes"][i])[:max(4, len(fixed) // 2)]
     gallery = []
     for group, indices in ((False, fixed), (True, worst)):
@@ -129,10 +138,10 @@ def plot_gallery(best, path, title, per_row=6, side=160):
         tile = np.array(Image.fromarray(image).resize((side, side), Image.NEAREST))
         for x1, y1, x2, y2, _ in item["truth"]:
             outline(tile, (x1 * side / w, y1 * side / h, x2 * side / w, y2 * side / h), (0, 255, 0))
-        scale = side / item["side"]
+        sx, sy = (side / item["side"],) * 2 if item["side"] else (side / w, side / h)
         for x1, y1, x2, y2, score, label in item["detections"]:
-            outline(tile, [v * scale for v in (x1, y1, x2, y2)], (255, 40, 40), dashed=True)
-            labels.append(Text(x + x1 * scale, y + y1 * scale, f"{classes[int(label) - 1]} {score:.2f}", "red",
+            outline(tile, (x1 * sx, y1 * sy, x2 * sx, y2 * sy), (255, 40, 40), dashed=True)
+            labels.append(Text(x + x1 * sx, y + y1 * sy, f"{classes[int(label) - 1]} {score:.2f}", "red",
                                size=6, anchor="ld"))
         mosaic[y:y + side, x:x + side] = tile
         if item["note"]:

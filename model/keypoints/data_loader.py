@@ -27,7 +27,15 @@ import torch  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
 
 from data.folders import IMAGE_EXTS  # noqa: E402
-from model.images import MEAN, STD, ItemDataset, augmentation_steps, image_decoder, readable_size  # noqa: E402
+from model.images import (  # noqa: E402
+    MEAN,
+    STD,
+    ItemDataset,
+    augmentation_steps,
+    image_decoder,
+    readable_size,
+    size_steps,
+)
 from utils import UserError, read_json  # noqa: E402
 
 PRESETS = {
@@ -41,20 +49,36 @@ PRESETS = {
 }
 # what albumentations 2.0.8's to_dict leaves out of KeypointParams, recorded beside it in augmentation.json
 KEYPOINT_PARAMS = {"format": "xy", "remove_invisible": False}
+POINTS_BOX = {"format": "pascal_voc", "label_fields": ["box_labels"]}  # crop_mode "objects": where the points are
 
 
 def build_transforms(params):
     """(train, eval) pipelines over image and points together, both resized to im_sz x im_sz (the model predicts
-    points as fractions of its input, so a resize loses nothing)."""
+    points as fractions of its input, so a resize loses nothing); with crop_size, train on crops at the image's
+    resolution instead, points outside a crop unlabelled for it (crop_mode "objects": a crop that holds part of the
+    box around the labelled points, which the train pipeline carries for that alone)."""
     augment = augmentation_steps(params, PRESETS)
-    head = [A.Resize(params.im_sz, params.im_sz)]
-    tail = [A.Normalize(mean=MEAN, std=STD), ToTensorV2()]
-    return tuple(A.Compose(steps, keypoint_params=A.KeypointParams(**KEYPOINT_PARAMS), seed=params.seed)
-                 for steps in (head + augment + tail, head + tail))
+    head = size_steps(params, lambda size: A.AtLeastOneBBoxRandomCrop(size, size))
+    resize, tail = [A.Resize(params.im_sz, params.im_sz)], [A.Normalize(mean=MEAN, std=STD), ToTensorV2()]
+    boxes = {"bbox_params": A.BboxParams(**POINTS_BOX)} if isinstance(head[-1], A.AtLeastOneBBoxRandomCrop) else {}
+    return (A.Compose(head + augment + tail, keypoint_params=A.KeypointParams(**KEYPOINT_PARAMS), seed=params.seed,
+                      **boxes),
+            A.Compose(resize + tail, keypoint_params=A.KeypointParams(**KEYPOINT_PARAMS), seed=params.seed))
+
+
+def points_box(points, w, h):
+    """[[x0, y0, x1, y1]] around the labelled points (v > 0), inside the image; none when no point is labelled."""
+    xy = points[points[:, 2] > 0, :2]
+    if not len(xy):
+        return np.zeros((0, 4), np.float32)
+    x0, y0 = np.clip(xy.min(0), 0, [w - 1, h - 1])
+    x1, y1 = np.clip(xy.max(0) + 1, [x0 + 1, y0 + 1], [w, h])
+    return np.array([[x0, y0, x1, y1]], np.float32)
 
 
 def transforms_record(train_tf, eval_tf):
-    return {"train": A.to_dict(train_tf), "eval": A.to_dict(eval_tf), "keypoint_params": KEYPOINT_PARAMS}
+    boxes = {"bbox_params": POINTS_BOX} if "bboxes" in train_tf.processors else {}
+    return {"train": A.to_dict(train_tf), "eval": A.to_dict(eval_tf), "keypoint_params": KEYPOINT_PARAMS, **boxes}
 
 
 def decoder(params):
@@ -188,7 +212,11 @@ class KeypointDataset(ItemDataset, torch.utils.data.Dataset):
         image = self.image(i)
         h, w = image.shape[:2]
         points = np.asarray(self.targets[i], dtype=np.float32).reshape(-1, 3)
-        out = self.transform(image=image, keypoints=points[:, :2])
+        box = {}
+        if "bboxes" in self.transform.processors:  # crops that hold the points (crop_mode "objects")
+            box["bboxes"] = points_box(points, w, h)
+            box["box_labels"] = [0] * len(box["bboxes"])
+        out = self.transform(image=image, keypoints=points[:, :2], **box)
         side_h, side_w = out["image"].shape[1:]
         xy = np.asarray(out["keypoints"], dtype=np.float32).reshape(-1, 2) / np.array([side_w, side_h], np.float32)
         inside = (xy >= 0).all(1) & (xy <= 1).all(1)

@@ -24,7 +24,16 @@ from albumentations.pytorch import ToTensorV2  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 
 from data.folders import IMAGE_EXTS  # noqa: E402
-from model.images import MEAN, STD, ItemDataset, augmentation_steps, load_image, readable_size, uniform_shape  # noqa: E402
+from model.images import (  # noqa: E402
+    MEAN,
+    STD,
+    ItemDataset,
+    augmentation_steps,
+    load_image,
+    readable_size,
+    size_steps,
+    uniform_shape,
+)
 from model.segmentation.metrics import IGNORE  # noqa: E402
 from utils import UserError, read_json  # noqa: E402
 
@@ -43,12 +52,14 @@ PRESETS = {
 
 
 def build_transforms(params):
-    """(train, eval) pipelines over image and mask together. Train resizes to im_sz and augments; eval only
-    normalises, at each image's own size."""
+    """(train, eval) pipelines over image and mask together. Train resizes to im_sz, or with crop_size cuts a crop
+    at the image's resolution (crop_mode "objects": one holding a pixel of a class other than background, index 0,
+    where the mask has one), and augments; eval only normalises, at each image's own size."""
     augment = augmentation_steps(params, PRESETS)
     tail = [A.Normalize(mean=MEAN, std=STD), ToTensorV2()]
-    return (A.Compose([A.Resize(params.im_sz, params.im_sz)] + augment + tail, seed=params.seed),
-            A.Compose(tail, seed=params.seed))
+    head = size_steps(params, lambda size: A.CropNonEmptyMaskIfExists(size, size, ignore_values=[0, IGNORE]),
+                      fill_mask=IGNORE)
+    return A.Compose(head + augment + tail, seed=params.seed), A.Compose(tail, seed=params.seed)
 
 
 def decoder(params):
