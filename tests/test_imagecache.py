@@ -54,22 +54,21 @@ def params(make_experiment):
     return make_params(make_experiment)
 
 
+def counting(counts, key, fn):
+    """fn, adding 1 to counts[key] at each call."""
+    def counted(*args):
+        counts[key] += 1
+        return fn(*args)
+
+    return counted
+
+
 @pytest.fixture
 def calls(monkeypatch):
     """How many images fetch_dataloader checks and decodes (classification's are the defaults', model/defaults.py)."""
     counts = {"checked": 0, "decoded": 0}
-    check, load = defaults.check_item, defaults.load_image
-
-    def counting_check(task, item, classes):
-        counts["checked"] += 1
-        return check(task, item, classes)
-
-    def counting_load(path):
-        counts["decoded"] += 1
-        return load(path)
-
-    monkeypatch.setattr(defaults, "check_item", counting_check)
-    monkeypatch.setattr(defaults, "load_image", counting_load)
+    monkeypatch.setattr(defaults, "check_item", counting(counts, "checked", defaults.check_item))
+    monkeypatch.setattr(defaults, "load_image", counting(counts, "decoded", defaults.load_image))
     return counts
 
 
@@ -242,8 +241,8 @@ def decode(item):
 
 items = json.load(open(items_file))
 print("ready", flush=True)
-np.save(out, np.asarray(imagecache.split_array(data_dir, "train", items, lambda item: [item[0]], decode, "recipe",
-                                              (8, 8, 3))))
+stamps = imagecache.item_stamps(data_dir, items, lambda item: [item[0]])
+np.save(out, np.asarray(imagecache.split_array(data_dir, "train", items, stamps, decode, "recipe", (8, 8, 3))))
 """
 
 
@@ -345,3 +344,75 @@ def test_read_only_data_dir_still_works(data, params, how):
         for folder, _, _ in os.walk(data):
             os.chmod(folder, 0o755)
     assert not (data / imagecache.CACHE_DIR).is_dir()
+
+
+def test_read_only_split_over_the_cap_is_decoded_when_read(data, params, make_experiment, calls, monkeypatch):
+    """Held in memory, a split too large for IN_MEMORY_MAX would grow with the set: it is not held at all."""
+    (data / imagecache.CACHE_DIR).write_text("in the way")  # nothing can be written: a read-only data set
+    one_image = params.im_sz * params.im_sz * 3
+    monkeypatch.setattr(imagecache, "IN_MEMORY_MAX", PER_SPLIT["valid"] * len(CLASSES) * one_image)  # valid fits
+    loaders = fetch(data, params)
+    assert loaders["train"].dataset.images is None and calls["decoded"] == PER_SPLIT["valid"] * len(CLASSES)
+    assert isinstance(loaders["valid"].dataset.images, np.ndarray)
+    decoded = fetch(data, make_params(make_experiment, cache_images=0))
+    for a, b in zip(loaders["train"], decoded["train"]):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_no_array_written_without_room_on_the_disk(data, params, monkeypatch):
+    monkeypatch.setattr(imagecache, "DISK_RESERVE", 1 << 62)  # no disk has that much left
+    loaders = fetch(data, params)
+    assert arrays(data, "train") == [] and arrays(data, "valid") == []
+    assert len(manifest(data)) == N_IMAGES  # the check is still recorded
+    assert isinstance(loaders["train"].dataset.images, np.ndarray)  # small: decoded into memory instead
+
+
+def test_later_start_stats_each_file_once_and_checks_nothing(data, params, calls, monkeypatch):
+    fetch(data, params)
+    counts = {"stat": 0, "files": 0}
+    monkeypatch.setattr(imagecache, "file_stamp", counting(counts, "stat", imagecache.file_stamp))
+    monkeypatch.setattr(defaults, "item_files", counting(counts, "files", defaults.item_files))
+    calls.update(checked=0, decoded=0)
+    fetch(data, params)
+    assert counts == {"stat": N_IMAGES, "files": N_IMAGES}  # once each: the check and the arrays' keys share them
+    assert calls == {"checked": 0, "decoded": 0}
+
+
+def test_checking_and_decoding_in_worker_processes_match_this_process(data, params, monkeypatch):
+    """Many items are checked and decoded by forked workers: the same arrays, the same manifest, the same error."""
+    built = []
+    for parallel_from in (10**9, 1):  # this process, then workers for every split
+        monkeypatch.setattr(imagecache, "PARALLEL_FROM", parallel_from)
+        shutil.rmtree(data / imagecache.CACHE_DIR, ignore_errors=True)
+        fetch(data, params)
+        names = arrays(data, "train") + arrays(data, "valid")
+        built.append(([np.load(data / imagecache.CACHE_DIR / n) for n in names], names, manifest(data)))
+    (serial, names, listed), (parallel, names_p, listed_p) = built
+    assert names_p == names and len(names) == 2 and listed_p == listed
+    assert all(np.array_equal(a, b) for a, b in zip(serial, parallel))
+
+    items = train_items(data)
+    for path, _ in (items[30], items[3]):  # two bad images: the first in scan order is named
+        Path(path).write_text("not a PNG")
+    shutil.rmtree(data / imagecache.CACHE_DIR)
+    with pytest.raises(UserError) as e:
+        fetch(data, params)
+    assert str(e.value) == f"{items[3][0]}: cannot read image"
+    assert cache_files(data) == {}
+
+
+def test_later_start_finds_its_array_by_content_without_reading_headers(data):
+    """A task caching images as stored learns their shape from every file's header: only while building."""
+    items, looked = train_items(data), []
+    stamps = imagecache.item_stamps(str(data), items, lambda item: [item[0]])
+
+    def row_shape(every):
+        looked.append(len(every))
+        return (32, 32, 3)
+
+    def images():
+        return imagecache.images_for(str(data), "train", items, stamps, [0, 5], lambda item: defaults.load_image(
+            item[0]), "as stored", row_shape)
+
+    first, second = images(), images()
+    assert looked == [len(items)] and np.array_equal(first[1], second[1])

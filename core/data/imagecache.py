@@ -11,17 +11,24 @@ A file counts as unchanged while its size and modification time are (the rule ma
 each item's files (relative path, size and mtime: an image, and a mask where the task has one) and the decoder's
 recipe, so editing, adding or removing an image, or changing the resize, gives a new key: the array is rebuilt
 and the old one removed. Every write goes to a temp file renamed into place, so a reader never sees half a file
-and concurrent writers cannot corrupt one.
+and concurrent writers cannot corrupt one. Each file is stat'ed once a start; the check and the decoding of many
+images run in one forked process per core.
 
-Neither file is ever required: when DATA_DIR is not writable, images are checked and decoded in memory, as without
-a cache. No torch or albumentations here: the caller passes the check and the decoder.
+Neither file is ever required. When the array cannot be written (a read-only data set, a disk without room for it),
+a split is decoded into memory if it takes at most IN_MEMORY_MAX bytes; a larger one is not held at all: each image
+is decoded when read, in the DataLoader's workers, as without the cache, so memory does not grow with the set. No
+torch or albumentations here: the caller passes the check and the decoder.
 """
 
 import fcntl
 import glob
 import hashlib
 import json
+import multiprocessing
 import os
+import shutil
+import signal
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import suppress
 
 import numpy as np
@@ -29,6 +36,10 @@ import numpy as np
 from utils import atomic_write
 
 CACHE_DIR, MANIFEST = ".cache", "verified.json"
+IN_MEMORY_MAX = 1 << 30  # bytes of decoded split held in memory without a cache file: ~7,000 images at 224 px
+DISK_RESERVE = 1 << 30  # bytes an array leaves free on its disk: a cache must not fill the disk the data is on
+# fewer items and bytes than these are checked or decoded faster in this process than by starting workers
+PARALLEL_FROM, PARALLEL_BYTES = 2000, 64 << 20
 
 
 # ---------------------------------------------------------------- stamps
@@ -43,11 +54,64 @@ def file_stamp(path):
     return [st.st_size, st.st_mtime_ns]
 
 
-def relative(data_dir, path):
-    """The key a file has in the cache: its path relative to DATA_DIR, however DATA_DIR was spelled."""
+def relative_paths(data_dir, paths):
+    """Each path's key in the cache: relative to DATA_DIR, however DATA_DIR was spelled."""
     prefix = os.path.join(data_dir, "")
     # paths are DATA_DIR joined with more parts: cutting the prefix is 50x cheaper than relpath, run per image
-    return path[len(prefix):] if path.startswith(prefix) else os.path.relpath(path, data_dir)
+    return [p[len(prefix):] if p.startswith(prefix) else os.path.relpath(p, data_dir) for p in paths]
+
+
+def item_stamps(data_dir, items, files_of):
+    """[[(relative path, stamp) of each of the item's files (files_of(item): an image, its mask)] for each item]:
+    what both the check and the array's key read, so a start calls files_of once an item and os.stat once a file
+    (each was done twice, files_of four times: at 110,000 images that was 2 of a later start's 4 s)."""
+    files = [files_of(item) for item in items]
+    rels = iter(relative_paths(data_dir, [f for fs in files for f in fs]))
+    return [[(next(rels), file_stamp(f)) for f in fs] for fs in files]
+
+
+# ---------------------------------------------------------------- many items: one process a core
+
+
+_JOB = None  # what a worker process runs on each item: set in the worker only (start_worker), never in the caller
+
+
+def start_worker(job):
+    global _JOB
+    _JOB = job
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle: it stops the workers
+
+
+def run_job(item):
+    return _JOB(item)
+
+
+def worker_count(n_items, n_bytes):
+    """1 (this process) for a few small files, or where fork is not the way to start processes (Linux has
+    sched_getaffinity), else one process for each core this process may run on."""
+    small = n_items < PARALLEL_FROM and n_bytes < PARALLEL_BYTES  # 220 JPEGs of 2048 px: 300 MB, 19 s in one
+    if n_items < 2 or small or not hasattr(os, "sched_getaffinity"):
+        return 1
+    return len(os.sched_getaffinity(0))
+
+
+def mapped(job, items, stamps, block=4096):
+    """job(item) for each of `items`, in order, as a generator. Many items or bytes (stamps: their item_stamps): in
+    forked worker processes (so job may be any function, a lambda too: it is inherited, never pickled), `block`
+    items at a time, so only that many results are held at once. A failure is raised at its item, the first in
+    order, and no block starts after it."""
+    n = worker_count(len(items), sum(stamp[0] for pairs in stamps for _, stamp in pairs if stamp))
+    if n == 1:
+        yield from map(job, items)
+        return
+    pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork"), initializer=start_worker,
+                               initargs=(job,))
+    try:
+        for start in range(0, len(items), block):
+            chunk = items[start:start + block]
+            yield from pool.map(run_job, chunk, chunksize=max(1, len(chunk) // (4 * n)))
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 # ---------------------------------------------------------------- verified once
@@ -63,9 +127,10 @@ def read_manifest(path):
     return manifest if isinstance(manifest, dict) else {}
 
 
-def needs_check(stamps, manifest):
-    """Relative paths whose stamp is unknown or differs from the one recorded when they last passed."""
-    return [rel for rel, stamp in stamps.items() if stamp is None or manifest.get(rel) != stamp]
+def needs_check(pairs, manifest):
+    """Whether one of an item's files (pairs: its (relative path, stamp)) is unknown or differs from the stamp
+    recorded when it last passed."""
+    return any(stamp is None or manifest.get(rel) != stamp for rel, stamp in pairs)
 
 
 def record_verified(data_dir, stamps):
@@ -85,19 +150,18 @@ def record_verified(data_dir, stamps):
         pass
 
 
-def verify_once(data_dir, items, files_of, check):
-    """Run check(item) on each of `items` one of whose files (files_of(item): an image, its mask) is new or changed
-    since it last passed; return how many were checked.
+def verify_once(data_dir, items, stamps, check):
+    """Run check(item) on each of `items` one of whose files is new or changed since it last passed; return how
+    many were checked. stamps: item_stamps of `items`.
 
     check raises on a bad item: that happens before anything is written, so a bad file never enters the manifest.
     Stamps are taken before checking, so a file changed during the check looks changed next time, never the reverse.
     """
-    files = [[(relative(data_dir, f), file_stamp(f)) for f in files_of(item)] for item in items]
-    changed = set(needs_check(dict(pair for pairs in files for pair in pairs),
-                              read_manifest(os.path.join(data_dir, CACHE_DIR, MANIFEST))))
-    todo = [(item, pairs) for item, pairs in zip(items, files) if any(rel in changed for rel, _ in pairs)]
-    for item, _ in todo:
-        check(item)
+    manifest = read_manifest(os.path.join(data_dir, CACHE_DIR, MANIFEST))
+    todo = [(item, pairs) for item, pairs in zip(items, stamps) if needs_check(pairs, manifest)]
+    del manifest  # 100,000 entries: not kept while checking
+    for _ in mapped(check, [item for item, _ in todo], [pairs for _, pairs in todo]):
+        pass
     if todo:
         record_verified(data_dir, {rel: stamp for _, pairs in todo for rel, stamp in pairs})
     return len(todo)
@@ -135,6 +199,20 @@ def load_array(path, shape):
     return images.view(np.ndarray)  # the same pages; a plain array is indexed twice as fast as np.memmap
 
 
+def existing_array(folder, split, key, n):
+    """The array of this split's content (its key) from an earlier start, whatever its row shape, or None. Found
+    by key, a later start needs no row_shape: a task caching images as stored reads every image's header for it
+    (3.4 s at 20,000 images, 13 s at 100,000)."""
+    for path in glob.glob(os.path.join(glob.escape(folder), f"{glob.escape(split)}-*-{key}.npy")):
+        try:
+            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+        except (OSError, ValueError):
+            continue
+        if len(shape) == 4 and shape[0] == n and path.endswith(f"{os.sep}{array_stem(split, shape[1:3])}-{key}.npy"):
+            return load_array(path, shape)
+    return None
+
+
 def decoded(decode, item, shape):
     """decode(item), checked to fit its row of the array."""
     image = decode(item)
@@ -143,24 +221,34 @@ def decoded(decode, item, shape):
     return image
 
 
-def decode_all(items, decode, shape):
-    """Every item decoded into one in-memory array (no cache folder to use)."""
+def decode_all(items, stamps, decode, shape):
+    """Every item decoded into one in-memory array (no cache file to use; at most IN_MEMORY_MAX bytes)."""
     images = np.empty(shape, np.uint8)
-    for i, item in enumerate(items):
-        images[i] = decoded(decode, item, shape[1:])
+    for i, image in enumerate(mapped(lambda item: decoded(decode, item, shape[1:]), items, stamps)):
+        images[i] = image
     return images
 
 
-def write_array(path, items, decode, shape):
+def write_array(path, items, stamps, decode, shape):
     """An .npy file written one item at a time, so building never holds the whole array in memory."""
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False, "shape": shape}
 
     def write(f):
         np.lib.format.write_array_header_1_0(f, header)
-        for item in items:
-            f.write(np.ascontiguousarray(decoded(decode, item, shape[1:])).tobytes())
+        rows = mapped(lambda item: np.ascontiguousarray(decoded(decode, item, shape[1:])).tobytes(), items, stamps)
+        for row in rows:
+            f.write(row)
 
     atomic_write(path, write, mode="wb")
+
+
+def room_for(folder, nbytes):
+    """Whether `folder`'s disk keeps DISK_RESERVE bytes free after nbytes more (a cache larger than the disk's free
+    space would fail only once written, after filling it for everyone)."""
+    try:
+        return shutil.disk_usage(folder).free - nbytes >= DISK_RESERVE
+    except OSError:
+        return False
 
 
 def remove_stale(folder, stem, keep):
@@ -173,9 +261,9 @@ def remove_stale(folder, stem, keep):
                     os.remove(path)
 
 
-def split_array(data_dir, split, items, files_of, decode, recipe, row):
-    """The cached uint8 array N x row (row: H x W x C) of decode(item) for each of `items`, in order; None when
-    DATA_DIR/.cache cannot be written (a read-only data set).
+def split_array(data_dir, split, items, stamps, decode, recipe, row):
+    """The cached uint8 array N x row (row: H x W x C) of decode(item) for each of `items`, in order (stamps: their
+    item_stamps); None when DATA_DIR/.cache cannot be written (a read-only data set) or its disk has no room for it.
 
     Read from DATA_DIR/.cache when it holds this exact content; otherwise built there by the first process to take
     the split's lock, while others starting at the same time wait, then read its file instead of decoding again.
@@ -183,8 +271,7 @@ def split_array(data_dir, split, items, files_of, decode, recipe, row):
     folder = os.path.join(data_dir, CACHE_DIR)
     shape = (len(items), *row)
     stem = array_stem(split, tuple(row[:2]))
-    key = content_key([[(relative(data_dir, f), file_stamp(f)) for f in files_of(item)] for item in items], recipe)
-    path = os.path.join(folder, f"{stem}-{key}.npy")
+    path = os.path.join(folder, f"{stem}-{content_key(stamps, recipe)}.npy")
     images = load_array(path, shape)
     if images is not None:
         return images
@@ -196,36 +283,41 @@ def split_array(data_dir, split, items, files_of, decode, recipe, row):
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)  # the OS releases it if we die, so a killed build never blocks others
         images = load_array(path, shape)  # built by whoever held the lock before us
-        if images is None:
-            write_array(path, items, decode, shape)
+        if images is None and room_for(folder, int(np.prod(shape))):
+            write_array(path, items, stamps, decode, shape)
             remove_stale(folder, stem, keep=path)
             images = load_array(path, shape)
-    except OSError:  # a folder we may lock but not write in, a full disk
+    except OSError:  # a folder we may lock but not write in, a disk filled meanwhile
         images = None
     finally:
         os.close(lock)
     return images
 
 
-def images_for(data_dir, split, every, items, files_of, decode, recipe, row_shape):
-    """Decoded `items`, a subset of `every` (the whole split), in order: rows of the split's cached array, which all
-    subsets share; or, when the data set is read-only, `items` decoded into memory as without a cache. None when
-    the items do not decode to one shape (row_shape(every) is None: images of several sizes, read as they are)."""
+def images_for(data_dir, split, every, stamps, rows, decode, recipe, row_shape):
+    """The decoded images of every[r] for r in `rows` (every: the whole split; stamps: its item_stamps), in order:
+    rows of the split's cached array, which all subsets share. Without that array (split_array is None): the images
+    decoded into memory when they take at most IN_MEMORY_MAX bytes, else None, as when the items do not decode to one
+    shape (row_shape(every) is None: images of several sizes): each image is then decoded when read."""
+    found = existing_array(os.path.join(data_dir, CACHE_DIR), split, content_key(stamps, recipe), len(every))
+    if found is not None:
+        return Rows(found, rows)
     row = row_shape(every)
     if row is None:
         return None
-    cached = split_array(data_dir, split, every, files_of, decode, recipe, row)
-    if cached is None:
-        return decode_all(items, decode, (len(items), *row))
-    return Rows(cached, [files_of(item)[0] for item in every], [files_of(item)[0] for item in items])
+    cached = split_array(data_dir, split, every, stamps, decode, recipe, row)
+    if cached is not None:
+        return Rows(cached, rows)
+    if len(rows) * int(np.prod(row)) > IN_MEMORY_MAX:
+        return None  # held in memory, it would grow with the set: decoded in the loader's workers instead
+    return decode_all([every[r] for r in rows], [stamps[r] for r in rows], decode, (len(rows), *row))
 
 
 class Rows:
     """images[rows[i]]: a subset (train_subset) read from its split's array."""
 
-    def __init__(self, images, all_keys, keys):
-        index = {k: i for i, k in enumerate(all_keys)}
-        self.images, self.rows = images, [index[k] for k in keys]
+    def __init__(self, images, rows):
+        self.images, self.rows = images, rows
 
     def __len__(self):
         return len(self.rows)
